@@ -1,0 +1,1 @@
+"""gradclip_keras: the keras adapter (issue #5); not implemented yet."""

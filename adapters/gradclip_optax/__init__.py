@@ -1,0 +1,1 @@
+"""gradclip_optax: the optax adapter (issue #4); not implemented yet."""

@@ -1,0 +1,244 @@
+"""Norm clipping: global (all arrays together) and per array, with framework presets.
+
+``semantics`` chooses the formula; every preset runs in every framework:
+
+============  ==========================================================================
+canonical     ``scale = min(1, max_norm / norm)``, branch-free; norm 0 gives scale 1.
+torch         ``torch.nn.utils.clip_grad_norm_``: ``min(max_norm / (norm + 1e-6), 1)``,
+              always multiplied; norm = norm of the per-array norms.
+optax         ``optax.clip_by_global_norm``: ``g if norm < max_norm else (g / norm) *
+              max_norm``; norm = ``sqrt(sum_i sum(g_i**2))`` summed in array order.
+              ``max_norm = 0`` with zero gradients gives NaN, as in optax. ord 2 only.
+keras         Keras 3: global ``g * (c * min(1/norm, 1/c) + (norm - norm))`` (NaN/Inf
+              norm makes everything NaN); per array ``(g * c) / max(norm, c)``
+              (``clipnorm``). ``max_norm = 0`` means "off", as in Keras. ord 2 only.
+============  ==========================================================================
+
+Norms accumulate in float32 at least (bf16/fp16 are upcast), so an fp16 gradient of
+300s has a finite norm here while native optax and Keras overflow to inf. Scales are
+cast back to each array's dtype; the optax and Keras presets divide by the norm, so
+for low-precision arrays they do that arithmetic in float32 and cast the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from ._multi import array_norms, array_sumsq, multiply, upcast
+from ._namespace import namespace
+from ._nonfinite import check_policy, guard_update
+from ._numerics import acc_dtype, const_like, fraction, min_ratio, stack_norm
+from ._rule import EmptyState, Rule, factory
+from ._validate import check_choice, check_ord, check_threshold, is_number
+
+__all__ = ["clip_by_global_norm", "clip_by_norm", "SEMANTICS"]
+
+SEMANTICS = ("canonical", "torch", "optax", "keras")
+_TORCH_EPS = 1e-6
+
+
+def _check_semantics(semantics: str | None, ord: float) -> str:
+    sem = "canonical" if semantics is None else semantics
+    check_choice("semantics", sem, SEMANTICS)
+    if sem in ("optax", "keras") and ord != 2.0:
+        raise ValueError(f"semantics={sem!r} only defines the 2-norm; got ord={ord!r} (use ord=2)")
+    return sem
+
+
+def _elem_dtype(xp: Any, x: Any) -> Any:
+    return xp.float64 if x.dtype == xp.float64 else xp.float32
+
+
+def _in_acc(xp: Any, g: Any, fn: Callable[[Any, Any], Any]) -> Any:
+    """Apply ``fn(g_acc, dt)`` in float32/float64 and cast the result back to ``g``'s dtype."""
+    dt = _elem_dtype(xp, g)
+    return upcast(xp, fn(upcast(xp, g, dt), dt), g.dtype)
+
+
+def _is_off(sem: str, max_norm: Any) -> bool:
+    """Keras treats a clip norm of 0 as "no clipping"."""
+    return sem == "keras" and is_number(max_norm) and float(max_norm) == 0.0
+
+
+# ----------------------------------------------------------------------------- global
+
+
+def _global_norm(xp: Any, grads: Sequence[Any], ord: float, sem: str) -> Any:
+    dtype = acc_dtype(xp, grads)
+    if sem in ("canonical", "torch"):
+        return stack_norm(xp, array_norms(xp, grads, ord, dtype), ord)
+    sums = array_sumsq(xp, grads, dtype)
+    if sem == "optax":  # jax.tree.reduce(operator.add, sums, initializer=0)
+        total = sums[0]
+        for s in sums[1:]:
+            total = total + s
+        return xp.sqrt(total)
+    return xp.sqrt(xp.sum(xp.stack(sums)))  # keras: ops.sqrt(ops.sum(ops.stack(...)))
+
+
+def _global_apply(xp: Any, grads: list, norm: Any, max_norm: Any, sem: str) -> tuple[list, Any]:
+    """Clipped grads and the effective scale for a global norm ``norm``."""
+    if sem == "canonical":
+        scale = min_ratio(xp, max_norm, norm)
+    elif sem == "torch":
+        scale = xp.minimum(max_norm / (norm + _TORCH_EPS), xp.ones_like(norm))
+    elif sem == "keras":
+        inv_c = const_like(xp, norm, 1.0 / max_norm)
+        scale = max_norm * xp.minimum(1.0 / norm, inv_c) + (norm - norm)
+    else:  # optax
+        trigger = norm < max_norm
+        safe = xp.where(trigger, xp.ones_like(norm), norm)
+        scale = xp.where(trigger, xp.ones_like(norm), max_norm / safe)
+
+        def clip(g: Any, dt: Any) -> Any:
+            n = upcast(xp, norm, dt)
+            return xp.where(trigger, g, (g / n) * max_norm)
+
+        return [_in_acc(xp, g, clip) for g in grads], scale
+    return multiply(xp, grads, [scale] * len(grads)), scale
+
+
+@factory
+def clip_by_global_norm(
+    max_norm: float,
+    *,
+    ord: float | str = 2,
+    semantics: str | None = None,
+    nonfinite: str = "propagate",
+) -> Rule:
+    """Scale all arrays together so that their global norm is at most ``max_norm``.
+
+    Args:
+      max_norm: finite bound ``>= 0`` on the global norm.
+      ord: norm order, 1, 2 or ``inf`` (the global norm is the norm of all elements).
+      semantics: ``None`` (canonical ``min(1, max_norm / norm)``), ``"torch"``,
+        ``"optax"`` or ``"keras"``: reproduce that framework's native formula.
+      nonfinite: ``"propagate" | "zero" | "skip" | "raise"``.
+
+    Returns:
+      A stateless :class:`Rule`; info has ``norm`` (global norm before clipping,
+      float32) and ``scale`` (the factor applied, 1 when not clipped).
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.clip_by_global_norm(1.0)
+      >>> g = [np.array([3.0], np.float32), np.array([4.0], np.float32)]
+      >>> out, _, info = rule.update(g, rule.init(g))
+      >>> [round(float(o[0]), 6) for o in out], float(info["norm"]), round(float(info["scale"]), 6)
+      ([0.6, 0.8], 5.0, 0.2)
+    """
+    max_norm = check_threshold("max_norm", max_norm)
+    ord_ = check_ord(ord)
+    sem = _check_semantics(semantics, ord_)
+    check_policy(nonfinite)
+
+    def update(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
+        del params
+        grads = list(grads)
+        if not grads:
+            return grads, state, {}
+        xp = namespace(*grads)
+        norm = _global_norm(xp, grads, ord_, sem)
+        if _is_off(sem, max_norm):
+            return grads, state, {"norm": norm, "scale": xp.ones_like(norm)}
+        out, scale = _global_apply(xp, grads, norm, max_norm, sem)
+        return out, state, {"norm": norm, "scale": scale}
+
+    return Rule(update=guard_update(update, nonfinite), name="clip_by_global_norm")
+
+
+# ---------------------------------------------------------------------------- per array
+
+
+def _per_array(xp: Any, grads: list, max_norm: Any, ord: float, sem: str) -> tuple[list, list, list]:
+    """(clipped arrays, per-array norms, per-array clipped flags)."""
+    dtype = acc_dtype(xp, grads)
+    if sem in ("canonical", "torch"):
+        norms = array_norms(xp, grads, ord, dtype)
+        if sem == "canonical":
+            scales = [min_ratio(xp, max_norm, n) for n in norms]
+        else:
+            scales = [xp.minimum(max_norm / (n + _TORCH_EPS), xp.ones_like(n)) for n in norms]
+        return multiply(xp, grads, scales), norms, [s < 1 for s in scales]
+    if sem == "optax":
+        norms = [xp.sqrt(s) for s in array_sumsq(xp, grads, dtype)]
+        out, flags = [], []
+        for g, n in zip(grads, norms):
+            trigger = n < max_norm
+
+            def clip(a: Any, dt: Any, n: Any = n, trigger: Any = trigger) -> Any:
+                return xp.where(trigger, a, (a / upcast(xp, n, dt)) * max_norm)
+
+            out.append(_in_acc(xp, g, clip))
+            flags.append(xp.logical_not(trigger))
+        return out, norms, flags
+    # keras: BaseOptimizer._clip_by_norm
+    out, norms = [], []
+    for g, l2sum in zip(grads, array_sumsq(xp, grads, dtype)):
+        pred = l2sum > 0
+        l2norm = xp.where(pred, xp.sqrt(xp.where(pred, l2sum, xp.ones_like(l2sum))), l2sum)
+        denom = xp.maximum(l2norm, const_like(xp, l2norm, max_norm))
+
+        def clip(a: Any, dt: Any, denom: Any = denom) -> Any:
+            return (a * max_norm) / upcast(xp, denom, dt)
+
+        out.append(_in_acc(xp, g, clip))
+        norms.append(l2norm)
+    return out, norms, [n > max_norm for n in norms]
+
+
+@factory
+def clip_by_norm(
+    max_norm: float,
+    *,
+    ord: float | str = 2,
+    semantics: str | None = None,
+    nonfinite: str = "propagate",
+) -> Rule:
+    """Scale each array separately so that its own norm is at most ``max_norm``.
+
+    This is Keras' ``clipnorm`` (per variable); torch and optax have no per-array
+    norm clip, so their presets apply their global formula to each array.
+
+    Args:
+      max_norm: finite bound ``>= 0`` on each array's norm.
+      ord: norm order, 1, 2 or ``inf``.
+      semantics: ``None`` (canonical), ``"torch"``, ``"optax"`` or ``"keras"``.
+      nonfinite: ``"propagate" | "zero" | "skip" | "raise"``.
+
+    Returns:
+      A stateless :class:`Rule`; info has ``norm`` (global norm of the input, the
+      ``ord``-norm of the per-array norms) and ``clipped_fraction`` (fraction of
+      arrays that were scaled down).
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.clip_by_norm(1.0)
+      >>> g = [np.array([3.0, 4.0], np.float32), np.array([0.1], np.float32)]
+      >>> out, _, info = rule.update(g, rule.init(g))
+      >>> out[0].astype(float).round(6).tolist(), out[1] is g[1], float(info["clipped_fraction"])
+      ([0.6, 0.8], False, 0.5)
+    """
+    max_norm = check_threshold("max_norm", max_norm)
+    ord_ = check_ord(ord)
+    sem = _check_semantics(semantics, ord_)
+    check_policy(nonfinite)
+
+    def update(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
+        del params
+        grads = list(grads)
+        if not grads:
+            return grads, state, {}
+        xp = namespace(*grads)
+        if _is_off(sem, max_norm):
+            dtype = acc_dtype(xp, grads)
+            norm = stack_norm(xp, array_norms(xp, grads, ord_, dtype), ord_)
+            return grads, state, {"norm": norm, "clipped_fraction": xp.zeros((), dtype=xp.float32)}
+        out, norms, flags = _per_array(xp, grads, max_norm, ord_, sem)
+        info = {"norm": stack_norm(xp, norms, ord_), "clipped_fraction": fraction(xp, flags, [1] * len(flags))}
+        return out, state, info
+
+    return Rule(update=guard_update(update, nonfinite), name="clip_by_norm")
+

@@ -1,0 +1,79 @@
+"""Element-wise clipping by value: ``[-c, c]`` or ``[lo, hi]``."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ._namespace import namespace
+from ._nonfinite import check_policy, guard_update
+from ._numerics import fraction
+from ._rule import EmptyState, Rule, factory
+from ._validate import check_bound, check_threshold
+
+__all__ = ["clip_by_value"]
+
+
+@factory
+def clip_by_value(
+    clip_value: float | None = None,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    nonfinite: str = "propagate",
+) -> Rule:
+    """Clip every element to ``[-clip_value, clip_value]`` or to ``[lo, hi]``.
+
+    The same as ``torch.nn.utils.clip_grad_value_``, ``optax.clip`` and Keras'
+    ``clipvalue`` (NaN stays NaN, +-Inf goes to the bound), except that a
+    ``clip_value`` of 0 clips everything to 0 (Keras treats 0 as "off").
+
+    Args:
+      clip_value: symmetric bound ``c >= 0``; mutually exclusive with ``lo``/``hi``.
+      lo: lower bound, or ``None`` for none.
+      hi: upper bound, or ``None`` for none; ``lo <= hi``.
+      nonfinite: ``"propagate" | "zero" | "skip" | "raise"`` (see :mod:`gradclip_core`).
+
+    Returns:
+      A stateless :class:`Rule` whose info has ``clipped_fraction`` (fraction of
+      elements that were outside the bounds).
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.clip_by_value(1.0)
+      >>> g = [np.array([-3.0, 0.5, 2.0], np.float32)]
+      >>> out, _, info = rule.update(g, rule.init(g))
+      >>> out[0].tolist(), float(info["clipped_fraction"])
+      ([-1.0, 0.5, 1.0], 0.6666666865348816)
+    """
+    if clip_value is not None:
+        if lo is not None or hi is not None:
+            raise ValueError("clip_value is mutually exclusive with lo/hi: pass clip_value=c or lo=..., hi=...")
+        c = check_threshold("clip_value", clip_value)
+        lo_, hi_ = -c, c
+    else:
+        lo_, hi_ = check_bound("lo", lo), check_bound("hi", hi)
+        if lo_ is None and hi_ is None:
+            raise ValueError("clip_by_value needs clip_value, or at least one of lo/hi")
+        if lo_ is not None and hi_ is not None and lo_ > hi_:
+            raise ValueError(f"lo must be <= hi, got lo={lo!r}, hi={hi!r}")
+    check_policy(nonfinite)
+
+    def update(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
+        del params
+        grads = list(grads)
+        if not grads:
+            return grads, state, {}
+        xp = namespace(*grads)
+        out = [xp.clip(g, min=lo_, max=hi_) for g in grads]
+        flags = []
+        for g in grads:
+            f = xp.zeros(g.shape, dtype=xp.bool)
+            if lo_ is not None:
+                f = xp.logical_or(f, g < lo_)
+            if hi_ is not None:
+                f = xp.logical_or(f, g > hi_)
+            flags.append(f)
+        return out, state, {"clipped_fraction": fraction(xp, flags)}
+
+    return Rule(update=guard_update(update, nonfinite), name="clip_by_value")

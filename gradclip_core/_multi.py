@@ -1,0 +1,104 @@
+"""Multi-array primitives, overridable per namespace.
+
+A global rule touches every array of the model; a Python loop of single-array ops
+over hundreds of tensors is slow in eager frameworks. The core therefore expresses
+its multi-array work through the few primitives below. Each has a portable default
+written with the Array API; adapters register faster versions for their namespace
+(torch: ``torch._foreach_norm`` / ``torch._foreach_mul``) with
+:func:`register_multi_ops`. Every override must return exactly what the default
+returns (same values, same dtypes), the parity suite checks it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+from ._namespace import namespace_name
+
+__all__ = ["register_multi_ops", "array_norms", "array_sumsq", "multiply"]
+
+_OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
+_PRIMITIVES = ("array_norms", "array_sumsq", "multiply")
+
+
+def register_multi_ops(name: str, **primitives: Callable[..., Any]) -> None:
+    """Register fast multi-array primitives for the namespace registered as ``name``.
+
+    Args:
+      name: the namespace name, as returned by :func:`gradclip_core.namespace_name`
+        (e.g. ``"array_api_compat.torch"``).
+      **primitives: any of ``array_norms(xp, xs, ord, dtype)``,
+        ``array_sumsq(xp, xs, dtype)``, ``multiply(xp, xs, factors)``, with the
+        signatures and results of the defaults in this module.
+
+    Example:
+      >>> register_multi_ops("array_api_compat.numpy")  # nothing overridden
+    """
+    unknown = set(primitives) - set(_PRIMITIVES)
+    if unknown:
+        raise ValueError(f"unknown primitives {sorted(unknown)}; expected some of {list(_PRIMITIVES)}")
+    _OVERRIDES.setdefault(name, {}).update(primitives)
+
+
+def _override(xp: Any, primitive: str) -> Callable[..., Any] | None:
+    table = _OVERRIDES.get(namespace_name(xp))
+    return None if table is None else table.get(primitive)
+
+
+def size(x: Any) -> int:
+    """Static number of elements of ``x`` (shapes are static in every supported framework)."""
+    return math.prod(x.shape)
+
+
+def upcast(xp: Any, x: Any, dtype: Any) -> Any:
+    """``x`` as ``dtype`` (no copy when it already is)."""
+    return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> list[Any]:
+    """Per-array vector norms of order ``ord`` (1, 2 or inf), accumulated in ``dtype``.
+
+    Size-0 arrays have norm 0 for every order.
+
+    Returns:
+      a list of 0-d arrays of ``dtype``, one per input array.
+    """
+    fast = _override(xp, "array_norms")
+    if fast is not None:
+        return fast(xp, xs, ord, dtype)
+    out = []
+    for x in xs:
+        if size(x) == 0:
+            out.append(xp.zeros((), dtype=dtype))
+        else:
+            out.append(xp.linalg.vector_norm(upcast(xp, x, dtype), ord=ord))
+    return out
+
+
+def array_sumsq(xp: Any, xs: Sequence[Any], dtype: Any) -> list[Any]:
+    """Per-array sums of squares ``sum(x * x)``, accumulated in ``dtype``.
+
+    Returns:
+      a list of 0-d arrays of ``dtype``.
+    """
+    fast = _override(xp, "array_sumsq")
+    if fast is not None:
+        return fast(xp, xs, dtype)
+    out = []
+    for x in xs:
+        xc = upcast(xp, x, dtype)
+        out.append(xp.sum(xc * xc))
+    return out
+
+
+def multiply(xp: Any, xs: Sequence[Any], factors: Sequence[Any]) -> list[Any]:
+    """``[x * astype(f, x.dtype) for x, f in zip(xs, factors)]``: scale each array.
+
+    ``factors`` are 0-d arrays (or arrays broadcastable to each ``x``); each is cast
+    to its array's dtype first, as the numerics contract requires.
+    """
+    fast = _override(xp, "multiply")
+    if fast is not None:
+        return fast(xp, xs, factors)
+    return [x * upcast(xp, f, x.dtype) for x, f in zip(xs, factors)]

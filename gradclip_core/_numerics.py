@@ -1,0 +1,56 @@
+"""Numeric helpers shared by the rules: accumulation dtype, branch-free scales, counts."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ._multi import size, upcast
+from ._validate import is_number
+
+__all__ = ["acc_dtype", "const_like", "min_ratio", "fraction", "stack_norm"]
+
+
+def const_like(xp: Any, ref: Any, value: Any) -> Any:
+    """``value`` (a Python number or a 0-d array) as an array of ``ref``'s shape and dtype."""
+    if is_number(value):
+        return xp.full_like(ref, float(value))
+    return xp.broadcast_to(upcast(xp, value, ref.dtype), ref.shape)
+
+
+def acc_dtype(xp: Any, xs: Sequence[Any]) -> Any:
+    """Accumulation dtype: float64 if any array is float64, else float32 (bf16/fp16 upcast)."""
+    return xp.float64 if any(x.dtype == xp.float64 for x in xs) else xp.float32
+
+
+def min_ratio(xp: Any, bound: Any, value: Any) -> Any:
+    """``min(1, bound / value)``, branch-free, as ``value``'s dtype.
+
+    ``value <= bound`` (including 0 <= 0) gives exactly 1, never NaN; NaN ``value``
+    gives 1 (the NaN is left to propagate through the data); ``value = inf`` gives 0.
+    """
+    over = value > bound
+    safe = xp.where(over, value, xp.ones_like(value))
+    return xp.where(over, bound / safe, xp.ones_like(value))
+
+
+def stack_norm(xp: Any, norms: Sequence[Any], ord: float) -> Any:
+    """Norm of the vector of per-array norms (equals the norm of all elements together)."""
+    return xp.linalg.vector_norm(xp.stack(list(norms)), ord=ord)
+
+
+def fraction(xp: Any, flags: Sequence[Any], counts: Sequence[int] | None = None) -> Any:
+    """Fraction of true elements over arrays of flags (float32 0-d array; 0 when empty).
+
+    Args:
+      flags: boolean arrays.
+      counts: their element counts (computed from shapes when omitted).
+    """
+    counts = [size(f) for f in flags] if counts is None else counts
+    total = sum(counts)
+    hits = [xp.sum(xp.astype(f, xp.float32)) for f, n in zip(flags, counts) if n]
+    if not hits or total == 0:
+        return xp.zeros((), dtype=xp.float32)
+    acc = hits[0]
+    for h in hits[1:]:
+        acc = acc + h
+    return acc / float(total)

@@ -1,0 +1,57 @@
+"""Argument checks run at rule construction; each error names the argument and the expected form."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable
+
+__all__ = ["check_threshold", "check_choice", "check_ord", "is_number"]
+
+
+def is_number(value: Any) -> bool:
+    """A real Python/NumPy number (not bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_threshold(name: str, value: Any, *, positive: bool = False) -> Any:
+    """A finite threshold ``>= 0`` (``> 0`` if ``positive``), or a 0-d array (checked by the user).
+
+    0-d arrays are accepted unchecked so that thresholds can be traced values
+    (``optax.inject_hyperparams``, schedules); checking them would need a host sync.
+    """
+    if is_number(value):
+        v = float(value)
+        bound = "> 0" if positive else ">= 0"
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        return v
+    if getattr(value, "shape", None) == ():
+        return value
+    raise ValueError(f"{name} must be a finite number (or a 0-d array), got {type(value).__name__} {value!r}")
+
+
+def check_bound(name: str, value: Any) -> float | None:
+    """An optional finite bound (``None`` means unbounded)."""
+    if value is None:
+        return None
+    if not is_number(value) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number or None, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """``value`` must be one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_ord(value: Any) -> float:
+    """Norm order: 1, 2 or inf (``"inf"`` and ``math.inf`` accepted)."""
+    if isinstance(value, str) and value.lower() == "inf":
+        return math.inf
+    if is_number(value) and float(value) in (1.0, 2.0, math.inf):
+        return float(value)
+    raise ValueError(f"ord must be 1, 2 or inf, got {value!r}")
