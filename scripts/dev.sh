@@ -20,7 +20,8 @@ pip_install() {
 
 setup() {
     local stamp
-    stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+    # Re-install only when what pip sees changes (not pytest settings).
+    stamp=$( { sed '/^\[tool.pytest/,$d' pyproject.toml; cat constraints.txt; } | sha256sum | cut -c1-16)
     if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.gradclip-stamp" 2>/dev/null)" = "$stamp" ]; then
         return 0
     fi
