@@ -65,14 +65,18 @@ def clip_by_value(
         if not grads:
             return grads, state, {}
         xp = namespace(*grads)
-        out = [xp.clip(g, min=lo_, max=hi_) for g in grads]
-        flags = []
+        out, flags = [], []
         for g in grads:
-            f = xp.zeros(g.shape, dtype=xp.bool)
+            # maximum/minimum with 0-d bounds of g's dtype, not xp.clip: NumPy has no
+            # clip loop for bfloat16 (ml_dtypes) and would promote Python-float bounds.
+            o, f = g, xp.zeros(g.shape, dtype=xp.bool)
             if lo_ is not None:
-                f = xp.logical_or(f, g < lo_)
+                lo = xp.asarray(lo_, dtype=g.dtype)
+                o, f = xp.maximum(o, lo), xp.logical_or(f, g < lo)
             if hi_ is not None:
-                f = xp.logical_or(f, g > hi_)
+                hi = xp.asarray(hi_, dtype=g.dtype)
+                o, f = xp.minimum(o, hi), xp.logical_or(f, g > hi)
+            out.append(o)
             flags.append(f)
         return out, state, {"clipped_fraction": fraction(xp, flags)}
 

@@ -27,7 +27,11 @@ def min_ratio(xp: Any, bound: Any, value: Any) -> Any:
 
     ``value <= bound`` (including 0 <= 0) gives exactly 1, never NaN; NaN ``value``
     gives 1 (the NaN is left to propagate through the data); ``value = inf`` gives 0.
+    A static ``bound`` of 0 gives 0 (``min(1, 0 / norm)``), also when the squares of
+    tiny values underflowed the float32 norm to 0: clipping to 0 always gives zeros.
     """
+    if is_number(bound) and float(bound) == 0.0:
+        return xp.zeros_like(value)
     over = value > bound
     safe = xp.where(over, value, xp.ones_like(value))
     return xp.where(over, bound / safe, xp.ones_like(value))

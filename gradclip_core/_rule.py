@@ -178,10 +178,13 @@ def chain(*rules: Rule) -> Rule:
             info.update({f"{p}/{k}": v for k, v in i.items()})
         return list(params), tuple(new_state), info
 
+    # Keep "no project part" recognisable (``rule.project is Rule().project``): adapters
+    # such as gradclip_optax.transform() must know whether a rule needs the weights after the step.
+    has_project = any(r.project is not _identity_project for r in rules)
     return Rule(
         init=init,
         update=update,
-        project=project,
+        project=project if has_project else _identity_project,
         name="chain",
         needs_params=any(r.needs_params for r in rules),
         config={"rule": "chain", "rules": [dict(r.config) for r in rules]},
