@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from ._layout import AxisSpec, check_axis, reduce_axes
 from ._multi import upcast
-from ._namespace import namespace
-from ._nonfinite import check_policy, guard_update
+from ._nonfinite import check_policy
 from ._numerics import const_like, fraction
-from ._rule import EmptyState, Rule, factory
+from ._rule import Rule, factory
+from ._stateless import stateless_rule
 from ._validate import check_threshold
 
 __all__ = ["adaptive_clip", "unit_norms"]
 
 _DIV_EPS = 1e-6
-NO_PARAMS_MSG = (
-    "{name} needs the current parameters: call rule.update(grads, state, params) "
-    "(in optax, pass params to the transformation's update)"
-)
 
 
 def unit_norms(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
     """L2 norm of each unit of ``x`` (``sqrt(sum(x**2))`` over ``axes``, kept as size-1 dims)."""
     xc = upcast(xp, x, dtype)
     return xp.sqrt(xp.sum(xc * xc, axis=axes, keepdims=True))
-
-
-def check_params(name: str, grads: Sequence[Any], params: Sequence[Any] | None) -> list:
-    """``params`` must be given and match ``grads`` one to one in shape."""
-    if params is None:
-        raise ValueError(NO_PARAMS_MSG.format(name=name))
-    params = list(params)
-    if len(params) != len(grads):
-        raise ValueError(f"params must have one array per gradient: got {len(params)} params for {len(grads)} grads")
-    for i, (g, p) in enumerate(zip(grads, params)):
-        if tuple(g.shape) != tuple(p.shape):
-            raise ValueError(f"params[{i}] has shape {tuple(p.shape)} but its gradient has shape {tuple(g.shape)}")
-    return params
 
 
 @factory
@@ -87,12 +70,7 @@ def adaptive_clip(
     axis = check_axis(axis)
     check_policy(nonfinite)
 
-    def update(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
-        grads = list(grads)
-        params = check_params("adaptive_clip", grads, params)
-        if not grads:
-            return grads, state, {}
-        xp = namespace(*grads)
+    def clip(xp: Any, grads: list, params: list) -> tuple[list, dict]:
         out, flags = [], []
         for g, p in zip(grads, params):
             axes = reduce_axes(xp, axis, tuple(g.shape))
@@ -104,6 +82,6 @@ def adaptive_clip(
             clipped = gc * (max_norm / xp.maximum(g_norm, const_like(xp, g_norm, _DIV_EPS)))
             out.append(upcast(xp, xp.where(trigger, gc, clipped), g.dtype))
             flags.append(xp.logical_not(trigger))
-        return out, state, {"clipped_fraction": fraction(xp, flags)}
+        return out, {"clipped_fraction": fraction(xp, flags)}
 
-    return Rule(update=guard_update(update, nonfinite), name="adaptive_clip", needs_params=True)
+    return stateless_rule("adaptive_clip", clip, nonfinite, needs_params=True)

@@ -25,10 +25,10 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from ._multi import array_norms, array_sumsq, multiply, upcast
-from ._namespace import namespace
-from ._nonfinite import check_policy, guard_update
+from ._nonfinite import check_policy
 from ._numerics import acc_dtype, const_like, fraction, min_ratio, stack_norm
-from ._rule import EmptyState, Rule, factory
+from ._rule import Rule, factory
+from ._stateless import stateless_rule
 from ._validate import check_choice, check_ord, check_threshold, is_number
 
 __all__ = ["clip_by_global_norm", "clip_by_norm", "SEMANTICS"]
@@ -60,6 +60,13 @@ def _is_off(sem: str, max_norm: Any) -> bool:
     return sem == "keras" and is_number(max_norm) and float(max_norm) == 0.0
 
 
+def _multiplier(xp: Any, sem: str, max_norm: Any, norm: Any) -> Any:
+    """The scale of the multiplicative presets (canonical, torch) for a norm."""
+    if sem == "canonical":
+        return min_ratio(xp, max_norm, norm)
+    return xp.minimum(max_norm / (norm + _TORCH_EPS), xp.ones_like(norm))  # torch clip_grads_with_norm_
+
+
 # ----------------------------------------------------------------------------- global
 
 
@@ -78,10 +85,8 @@ def _global_norm(xp: Any, grads: Sequence[Any], ord: float, sem: str) -> Any:
 
 def _global_apply(xp: Any, grads: list, norm: Any, max_norm: Any, sem: str) -> tuple[list, Any]:
     """Clipped grads and the effective scale for a global norm ``norm``."""
-    if sem == "canonical":
-        scale = min_ratio(xp, max_norm, norm)
-    elif sem == "torch":
-        scale = xp.minimum(max_norm / (norm + _TORCH_EPS), xp.ones_like(norm))
+    if sem in ("canonical", "torch"):
+        scale = _multiplier(xp, sem, max_norm, norm)
     elif sem == "keras":
         inv_c = const_like(xp, norm, 1.0 / max_norm)
         scale = max_norm * xp.minimum(1.0 / norm, inv_c) + (norm - norm)
@@ -133,19 +138,14 @@ def clip_by_global_norm(
     sem = _check_semantics(semantics, ord_)
     check_policy(nonfinite)
 
-    def update(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
-        del params
-        grads = list(grads)
-        if not grads:
-            return grads, state, {}
-        xp = namespace(*grads)
+    def clip(xp: Any, grads: list, params: Any) -> tuple[list, dict]:
         norm = _global_norm(xp, grads, ord_, sem)
         if _is_off(sem, max_norm):
-            return grads, state, {"norm": norm, "scale": xp.ones_like(norm)}
+            return grads, {"norm": norm, "scale": xp.ones_like(norm)}
         out, scale = _global_apply(xp, grads, norm, max_norm, sem)
-        return out, state, {"norm": norm, "scale": scale}
+        return out, {"norm": norm, "scale": scale}
 
-    return Rule(update=guard_update(update, nonfinite), name="clip_by_global_norm")
+    return stateless_rule("clip_by_global_norm", clip, nonfinite)
 
 
 # ---------------------------------------------------------------------------- per array
@@ -156,10 +156,7 @@ def _per_array(xp: Any, grads: list, max_norm: Any, ord: float, sem: str) -> tup
     dtype = acc_dtype(xp, grads)
     if sem in ("canonical", "torch"):
         norms = array_norms(xp, grads, ord, dtype)
-        if sem == "canonical":
-            scales = [min_ratio(xp, max_norm, n) for n in norms]
-        else:
-            scales = [xp.minimum(max_norm / (n + _TORCH_EPS), xp.ones_like(n)) for n in norms]
+        scales = [_multiplier(xp, sem, max_norm, n) for n in norms]
         return multiply(xp, grads, scales), norms, [s < 1 for s in scales]
     if sem == "optax":
         norms = [xp.sqrt(s) for s in array_sumsq(xp, grads, dtype)]
@@ -226,19 +223,12 @@ def clip_by_norm(
     sem = _check_semantics(semantics, ord_)
     check_policy(nonfinite)
 
-    def update(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
-        del params
-        grads = list(grads)
-        if not grads:
-            return grads, state, {}
-        xp = namespace(*grads)
+    def clip(xp: Any, grads: list, params: Any) -> tuple[list, dict]:
         if _is_off(sem, max_norm):
-            dtype = acc_dtype(xp, grads)
-            norm = stack_norm(xp, array_norms(xp, grads, ord_, dtype), ord_)
-            return grads, state, {"norm": norm, "clipped_fraction": xp.zeros((), dtype=xp.float32)}
+            norm = stack_norm(xp, array_norms(xp, grads, ord_, acc_dtype(xp, grads)), ord_)
+            return grads, {"norm": norm, "clipped_fraction": xp.zeros((), dtype=xp.float32)}
         out, norms, flags = _per_array(xp, grads, max_norm, ord_, sem)
-        info = {"norm": stack_norm(xp, norms, ord_), "clipped_fraction": fraction(xp, flags, [1] * len(flags))}
-        return out, state, info
+        return out, {"norm": stack_norm(xp, norms, ord_), "clipped_fraction": fraction(xp, flags, [1] * len(flags))}
 
-    return Rule(update=guard_update(update, nonfinite), name="clip_by_norm")
+    return stateless_rule("clip_by_norm", clip, nonfinite)
 

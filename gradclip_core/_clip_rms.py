@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from ._multi import array_norms, array_sumsq, size, upcast
-from ._namespace import namespace
-from ._nonfinite import check_policy, guard_update
+from ._nonfinite import check_policy
 from ._numerics import acc_dtype, fraction
-from ._rule import EmptyState, Rule, factory
+from ._rule import Rule, factory
+from ._stateless import stateless_rule
 from ._validate import check_threshold
 
 __all__ = ["clip_by_block_rms", "clip_update_rms"]
@@ -26,12 +26,7 @@ def _norm_rms(xp: Any, xs: list, dtype: Any) -> list:
 
 
 def _rms_rule(threshold: Any, nonfinite: str, rms_fn: Callable[[Any, list, Any], list], name: str) -> Rule:
-    def update(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
-        del params
-        grads = list(grads)
-        if not grads:
-            return grads, state, {}
-        xp = namespace(*grads)
+    def clip(xp: Any, grads: list, params: Any) -> tuple[list, dict]:
         rms = rms_fn(xp, grads, acc_dtype(xp, grads))
         denoms = [xp.maximum(r / threshold, xp.ones_like(r)) for r in rms]
         out = [g / upcast(xp, d, g.dtype) for g, d in zip(grads, denoms)]
@@ -39,9 +34,9 @@ def _rms_rule(threshold: Any, nonfinite: str, rms_fn: Callable[[Any, list, Any],
             "max_rms": xp.max(xp.stack(rms)),
             "clipped_fraction": fraction(xp, [d > 1 for d in denoms], [1] * len(denoms)),
         }
-        return out, state, info
+        return out, info
 
-    return Rule(update=guard_update(update, nonfinite), name=name)
+    return stateless_rule(name, clip, nonfinite)
 
 
 @factory

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
-from ._namespace import namespace
-from ._nonfinite import check_policy, guard_update
+from ._nonfinite import check_policy
 from ._numerics import fraction
-from ._rule import EmptyState, Rule, factory
+from ._rule import Rule, factory
+from ._stateless import stateless_rule
 from ._validate import check_bound, check_threshold
 
 __all__ = ["clip_by_value"]
@@ -59,12 +59,7 @@ def clip_by_value(
             raise ValueError(f"lo must be <= hi, got lo={lo!r}, hi={hi!r}")
     check_policy(nonfinite)
 
-    def update(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
-        del params
-        grads = list(grads)
-        if not grads:
-            return grads, state, {}
-        xp = namespace(*grads)
+    def clip(xp: Any, grads: list, params: Any) -> tuple[list, dict]:
         out, flags = [], []
         for g in grads:
             # maximum/minimum with 0-d bounds of g's dtype, not xp.clip: NumPy has no
@@ -78,6 +73,6 @@ def clip_by_value(
                 o, f = xp.minimum(o, hi), xp.logical_or(f, g > hi)
             out.append(o)
             flags.append(f)
-        return out, state, {"clipped_fraction": fraction(xp, flags)}
+        return out, {"clipped_fraction": fraction(xp, flags)}
 
-    return Rule(update=guard_update(update, nonfinite), name="clip_by_value")
+    return stateless_rule("clip_by_value", clip, nonfinite)

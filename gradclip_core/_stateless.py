@@ -1,0 +1,51 @@
+"""Building block for stateless ``update`` rules (every clipping rule of the core)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from ._namespace import namespace
+from ._nonfinite import guard_update
+from ._rule import EmptyState, Rule
+
+__all__ = ["stateless_rule", "check_params", "NO_PARAMS_MSG"]
+
+NO_PARAMS_MSG = (
+    "{name} needs the current parameters: call rule.update(grads, state, params) "
+    "(in optax, pass params to the transformation's update)"
+)
+
+# fn(xp, grads, params) -> (new grads, info)
+UpdateFn = Callable[[Any, list, "list | None"], "tuple[list, dict]"]
+
+
+def check_params(name: str, grads: Sequence[Any], params: Sequence[Any] | None) -> list:
+    """``params`` must be given and match ``grads`` one to one in shape."""
+    if params is None:
+        raise ValueError(NO_PARAMS_MSG.format(name=name))
+    params = list(params)
+    if len(params) != len(grads):
+        raise ValueError(f"params must have one array per gradient: got {len(params)} params for {len(grads)} grads")
+    for i, (g, p) in enumerate(zip(grads, params)):
+        if tuple(g.shape) != tuple(p.shape):
+            raise ValueError(f"params[{i}] has shape {tuple(p.shape)} but its gradient has shape {tuple(g.shape)}")
+    return params
+
+
+def stateless_rule(name: str, fn: UpdateFn, nonfinite: str, *, needs_params: bool = False) -> Rule:
+    """A :class:`Rule` with empty state whose ``update`` is ``fn`` under a non-finite policy.
+
+    ``fn`` is called only with a non-empty list of gradients, their namespace ``xp`` and
+    the params (checked against the gradients when ``needs_params``, else as given).
+    """
+
+    def update(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
+        grads = list(grads)
+        if needs_params:
+            params = check_params(name, grads, params)
+        if not grads:
+            return grads, state, {}
+        out, info = fn(namespace(*grads), grads, params)
+        return out, state, info
+
+    return Rule(update=guard_update(update, nonfinite), name=name, needs_params=needs_params)
