@@ -71,6 +71,14 @@ class Rule(NamedTuple):
     needs_params: bool = False
     config: Mapping[str, Any] = {}
 
+    @property
+    def has_project(self) -> bool:
+        """Whether the rule acts on the weights after the step (constraints, pruning).
+
+        Adapters skip the after-step work for rules without one (all clipping rules).
+        """
+        return self.project is not _identity_project
+
 
 _FACTORIES: dict[str, Callable[..., Rule]] = {}
 
@@ -178,13 +186,12 @@ def chain(*rules: Rule) -> Rule:
             info.update({f"{p}/{k}": v for k, v in i.items()})
         return list(params), tuple(new_state), info
 
-    # Keep "no project part" recognisable (``rule.project is Rule().project``): adapters
-    # such as gradclip_optax.transform() must know whether a rule needs the weights after the step.
-    has_project = any(r.project is not _identity_project for r in rules)
+    # Keep "no project part" recognisable (Rule.has_project): adapters such as
+    # gradclip_optax.transform() must know whether a rule needs the weights after the step.
     return Rule(
         init=init,
         update=update,
-        project=project if has_project else _identity_project,
+        project=project if any(r.has_project for r in rules) else _identity_project,
         name="chain",
         needs_params=any(r.needs_params for r in rules),
         config={"rule": "chain", "rules": [dict(r.config) for r in rules]},

@@ -96,3 +96,15 @@ def test_identity_rule_defaults():
     g = [np.ones(2)]
     assert rule.update(g, rule.init(g))[0][0] is g[0]
     assert rule.project(g, rule.init(g))[0][0] is g[0]
+
+
+def test_has_project_tells_clipping_rules_from_weight_rules():
+    assert not gc.clip_by_global_norm(1.0).has_project
+    assert not gc.chain(gc.clip_by_value(1.0), gc.adaptive_clip(0.1, axis=0)).has_project
+
+    def clamp(params, state):
+        return [p * 0 for p in params], state, {}
+
+    weight_rule = gc.Rule(project=clamp, name="clamp")
+    assert weight_rule.has_project
+    assert gc.chain(gc.clip_by_value(1.0), weight_rule).has_project
