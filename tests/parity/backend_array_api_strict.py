@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cases import LR, Case
+from .reference import Step
 
 NAME = "array_api_strict"
 DTYPES = ("float32",)
@@ -22,7 +23,7 @@ def available() -> bool:
     return True
 
 
-def run(make_rule, case: Case) -> list[tuple[list, dict]]:
+def run(make_rule, case: Case) -> list[Step]:
     import array_api_strict as xp
 
     rule = make_rule()
@@ -33,5 +34,6 @@ def run(make_rule, case: Case) -> list[tuple[list, dict]]:
         g, state, info = rule.update([xp.asarray(x) for x in grads], state, params)
         params = [p - LR * u for p, u in zip(params, g)]
         params, state, pinfo = rule.project(params, state)
-        out.append(([np.asarray(p) for p in params], {k: float(v) for k, v in {**info, **pinfo}.items()}))
+        info = {k: float(v) for k, v in {**info, **pinfo}.items()}
+        out.append(Step([np.asarray(p) for p in params], info, [np.asarray(u) for u in g]))
     return out

@@ -1,4 +1,4 @@
-"""Prints the worst ulp distance per backend and dtype after the parity run."""
+"""Prints the worst distances per backend and dtype after the parity run."""
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -6,6 +6,6 @@ def pytest_terminal_summary(terminalreporter):
 
     if not WORST:
         return
-    terminalreporter.section("parity: worst ulp distance to the NumPy reference")
-    for (backend, dtype), ulp in sorted(WORST.items()):
-        terminalreporter.write_line(f"{backend:>18} {dtype:>9}: {ulp} ulp")
+    terminalreporter.section("parity: worst distance to the NumPy reference")
+    for (backend, dtype, what), value in sorted(WORST.items()):
+        terminalreporter.write_line(f"{backend:>18} {dtype:>9} {what:>24}: {value:.3g}")
