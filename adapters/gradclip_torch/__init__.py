@@ -1,1 +1,58 @@
-"""gradclip_torch: the torch adapter (issue #3); not implemented yet."""
+"""gradclip_torch: run any gradclip rule in PyTorch.
+
+Two ways to apply a rule (``import gradclip_core as gc``):
+
+- functional, after ``backward()`` and before ``optimizer.step()``::
+
+      state, info = gradclip_torch.apply_(model.parameters(), gc.clip_by_global_norm(1.0), state)
+
+  updates ``.grad`` in place (parameters whose ``grad`` is ``None`` are skipped, as torch
+  does) and returns the rule state and a dict of 0-d tensors for logging;
+  :func:`project_` is the same for the weights (constraints, pruning);
+- hooks, once::
+
+      handle = gradclip_torch.attach(optimizer, gc.clip_by_global_norm(1.0))
+
+  runs ``rule.update`` on the gradients before every ``optimizer.step()`` and
+  ``rule.project`` on the weights after it; ``handle.info`` is the last info,
+  ``handle.state_dict()`` / ``handle.load_state_dict()`` checkpoint the rule state,
+  ``handle.remove()`` detaches it.
+
+Importing this package routes the core's multi-array primitives to torch's
+``_foreach_norm`` / ``_foreach_mul_`` kernels. Everything is branch-free and free of
+host syncs (except ``nonfinite="raise"``), so it runs under ``torch.compile``, on CPU
+and CUDA, with float32/bfloat16/float16 gradients (norms accumulate in float32).
+
+AMP (``torch.amp.GradScaler``): with :func:`attach` nothing changes, ``scaler.step``
+unscales before ``optimizer.step()`` runs the hook and skips both on inf/NaN. With
+:func:`apply_` call ``scaler.unscale_(optimizer)`` first::
+
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)          # the rule must see unscaled gradients
+    state, info = gradclip_torch.apply_(model.parameters(), rule, state)
+    scaler.step(optimizer)              # skipped on inf/NaN (the rule already ran)
+    scaler.update()
+
+``semantics="torch"`` global-norm clipping gives bit for bit the result of
+``torch.nn.utils.clip_grad_norm_`` (float32, same kernels and operation order).
+
+Example:
+  >>> import torch
+  >>> import gradclip_core as gc
+  >>> import gradclip_torch
+  >>> model = torch.nn.Linear(3, 2)
+  >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+  >>> handle = gradclip_torch.attach(opt, gc.clip_by_global_norm(0.5))
+  >>> (model(torch.ones(8, 3)) * 100).sum().backward()
+  >>> opt.step()
+  >>> bool(handle.info["scale"] < 1)
+  True
+"""
+
+from ._apply import apply_, project_
+from ._hooks import Handle, attach
+from ._ops import register as _register
+
+_register()
+
+__all__ = ["apply_", "project_", "attach", "Handle"]

@@ -1,0 +1,212 @@
+"""Functional API: run a rule on the ``.grad`` of some parameters (or on the weights), in place."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from gradclip_core import Rule
+
+from ._ops import owned
+
+__all__ = ["apply_", "project_", "collect", "update_grads", "project_params"]
+
+Parameters = torch.Tensor | Iterable[torch.Tensor]
+
+# Core rules audited to never read an input array after scaling it, so the adapter may
+# let them scale its gradient buffers in place (see gradclip_torch._ops.owned).
+_INPLACE_SAFE = {
+    "clip_by_value",
+    "clip_by_norm",
+    "clip_by_global_norm",
+    "clip_by_block_rms",
+    "clip_update_rms",
+    "adaptive_clip",
+}
+
+
+def _check_rule(rule: Any, where: str) -> None:
+    if not isinstance(rule, Rule):
+        raise TypeError(f"{where}: rule must be a gradclip Rule (e.g. gradclip_core.clip_by_global_norm(1.0)), got {type(rule).__name__}")
+
+
+def inplace_safe(config: Any) -> bool:
+    """Whether a rule (by its ``config``) may scale the adapter's gradient buffers in place.
+
+    Only single audited core rules (in those, scaling is the last thing that can fail),
+    none with ``nonfinite="raise"``, and no chains: a later rule of a chain may raise
+    after an earlier one scaled, and nothing may be half-applied.
+
+    Example:
+      >>> import gradclip_core as gc
+      >>> inplace_safe(gc.clip_by_global_norm(1.0).config), inplace_safe(gc.clip_by_norm(1.0, nonfinite="raise").config)
+      (True, False)
+    """
+    if not isinstance(config, dict) or "rule" not in config:
+        return False
+    return config["rule"] in _INPLACE_SAFE and config.get("nonfinite", "propagate") != "raise"
+
+
+def _as_list(parameters: Parameters) -> list[torch.Tensor]:
+    if isinstance(parameters, torch.Tensor):
+        return [parameters]
+    return list(parameters)
+
+
+def _check_devices(tensors: Sequence[torch.Tensor], what: str) -> None:
+    if not tensors:
+        return
+    first = tensors[0].device
+    if any(t.device != first for t in tensors):
+        devices = sorted({str(t.device) for t in tensors})
+        raise ValueError(
+            f"gradclip_torch: {what} are on several devices ({', '.join(devices)}); a gradclip rule "
+            "computes one result over all of them and needs them on one device (apply it per device, "
+            "or move them, as torch.nn.utils.clip_grad_norm_ users do with foreach)"
+        )
+
+
+def collect(parameters: Parameters) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The parameters that have a gradient, and their gradients (``grad is None`` skipped).
+
+    Raises:
+      ValueError: gradients on several devices, or sparse gradients.
+
+    Example:
+      >>> import torch
+      >>> a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+      >>> a.grad = torch.ones(2)
+      >>> [tuple(p.shape) for p in collect([a, b])[0]]
+      [(2,)]
+    """
+    params = [p for p in _as_list(parameters) if p.grad is not None]
+    grads = [p.grad for p in params]
+    for g in grads:
+        if g.is_sparse:
+            raise ValueError("gradclip_torch: sparse gradients are not supported (densify them, or clip them yourself)")
+    _check_devices(grads, "the gradients")
+    return params, grads
+
+
+def _check_outputs(kind: str, old: Sequence[torch.Tensor], new: Sequence[Any]) -> None:
+    if len(new) != len(old):
+        raise ValueError(f"gradclip_torch: the rule returned {len(new)} {kind} for {len(old)} inputs")
+    for i, (a, b) in enumerate(zip(old, new)):
+        if not isinstance(b, torch.Tensor) or b.shape != a.shape or b.dtype != a.dtype:
+            got = f"{b.dtype}{list(b.shape)}" if isinstance(b, torch.Tensor) else type(b).__name__
+            raise ValueError(f"gradclip_torch: the rule turned {kind} {i} from {a.dtype}{list(a.shape)} into {got}")
+
+
+def _write_back(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> None:
+    """Copy ``src[i]`` into ``dst[i]`` where the rule produced a new tensor."""
+    idx = [i for i, (d, s) in enumerate(zip(dst, src)) if s is not d]
+    if idx:
+        torch._foreach_copy_([dst[i] for i in idx], [src[i] for i in idx])
+
+
+def update_grads(
+    rule: Rule, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: Any
+) -> tuple[Any, dict]:
+    """``rule.update`` on ``grads``, written back into them in place; returns ``(state, info)``.
+
+    Everything is checked before anything is written: if the rule raises, the
+    gradients and ``state`` are untouched.
+    """
+    with torch.no_grad():
+        if not grads:
+            return (rule.init([]) if state is None else state), {}
+        views = [p.detach() for p in params] if (rule.needs_params or state is None) else None
+        if state is None:
+            state = rule.init(views)
+        compiling = torch.compiler.is_compiling()
+        donate = not compiling and inplace_safe(rule.config)
+        ctx = owned(grads) if donate else contextlib.nullcontext()
+        with ctx:
+            out, new_state, info = rule.update(list(grads), state, views if rule.needs_params else None)
+        _check_outputs("gradient", grads, out)
+        _write_back(grads, out)
+    return new_state, dict(info)
+
+
+def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any) -> tuple[Any, dict]:
+    """``rule.project`` on the weights ``params``, written back in place; returns ``(state, info)``."""
+    with torch.no_grad():
+        views = [p.detach() for p in params]
+        if state is None:
+            state = rule.init(views)
+        if not views:
+            return state, {}
+        out, new_state, info = rule.project(views, state)
+        _check_outputs("parameter", views, out)
+        _write_back(views, out)
+    return new_state, dict(info)
+
+
+def apply_(parameters: Parameters, rule: Rule, state: Any = None) -> tuple[Any, dict]:
+    """Apply ``rule.update`` to the gradients of ``parameters``, in place (like ``clip_grad_norm_``).
+
+    Parameters whose ``grad`` is ``None`` are skipped, as torch does: the rule sees only
+    the parameters that have a gradient. Nothing is synchronised with the host (except
+    ``nonfinite="raise"``, which must look at the values). Multi-tensor work runs on
+    torch's ``_foreach`` kernels. Call it after ``backward()`` (and after
+    ``GradScaler.unscale_(optimizer)`` under AMP) and before ``optimizer.step()``.
+
+    Args:
+      parameters: a tensor or an iterable of tensors (e.g. ``model.parameters()``).
+      rule: a gradclip rule, e.g. ``gradclip_core.clip_by_global_norm(1.0)``.
+      state: the rule state returned by the previous call, or ``None`` to start from
+        ``rule.init`` of the parameters that have a gradient (stateless rules need none).
+
+    Returns:
+      ``(state, info)``: the new rule state, and a dict of 0-d tensors for logging
+      (e.g. ``norm`` and ``scale``), left on the device.
+
+    Raises:
+      ValueError: gradients on several devices, or a rule that changes shapes/dtypes.
+      FloatingPointError: ``nonfinite="raise"`` and a NaN/Inf gradient; nothing changed.
+
+    Example:
+      >>> import torch
+      >>> import gradclip_core as gc
+      >>> import gradclip_torch
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> w.grad = torch.tensor([3.0, 4.0])
+      >>> state, info = gradclip_torch.apply_([w], gc.clip_by_global_norm(1.0))
+      >>> w.grad.tolist(), float(info["norm"])
+      ([0.6000000238418579, 0.800000011920929], 5.0)
+    """
+    _check_rule(rule, "apply_")
+    params, grads = collect(parameters)
+    if rule.needs_params:
+        _check_devices(list(params) + list(grads), "the parameters and their gradients")
+    return update_grads(rule, params, grads, state)
+
+
+def project_(parameters: Parameters, rule: Rule, state: Any = None) -> tuple[Any, dict]:
+    """Apply ``rule.project`` to the weights of ``parameters``, in place (after ``optimizer.step()``).
+
+    Clipping rules do nothing here; constraints and pruning re-project the weights.
+
+    Args:
+      parameters: a tensor or an iterable of tensors.
+      rule: a gradclip rule.
+      state: the rule state (as returned by :func:`apply_`), or ``None`` for ``rule.init``.
+
+    Returns:
+      ``(state, info)`` like :func:`apply_`.
+
+    Example:
+      >>> import torch
+      >>> import gradclip_core as gc
+      >>> import gradclip_torch
+      >>> w = torch.nn.Parameter(torch.ones(2))
+      >>> _, info = gradclip_torch.project_([w], gc.clip_by_value(1.0))
+      >>> w.tolist(), info
+      ([1.0, 1.0], {})
+    """
+    _check_rule(rule, "project_")
+    params = _as_list(parameters)
+    _check_devices(params, "the parameters")
+    return project_params(rule, params, state)

@@ -1,0 +1,208 @@
+"""Optimizer hooks: run a rule inside every ``optimizer.step()``, with checkpointable state.
+
+:func:`attach` registers two hooks on a ``torch.optim.Optimizer``:
+
+- a step *pre*-hook: ``rule.update`` on the gradients of the optimizer's parameters
+  that have one (``grad is None`` skipped), in place, before the optimizer reads them;
+- a step *post*-hook: ``rule.project`` on the weights of those same parameters.
+
+AMP: with ``torch.amp.GradScaler`` call ``scaler.step(optimizer)`` as usual. It
+unscales the gradients (if ``scaler.unscale_`` was not called already) and then calls
+``optimizer.step()`` only when they are finite, so the rule always sees unscaled
+gradients and a step skipped by the scaler skips the rule too (its state and ``info``
+stay those of the last real step).
+
+``nonfinite="skip"`` rules: the hook cannot cancel ``optimizer.step()`` without a host
+sync, so on a non-finite step the rule hands the optimizer all-zero gradients (and keeps
+its own state). With plain SGD (no momentum, no weight decay) the weights then stay
+exactly as they were; optimizers with momentum, weight decay or Adam's moments still
+take their step with a zero gradient (moments decay, step counters advance, momentum
+keeps moving the weights). ``handle.info["skipped"]`` tells which steps were skipped.
+For a true skip of such optimizers check that flag yourself (one sync) and do not call
+``step()``, or use ``GradScaler``, whose inf check does exactly that.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from gradclip_core import Rule
+
+from ._apply import _check_devices, _check_rule, collect, project_params, update_grads
+from ._state import check_leaves, flatten, structure, unflatten
+
+__all__ = ["attach", "Handle"]
+
+_FORMAT = 1
+
+
+class Handle:
+    """What :func:`attach` returns: the hooks, the rule's state and the last ``info``.
+
+    Attributes:
+      rule: the attached rule.
+      optimizer: the optimizer it is attached to.
+      info: dict of 0-d tensors from the last step (update and project info merged),
+        left on the device (no host sync); empty before the first step.
+
+    Example:
+      >>> import torch
+      >>> import gradclip_core as gc
+      >>> import gradclip_torch
+      >>> model = torch.nn.Linear(2, 1)
+      >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+      >>> handle = gradclip_torch.attach(opt, gc.clip_by_global_norm(1.0))
+      >>> model(torch.ones(4, 2)).sum().backward()
+      >>> opt.step()
+      >>> sorted(handle.info)
+      ['norm', 'scale']
+      >>> handle.remove()
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, rule: Rule) -> None:
+        self.rule = rule
+        self.optimizer = optimizer
+        self.info: dict[str, torch.Tensor] = {}
+        self._state: Any = None
+        self._pending: list[torch.Tensor] | None = None
+        self._params: list[torch.Tensor] = []
+        self._pre = optimizer.register_step_pre_hook(self._pre_hook)
+        self._post = optimizer.register_step_post_hook(self._post_hook)
+
+    # --------------------------------------------------------------------- hooks
+
+    def _materialize(self, params: list[torch.Tensor]) -> None:
+        """Build the state on the first step: ``rule.init``, or the loaded checkpoint."""
+        with torch.no_grad():
+            template = self.rule.init([p.detach() for p in params])
+        if self._pending is not None:
+            check_leaves(template, self._pending)
+            device = params[0].device if params else None
+            leaves = [t.to(device) if device is not None else t for t in self._pending]
+            template = unflatten(template, leaves)
+            self._pending = None
+        self._state = template
+
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        params, grads = collect(params)
+        if self.rule.needs_params:
+            _check_devices(list(params) + list(grads), "the parameters and their gradients")
+        if self._state is None:
+            self._materialize(params)
+        self._state, info = update_grads(self.rule, params, grads, self._state)
+        self._params = params
+        self.info = info
+
+    def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self.rule.has_project:  # clipping rules: nothing to do after the step
+            return
+        self._state, info = project_params(self.rule, self._params, self._state)
+        if info:
+            self.info = {**self.info, **info}
+
+    # --------------------------------------------------------------------- public
+
+    @property
+    def state(self) -> Any:
+        """The rule's current state (a tree of NamedTuples of tensors).
+
+        ``None`` before the first step (the state is built from the parameters that
+        have gradients at that step; a loaded checkpoint is applied then too).
+        """
+        return self._state
+
+    def remove(self) -> None:
+        """Remove both hooks; the optimizer steps without the rule afterwards."""
+        self._pre.remove()
+        self._post.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        """A checkpoint of the rule's state: tensors, strings and tuples only.
+
+        Returns:
+          ``{"format": 1, "state": [tensors...], "structure": signature}``; ``state``
+          is empty (and ``structure`` ``None``) before the first step. It loads with
+          ``torch.load(weights_only=True)``.
+
+        Example:
+          >>> import torch
+          >>> import gradclip_core as gc
+          >>> import gradclip_torch
+          >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+          >>> gradclip_torch.attach(opt, gc.clip_by_value(1.0)).state_dict()
+          {'format': 1, 'state': [], 'structure': None}
+        """
+        if self._state is None:
+            leaves = [t.clone() for t in (self._pending or [])]
+            return {"format": _FORMAT, "state": leaves, "structure": None}
+        leaves = [t.detach().clone() for t in flatten(self._state)]
+        return {"format": _FORMAT, "state": leaves, "structure": structure(self._state)}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a checkpoint made by :meth:`state_dict` (of a handle with the same rule).
+
+        Before the first step the tensors are kept and checked against ``rule.init``
+        at that step (moved to the parameters' device, dtypes kept); after it they
+        replace the current state at once.
+
+        Raises:
+          ValueError: not a gradclip handle checkpoint, or a state that does not fit.
+        """
+        if not isinstance(state_dict, Mapping) or state_dict.get("format") != _FORMAT or "state" not in state_dict:
+            raise ValueError("load_state_dict expects a dict made by gradclip_torch's Handle.state_dict()")
+        leaves = list(state_dict["state"])
+        for i, t in enumerate(leaves):
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"state tensor {i} must be a torch.Tensor, got {type(t).__name__}")
+        if self._state is None:
+            self._pending = [t.detach().clone() for t in leaves]
+            return
+        expected = structure(self._state)
+        given = state_dict.get("structure")
+        if given is not None and given != expected:
+            raise ValueError(f"state_dict was made for a different rule state: {given} vs {expected}")
+        check_leaves(self._state, leaves)
+        current = flatten(self._state)
+        self._state = unflatten(self._state, [t.detach().to(c.device).clone() for t, c in zip(leaves, current)])
+
+    def __enter__(self) -> "Handle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"Handle(rule={self.rule.name!r}, optimizer={type(self.optimizer).__name__})"
+
+
+def attach(optimizer: torch.optim.Optimizer, rule: Rule) -> Handle:
+    """Run ``rule`` inside every ``optimizer.step()`` (step pre- and post-hooks).
+
+    Args:
+      optimizer: any ``torch.optim.Optimizer``.
+      rule: a gradclip rule.
+
+    Returns:
+      A :class:`Handle` with ``.remove()``, ``.info`` (last info, tensors),
+      ``.state``, ``.state_dict()`` and ``.load_state_dict()``; also a context manager
+      that removes the hooks on exit.
+
+    Example:
+      >>> import torch
+      >>> import gradclip_core as gc
+      >>> import gradclip_torch
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> opt = torch.optim.SGD([w], lr=1.0)
+      >>> handle = gradclip_torch.attach(opt, gc.clip_by_global_norm(1.0))
+      >>> w.grad = torch.tensor([3.0, 4.0])
+      >>> opt.step()
+      >>> [round(v, 4) for v in w.tolist()], float(handle.info["norm"])
+      ([-0.6, -0.8], 5.0)
+    """
+    _check_rule(rule, "attach")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return Handle(optimizer, rule)

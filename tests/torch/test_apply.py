@@ -1,0 +1,216 @@
+"""gradclip_torch.apply_ against torch's native clipping, and its edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import gradclip_core as gc
+import gradclip_torch
+
+from .util import mlp, set_grads
+
+
+def _pair(seed=0, scale=10.0, dtype=torch.float32):
+    a, b = mlp(seed, dtype), mlp(seed, dtype)
+    set_grads(a.parameters(), seed + 1, scale)
+    set_grads(b.parameters(), seed + 1, scale)
+    return a, b
+
+
+def _grads(model):
+    return [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("max_norm", [0.5, 1e6, 0.0])
+@pytest.mark.parametrize("scale", [10.0, 1e-3, 1e30])
+def test_torch_semantics_bit_exact(norm_type, foreach, max_norm, scale):
+    ours, native = _pair(scale=scale)
+    total = torch.nn.utils.clip_grad_norm_(native.parameters(), max_norm, norm_type=norm_type, foreach=foreach)
+    rule = gc.clip_by_global_norm(max_norm, ord=norm_type, semantics="torch")
+    _, info = gradclip_torch.apply_(ours.parameters(), rule)
+    assert torch.equal(info["norm"], total)
+    for a, b in zip(_grads(ours), _grads(native)):
+        assert torch.equal(a, b)
+
+
+def test_torch_semantics_bit_exact_many_tensors():
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.empty(s)) for s in [(300, 17), (1,), (4096,), (64, 64)] * 40]
+    qs = [torch.nn.Parameter(torch.empty(p.shape)) for p in ps]
+    for p, q in zip(ps, qs):
+        p.grad = torch.randn(p.shape)
+        q.grad = p.grad.clone()
+    total = torch.nn.utils.clip_grad_norm_(qs, 1.0, foreach=True)
+    _, info = gradclip_torch.apply_(ps, gc.clip_by_global_norm(1.0, semantics="torch"))
+    assert torch.equal(info["norm"], total)
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(ps, qs))
+
+
+def test_canonical_close_to_native():
+    ours, native = _pair()
+    torch.nn.utils.clip_grad_norm_(native.parameters(), 1.0)
+    _, info = gradclip_torch.apply_(ours.parameters(), gc.clip_by_global_norm(1.0))
+    assert float(info["scale"]) < 1
+    for a, b in zip(_grads(ours), _grads(native)):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_clip_by_value_equals_native(foreach):
+    ours, native = _pair()
+    torch.nn.utils.clip_grad_value_(native.parameters(), 0.75, foreach=foreach)
+    _, info = gradclip_torch.apply_(ours.parameters(), gc.clip_by_value(0.75))
+    assert 0 < float(info["clipped_fraction"]) < 1
+    for a, b in zip(_grads(ours), _grads(native)):
+        assert torch.equal(a, b)
+
+
+def test_updates_grad_tensors_in_place():
+    model, _ = _pair()
+    before = [p.grad for p in model.parameters()]
+    ptrs = [g.data_ptr() for g in before]
+    for rule in [gc.clip_by_global_norm(0.1), gc.clip_by_value(0.1), gc.clip_by_norm(0.1, nonfinite="zero")]:
+        gradclip_torch.apply_(model.parameters(), rule)
+        assert all(p.grad is g for p, g in zip(model.parameters(), before))
+        assert [p.grad.data_ptr() for p in model.parameters()] == ptrs
+
+
+def test_single_tensor_and_generator_inputs():
+    w = torch.nn.Parameter(torch.zeros(2))
+    w.grad = torch.tensor([3.0, 4.0])
+    gradclip_torch.apply_(w, gc.clip_by_global_norm(1.0))
+    assert torch.allclose(w.grad, torch.tensor([0.6, 0.8]))
+    m, _ = _pair()
+    state, info = gradclip_torch.apply_((p for p in m.parameters()), gc.clip_by_global_norm(1.0))
+    assert state == gc.EmptyState() and set(info) == {"norm", "scale"}
+
+
+def test_grad_none_is_skipped():
+    model, ref = _pair()
+    model[0].bias.grad = None
+    ref[0].bias.grad = None
+    seen = []
+    base = gc.clip_by_global_norm(0.5, semantics="torch")
+
+    def update(grads, state, params=None):
+        seen.append([tuple(g.shape) for g in grads])
+        return base.update(grads, state, params)
+
+    gradclip_torch.apply_(model.parameters(), gc.Rule(update=update, name="spy"))
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+    assert seen == [[(7, 5), (3, 7), (3,)]]
+    assert model[0].bias.grad is None
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(model.parameters(), ref.parameters()) if p.grad is not None)
+
+
+def test_no_grads_at_all():
+    model = mlp()
+    state, info = gradclip_torch.apply_(model.parameters(), gc.clip_by_global_norm(1.0))
+    assert info == {} and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_grads(dtype):
+    model = mlp(dtype=dtype)
+    set_grads(model.parameters(), 3, scale=300.0)  # fp16: sum of squares overflows in fp16
+    ref = [p.grad.float() for p in model.parameters()]
+    _, info = gradclip_torch.apply_(model.parameters(), gc.clip_by_global_norm(1.0))
+    assert info["norm"].dtype == torch.float32 and torch.isfinite(info["norm"])
+    want_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in ref]))
+    torch.testing.assert_close(info["norm"], want_norm, rtol=1e-5, atol=0)
+    scale = info["scale"]
+    for p, g in zip(model.parameters(), ref):
+        assert p.grad.dtype == dtype
+        assert torch.equal(p.grad, g.to(dtype) * scale.to(dtype))
+
+
+def test_mixed_devices_rejected():
+    a = torch.nn.Parameter(torch.zeros(2))
+    a.grad = torch.ones(2)
+    b = torch.nn.Parameter(torch.zeros(2, device="meta"))
+    b.grad = torch.ones(2, device="meta")
+    with pytest.raises(ValueError, match=r"several devices \(cpu, meta\)"):
+        gradclip_torch.apply_([a, b], gc.clip_by_global_norm(1.0))
+    assert torch.equal(a.grad, torch.ones(2))
+
+
+def test_needs_params_gets_the_weights():
+    model, ref = _pair()
+    rule = gc.adaptive_clip(0.01)  # axis=None: torch's (out, in) layout
+    _, info = gradclip_torch.apply_(model.parameters(), rule)
+    params = [p.detach() for p in ref.parameters()]
+    want, _, _ = rule.update([p.grad for p in ref.parameters()], (), params)
+    assert float(info["clipped_fraction"]) > 0
+    for p, w in zip(model.parameters(), want):
+        assert torch.equal(p.grad, w)
+
+
+@pytest.mark.parametrize("rule", [
+    gc.clip_by_global_norm(1.0, nonfinite="raise"),
+    gc.chain(gc.clip_by_global_norm(1.0), gc.clip_by_value(0.1, nonfinite="raise")),
+], ids=["global", "chain"])
+def test_raise_changes_nothing(rule):
+    model, _ = _pair()
+    model[2].weight.grad[1, 2] = float("nan")
+    before = [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError):
+        gradclip_torch.apply_(model.parameters(), rule)
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p.grad, b, ) or (torch.isnan(p.grad) == torch.isnan(b)).all() and torch.equal(
+            torch.nan_to_num(p.grad), torch.nan_to_num(b))
+
+
+def test_skip_zeroes_grads():
+    model, _ = _pair()
+    model[0].weight.grad[0, 0] = float("inf")
+    _, info = gradclip_torch.apply_(model.parameters(), gc.clip_by_global_norm(1.0, nonfinite="skip"))
+    assert int(info["skipped"]) == 1
+    assert all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="gradclip Rule"):
+        gradclip_torch.apply_([], lambda g: g)
+    bad = gc.Rule(update=lambda g, s, p=None: ([x.double() for x in g], s, {}), name="bad")
+    model, _ = _pair()
+    before = [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="float64"):
+        gradclip_torch.apply_(model.parameters(), bad)
+    assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before))
+
+
+def test_project_():
+    w = torch.nn.Parameter(torch.tensor([3.0, -4.0]))
+    _, info = gradclip_torch.project_([w], gc.clip_by_global_norm(1.0))
+    assert info == {} and w.tolist() == [3.0, -4.0]  # clipping rules do not project
+    proj = gc.Rule(project=lambda ps, s: ([torch.clamp(p, -1, 1) for p in ps], s, {"n": torch.tensor(1)}), name="box")
+    _, info = gradclip_torch.project_([w], proj)
+    assert w.tolist() == [1.0, -1.0] and int(info["n"]) == 1
+
+
+@pytest.mark.parametrize("rule", [
+    gc.clip_by_global_norm(0.5, semantics=s, nonfinite=nf)
+    for s in ("canonical", "torch", "optax", "keras") for nf in ("propagate", "zero", "skip")
+] + [
+    gc.clip_by_norm(0.5, semantics=s) for s in ("canonical", "torch", "optax", "keras")
+] + [
+    gc.chain(gc.clip_by_global_norm(0.5), gc.clip_by_global_norm(0.1, semantics="torch"), gc.clip_by_value(0.01)),
+    gc.chain(gc.clip_by_norm(0.5, nonfinite="zero"), gc.clip_by_block_rms(0.1), gc.adaptive_clip(0.01)),
+], ids=lambda r: str(r.config)[:60])
+def test_inplace_scaling_equals_pure_update(rule):
+    """apply_ lets audited core rules scale .grad in place; the result must equal the pure update."""
+    model, _ = _pair()
+    model[2].weight.grad[0, 1] = float("inf")
+    grads = [p.grad.clone() for p in model.parameters()]
+    params = [p.detach().clone() for p in model.parameters()]
+    want, _, want_info = rule.update(grads, rule.init(params), params)
+    _, info = gradclip_torch.apply_(model.parameters(), rule)
+    for p, w in zip(model.parameters(), want):
+        assert torch.equal(torch.nan_to_num(p.grad), torch.nan_to_num(w))
+        assert torch.equal(torch.isnan(p.grad), torch.isnan(w))
+    assert set(info) == set(want_info)

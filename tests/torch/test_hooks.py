@@ -1,0 +1,367 @@
+"""gradclip_torch.attach: optimizer hooks, info, checkpoints, AMP, skip, torch.compile."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import gradclip_core as gc
+import gradclip_torch
+
+from .util import batch, ema_clip, loss_fn, mlp
+
+OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05),
+    "sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-2),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
+}
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _train_manual(rule, make_opt, steps, seed=0):
+    """The reference loop: apply_ by hand between backward and step."""
+    model = mlp(seed)
+    opt = make_opt(model.parameters())
+    state, infos = None, []
+    for step in range(steps):
+        opt.zero_grad()
+        loss_fn(model, step).backward()
+        state, info = gradclip_torch.apply_(model.parameters(), rule, state)
+        opt.step()
+        infos.append(info)
+    return model, infos
+
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("rule_name", ["global", "global-torch", "value", "ema-chain"])
+def test_attach_equals_manual_apply(opt_name, rule_name):
+    make_rule = {
+        "global": lambda: gc.clip_by_global_norm(1.0),
+        "global-torch": lambda: gc.clip_by_global_norm(1.0, semantics="torch"),
+        "value": lambda: gc.clip_by_value(0.5),
+        "ema-chain": lambda: gc.chain(ema_clip(), gc.clip_by_norm(5.0)),
+    }[rule_name]
+    make_opt = OPTIMIZERS[opt_name]
+    ref, ref_infos = _train_manual(make_rule(), make_opt, 4)
+    model = mlp(0)
+    opt = make_opt(model.parameters())
+    handle = gradclip_torch.attach(opt, make_rule())
+    for step in range(4):
+        opt.zero_grad()
+        loss_fn(model, step).backward()
+        opt.step()
+        assert set(handle.info) == set(ref_infos[step])
+        for k, v in handle.info.items():
+            assert isinstance(v, torch.Tensor) and v.shape == ()
+            assert torch.equal(v, ref_infos[step][k])
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_attach_matches_native_clip_then_step():
+    model, ref = mlp(0), mlp(0)
+    opt, ref_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    gradclip_torch.attach(opt, gc.clip_by_global_norm(0.5, semantics="torch"))
+    for step in range(3):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            loss_fn(m, step).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+        opt.step()
+        ref_opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
+
+
+def test_remove_and_context_manager():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = gradclip_torch.attach(opt, gc.clip_by_value(1e-3))
+    handle.remove()
+    loss_fn(model, 0).backward()
+    g = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    assert handle.info == {}
+    assert any(float(x.abs().max()) > 1e-3 for x in g)
+    with gradclip_torch.attach(opt, gc.clip_by_value(1e-3)) as h:
+        opt.step()
+        assert "clipped_fraction" in h.info
+    info = h.info
+    opt.step()
+    assert h.info is info  # removed on exit
+
+
+def test_grad_none_params_skipped_and_frozen_stay():
+    model = mlp()
+    model[0].weight.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = gradclip_torch.attach(opt, gc.clip_by_global_norm(0.1))
+    loss_fn(model, 0).backward()
+    before = model[0].weight.detach().clone()
+    opt.step()
+    assert torch.equal(model[0].weight, before)
+    assert handle.state == gc.EmptyState()
+
+
+def _run_with_checkpoint(make_rule, make_opt, steps, cut):
+    """Train ``cut`` steps, checkpoint to bytes, rebuild everything fresh, train the rest."""
+    model = mlp(0)
+    opt = make_opt(model.parameters())
+    handle = gradclip_torch.attach(opt, make_rule())
+    for step in range(cut):
+        opt.zero_grad()
+        loss_fn(model, step).backward()
+        opt.step()
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "clip": handle.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    model2 = mlp(1)  # different init: everything must come from the checkpoint
+    model2.load_state_dict(ckpt["model"])
+    opt2 = make_opt(model2.parameters())
+    opt2.load_state_dict(ckpt["opt"])
+    handle2 = gradclip_torch.attach(opt2, make_rule())
+    handle2.load_state_dict(ckpt["clip"])
+    infos = []
+    for step in range(cut, steps):
+        opt2.zero_grad()
+        loss_fn(model2, step).backward()
+        opt2.step()
+        infos.append(dict(handle2.info))
+    return model2, handle2, infos
+
+
+@pytest.mark.parametrize("opt_name", ["sgd-momentum", "adam"])
+def test_state_dict_resumes_exactly(opt_name):
+    def make_rule():
+        return gc.chain(ema_clip(0.7), gc.clip_by_global_norm(3.0))
+
+    make_opt = OPTIMIZERS[opt_name]
+    model = mlp(0)
+    opt = make_opt(model.parameters())
+    handle = gradclip_torch.attach(opt, make_rule())
+    infos = []
+    for step in range(6):
+        opt.zero_grad()
+        loss_fn(model, step).backward()
+        opt.step()
+        infos.append(dict(handle.info))
+    resumed, handle2, infos2 = _run_with_checkpoint(make_rule, make_opt, 6, 3)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(infos[3:], infos2):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert int(handle2.state[0].count) == 6
+    sd = handle.state_dict()
+    assert all(torch.equal(x, y) for x, y in zip(sd["state"], handle2.state_dict()["state"]))
+    assert sd["state"][0].dtype == torch.int32
+
+
+def test_state_dict_before_first_step_and_errors():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = gradclip_torch.attach(opt, ema_clip())
+    assert handle.state is None and handle.state_dict()["state"] == []
+    loss_fn(model, 0).backward()
+    opt.step()
+    sd = handle.state_dict()
+    assert int(sd["state"][0]) == 1
+    # a fresh handle keeps the checkpoint until its first step, and returns it meanwhile
+    other = gradclip_torch.attach(torch.optim.SGD(mlp().parameters(), lr=0.1), ema_clip())
+    other.load_state_dict(sd)
+    assert [int(t) for t in other.state_dict()["state"][:1]] == [1]
+    # a loaded state replaces the current one at once
+    handle.load_state_dict({**sd, "state": [torch.tensor(5, dtype=torch.int32), torch.tensor(2.0)]})
+    assert int(handle.state.count) == 5 and float(handle.state.ema) == 2.0
+    with pytest.raises(ValueError, match="state tensors"):
+        handle.load_state_dict({"format": 1, "state": [torch.tensor(1)], "structure": None})
+    with pytest.raises(ValueError, match="int32"):
+        handle.load_state_dict({"format": 1, "state": [torch.tensor(1.0), torch.tensor(2.0)], "structure": None})
+    with pytest.raises(ValueError, match="Handle.state_dict"):
+        handle.load_state_dict({"state": []})
+    with pytest.raises(ValueError, match="different rule"):
+        handle.load_state_dict({**sd, "structure": ("tuple",)})
+
+
+def test_skip_plain_sgd_keeps_params_momentum_documented():
+    rule = gc.clip_by_global_norm(1.0, nonfinite="skip")
+    for opt_name, moves in (("sgd", False), ("sgd-momentum", True)):
+        model = mlp()
+        opt = OPTIMIZERS[opt_name](model.parameters())
+        handle = gradclip_torch.attach(opt, rule)
+        loss_fn(model, 0).backward()
+        opt.step()  # a finite step fills the momentum buffers
+        assert int(handle.info["skipped"]) == 0
+        before = _params(model)
+        opt.zero_grad()
+        loss_fn(model, 1).backward()
+        model[0].weight.grad[0, 0] = float("nan")
+        opt.step()
+        assert int(handle.info["skipped"]) == 1 and int(handle.info["nonfinite"]) == 1
+        after = _params(model)
+        assert all(torch.isfinite(p).all() for p in after)
+        same = all(torch.equal(a, b) for a, b in zip(before, after))
+        assert same != moves  # plain SGD: unchanged; momentum/weight decay still step (documented)
+
+
+def test_grad_scaler_order():
+    """scaler.step unscales before the hook runs; inf steps skip the rule and the step."""
+    rule = gc.clip_by_global_norm(0.5, semantics="torch")
+    model, ref = mlp(0), mlp(0)
+    opt, ref_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    handle = gradclip_torch.attach(opt, rule)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    for step in range(3):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        scaler.scale(loss_fn(model, step)).backward()
+        loss_fn(ref, step).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+        scaler.step(opt)
+        scaler.update()
+        ref_opt.step()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+        assert float(handle.info["norm"]) > 0.5 >= float(norm) * (1 - 1e-6)  # clipped, unscaled grads
+        for a, b in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # an overflowing step: the scaler skips optimizer.step(), so the hook does not run
+    info, before = handle.info, _params(model)
+    opt.zero_grad()
+    scaler.scale(loss_fn(model, 9) * float("inf")).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert handle.info is info
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert scaler.get_scale() < 1024.0
+
+
+def test_apply_with_grad_scaler_unscale_first():
+    model, ref = mlp(0), mlp(0)
+    opt, ref_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    rule = gc.clip_by_global_norm(0.5, semantics="torch")
+    scaler.scale(loss_fn(model, 0)).backward()
+    scaler.unscale_(opt)
+    gradclip_torch.apply_(model.parameters(), rule)
+    scaler.step(opt)
+    scaler.update()
+    loss_fn(ref, 0).backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+    ref_opt.step()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_attach_low_precision_model(dtype):
+    model = mlp(0, dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    handle = gradclip_torch.attach(opt, gc.clip_by_global_norm(1.0))
+    for step in range(2):
+        opt.zero_grad()
+        loss_fn(model, step).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        assert handle.info["norm"].dtype == torch.float32
+        want = torch.linalg.vector_norm(torch.cat([g.float().flatten() for g in grads]))
+        torch.testing.assert_close(handle.info["norm"], want, rtol=1e-5, atol=0)
+        assert all(p.dtype == dtype for p in model.parameters())
+
+
+# array-api-compat's namespace lookup uses functools.lru_cache, which dynamo traces through.
+_DYNAMO_LRU = pytest.mark.filterwarnings(
+    "ignore:Dynamo detected a call to a `functools.lru_cache`", "ignore:`torch.jit.script_method` is deprecated"
+)
+
+
+def _compile_case(make_rule, steps=3):
+    torch._dynamo.reset()
+    eager, compiled = mlp(0), copy.deepcopy(mlp(0))
+    results = []
+    for model, wrap in ((eager, lambda f: f), (compiled, torch.compile)):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        handle = gradclip_torch.attach(opt, make_rule())
+
+        def train_step(x, y, model=model, opt=opt):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).sum() * 10
+            loss.backward()
+            opt.step()
+            return loss
+
+        step_fn = wrap(train_step)
+        infos = []
+        for step in range(steps):
+            step_fn(*batch(step))
+            infos.append({k: v.clone() for k, v in handle.info.items()})
+        results.append((model, infos))
+    (m1, i1), (m2, i2) = results
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(i1, i2):
+        assert set(a) == set(b)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    return i2
+
+
+@_DYNAMO_LRU
+def test_compiled_training_step():
+    infos = _compile_case(lambda: gc.clip_by_global_norm(1.0))
+    assert float(infos[0]["scale"]) < 1
+
+
+@pytest.mark.slow
+@_DYNAMO_LRU
+@pytest.mark.parametrize("name", ["skip", "chain", "agc"])
+def test_compiled_training_step_more_rules(name):
+    make_rule = {
+        "skip": lambda: gc.clip_by_global_norm(1.0, nonfinite="skip"),
+        "chain": lambda: gc.chain(gc.clip_by_value(2.0, nonfinite="zero"), gc.clip_by_norm(1.0, semantics="optax")),
+        "agc": lambda: gc.adaptive_clip(0.05),
+    }[name]
+    _compile_case(make_rule)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_matches_cpu_and_native(dtype):
+    cpu = mlp(0, dtype)
+    gpu = copy.deepcopy(cpu).cuda()
+    for m in (cpu, gpu):
+        loss_fn(m, 0).to(next(m.parameters()).device)
+    for p, q in zip(cpu.parameters(), gpu.parameters()):
+        p.grad = (torch.randn(p.shape) * 10).to(dtype)
+        q.grad = p.grad.cuda()
+    _, info_c = gradclip_torch.apply_(cpu.parameters(), gc.clip_by_global_norm(1.0))
+    _, info_g = gradclip_torch.apply_(gpu.parameters(), gc.clip_by_global_norm(1.0))
+    assert info_g["norm"].device.type == "cuda"
+    torch.testing.assert_close(info_g["norm"].cpu(), info_c["norm"], rtol=1e-5, atol=0)
+    for p, q in zip(cpu.parameters(), gpu.parameters()):
+        torch.testing.assert_close(q.grad.cpu().float(), p.grad.float(), rtol=1e-2, atol=1e-6)
+    if dtype == torch.float32:
+        ref = copy.deepcopy(gpu)
+        for p, q in zip(gpu.parameters(), ref.parameters()):
+            q.grad = p.grad.clone()
+        rule = gc.clip_by_global_norm(0.1, semantics="torch")
+        _, info = gradclip_torch.apply_(gpu.parameters(), rule)
+        total = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.1, foreach=True)
+        assert torch.equal(info["norm"], total)
+        assert all(torch.equal(p.grad, q.grad) for p, q in zip(gpu.parameters(), ref.parameters()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_mixed_devices_rejected():
+    a = torch.nn.Parameter(torch.zeros(2, device="cuda"))
+    a.grad = torch.ones(2, device="cuda")
+    b = torch.nn.Parameter(torch.zeros(2))
+    b.grad = torch.ones(2)
+    with pytest.raises(ValueError, match="several devices"):
+        gradclip_torch.apply_([a, b], gc.clip_by_global_norm(1.0))

@@ -1,0 +1,81 @@
+"""The foreach primitives return exactly what the core's portable defaults return."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import math
+
+import pytest
+import torch
+
+import gradclip_torch
+from gradclip_torch import _ops
+
+SHAPES = [(6, 4), (6,), (), (0, 3), (2, 3, 3, 3), (257, 33)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def _tensors(dtypes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(s, generator=g) * 30).to(dtypes[i % len(dtypes)]) for i, s in enumerate(SHAPES)]
+
+
+def _default_norms(xs, ord, dtype):  # gradclip_core._multi.array_norms without override
+    return [torch.zeros((), dtype=dtype) if x.numel() == 0 else torch.linalg.vector_norm(x.to(dtype), ord=ord) for x in xs]
+
+
+@pytest.mark.parametrize("ord", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize("dtypes", [[d] for d in DTYPES] + [DTYPES], ids=lambda d: "-".join(str(x)[6:] for x in d))
+def test_array_norms_equal_default(ord, dtypes):
+    xs = _tensors(dtypes)
+    acc = torch.float64 if torch.float64 in dtypes else torch.float32
+    got = _ops.array_norms(None, xs, ord, acc)
+    want = _default_norms(xs, ord, acc)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == acc and a.shape == ()
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtypes", [[d] for d in DTYPES] + [DTYPES], ids=lambda d: "-".join(str(x)[6:] for x in d))
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_multiply_equals_default(dtypes, shared, inplace):
+    xs = _tensors(dtypes)
+    factors = [torch.tensor(0.3137)] * len(xs) if shared else [torch.tensor(0.1 + i / 7) for i in range(len(xs))]
+    want = [x * f.to(x.dtype) for x, f in zip(xs, factors)]
+    if inplace:
+        mine = [x.clone() for x in xs]
+        with _ops.owned(mine):
+            got = _ops.multiply(None, mine, factors)
+        assert all(a is b for a, b in zip(got, mine))
+    else:
+        before = [x.clone() for x in xs]
+        got = _ops.multiply(None, xs, factors)
+        assert all(torch.equal(a, b) for a, b in zip(xs, before))  # inputs untouched
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
+
+
+def test_multiply_broadcasting_factor():
+    x = torch.randn(3, 4)
+    f = torch.rand(3, 1)
+    (out,) = _ops.multiply(None, [x], [f])
+    assert torch.equal(out, x * f)
+
+
+def test_owned_is_scoped():
+    x = torch.ones(3)
+    with _ops.owned([x]):
+        pass
+    (out,) = _ops.multiply(None, [x], [torch.tensor(0.5)])
+    assert out is not x and x.tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("module", ["gradclip_torch", "gradclip_torch._ops", "gradclip_torch._state",
+                                    "gradclip_torch._apply", "gradclip_torch._hooks"])
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert gradclip_torch.__all__
