@@ -1,0 +1,99 @@
+"""``transform(rule)``: a gradclip rule as an optax chain element."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+import gradclip_core as gc
+
+from ._flat import flatten, params_like
+from ._state import TransformState, info_like, match_info
+
+__all__ = ["transform", "check_rule"]
+
+
+def check_rule(rule: Any) -> gc.Rule:
+    """``rule`` must be a :class:`gradclip_core.Rule`."""
+    if not isinstance(rule, gc.Rule):
+        raise TypeError(f"expected a gradclip_core.Rule (e.g. gradclip_core.clip_by_global_norm(1.0)), got {type(rule).__name__}")
+    return rule
+
+
+def transform(rule: gc.Rule) -> optax.GradientTransformation:
+    """The ``update`` part of a gradclip rule as an optax ``GradientTransformation``.
+
+    Use it as a chain element, usually before the optimizer::
+
+        tx = optax.chain(gradclip_optax.transform(rule), optax.adam(1e-3))
+
+    The updates pytree is flattened (``jax.tree.flatten`` order), the rule runs on the
+    leaves, and the result is unflattened to the same structure. ``params`` are passed
+    to the rule; rules that need them (``rule.needs_params``, e.g.
+    :func:`gradclip_core.adaptive_clip`) raise optax's ``NO_PARAMS_MSG`` without them.
+    Everything is pure and branch-free: it runs under ``jax.jit``, ``jax.grad`` of a
+    whole step, ``optax.MultiSteps`` and ``optax.inject_hyperparams`` (thresholds may
+    be 0-d arrays)::
+
+        tx = optax.inject_hyperparams(
+            lambda max_norm: gradclip_optax.transform(gradclip_core.clip_by_global_norm(max_norm))
+        )(max_norm=1.0)
+        state.hyperparams["max_norm"] = 0.5  # between steps
+
+    The state is a :class:`TransformState`; ``state.info`` holds the info of the last
+    update for logging (``state.info["norm"]``; zeros after ``init``), see also
+    :func:`gradclip_optax.get_info`.
+
+    ``nonfinite="skip"`` here only zeroes the updates (``info["skipped"] = 1``): the
+    optimizers after it in the chain still take a step with zero updates (Adam's
+    moments decay, counts advance). To leave parameters *and* optimizer state
+    unchanged, use :func:`gradclip_optax.wrap` ``(rule, optimizer)`` instead.
+
+    Rules with a ``project`` part (constraints, pruning) act on the weights after the
+    step, which a chain element never sees: they need :func:`gradclip_optax.wrap`, and
+    ``transform`` raises for them.
+
+    Args:
+      rule: a :class:`gradclip_core.Rule` without a ``project`` part.
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`TransformState`.
+
+    Raises:
+      TypeError: ``rule`` is not a gradclip rule.
+      ValueError: the rule has a ``project`` part.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import gradclip_core as gc
+      >>> import gradclip_optax
+      >>> params = {"w": jnp.array([3.0, 4.0])}
+      >>> tx = optax.chain(gradclip_optax.transform(gc.clip_by_global_norm(1.0)), optax.sgd(1.0))
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.array([3.0, 4.0])}, state, params)
+      >>> [round(float(x), 4) for x in updates["w"]], float(state[0].info["norm"])
+      ([-0.6, -0.8], 5.0)
+    """
+    check_rule(rule)
+    if rule.has_project:
+        raise ValueError(
+            f"rule {rule.name!r} has a project part (it acts on the weights after the optimizer step), "
+            "which an optax chain element cannot see; use gradclip_optax.wrap(rule, optimizer) instead"
+        )
+
+    def init_fn(params: Any) -> TransformState:
+        leaves, _ = flatten(params)
+        rule_state = rule.init(leaves)
+        info = info_like(lambda: rule.update(leaves, rule_state, leaves)[2])
+        return TransformState(rule_state=rule_state, info=info)
+
+    def update_fn(updates: Any, state: TransformState, params: Any = None) -> tuple[Any, TransformState]:
+        leaves, treedef = flatten(updates)
+        p = params_like(treedef, params, rule.name, rule.needs_params)
+        out, rule_state, info = rule.update(leaves, state.rule_state, p)
+        return jax.tree.unflatten(treedef, out), TransformState(rule_state, match_info(info, state.info))
+
+    return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,129 @@
+"""``wrap(rule, inner)``: a gradclip rule around an optimizer, including its ``project`` part."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import gradclip_core as gc
+
+from ._flat import flatten, params_like
+from ._state import WrapState, info_like, match_info
+from ._transform import check_rule
+
+__all__ = ["wrap", "skipped"]
+
+
+def skipped(info: dict) -> jax.Array | None:
+    """The skip signal of ``nonfinite="skip"`` rules in ``info``, or ``None`` if none can skip.
+
+    Looks at ``info["skipped"]`` and, inside :func:`gradclip_core.chain`, every
+    ``".../skipped"`` key; true if any of them is set.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> bool(skipped({"a/skipped": jnp.int32(0), "b/skipped": jnp.int32(1)})), skipped({"norm": 1.0})
+      (True, None)
+    """
+    flags = [v for k, v in info.items() if k == "skipped" or k.endswith("/skipped")]
+    if not flags:
+        return None
+    out = flags[0] != 0
+    for f in flags[1:]:
+        out = jnp.logical_or(out, f != 0)
+    return out
+
+
+def _keep_if(skip: jax.Array, old: Any, new: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(skip, a, b), old, new)
+
+
+def wrap(rule: gc.Rule, inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """An optimizer ``inner`` with a gradclip rule applied before and after its step.
+
+    One ``update(grads, state, params)`` does, on the flattened pytrees::
+
+        g, rule_state, info  = rule.update(grads, rule_state, params)   # clip / mask grads
+        u, inner_state       = inner.update(g, inner_state, params)     # the optimizer
+        new_p, rule_state, _ = rule.project(params + u, rule_state)     # constrain / prune
+        return new_p - params                                           # the update
+
+    Why ``new_p - params``: optax never hands the weights *after* the step to a
+    transformation, it only returns updates that the user applies with
+    ``optax.apply_updates(params, updates)``. Returning ``proj(p + u) - p`` makes
+    ``apply_updates`` land on the projected weights: ``p + (proj(p + u) - p)`` equals
+    ``proj(p + u)`` up to one rounding of the subtraction. It is exact when the
+    projected weight is 0 (pruned weights stay exactly 0) or within a factor 2 of
+    ``p`` (Sterbenz), and otherwise within 1 ulp. For bit-exact projected weights,
+    apply ``rule.project`` yourself after ``optax.apply_updates``.
+
+    For a rule without a ``project`` part (the clipping rules) the round trip is
+    skipped and ``wrap(rule, inner)`` returns exactly the updates of
+    ``optax.chain(gradclip_optax.transform(rule), inner)``, except on skipped steps:
+
+    With ``nonfinite="skip"``, a step whose gradients hold NaN/Inf leaves everything
+    unchanged (like ``optax.apply_if_finite``, but branch-free): zero updates, and the
+    inner optimizer's state and the rule's state are kept, so params and optimizer
+    state are exactly those before the step; ``state.info["skipped"]`` is 1.
+
+    ``params`` are required. Extra keyword arguments of ``update`` go to ``inner``.
+
+    Args:
+      rule: any :class:`gradclip_core.Rule` (clipping, constraint, pruning, a chain).
+      inner: the optimizer (any ``optax.GradientTransformation``).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`WrapState`
+      (``state.info``: info of the last step, ``update`` and ``project`` merged).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import gradclip_core as gc
+      >>> import gradclip_optax
+      >>> params = [jnp.array([1.0, 2.0])]
+      >>> tx = gradclip_optax.wrap(gc.clip_by_global_norm(1.0, nonfinite="skip"), optax.adam(0.1))
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update([jnp.array([jnp.nan, 1.0])], state, params)
+      >>> optax.apply_updates(params, updates)[0].tolist(), int(state.info["skipped"])
+      ([1.0, 2.0], 1)
+    """
+    check_rule(rule)
+    inner = optax.with_extra_args_support(inner)
+    project = rule.has_project
+
+    def step(leaves: list, treedef: Any, state: WrapState, p: list, params: Any, **extra: Any):
+        g, rule_state, info = rule.update(leaves, state.rule_state, p)
+        u_tree, inner_state = inner.update(jax.tree.unflatten(treedef, g), state.inner_state, params, **extra)
+        u = treedef.flatten_up_to(u_tree)
+        if project:
+            moved = [jnp.asarray(pi + ui).astype(pi.dtype) for pi, ui in zip(p, u)]  # optax.apply_updates
+            new_p, rule_state, pinfo = rule.project(moved, rule_state)
+            u = [(q - pi).astype(ui.dtype) for q, pi, ui in zip(new_p, p, u)]
+            info = {**info, **pinfo}
+        return u, rule_state, inner_state, info
+
+    def init_fn(params: Any) -> WrapState:
+        leaves, treedef = flatten(params)
+        rule_state = rule.init(leaves)
+        inner_state = inner.init(params)
+        probe = WrapState(rule_state, inner_state, {})
+        info = info_like(lambda: step(leaves, treedef, probe, leaves, params)[3])
+        return WrapState(rule_state=rule_state, inner_state=inner_state, info=info)
+
+    def update_fn(updates: Any, state: WrapState, params: Any = None, **extra: Any) -> tuple[Any, WrapState]:
+        leaves, treedef = flatten(updates)
+        p = params_like(treedef, params, rule.name, required=True)
+        u, rule_state, inner_state, info = step(leaves, treedef, state, p, params, **extra)
+        skip = skipped(info)
+        if skip is not None:
+            u = [jnp.where(skip, jnp.zeros_like(x), x) for x in u]
+            rule_state = _keep_if(skip, state.rule_state, rule_state)
+            inner_state = _keep_if(skip, state.inner_state, inner_state)
+        new_state = WrapState(rule_state, inner_state, match_info(info, state.info))
+        return jax.tree.unflatten(treedef, u), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

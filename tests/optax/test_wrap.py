@@ -1,0 +1,148 @@
+"""gradclip_optax.wrap: project parts land on the weights, skip leaves everything unchanged."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradclip_core as gc
+import gradclip_optax
+
+
+def _params():
+    return {"w": jnp.array([[0.5, -1.5, 0.05], [2.0, 0.2, -0.3]]), "b": jnp.array([0.1, -0.02])}
+
+
+def _grads(scale=1.0):
+    return {"w": scale * jnp.array([[1.0, -2.0, 0.5], [0.3, 4.0, -1.0]]), "b": scale * jnp.array([0.5, 0.25])}
+
+
+def _clamp(bound: float) -> gc.Rule:
+    """A weight constraint: clamp every weight to [-bound, bound] after the step."""
+
+    def project(params, state):
+        out = [jnp.clip(p, -bound, bound) for p in params]
+        return out, state, {"clamped": sum(jnp.sum(o != p) for o, p in zip(out, params)).astype(jnp.float32)}
+
+    return gc.Rule(project=project, name="clamp")
+
+
+class MaskState(NamedTuple):
+    masks: list
+
+
+def _prune_small(threshold: float) -> gc.Rule:
+    """Pruning: mask gradients of pruned weights, and zero weights below ``threshold`` after the step."""
+
+    def init(params):
+        return MaskState([jnp.ones(p.shape, bool) for p in params])
+
+    def update(grads, state, params=None):
+        return [jnp.where(m, g, 0) for g, m in zip(grads, state.masks)], state, {}
+
+    def project(params, state):
+        masks = [jnp.logical_and(m, jnp.abs(p) >= threshold) for p, m in zip(params, state.masks)]
+        out = [jnp.where(m, p, 0) for p, m in zip(params, masks)]
+        sparsity = sum(jnp.sum(~m) for m in masks) / sum(m.size for m in masks)
+        return out, MaskState(masks), {"sparsity": sparsity.astype(jnp.float32)}
+
+    return gc.Rule(init=init, update=update, project=project, name="prune")
+
+
+def _run(tx, params, grads_seq):
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    for g in grads_seq:
+        params, state = step(params, state, g)
+    return params, state
+
+
+def test_identity_project_equals_chain():
+    rule = gc.clip_by_global_norm(1.0)
+    seq = [_grads(s) for s in (0.1, 3.0, 1.0)]
+    p_wrap, s_wrap = _run(gradclip_optax.wrap(rule, optax.adam(0.1)), _params(), seq)
+    p_chain, s_chain = _run(optax.chain(gradclip_optax.transform(rule), optax.adam(0.1)), _params(), seq)
+    for a, b in zip(jax.tree.leaves(p_wrap), jax.tree.leaves(p_chain)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(s_wrap.inner_state), jax.tree.leaves(s_chain[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(s_wrap.info["norm"]) == float(s_chain[0].info["norm"])
+
+
+def test_project_lands_on_projected_weights():
+    params, seq = _params(), [_grads(1.0), _grads(-2.0)]
+    p_out, state = _run(gradclip_optax.wrap(_clamp(1.0), optax.sgd(0.5)), params, seq)
+    expected = params
+    for g in seq:  # reference: step, then clamp
+        expected = jax.tree.map(lambda p, g: jnp.clip(p - 0.5 * g, -1.0, 1.0), expected, g)
+    for a, b in zip(jax.tree.leaves(p_out), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=float(np.spacing(np.float32(2))))
+        assert np.abs(np.asarray(a)).max() <= 1.0
+    assert "clamped" in state.info
+
+
+def test_pruned_weights_are_exactly_zero_and_stay_zero():
+    params = _params()
+    tx = gradclip_optax.wrap(gc.chain(gc.clip_by_global_norm(10.0), _prune_small(0.2)), optax.sgd(0.01, momentum=0.9))
+    p_out, state = _run(tx, params, [_grads(1.0)] * 4)
+    masks = state.rule_state[1].masks
+    for p, m in zip(jax.tree.leaves(p_out), masks):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)  # exactly 0: q - p = -p is exact
+    assert 0 < float(state.info["prune/sparsity"]) < 1
+    assert "clip_by_global_norm/norm" in state.info
+
+
+def test_skip_leaves_params_and_optimizer_state_unchanged():
+    params = _params()
+    rule = gc.chain(gc.clip_by_value(5.0), gc.clip_by_global_norm(1.0, nonfinite="skip"))
+    tx = gradclip_optax.wrap(rule, optax.adam(0.1))
+    state = tx.init(params)
+    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
+    params1, state1 = step(params, state, _grads(1.0))
+    bad = {"w": _grads(1.0)["w"].at[0, 1].set(jnp.nan), "b": _grads(1.0)["b"]}
+    params2, state2 = step(params1, state1, bad)
+    assert int(state2.info["clip_by_global_norm/skipped"]) == 1
+    for a, b in zip(jax.tree.leaves((params2, state2.inner_state, state2.rule_state)),
+                    jax.tree.leaves((params1, state1.inner_state, state1.rule_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    params3, state3 = step(params2, state2, _grads(1.0))
+    assert int(state3.info["clip_by_global_norm/skipped"]) == 0
+    assert int(state3.inner_state[0].count) == 2  # the skipped step did not count
+
+
+def test_wrap_needs_params_and_a_rule():
+    tx = gradclip_optax.wrap(gc.clip_by_global_norm(1.0), optax.sgd(0.1))
+    state = tx.init(_params())
+    with pytest.raises(ValueError, match="requires the current value of parameters"):
+        tx.update(_grads(), state)
+    with pytest.raises(TypeError, match="gradclip_core.Rule"):
+        gradclip_optax.wrap(optax.sgd(0.1), optax.sgd(0.1))
+
+
+def test_wrap_under_multisteps_and_grad():
+    params = _params()
+    tx = optax.MultiSteps(gradclip_optax.wrap(_clamp(1.0), optax.sgd(0.5)), every_k_schedule=2)
+    p_out, _ = _run(tx, params, [_grads(1.0), _grads(1.0)])
+    expected = jax.tree.map(lambda p, g: jnp.clip(p - 0.5 * g, -1.0, 1.0), params, _grads(1.0))
+    for a, b in zip(jax.tree.leaves(p_out), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+    inner = gradclip_optax.wrap(gc.clip_by_global_norm(1.0), optax.sgd(0.1))
+
+    def meta(p):
+        u, _ = inner.update(_grads(3.0), inner.init(p), p)
+        return jnp.sum(optax.apply_updates(p, u)["w"] ** 2)
+
+    g = jax.jit(jax.grad(meta))(params)
+    np.testing.assert_allclose(np.asarray(g["w"]), 2 * np.asarray(jax.tree.map(lambda p, u: p + u, params,
+                               inner.update(_grads(3.0), inner.init(params), params)[0])["w"]), rtol=1e-6)
