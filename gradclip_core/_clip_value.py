@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._nonfinite import check_policy
-from ._numerics import fraction
+from ._multi import clip as clip_arrays
+from ._multi import size
+from ._numerics import count, ratio
 from ._rule import Rule, factory
 from ._stateless import stateless_rule
 from ._validate import check_bound, check_threshold
@@ -60,19 +62,13 @@ def clip_by_value(
     check_policy(nonfinite)
 
     def clip(xp: Any, grads: list, params: Any) -> tuple[list, dict]:
-        out, flags = [], []
+        hits = []  # counted before clipping: the adapter may clip its buffers in place
         for g in grads:
-            # maximum/minimum with 0-d bounds of g's dtype, not xp.clip: NumPy has no
-            # clip loop for bfloat16 (ml_dtypes) and would promote Python-float bounds.
-            o, f = g, xp.zeros(g.shape, dtype=xp.bool)
             if lo_ is not None:
-                lo = xp.asarray(lo_, dtype=g.dtype)
-                o, f = xp.maximum(o, lo), xp.logical_or(f, g < lo)
+                hits.append(count(xp, g < xp.asarray(lo_, dtype=g.dtype)))
             if hi_ is not None:
-                hi = xp.asarray(hi_, dtype=g.dtype)
-                o, f = xp.minimum(o, hi), xp.logical_or(f, g > hi)
-            out.append(o)
-            flags.append(f)
-        return out, {"clipped_fraction": fraction(xp, flags)}
+                hits.append(count(xp, g > xp.asarray(hi_, dtype=g.dtype)))
+        total = sum(size(g) for g in grads)
+        return clip_arrays(xp, grads, lo_, hi_), {"clipped_fraction": ratio(xp, hits, total)}
 
     return stateless_rule("clip_by_value", clip, nonfinite)

@@ -16,10 +16,10 @@ from typing import Any, Callable, Sequence
 
 from ._namespace import namespace_name
 
-__all__ = ["register_multi_ops", "array_norms", "array_sumsq", "multiply"]
+__all__ = ["register_multi_ops", "array_norms", "array_sumsq", "multiply", "clip"]
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
-_PRIMITIVES = ("array_norms", "array_sumsq", "multiply")
+_PRIMITIVES = ("array_norms", "array_sumsq", "multiply", "clip")
 
 
 def register_multi_ops(name: str, **primitives: Callable[..., Any]) -> None:
@@ -29,8 +29,9 @@ def register_multi_ops(name: str, **primitives: Callable[..., Any]) -> None:
       name: the namespace name, as returned by :func:`gradclip_core.namespace_name`
         (e.g. ``"array_api_compat.torch"``).
       **primitives: any of ``array_norms(xp, xs, ord, dtype)``,
-        ``array_sumsq(xp, xs, dtype)``, ``multiply(xp, xs, factors)``, with the
-        signatures and results of the defaults in this module.
+        ``array_sumsq(xp, xs, dtype)``, ``multiply(xp, xs, factors)``,
+        ``clip(xp, xs, lo, hi)``, with the signatures and results of the defaults in
+        this module.
 
     Example:
       >>> register_multi_ops("array_api_compat.numpy")  # nothing overridden
@@ -102,3 +103,26 @@ def multiply(xp: Any, xs: Sequence[Any], factors: Sequence[Any]) -> list[Any]:
     if fast is not None:
         return fast(xp, xs, factors)
     return [x * upcast(xp, f, x.dtype) for x, f in zip(xs, factors)]
+
+
+def clip(xp: Any, xs: Sequence[Any], lo: Any, hi: Any) -> list[Any]:
+    """Each array clipped to ``[lo, hi]`` (either bound may be ``None``); NaN stays NaN.
+
+    The bounds are Python numbers or 0-d arrays and are cast to each array's dtype
+    first. ``maximum``/``minimum`` rather than ``xp.clip``: NumPy has no clip loop for
+    bfloat16 (ml_dtypes) and would promote Python-float bounds.
+    """
+    fast = _override(xp, "clip")
+    if fast is not None:
+        res = fast(xp, xs, lo, hi)
+        if res is not NotImplemented:
+            return res
+    out = []
+    for x in xs:
+        if lo is not None:
+            x = xp.maximum(x, xp.asarray(lo, dtype=x.dtype))
+        if hi is not None:
+            x = xp.minimum(x, xp.asarray(hi, dtype=x.dtype))
+        out.append(x)
+    return out
+

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from ._multi import size, upcast
 from ._validate import is_number
 
-__all__ = ["acc_dtype", "const_like", "min_ratio", "fraction", "stack_norm"]
+__all__ = ["acc_dtype", "const_like", "count", "min_ratio", "fraction", "ratio", "stack_norm"]
 
 
 def const_like(xp: Any, ref: Any, value: Any) -> Any:
@@ -42,6 +42,21 @@ def stack_norm(xp: Any, norms: Sequence[Any], ord: float) -> Any:
     return xp.linalg.vector_norm(xp.stack(list(norms)), ord=ord)
 
 
+def count(xp: Any, flag: Any) -> Any:
+    """Number of true elements of a boolean array, as a float32 0-d array."""
+    return xp.astype(xp.count_nonzero(flag), xp.float32)
+
+
+def ratio(xp: Any, hits: Sequence[Any], total: int) -> Any:
+    """``sum(hits) / total`` as a float32 0-d array (0 when ``total`` is 0)."""
+    if not hits or total == 0:
+        return xp.zeros((), dtype=xp.float32)
+    acc = hits[0]
+    for h in hits[1:]:
+        acc = acc + h
+    return acc / float(total)
+
+
 def fraction(xp: Any, flags: Sequence[Any], counts: Sequence[int] | None = None) -> Any:
     """Fraction of true elements over arrays of flags (float32 0-d array; 0 when empty).
 
@@ -50,11 +65,4 @@ def fraction(xp: Any, flags: Sequence[Any], counts: Sequence[int] | None = None)
       counts: their element counts (computed from shapes when omitted).
     """
     counts = [size(f) for f in flags] if counts is None else counts
-    total = sum(counts)
-    hits = [xp.sum(xp.astype(f, xp.float32)) for f, n in zip(flags, counts) if n]
-    if not hits or total == 0:
-        return xp.zeros((), dtype=xp.float32)
-    acc = hits[0]
-    for h in hits[1:]:
-        acc = acc + h
-    return acc / float(total)
+    return ratio(xp, [count(xp, f) for f, n in zip(flags, counts) if n], sum(counts))

@@ -21,7 +21,7 @@ import torch
 
 import gradclip_core as gc
 
-__all__ = ["NAMESPACE", "register", "array_norms", "multiply", "owned"]
+__all__ = ["NAMESPACE", "register", "array_norms", "multiply", "clip", "owned"]
 
 NAMESPACE = "array_api_compat.torch"
 
@@ -187,11 +187,57 @@ def multiply(xp: Any, xs: Sequence[torch.Tensor], factors: Sequence[Any]) -> lis
     return out
 
 
+def _bound_in(dtype: torch.dtype, bound: float) -> float:
+    """``bound`` rounded to ``dtype``, as a Python float (exact, so no kernel re-rounds it)."""
+    return torch.tensor(bound, dtype=dtype).item()
+
+
+def clip(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Tensor]:
+    """Each tensor clamped to ``[lo, hi]`` with ``torch._foreach_clamp_min/max``; NaN stays NaN.
+
+    Bounds are rounded to each tensor's dtype first, as the core's default does. Inside
+    :func:`owned` the owned tensors are clamped in place (like ``clip_grad_value_``).
+    Bounds given as tensors (traced hyperparameters) return ``NotImplemented``: the
+    core's portable default handles them.
+
+    Example:
+      >>> import torch
+      >>> [t.tolist() for t in clip(None, [torch.tensor([-2.0, 0.5, 3.0])], -1.0, 1.0)]
+      [[-1.0, 0.5, 1.0]]
+    """
+    del xp
+    xs = list(xs)
+    if any(isinstance(b, torch.Tensor) for b in (lo, hi)):
+        return NotImplemented
+    ids = _owned_ids()
+    out: list[Any] = [None] * len(xs)
+    for (device, dtype), idx in _groups(xs).items():
+        group = [xs[i] for i in idx]
+        if not _has_foreach(device):
+            lo_, hi_ = (None if b is None else _bound_in(dtype, b) for b in (lo, hi))
+            res = [torch.clamp(x, min=lo_, max=hi_) for x in group]
+        else:
+            inplace = ids is not None and all(id(x) in ids for x in group)
+            res = group
+            for bound, op, op_ in ((lo, torch._foreach_clamp_min, torch._foreach_clamp_min_),
+                                   (hi, torch._foreach_clamp_max, torch._foreach_clamp_max_)):
+                if bound is None:
+                    continue
+                b = _bound_in(dtype, bound)
+                if inplace:
+                    op_(res, b)
+                else:
+                    res, inplace = list(op(res, b)), True  # fresh tensors: the next bound may go in place
+        for i, r in zip(idx, res):
+            out[i] = r
+    return out
+
+
 def register() -> None:
     """Register the primitives (and torch's ``(out, in, ...)`` weight layout) with the core.
 
     Example:
       >>> register()  # done once by ``import gradclip_torch``
     """
-    gc.register_multi_ops(NAMESPACE, array_norms=array_norms, multiply=multiply)
+    gc.register_multi_ops(NAMESPACE, array_norms=array_norms, multiply=multiply, clip=clip)
     gc.register_layout(NAMESPACE, "out_first")

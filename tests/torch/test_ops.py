@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import gradclip_core as gc
 import gradclip_torch
 from gradclip_torch import _ops
 
@@ -79,3 +80,37 @@ def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
     assert gradclip_torch.__all__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("lo, hi", [(-0.1, 0.3), (None, 0.25), (-0.7, None)])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_clip_equals_default(dtype, lo, hi, inplace):
+    from gradclip_core import _multi
+
+    torch.manual_seed(0)
+    xs = [torch.randn(5, 3).to(dtype), torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype), torch.zeros(0, dtype=dtype)]
+    xp = gc.namespace(xs[0])
+    saved = _multi._OVERRIDES.pop(_ops.NAMESPACE)
+    try:
+        expected = _multi.clip(xp, [x.clone() for x in xs], lo, hi)
+    finally:
+        _multi._OVERRIDES[_ops.NAMESPACE] = saved
+    mine = [x.clone() for x in xs]
+    if inplace:
+        with _ops.owned(mine):
+            got = _ops.clip(None, mine, lo, hi)
+        assert all(g is m for g, m in zip(got, mine))
+    else:
+        got = _ops.clip(None, mine, lo, hi)
+        assert all(torch.equal(m, x) or (m.isnan() == x.isnan()).all() for m, x in zip(mine, xs))
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype
+        torch.testing.assert_close(g, e, rtol=0, atol=0, equal_nan=True)
+
+
+def test_clip_with_tensor_bounds_falls_back_to_the_core():
+    assert _ops.clip(None, [torch.ones(2)], torch.tensor(0.5), None) is NotImplemented
+    rule = gc.clip_by_value(lo=-1.0)
+    out, _, _ = rule.update([torch.tensor([-3.0, 2.0])], gc.EmptyState())
+    assert out[0].tolist() == [-1.0, 2.0]
