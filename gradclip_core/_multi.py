@@ -16,10 +16,12 @@ from typing import Any, Callable, Sequence
 
 from ._namespace import namespace_name
 
-__all__ = ["register_multi_ops", "array_norms", "array_sumsq", "multiply", "clip"]
+__all__ = ["register_multi_ops", "array_norms", "array_sumsq", "multiply", "clip", "override"]
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
-_PRIMITIVES = ("array_norms", "array_sumsq", "multiply", "clip")
+# The pruning primitives (order_keys, prune_smallest, apply_masks, cond) have their
+# portable defaults in gradclip_core._select; they are looked up with override().
+_PRIMITIVES = ("array_norms", "array_sumsq", "multiply", "clip", "order_keys", "prune_smallest", "apply_masks", "cond")
 
 
 def register_multi_ops(name: str, **primitives: Callable[..., Any]) -> None:
@@ -31,7 +33,10 @@ def register_multi_ops(name: str, **primitives: Callable[..., Any]) -> None:
       **primitives: any of ``array_norms(xp, xs, ord, dtype)``,
         ``array_sumsq(xp, xs, dtype)``, ``multiply(xp, xs, factors)``,
         ``clip(xp, xs, lo, hi)``, with the signatures and results of the defaults in
-        this module.
+        this module; and the pruning primitives ``order_keys``, ``prune_smallest``,
+        ``apply_masks``, ``cond`` (defaults and signatures in
+        :mod:`gradclip_core._select`). An override may return ``NotImplemented`` to
+        fall back to the default for one call.
 
     Example:
       >>> register_multi_ops("array_api_compat.numpy")  # nothing overridden
@@ -45,6 +50,11 @@ def register_multi_ops(name: str, **primitives: Callable[..., Any]) -> None:
 def _override(xp: Any, primitive: str) -> Callable[..., Any] | None:
     table = _OVERRIDES.get(namespace_name(xp))
     return None if table is None else table.get(primitive)
+
+
+def override(xp: Any, primitive: str) -> Callable[..., Any] | None:
+    """The override registered for ``primitive`` on ``xp``'s namespace, or ``None``."""
+    return _override(xp, primitive)
 
 
 def size(x: Any) -> int:

@@ -24,6 +24,14 @@ _INPLACE_SAFE = {
     "clip_by_block_rms",
     "clip_update_rms",
     "adaptive_clip",
+    # pruning and constraints: masking / clamping is their last step (gradclip_torch._prune_ops)
+    "magnitude_prune",
+    "global_magnitude_prune",
+    "random_prune",
+    "ln_structured_prune",
+    "nm_prune",
+    "clip_weights",
+    "non_neg",
 }
 
 
@@ -138,7 +146,9 @@ def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any) -> tu
             state = rule.init(views)
         if not views:
             return state, {}
-        out, new_state, info = rule.project(views, state)
+        donate = not torch.compiler.is_compiling() and inplace_safe(rule.config)
+        with owned(views) if donate else contextlib.nullcontext():  # the weights are overwritten anyway
+            out, new_state, info = rule.project(views, state)
         _check_outputs("parameter", views, out)
         _write_back(views, out)
     return new_state, dict(info)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cases import LR, Case
-from .reference import Step
+from .reference import Step, masks_of
 
 NAME = "array_api_strict"
 DTYPES = ("float32",)
@@ -35,5 +35,5 @@ def run(make_rule, case: Case) -> list[Step]:
         params = [p - LR * u for p, u in zip(params, g)]
         params, state, pinfo = rule.project(params, state)
         info = {k: float(v) for k, v in {**info, **pinfo}.items()}
-        out.append(Step([np.asarray(p) for p in params], info, [np.asarray(u) for u in g]))
+        out.append(Step([np.asarray(p) for p in params], info, [np.asarray(u) for u in g], masks_of(state)))
     return out

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .cases import LR, Case
-from .reference import Step
+from .reference import Step, masks_of
 
 NAME = "optax"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -52,8 +52,8 @@ def _make(make_rule):
     @jax.jit
     def step(params, opt_state, G):
         _, grads = jax.value_and_grad(loss)(params, G)
-        if rule.has_project:
-            rule_out = None  # wrap() hides the rule's output inside the inner update
+        if rule.has_project:  # wrap() runs rule.update first on the flat leaves: the same call
+            rule_out, _, _ = rule.update(jax.tree.leaves(grads), opt_state.rule_state, jax.tree.leaves(params))
         else:  # optax.chain runs its elements in order: the same as tx.update
             rule_out, _ = gc_tx.update(grads, opt_state[0], params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -82,5 +82,6 @@ def run(make_rule, case: Case) -> list[Step]:
         params, opt_state, rule_out = step(params, opt_state, [jnp.asarray(g) for g in grads])
         info = {k: float(v) for k, v in _info(opt_state).items()}
         updates = [np.asarray(u) for u in rule_out]
-        out.append(Step([np.asarray(p) for p in params], info, updates))
+        masks = masks_of(opt_state.rule_state) if hasattr(opt_state, "rule_state") else None
+        out.append(Step([np.asarray(p) for p in params], info, updates, masks))
     return out

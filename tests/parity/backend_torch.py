@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cases import LR, Case
-from .reference import Step
+from .reference import Step, masks_of
 
 NAME = "torch"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -60,6 +60,6 @@ def run(make_rule, case: Case) -> list[Step]:
         opt.step()
         params = [_to_numpy(p, ref) for p, ref in zip(model.ps, case.params)]
         updates = [_to_numpy(p.grad, ref) for p, ref in zip(model.ps, case.params)]  # clipped by the pre-hook
-        out.append(Step(params, {k: float(v) for k, v in handle.info.items()}, updates))
+        out.append(Step(params, {k: float(v) for k, v in handle.info.items()}, updates, masks_of(handle.state)))
     handle.remove()
     return out

@@ -15,6 +15,25 @@ class Step(NamedTuple):
     params: list  # weights after the optimizer step (and the rule's project)
     info: dict  # the rule's info, as floats
     updates: list  # the rule's output, as it entered the optimizer
+    masks: list | None = None  # bool leaves of the rule state (pruning masks), if the backend reports them
+
+
+def masks_of(state) -> list:
+    """The bool arrays of a rule state (pruning masks), depth first, as NumPy arrays."""
+    out = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (tuple, list)):
+            for v in node:
+                walk(v)
+        elif node is not None and "bool" in str(getattr(node, "dtype", "")):
+            out.append(np.asarray(node.detach().cpu() if hasattr(node, "detach") else node))
+
+    walk(state)
+    return out
 
 
 def sgd(p: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -55,6 +74,6 @@ def run_reference(rule, case: Case) -> list[tuple[Step, list]]:
         params = [sgd(p, u) for p, u in zip(params, g)]
         params, state, pinfo = rule.project(params, state)
         params = [np.asarray(p) for p in params]
-        step = Step(params, {k: float(v) for k, v in {**info, **pinfo}.items()}, g)
+        step = Step(params, {k: float(v) for k, v in {**info, **pinfo}.items()}, g, masks_of(state))
         out.append((step, list(scales)))
     return out

@@ -29,7 +29,7 @@ import pytest
 
 from .cases import all_cases
 from .reference import run_reference
-from .rules import EXACT, RULES, ULP_BUDGET
+from .rules import EXACT, RULES, ULP_BUDGET, WEIGHT_BUDGET
 from .ulp import ulp_distance
 
 TOLERANCE = {"float32": 4, "bfloat16": 1, "float16": 1}
@@ -48,7 +48,7 @@ def _params():
             for case in CASES:
                 if case.dtype not in backend.DTYPES:
                     continue
-                marks = [] if backend.available() else [pytest.mark.skip(reason=f"{backend.NAME} not installed")]
+                marks = [] if backend.available() else [pytest.mark.skip(reason=f"{backend.NAME} not available in this process (Keras backends run in their own processes via scripts/dev.sh)")]
                 yield pytest.param(backend, rule_id, case, id=f"{backend.NAME}-{rule_id}-{case.name}", marks=marks)
 
 
@@ -76,7 +76,7 @@ def test_parity(backend, rule_id, case):
     got = backend.run(RULES[rule_id], case)
     assert len(got) == len(expected)
     tol = 0 if rule_id in EXACT else ULP_BUDGET.get((rule_id, case.dtype), TOLERANCE[case.dtype])
-    weight_tol = 0 if rule_id in EXACT else tol + 1
+    weight_tol = (0 if rule_id in EXACT else tol + 1) + WEIGHT_BUDGET.get((backend.NAME, rule_id), 0)
     for step, (g, (e, scales)) in enumerate(zip(got, expected)):
         for j, (a, b) in enumerate(zip(g.updates, e.updates)):
             d = ulp_distance(np.asarray(a), b)
@@ -86,7 +86,13 @@ def test_parity(backend, rule_id, case):
             d = weight_error(a, b, s)
             _record(backend.NAME, case.dtype, "weight ulp-of-operands", d)
             assert d <= weight_tol, f"step {step} param {j}: {d:.3g} ulp of the operands\n got {a}\n expected {b}"
+        if g.masks is not None and e.masks is not None:  # pruning masks: bit for bit
+            assert len(g.masks) == len(e.masks), f"step {step}: {len(g.masks)} masks vs {len(e.masks)}"
+            for j, (a, b) in enumerate(zip(g.masks, e.masks)):
+                assert a.shape == b.shape and np.array_equal(a, b), f"step {step} mask {j} differs\n got {a}\n expected {b}"
         assert set(g.info) == set(e.info), f"info keys differ: {sorted(g.info)} vs {sorted(e.info)}"
+        if step > 0 and (backend.NAME, rule_id) in WEIGHT_BUDGET:
+            continue  # later steps start from weights that differ within WEIGHT_BUDGET: counts may differ
         for k in e.info:
             d = ulp_distance(np.float32(g.info[k]), np.float32(e.info[k]))
             _record(backend.NAME, case.dtype, "info ulp", d)

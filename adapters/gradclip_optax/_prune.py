@@ -1,0 +1,92 @@
+"""JAX versions of the core's pruning primitives, and :func:`strip`.
+
+- ``order_keys``: ``lax.bitcast_convert_type`` (the portable default is arithmetic);
+- ``cond``: ``lax.cond``, so a pruning rule recomputes its masks (a global threshold:
+  31 counting passes) only on its schedule's steps, under ``jax.jit`` too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import gradclip_core as gc
+
+__all__ = ["strip", "masks", "register"]
+
+_NAN_BITS = 0x7F800001
+
+
+def _order_keys(xp: Any, s: jax.Array) -> jax.Array:
+    bits = jax.lax.bitcast_convert_type(s.astype(jnp.float32), jnp.int32)
+    return jnp.where(jnp.isnan(s), jnp.int32(_NAN_BITS), bits)
+
+
+def _cond(xp: Any, pred: Any, true_fn: Any, false_fn: Any) -> Any:
+    return jax.lax.cond(pred, true_fn, false_fn)
+
+
+def register() -> None:
+    """Register the JAX pruning primitives with the core (done by ``import gradclip_optax``)."""
+    gc.register_multi_ops("jax.numpy", order_keys=_order_keys, cond=_cond)
+
+
+def _find_masks(tree: Any, n: int) -> list[tuple]:
+    found: list[tuple] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, gc.PruneState):
+            if len(node.masks) == n:
+                found.append(node.masks)
+            return
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (tuple, list)):
+            for v in node:
+                walk(v)
+
+    walk(tree)
+    return found
+
+
+def masks(params: Any, state: Any) -> Any:
+    """The keep-masks of every pruning rule in an optimizer ``state``, ANDed, as a pytree like ``params``.
+
+    Args:
+      params: the parameter pytree.
+      state: the state of ``gradclip_optax.wrap(rule, ...)`` (or any state holding it).
+
+    Returns:
+      A pytree of bool arrays (all True where no pruning rule is found).
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    out = [jnp.ones(jnp.shape(p), dtype=bool) for p in leaves]
+    for ms in _find_masks(state, len(leaves)):
+        out = [a & b for a, b in zip(out, ms)]
+    return jax.tree.unflatten(treedef, out)
+
+
+def strip(params: Any, state: Any) -> Any:
+    """Make pruning permanent: ``params`` with every pruned element set to exactly 0.
+
+    After ``optax.apply_updates`` the pruned weights are already 0 (``wrap`` returns
+    ``proj(p + u) - p``); ``strip`` guarantees it bit for bit and gives the final,
+    mask-free parameters to export (drop the optimizer state afterwards).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import gradclip_core as gc
+      >>> import gradclip_optax
+      >>> params = {"w": jnp.array([0.1, -2.0, 0.3, 4.0])}
+      >>> tx = gradclip_optax.wrap(gc.magnitude_prune(0.5), optax.sgd(0.0))
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.zeros(4)}, state, params)
+      >>> gradclip_optax.strip(optax.apply_updates(params, updates), state)["w"].tolist()
+      [0.0, -2.0, 0.0, 4.0]
+    """
+    m = masks(params, state)
+    return jax.tree.map(lambda p, k: jnp.where(k, p, jnp.zeros_like(p)), params, m)

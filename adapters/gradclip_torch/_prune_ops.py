@@ -1,0 +1,216 @@
+"""torch versions of the core's pruning primitives (see :mod:`gradclip_core._select`).
+
+``prune_smallest`` is the exact global selection of the k smallest ``|w|`` by
+(score, global flat index), NaN last, computed chunk by chunk (``CHUNK`` elements of
+one tensor at a time, views, no concatenation of the weights):
+
+1. histogram of the top 16 bits of every key (``torch.bincount``, 65536 bins); the
+   bin ``b1`` holding the k-th key follows from the cumulative counts;
+2. eager CPU, and fewer than ``CANDIDATES`` keys in ``b1``: one more pass writes
+   ``key > bin`` into the masks and gathers the keys and flat indices of bin ``b1``;
+   a stable sort of those few resolves the exact cut (ties by global index);
+   otherwise (CUDA, ``torch.compile``, huge bins): a second 15-bit histogram inside
+   ``b1`` gives the exact key ``T``, and a third pass writes the masks, breaking ties
+   at ``T`` by a running cumulative sum, without a host sync.
+
+Extra memory is a few chunk-sized temporaries plus the bool masks (1 byte per weight).
+Keys are those of the core: ``bits(|w|) + 1``, 0 for elements pruned before, NaN
+canonical above +inf, so the masks equal the portable default's bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ._ops import _owned_ids
+
+__all__ = ["prune_smallest", "order_keys", "apply_masks", "cond", "register"]
+
+NAMESPACE = "array_api_compat.torch"
+CHUNK = 1 << 20
+CANDIDATES = 1 << 22
+_NAN_BITS = 0x7F800001
+
+
+def order_keys(xp: Any, s: torch.Tensor) -> torch.Tensor:
+    """``bits(s)`` as int32 (``s`` float32, non-negative), every NaN ``0x7F800001``."""
+    del xp
+    k = s.contiguous().view(torch.int32) & 0x7FFFFFFF
+    return k.clamp_(max=_NAN_BITS)
+
+
+def _keys(
+    x: torch.Tensor,
+    old: torch.Tensor | None,
+    divisor: torch.Tensor | None,
+    buf: torch.Tensor | None = None,
+    flag: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Core keys of a flat chunk: ``bits(|x| / d) + 1``, 0 where ``old`` is False.
+
+    Written into ``buf`` (a float32 scratch buffer reused across chunks; ``flag`` a bool
+    one) when given: no allocation per chunk, so nothing fragments the heap (a
+    per-chunk temporary interleaved with the small candidate tensors kept across
+    chunks made glibc's heap grow by ~1 GB on GPT-2 small).
+    """
+    v = torch.empty(x.shape, dtype=torch.float32, device=x.device) if buf is None else buf[: x.numel()]
+    if x.dtype == torch.float32:
+        torch.abs(x, out=v)
+    else:
+        v.copy_(x).abs_()
+    if divisor is not None:
+        v.div_(divisor)
+    k = v.view(torch.int32)
+    k.clamp_(max=_NAN_BITS).add_(1)  # abs cleared the sign: every NaN is > inf's bits; one NaN key
+    if old is not None:
+        dead = torch.logical_not(old) if flag is None else torch.logical_not(old, out=flag[: old.numel()])
+        k.masked_fill_(dead, 0)
+    return k
+
+
+def _chunks(flats: list[torch.Tensor]):
+    offset = 0
+    for i, f in enumerate(flats):
+        n = f.numel()
+        for s in range(0, n, CHUNK):
+            e = min(n, s + CHUNK)
+            yield i, s, e, offset + s
+        offset += n
+
+
+def prune_smallest(
+    xp: Any,
+    xs: Sequence[torch.Tensor],
+    k: Any,
+    masks: Sequence[torch.Tensor] | None = None,
+    divisors: Sequence[torch.Tensor] | None = None,
+):
+    """The core's ``prune_smallest`` (same masks, same threshold) by chunked radix selection.
+
+    Example:
+      >>> import torch
+      >>> keep, thr = prune_smallest(None, [torch.tensor([0.5, -0.1]), torch.tensor([2.0, 0.2])], 2)
+      >>> [m.tolist() for m in keep], round(float(thr), 6)
+      ([[True, False], [True, False]], 0.2)
+    """
+    del xp
+    xs = list(xs)
+    if not xs:
+        return [], torch.zeros(())
+    device = xs[0].device
+    if any(x.device != device for x in xs):
+        return NotImplemented
+    flats = [x.reshape(-1) for x in xs]
+    olds = [None] * len(xs) if masks is None else [m.reshape(-1) for m in masks]
+    divs = [None] * len(xs) if divisors is None else [d.to(device=device, dtype=torch.float32) for d in divisors]
+    n = sum(f.numel() for f in flats)
+    keep = [torch.ones(x.shape, dtype=torch.bool, device=device) for x in xs]
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    if n == 0:
+        return keep, zero
+    kk = torch.as_tensor(k, device=device).to(torch.int64).clamp(0, n)
+
+    width = min(CHUNK, max(f.numel() for f in flats))
+    buf = torch.empty(width, dtype=torch.float32, device=device)
+    top_buf = torch.empty(width, dtype=torch.int32, device=device)
+    flag_buf = torch.empty(width, dtype=torch.bool, device=device)
+    dead_buf = torch.empty(width, dtype=torch.bool, device=device)
+
+    def keys(i: int, s: int, e: int) -> torch.Tensor:
+        old = None if olds[i] is None else olds[i][s:e]
+        return _keys(flats[i][s:e], old, divs[i], buf, dead_buf)
+
+    def top16(key: torch.Tensor) -> torch.Tensor:
+        return torch.bitwise_right_shift(key, 15, out=top_buf[: key.numel()])
+
+    hist = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+    for i, s, e, _ in _chunks(flats):
+        hist += torch.bincount(top16(keys(i, s, e)), minlength=1 << 16)
+    cum = hist.cumsum(0)
+    b1 = torch.searchsorted(cum, kk.reshape(1)).clamp(max=(1 << 16) - 1)[0]
+    below1 = cum[b1] - hist[b1]
+    flat_keep = [m.reshape(-1) for m in keep]
+    eager_cpu = device.type == "cpu" and not torch.compiler.is_compiling()
+    if eager_cpu and int(hist[b1]) <= CANDIDATES:
+        b1_ = int(b1)
+        cand_keys, cand_pos = [], []
+        for i, s, e, g in _chunks(flats):
+            hi = keys(i, s, e)
+            top = top16(hi)
+            torch.gt(top, b1_, out=flat_keep[i][s:e])
+            idx = torch.eq(top, b1_, out=flag_buf[: e - s]).nonzero().reshape(-1)
+            if idx.numel():
+                cand_keys.append(hi[idx])
+                cand_pos.append((i, s, idx))
+        r = int(kk - below1)
+        if not cand_keys:
+            return keep, zero
+        ck = torch.cat(cand_keys)
+        order = torch.sort(ck, stable=True).indices
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=device)
+        pruned = rank < r
+        start = 0
+        for (i, s, idx) in cand_pos:
+            m = idx.numel()
+            flat_keep[i][s + idx] = ~pruned[start:start + m]
+            start += m
+        T = ck[order[r - 1]] if r > 0 else torch.zeros((), dtype=torch.int32)
+    else:
+        hist2 = torch.zeros((1 << 15) + 1, dtype=torch.int64, device=device)
+        for i, s, e, _ in _chunks(flats):
+            key = keys(i, s, e)
+            low = torch.where((key >> 15) == b1, key & 0x7FFF, 1 << 15)
+            hist2 += torch.bincount(low, minlength=(1 << 15) + 1)
+        cum2 = hist2[: 1 << 15].cumsum(0)
+        rem = (kk - below1).reshape(1)
+        b2 = torch.searchsorted(cum2, rem).clamp(max=(1 << 15) - 1)[0]
+        T = (b1 << 15) | b2
+        r = kk - below1 - (cum2[b2] - hist2[b2])
+        running = torch.zeros((), dtype=torch.int64, device=device)
+        for i, s, e, _ in _chunks(flats):
+            key = keys(i, s, e)
+            eq = key == T
+            cs = eq.cumsum(0) + running
+            flat_keep[i][s:e] = (key > T) | (eq & (cs > r))
+            running = running + eq.sum()
+    if masks is not None:
+        for m, o in zip(keep, masks):
+            m &= o
+    T = torch.as_tensor(T, device=device).to(torch.int32)
+    thr = torch.where(T > 0, (T - 1).clamp(min=0).reshape(1).view(torch.float32)[0], zero)
+    return keep, thr
+
+
+def apply_masks(xp: Any, xs: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``where(mask, x, 0)``; in place (``where(..., out=x)``) on tensors the adapter owns."""
+    del xp
+    ids = _owned_ids()
+    out = []
+    for x, m in zip(xs, masks):
+        if ids is not None and id(x) in ids:
+            out.append(torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device), out=x))
+        else:
+            out.append(torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device)))
+    return out
+
+
+def cond(xp: Any, pred: Any, true_fn: Any, false_fn: Any) -> Any:
+    """A Python branch in eager mode (reads ``pred``: one host sync on CUDA); ``where`` under compile."""
+    del xp
+    if torch.compiler.is_compiling():
+        return NotImplemented
+    return true_fn() if bool(pred) else false_fn()
+
+
+def register() -> None:
+    """Register the pruning primitives for torch tensors with the core.
+
+    Example:
+      >>> register()  # done once by ``import gradclip_torch``
+    """
+    import gradclip_core as gc
+
+    gc.register_multi_ops(NAMESPACE, prune_smallest=prune_smallest, order_keys=order_keys, apply_masks=apply_masks, cond=cond)

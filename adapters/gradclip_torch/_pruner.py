@@ -1,0 +1,262 @@
+"""Module pruning: masks as module buffers (like ``torch.nn.utils.prune``), and ``strip``.
+
+:func:`prune` ``(module, rule)`` registers the rule's state on the module: each mask
+as a bool buffer ``<param>_mask`` on the submodule owning the parameter (a second
+pruning rule in a chain gets ``<param>_mask_1``...), every other state tensor (the
+int32 step counter) as a buffer ``_gradclip_<i>`` of ``module``. So the masks are in
+``module.state_dict()``, come back with ``load_state_dict``, are copied by
+``copy.deepcopy`` and ``torch.save(module)``; :meth:`Pruner.attach` runs the rule
+inside ``optimizer.step()`` with its state read from and written to those buffers.
+The weights themselves stay plain parameters holding zeros where pruned (no
+``weight_orig`` reparametrisation, no forward hook).
+
+:func:`strip` makes pruning permanent: removes the hooks and the buffers, leaving the
+zeroed weights (``torch.nn.utils.prune.remove``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Iterable, Sequence
+
+import torch
+
+import gradclip_core as gc
+
+from ._apply import _check_rule, project_params
+from ._hooks import Handle
+from ._state import flatten, unflatten
+
+__all__ = ["prune", "strip", "Pruner"]
+
+_ATTR = "_gradclip_prune"  # plain attribute on the root module: {"rule": config, "params": [...], "slots": [...]}
+_HANDLES: "weakref.WeakKeyDictionary[torch.nn.Module, list[Handle]]" = weakref.WeakKeyDictionary()
+
+
+def _is_mask_holder(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(node, "_fields") and "masks" in node._fields
+
+
+def _mask_positions(tree: Any, n: int) -> list[int | None]:
+    """For each leaf of ``tree`` (flatten order): the parameter index if it is a mask, else None."""
+    out: list[int | None] = []
+
+    def walk(node: Any, in_masks: bool) -> None:
+        if _is_mask_holder(node):
+            for name, v in zip(node._fields, node):
+                walk(v, name == "masks")
+        elif isinstance(node, (tuple, list)):
+            if in_masks and len(node) == n:
+                for i, v in enumerate(node):
+                    out.extend([i] * len(flatten(v)))
+            else:
+                for v in node:
+                    walk(v, False)
+        elif node is not None:
+            out.append(None)
+
+    walk(tree, False)
+    return out
+
+
+class Pruner:
+    """A rule whose state lives in a module's buffers (what :func:`prune` returns).
+
+    Attributes:
+      module: the pruned module.
+      rule: the gradclip rule.
+      names: qualified names of the pruned parameters, in the rule's order.
+    """
+
+    def __init__(self, module: torch.nn.Module, rule: gc.Rule, names: Sequence[str], slots: Sequence[tuple[str, str]]):
+        self.module, self.rule, self.names = module, rule, list(names)
+        self._slots = [tuple(s) for s in slots]
+        self._template = rule.init([p.detach() for p in self.parameters])
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module) -> "Pruner":
+        """The pruner of a module pruned by :func:`prune` (e.g. after ``copy.deepcopy`` or ``torch.load``)."""
+        meta = getattr(module, _ATTR, None)
+        if meta is None:
+            raise ValueError("this module was not pruned with gradclip_torch.prune")
+        return cls(module, gc.from_config(meta["rule"]), meta["params"], meta["slots"])
+
+    @property
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [self.module.get_parameter(n) for n in self.names]
+
+    @property
+    def state(self) -> Any:
+        """The rule state, rebuilt from the module's buffers."""
+        leaves = [self.module.get_submodule(sub)._buffers[name] for sub, name in self._slots]
+        return unflatten(self._template, leaves)
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        if value is None:
+            return
+        for (sub, name), t in zip(self._slots, flatten(value)):
+            self.module.get_submodule(sub)._buffers[name] = t
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """``{"<param>_mask": mask}`` for every mask buffer (bool, True = kept)."""
+        out = {}
+        for sub, name in self._slots:
+            t = self.module.get_submodule(sub)._buffers[name]
+            if t.dtype == torch.bool:
+                out[f"{sub}.{name}" if sub else name] = t
+        return out
+
+    def project(self) -> dict:
+        """Run ``rule.project`` on the weights now (one step of the schedule); returns info."""
+        state, info = project_params(self.rule, self.parameters, self.state)
+        self.state = state
+        return info
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Handle:
+        """Run the rule in every ``optimizer.step()``, its state kept in the module buffers."""
+        handle = _PrunerHandle(optimizer, self)
+        _HANDLES.setdefault(self.module, []).append(handle)
+        return handle
+
+
+class _PrunerHandle(Handle):
+    """A :class:`Handle` whose rule state is the pruner's buffers; pruned params without grad get a zero one."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, pruner: Pruner) -> None:
+        self._pruner = pruner
+        super().__init__(optimizer, pruner.rule)
+
+    @property
+    def _state(self) -> Any:  # type: ignore[override]
+        return self._pruner.state
+
+    @_state.setter
+    def _state(self, value: Any) -> None:
+        self._pruner.state = value
+
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        from ._apply import update_grads
+
+        params = self._pruner.parameters
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        self._state, self.info = update_grads(self.rule, params, grads, self._state)
+        self._params = params
+
+
+def _select(module: torch.nn.Module, parameters: Any) -> list[str]:
+    named = dict(module.named_parameters())
+    if parameters is None:
+        return [n for n, p in named.items() if p.ndim >= 2]
+    if isinstance(parameters, str):
+        parameters = [parameters]
+    names = list(parameters)
+    for n in names:
+        if n not in named:
+            raise ValueError(f"prune: module has no parameter {n!r} (parameters are {sorted(named)[:8]}...)")
+    return names
+
+
+def prune(module: torch.nn.Module, rule: gc.Rule, parameters: str | Iterable[str] | None = None, *, apply: bool = True) -> Pruner:
+    """Prune ``module`` with ``rule``: masks as ``<param>_mask`` buffers, and (``apply``) prune now.
+
+    Args:
+      module: any ``nn.Module``.
+      rule: a gradclip pruning rule (or a chain with one); e.g.
+        ``gradclip_core.global_magnitude_prune(0.5)``.
+      parameters: qualified parameter names (``"0.weight"``), or ``None`` for every
+        parameter of rank >= 2 (Linear/Conv/Embedding weights, not biases/norms).
+      apply: run ``rule.project`` once now (a one-shot schedule at step 0 prunes here).
+
+    Returns:
+      A :class:`Pruner` (``.attach(optimizer)`` to keep the masks during training,
+      ``.masks``, ``.state``, ``.project()``).
+
+    Example:
+      >>> import torch
+      >>> import gradclip_core as gc
+      >>> import gradclip_torch
+      >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+      >>> pruner = gradclip_torch.prune(model, gc.global_magnitude_prune(0.5))
+      >>> sorted(k for k in model.state_dict() if k.endswith("_mask"))
+      ['0.weight_mask', '2.weight_mask']
+      >>> int((model[0].weight == 0).sum() + (model[2].weight == 0).sum())
+      12
+      >>> gradclip_torch.strip(model)
+      >>> sorted(model.state_dict())
+      ['0.bias', '0.weight', '2.bias', '2.weight']
+    """
+    _check_rule(rule, "prune")
+    if getattr(module, _ATTR, None) is not None:
+        raise ValueError("module is already pruned by gradclip_torch.prune; call gradclip_torch.strip(module) first")
+    names = _select(module, parameters)
+    params = [module.get_parameter(n) for n in names]
+    with torch.no_grad():
+        state = rule.init([p.detach() for p in params])
+    leaves = flatten(state)
+    positions = _mask_positions(state, len(params))
+    slots: list[tuple[str, str]] = []
+    used: dict[tuple[str, str], int] = {}
+    for j, (leaf, pos) in enumerate(zip(leaves, positions)):
+        if pos is not None and leaf.dtype == torch.bool:
+            sub, _, pname = names[pos].rpartition(".")
+            base = f"{pname}_mask"
+            c = used.get((sub, base), 0)
+            used[(sub, base)] = c + 1
+            slot = (sub, base if c == 0 else f"{base}_{c}")
+        else:
+            slot = ("", f"_gradclip_{j}")
+        module.get_submodule(slot[0]).register_buffer(slot[1], leaf)
+        slots.append(slot)
+    setattr(module, _ATTR, {"rule": dict(rule.config), "params": names, "slots": slots})
+    pruner = Pruner(module, rule, names, slots)
+    if apply:
+        pruner.project()
+    return pruner
+
+
+def strip(obj: Any) -> None:
+    """Make pruning permanent: weights stay zero where pruned; hooks, masks and buffers go.
+
+    Args:
+      obj: a module pruned with :func:`prune` (its attached handles are removed too),
+        or a :class:`Handle` from :func:`gradclip_torch.attach` with a pruning rule
+        (the last masks are applied to its parameters and the hooks removed).
+
+    Example:
+      >>> import torch
+      >>> import gradclip_core as gc
+      >>> import gradclip_torch
+      >>> lin = torch.nn.Linear(4, 1)
+      >>> _ = gradclip_torch.prune(lin, gc.magnitude_prune(0.5), ["weight"])
+      >>> gradclip_torch.strip(lin); hasattr(lin, "weight_mask")
+      False
+    """
+    if isinstance(obj, Handle):
+        obj.remove()
+        state = obj.state
+        if state is not None and obj._params:
+            with torch.no_grad():
+                _apply_all_masks(obj._params, state)
+        return
+    if not isinstance(obj, torch.nn.Module):
+        raise TypeError(f"strip: expected a pruned nn.Module or a gradclip_torch Handle, got {type(obj).__name__}")
+    meta = getattr(obj, _ATTR, None)
+    if meta is None:
+        raise ValueError("strip: this module was not pruned with gradclip_torch.prune")
+    for h in _HANDLES.pop(obj, []):
+        h.remove()
+    pruner = Pruner.from_module(obj)
+    with torch.no_grad():
+        _apply_all_masks(pruner.parameters, pruner.state)
+    for sub, name in meta["slots"]:
+        del obj.get_submodule(sub)._buffers[name]
+    delattr(obj, _ATTR)
+
+
+def _apply_all_masks(params: Sequence[torch.Tensor], state: Any) -> None:
+    positions = _mask_positions(state, len(params))
+    for leaf, pos in zip(flatten(state), positions):
+        if pos is not None and leaf.dtype == torch.bool:
+            params[pos].masked_fill_(leaf.logical_not(), 0)

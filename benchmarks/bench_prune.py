@@ -1,0 +1,98 @@
+"""Global magnitude pruning at 50% on the GPT-2-small parameter set: gradclip vs torch.nn.utils.prune.
+
+Each measurement runs in a fresh subprocess (clean peak memory): the parameters are
+created, the baseline RSS is read, then one pruning call is timed and the peak RSS
+(``ru_maxrss``) minus the baseline is the extra peak memory. Printed: time ratio
+(native / gradclip, target >= 20x) and gradclip's extra peak memory as a fraction of
+the weights (target <= 1/4, the bool masks set aside: the new masks, and the rule
+state's initial all-True masks that ``rule.init`` made; each set is 1/4 of float32
+weights).
+
+    .venv/bin/python benchmarks/bench_prune.py            # one native repetition (~30 s)
+    .venv/bin/python benchmarks/bench_prune.py --reps 3   # gradclip repetitions (best of)
+    .venv/bin/python benchmarks/bench_prune.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).parent
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {here!r})
+import torch
+from _shapes import gpt2_small_shapes
+torch.manual_seed(0)
+torch.set_num_threads({threads})
+mods = torch.nn.ModuleList()
+for name, shape in gpt2_small_shapes():
+    m = torch.nn.Module()
+    m.weight = torch.nn.Parameter(torch.randn(shape))
+    mods.append(m)
+weights = sum(p.numel() * p.element_size() for p in mods.parameters())
+mask_bytes = sum(p.numel() for p in mods.parameters())  # bool masks
+import gradclip_core as gc, gradclip_torch
+rule = gc.global_magnitude_prune(0.5)
+params = list(mods.parameters())
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+if {kind!r} == "native":
+    import torch.nn.utils.prune as P
+    run = lambda: P.global_unstructured([(m, "weight") for m in mods], pruning_method=P.L1Unstructured, amount=0.5)
+    reps = 1
+elif {kind!r} == "core":
+    run = lambda: gradclip_torch.project_(params, rule)
+    reps = {reps}
+else:  # module helper: buffers + one-shot project
+    def run():
+        if hasattr(mods, "_gradclip_prune"):
+            gradclip_torch.strip(mods)
+        gradclip_torch.prune(mods, rule, [f"{{i}}.weight" for i in range(len(mods))])
+    reps = {reps}
+base = rss()
+peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+times = []
+for _ in range(reps):
+    t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+zeros = sum(int((m.weight == 0).sum()) for m in mods)
+print(json.dumps(dict(time=min(times), extra=max(0, peak - max(base, peak0)), weights=weights, masks=mask_bytes, zeros=zeros)))
+"""
+
+
+def measure(kind: str, reps: int, threads: int) -> dict:
+    code = CHILD.format(here=str(HERE), kind=kind, reps=reps, threads=threads)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reps", type=int, default=2, help="gradclip repetitions (best of); native runs once")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads for both sides (on a shared 2-core machine, 2 threads make every "
+                         "small op wait at an OpenMP barrier whenever another process holds a core)")
+    args = ap.parse_args()
+    res = {k: measure(k, 1 if k == "native" else args.reps, args.threads) for k in ("core", "module", "native")}
+    n = res["native"]
+    print(f"GPT-2 small: {n['weights'] / 2**20:.0f} MiB of float32 weights, global magnitude pruning at 50%")
+    print(f"(torch threads: {args.threads}; gradclip best of {args.reps}, native once)")
+    print(f"{'':36} {'time (s)':>9} {'extra peak':>11} {'/ weights':>10} {'pruned':>11}")
+    for k, label in (("native", "torch.nn.utils.prune.global_unstr."), ("core", "gradclip_torch.project_"), ("module", "gradclip_torch.prune (buffers)")):
+        r = res[k]
+        print(f"{label:36} {r['time']:9.2f} {r['extra'] / 2**20:9.0f}Mi {r['extra'] / r['weights']:10.3f} {r['zeros']:11d}")
+    for k in ("core", "module"):
+        r = res[k]
+        print(f"{k}: speed-up vs native {n['time'] / r['time']:.1f}x [target >= 20x]; extra peak memory "
+              f"{(r['extra'] - 2 * r['masks']) / r['weights']:.3f} of the weights with both mask sets aside, "
+              f"{(r['extra'] - r['masks']) / r['weights']:.3f} with the new masks aside [target <= 0.25]")
+
+
+if __name__ == "__main__":
+    main()

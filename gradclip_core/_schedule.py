@@ -1,0 +1,184 @@
+"""Pruning schedules: *when* masks are recomputed and *which* sparsity they target.
+
+A schedule is a :class:`Schedule` (a NamedTuple of plain Python values, so it sits
+in a rule's ``config`` and survives ``from_config``; a dict with its fields is
+accepted too). The step counter is an int32 0-d array in the rule state, advanced
+by every ``project`` call (one per optimizer step); step ``t`` is the ``t``-th call
+(0-based). Presets:
+
+- :func:`one_shot` ``(step=0)``: prune to the target once, at ``step``.
+- :func:`constant_schedule` ``(begin_step, end_step, frequency)``: tfmot's
+  ``ConstantSparsity``: recompute at ``begin_step``, every ``frequency`` steps, up to
+  ``end_step`` (``-1``: forever).
+- :func:`polynomial_schedule` ``(begin_step, end_step, frequency, initial_sparsity,
+  power=3)``: Zhu & Gupta (2017), tfmot ``PolynomialDecay``, jaxpruner
+  ``PolynomialSchedule``: on the steps ``t = begin_step + i * frequency <= end_step``
+  the target is ``s_f + (s_i - s_f) * (1 - (t - t0) / (end_step - t0)) ** power``.
+  (As in tfmot, ``end_step`` itself is a pruning step only if ``end_step - begin_step``
+  is a multiple of ``frequency``.)
+
+The scheduled target is computed on the device in float32 (``jax.jit`` without x64
+has nothing wider): ``p = float32(t - t0) / (t1 - t0)``, ``(1 - p)`` raised by repeated
+multiplication for integer powers, then ``k = round_half_even(target * float32(n))``,
+identical in every framework (for ``n > 2**24`` within float32's rounding of the
+product). Constant targets (one-shot, constant) are rounded exactly in Python.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, NamedTuple
+
+__all__ = ["Schedule", "one_shot", "constant_schedule", "polynomial_schedule", "check_schedule", "ROUNDINGS"]
+
+ROUNDINGS = ("prune", "keep")
+
+
+class Schedule(NamedTuple):
+    """When masks are recomputed (see the module docstring); build with the presets."""
+
+    kind: str = "one_shot"
+    begin_step: int = 0
+    end_step: int = -1
+    frequency: int = 1
+    initial_sparsity: float = 0.0
+    power: float = 3
+
+    # ------------------------------------------------------------------ device side
+    def active(self, xp: Any, t: Any) -> Any:
+        """0-d bool array: masks are recomputed at step ``t`` (int32 0-d)."""
+        if self.kind == "one_shot":
+            return t == self.begin_step
+        on = t >= self.begin_step
+        if self.end_step >= 0:
+            on = on & (t <= self.end_step)
+        if self.frequency > 1:
+            on = on & (xp.remainder(t - self.begin_step, self.frequency) == 0)
+        return on
+
+    def target(self, xp: Any, t: Any, final: float) -> Any:
+        """The target sparsity at step ``t``: a Python float, or a float32 0-d array."""
+        if self.kind != "polynomial":
+            return final
+        span = float(self.end_step - self.begin_step)
+        p = xp.astype(t - self.begin_step, xp.float32) / span
+        p = xp.minimum(xp.maximum(p, xp.zeros_like(p)), xp.ones_like(p))
+        q = 1.0 - p
+        power = float(self.power)
+        if power.is_integer() and power >= 1:
+            acc = q
+            for _ in range(int(power) - 1):
+                acc = acc * q
+        else:
+            acc = xp.pow(q, power)
+        return final + (float(self.initial_sparsity) - final) * acc
+
+
+def _int(name: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    return value
+
+
+def _fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= float(value) <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def one_shot(step: int = 0) -> Schedule:
+    """Prune once, at optimizer step ``step`` (0: the first ``project`` call).
+
+    Example:
+      >>> one_shot(10).begin_step
+      10
+    """
+    return Schedule("one_shot", begin_step=_int("step", step, 0))
+
+
+def constant_schedule(begin_step: int = 0, end_step: int = -1, frequency: int = 1) -> Schedule:
+    """Recompute the masks at the target sparsity every ``frequency`` steps (tfmot ``ConstantSparsity``).
+
+    Example:
+      >>> constant_schedule(0, 100, 10).frequency
+      10
+    """
+    begin_step = _int("begin_step", begin_step, 0)
+    if isinstance(end_step, bool) or not isinstance(end_step, int) or (end_step != -1 and end_step < begin_step):
+        raise ValueError(f"end_step must be -1 or an int >= begin_step, got {end_step!r}")
+    return Schedule("constant", begin_step, end_step, _int("frequency", frequency, 1))
+
+
+def polynomial_schedule(
+    begin_step: int, end_step: int, frequency: int = 1, initial_sparsity: float = 0.0, power: float = 3
+) -> Schedule:
+    """Gradual pruning (Zhu & Gupta 2017; tfmot ``PolynomialDecay``): cubic by default.
+
+    The final sparsity is the rule's ``amount``.
+
+    Example:
+      >>> polynomial_schedule(0, 1000, 100).power
+      3
+    """
+    begin_step = _int("begin_step", begin_step, 0)
+    if isinstance(end_step, bool) or not isinstance(end_step, int) or end_step <= begin_step:
+        raise ValueError(f"end_step must be an int > begin_step, got {end_step!r}")
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not math.isfinite(power) or power <= 0:
+        raise ValueError(f"power must be a finite number > 0, got {power!r}")
+    return Schedule("polynomial", begin_step, end_step, _int("frequency", frequency, 1),
+                    _fraction("initial_sparsity", initial_sparsity), power)
+
+
+def check_schedule(schedule: Any) -> Schedule:
+    """``None`` (one-shot at step 0), a :class:`Schedule`, or a dict/list of its fields (JSON configs)."""
+    if schedule is None:
+        return one_shot(0)
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, Mapping):
+        schedule = Schedule(**schedule)
+    elif isinstance(schedule, (list, tuple)):
+        schedule = Schedule(*schedule)
+    else:
+        raise ValueError(f"schedule must be None or a gradclip schedule (one_shot, constant_schedule, polynomial_schedule), got {schedule!r}")
+    if schedule.kind == "one_shot":
+        return one_shot(schedule.begin_step)
+    if schedule.kind == "constant":
+        return constant_schedule(schedule.begin_step, schedule.end_step, schedule.frequency)
+    if schedule.kind == "polynomial":
+        return polynomial_schedule(schedule.begin_step, schedule.end_step, schedule.frequency, schedule.initial_sparsity, schedule.power)
+    raise ValueError(f"schedule kind must be one_shot, constant or polynomial, got {schedule.kind!r}")
+
+
+def check_amount(amount: Any, name: str = "amount") -> float:
+    """A sparsity in ``[0, 1]``."""
+    return _fraction(name, amount)
+
+
+def check_rounding(rounding: Any) -> str:
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {list(ROUNDINGS)}, got {rounding!r}")
+    return rounding
+
+
+def prune_count(xp: Any, target: Any, n: int, rounding: str) -> Any:
+    """How many of ``n`` elements to prune for sparsity ``target``.
+
+    ``"prune"`` (torch.nn.utils.prune): ``k = round_half_even(target * n)``.
+    ``"keep"`` (tfmot / jaxpruner): ``kept = max(1, round_half_even((1 - target) * n))``,
+    ``k = n - kept`` (``k = 0`` for ``n = 0``). Python ints for constant targets
+    (exact, float64 products), int32-safe 0-d arrays for scheduled (float32) ones.
+    """
+    if n == 0:
+        return 0
+    if isinstance(target, float):
+        if rounding == "prune":
+            return min(n, int(round(target * n)))
+        return n - min(n, max(1, int(round((1.0 - target) * n))))
+    nf = float(n)
+    if rounding == "prune":
+        k = xp.round(target * nf)
+    else:
+        kept = xp.maximum(xp.round((1.0 - target) * nf), xp.ones_like(target))
+        k = nf - xp.minimum(kept, xp.full_like(target, nf))
+    return xp.astype(k, xp.int32) if n < 2**31 else xp.astype(k, xp.int64)

@@ -1,0 +1,242 @@
+"""Pruning rules on NumPy and array-api-strict: exact counts, tie order, NaN policy, monotone masks."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import gradclip_core as gc
+from gradclip_core._hash import array_bases, fmix32_int, hash_keys
+from gradclip_core._select import _bits_numpy, _bits_portable, prune_smallest
+from array_api_compat import numpy as compat_np
+
+from .util import NAMESPACES, to_np, to_xp
+
+
+def project(rule, xp, params, state=None):
+    p = to_xp(xp, params)
+    state = rule.init(p) if state is None else state
+    out, state, info = rule.project(p, state)
+    return to_np(out), state, {k: float(v) for k, v in info.items()}
+
+
+def expected_keep(arrays, k):
+    """Reference: prune the k smallest by (|x| with NaN above inf, global flat index)."""
+    flat = np.concatenate([np.abs(np.asarray(a, np.float32)).ravel() for a in arrays]) if arrays else np.zeros(0)
+    rank_nan = np.where(np.isnan(flat), 2, np.where(np.isinf(flat), 1, 0))
+    order = np.lexsort((np.arange(flat.size), np.nan_to_num(flat, nan=0.0, posinf=0.0), rank_nan))
+    keep = np.ones(flat.size, bool)
+    keep[order[:k]] = False
+    return keep
+
+
+# ------------------------------------------------------------------ selection primitive
+
+def test_portable_bits_equal_numpy_view_on_every_kind_of_float32():
+    import array_api_strict as xs
+
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 0x7F800000, 50000, dtype=np.int64).astype(np.int32)
+    v = np.concatenate([bits.view(np.float32), np.array([0, np.inf, np.nan, 1e-45, 1.1754942e-38, 3.4e38], np.float32)])
+    np.testing.assert_array_equal(np.asarray(_bits_portable(xs, xs.asarray(v))), _bits_numpy(compat_np, v))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays=st.lists(hnp.arrays(np.float32, hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=6),
+                               elements=st.sampled_from([0.0, -0.0, 0.5, -0.5, 1.0, 2.5, np.nan, np.inf, -np.inf, 1e-40])),
+                    min_size=1, max_size=4),
+    frac=st.floats(0, 1),
+    ns=st.sampled_from([0, 1]),
+)
+def test_prune_smallest_is_the_total_order(arrays, frac, ns):
+    import array_api_strict as xs
+
+    xp = [compat_np, xs][ns]
+    n = sum(a.size for a in arrays)
+    k = int(round(frac * n))
+    keep, _ = prune_smallest(xp, to_xp(xp, arrays), k)
+    got = np.concatenate([np.asarray(m).ravel() for m in keep])
+    np.testing.assert_array_equal(got, expected_keep(arrays, k))
+
+
+# ------------------------------------------------------------------ rules
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+@settings(max_examples=25, deadline=None)
+@given(w=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=9),
+                    elements=st.floats(-4, 4, width=32)),
+       amount=st.floats(0, 1))
+def test_magnitude_prune_count_is_round_half_even(xp, w, amount):
+    out, state, info = project(gc.magnitude_prune(amount), xp, [w])
+    k = int(np.round(amount * w.size))
+    assert int((~np.asarray(state.masks[0])).sum()) == k
+    np.testing.assert_array_equal(np.asarray(state.masks[0]).ravel(), expected_keep([w], k))
+    assert float(info["sparsity"]) == pytest.approx(k / w.size)
+    assert np.all(out[0][~np.asarray(state.masks[0])] == 0)
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_keep_rounding_preset_keeps_at_least_one(xp):
+    w = [np.arange(1, 6, dtype=np.float32)]
+    _, s, _ = project(gc.magnitude_prune(0.99, rounding="keep"), xp, w)
+    assert np.asarray(s.masks[0]).tolist() == [False, False, False, False, True]
+    _, s, _ = project(gc.magnitude_prune(0.5, rounding="keep"), xp, w)  # kept = round(2.5) = 2
+    assert int(np.asarray(s.masks[0]).sum()) == 2
+    _, s, _ = project(gc.magnitude_prune(0.5), xp, w)  # pruned = round(2.5) = 2
+    assert int(np.asarray(s.masks[0]).sum()) == 3
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_ties_prune_lower_global_index_first_and_nan_last(xp):
+    w = [np.full((2, 2), 0.5, np.float32), np.array([np.nan, 0.5, np.inf], np.float32)]
+    _, s, info = project(gc.global_magnitude_prune(5 / 7), xp, w)
+    assert np.asarray(s.masks[0]).ravel().tolist() == [False] * 4
+    assert np.asarray(s.masks[1]).tolist() == [True, False, True]
+    assert info["threshold"] == 0.5
+    _, s, info = project(gc.global_magnitude_prune(1.0), xp, w)
+    assert np.isnan(info["threshold"]) and not np.asarray(s.masks[1]).any()
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_update_masks_grads_and_project_is_idempotent(xp):
+    rng = np.random.default_rng(1)
+    w = [rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)]
+    rule = gc.global_magnitude_prune(0.6, schedule=gc.constant_schedule())
+    out, state, _ = project(rule, xp, w)
+    again, state2, _ = project(rule, xp, out, state)
+    for a, b in zip(out, again):
+        np.testing.assert_array_equal(a, b)
+    g, _, _ = rule.update(to_xp(xp, [np.ones((4, 5), np.float32), np.ones(3, np.float32)]), state2)
+    for gi, m in zip(to_np(g), state2.masks):
+        np.testing.assert_array_equal(gi, np.asarray(m).astype(np.float32))
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_masks_never_revive_under_a_schedule(xp):
+    rng = np.random.default_rng(2)
+    rule = gc.magnitude_prune(0.9, schedule=gc.polynomial_schedule(0, 6, 2, initial_sparsity=0.1))
+    w = to_xp(xp, [rng.normal(size=(8, 8)).astype(np.float32)])
+    state = rule.init(w)
+    prev = np.ones((8, 8), bool)
+    sparsities = []
+    for _ in range(9):
+        w = [x + xp.asarray(rng.normal(size=(8, 8)).astype(np.float32)) for x in w]  # grow back if not masked
+        w, state, info = rule.project(w, state)
+        m = np.asarray(state.masks[0])
+        assert not np.any(m & ~prev)
+        prev = m
+        sparsities.append(round(float(info["sparsity"]), 4))
+    assert int(state.count) == 9
+    # recomputed at steps 0, 2, 4, 6: s = 0.9 - 0.8 (1 - t/6)^3, k = round(s * 64)
+    ks = [round((0.9 - 0.8 * (1 - t / 6) ** 3) * 64) for t in (0, 2, 4, 6)]
+    assert sparsities[::2][:4] == [round(k / 64, 4) for k in ks]
+    assert sparsities[1] == sparsities[0] and sparsities[-1] == round(ks[-1] / 64, 4)
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_one_shot_at_a_later_step_and_fixed_threshold(xp):
+    rule = gc.magnitude_prune(threshold=0.5, schedule=gc.one_shot(1))
+    w = [np.array([0.1, -0.7, np.nan, -0.4], np.float32)]
+    out, s, info = project(rule, xp, w)
+    assert info["sparsity"] == 0.0
+    out, s, info = project(rule, xp, out, s)
+    assert np.asarray(s.masks[0]).tolist() == [False, True, True, False] and info["sparsity"] == 0.5
+
+
+def test_random_prune_hash_matches_python_reference_and_is_exact_count():
+    seed, i, n = 11, 3, 50
+    b1, b2 = array_bases(seed, i)
+    ref = [fmix32_int(fmix32_int((j + b1) & 0xFFFFFFFF) ^ b2) >> 8 for j in range(n)]
+    assert np.asarray(hash_keys(compat_np, (n,), seed, i)).tolist() == ref
+    import array_api_strict as xs
+
+    assert np.asarray(hash_keys(xs, (n,), seed, i)).tolist() == ref
+    w = [np.ones((10, 10), np.float32), np.ones((7,), np.float32)]
+    for scope in ("array", "global"):
+        _, s1, _ = project(gc.random_prune(0.3, seed=5, scope=scope), compat_np, w)
+        _, s2, _ = project(gc.random_prune(0.3, seed=5, scope=scope), xs, w)
+        for a, b in zip(s1.masks, s2.masks):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        total = sum(int((~np.asarray(m)).sum()) for m in s1.masks)
+        assert total == (30 + 2 if scope == "array" else round(0.3 * 107))
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_ln_structured_prunes_whole_units(xp):
+    w = [np.array([[1, 1], [0.1, 0.2], [3, 0], [0.5, 0.5]], np.float32), np.ones(4, np.float32)]
+    out, s, _ = project(gc.ln_structured_prune(0.5, ord=1, axis="out_first"), xp, w)
+    assert out[0].tolist() == [[1, 1], [0, 0], [3, 0], [0, 0]]
+    assert np.asarray(s.masks[1]).all()  # rank-1 arrays stay dense
+    out, _, _ = project(gc.ln_structured_prune(0.5, ord="inf", axis="out_last"), xp, w[:1])
+    assert (out[0][:, 1] == 0).all() and (out[0][:, 0] == w[0][:, 0]).all()
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_nm_prune_keeps_n_per_group_along_axis(xp):
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(6, 8)).astype(np.float32)
+    _, s, info = project(gc.nm_prune(keep=2, group=4, axis=1), xp, [w, np.ones((6, 3), np.float32)])
+    m = np.asarray(s.masks[0]).reshape(6, 2, 4)
+    assert (m.sum(-1) == 2).all()
+    groups = np.abs(w).reshape(6, 2, 4)
+    assert (np.where(m, groups, np.inf).min(-1) >= np.where(m, -np.inf, groups).max(-1)).all()
+    assert np.asarray(s.masks[1]).all() and info["sparsity/1"] == 0.0  # 3 % 4 != 0: dense
+    _, s0, _ = project(gc.nm_prune(keep=1, group=3, axis=0), xp, [w])
+    assert (np.asarray(s0.masks[0]).reshape(2, 3, 8).sum(1) == 1).all()
+
+
+@pytest.mark.parametrize(
+    "make, arg",
+    [
+        (lambda: gc.magnitude_prune(1.5), "amount"),
+        (lambda: gc.magnitude_prune(), "exactly one"),
+        (lambda: gc.magnitude_prune(0.5, threshold=0.1), "exactly one"),
+        (lambda: gc.magnitude_prune(threshold=-1.0), "threshold"),
+        (lambda: gc.global_magnitude_prune(-0.1), "amount"),
+        (lambda: gc.global_magnitude_prune(0.5, rounding="floor"), "rounding"),
+        (lambda: gc.global_magnitude_prune(0.5, schedule="cubic"), "schedule"),
+        (lambda: gc.random_prune(0.5, seed=-1), "seed"),
+        (lambda: gc.random_prune(0.5, scope="layer"), "scope"),
+        (lambda: gc.ln_structured_prune(0.5, ord=3, axis=0), "ord"),
+        (lambda: gc.ln_structured_prune(0.5, axis="rows"), "axis"),
+        (lambda: gc.nm_prune(keep=4, group=4, axis=-1), "keep must be < group"),
+        (lambda: gc.nm_prune(keep=0, group=4, axis=-1), "keep"),
+        (lambda: gc.nm_prune(2, 4, axis=(0, 1)), "axis"),
+        (lambda: gc.polynomial_schedule(5, 5), "end_step"),
+        (lambda: gc.polynomial_schedule(0, 5, initial_sparsity=2.0), "initial_sparsity"),
+        (lambda: gc.constant_schedule(frequency=0), "frequency"),
+        (lambda: gc.one_shot(-1), "step"),
+    ],
+)
+def test_bad_arguments_name_the_argument(make, arg):
+    with pytest.raises(ValueError, match=arg):
+        make()
+
+
+PRUNERS = {
+    "magnitude_prune": lambda: gc.magnitude_prune(0.5, schedule=gc.polynomial_schedule(0, 4, 2)),
+    "global_magnitude_prune": lambda: gc.global_magnitude_prune(0.5, normalize=True, rounding="keep"),
+    "random_prune": lambda: gc.random_prune(0.5, seed=2),
+    "ln_structured_prune": lambda: gc.ln_structured_prune(0.5, axis=(1,)),
+    "nm_prune": lambda: gc.nm_prune(1, 2, axis=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_config_round_trip_and_state_is_arrays_only(name):
+    rule = PRUNERS[name]()
+    again = gc.from_config(rule.config)
+    assert again.config == rule.config and rule.has_project and rule.name == name
+    w = [np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)]
+    a, sa, _ = rule.project(w, rule.init(w))
+    b, sb, _ = again.project(w, again.init(w))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert isinstance(sa, gc.PruneState) and sa.count.dtype == np.int32 and sa.masks[0].dtype == bool
+
+
+def test_state_mismatch_is_reported():
+    rule = gc.magnitude_prune(0.5)
+    with pytest.raises(ValueError, match="masks for 2 arrays"):
+        rule.update([np.ones(2), np.ones(2)], rule.init([np.ones(2)]))

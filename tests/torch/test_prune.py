@@ -1,0 +1,144 @@
+"""Pruning in torch: masks equal torch.nn.utils.prune's on tie-free inputs; buffers, deepcopy, attach, strip."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.utils.prune as tprune
+
+import gradclip_core as gc
+import gradclip_torch
+import gradclip_torch._prune_ops as prune_ops
+from gradclip_core._select import prune_smallest as portable_prune_smallest
+from array_api_compat import numpy as compat_np
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.ReLU(), torch.nn.Conv1d(20, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+
+
+def weights(m):
+    return [(mod, "weight") for mod in m if hasattr(mod, "weight")]
+
+
+@pytest.mark.parametrize("amount", [0.1, 0.37, 0.5, 0.9])
+def test_l1_unstructured_masks(amount):
+    ref, ours = model(), model()
+    for mod, name in weights(ref):
+        tprune.l1_unstructured(mod, name, amount=amount)
+    params = [mod.weight for mod, _ in weights(ours)]
+    _, info = gradclip_torch.project_(params, gc.magnitude_prune(amount))
+    for (r, _), p in zip(weights(ref), params):
+        assert torch.equal(r.weight_mask.bool(), p != 0)
+
+
+@pytest.mark.parametrize("amount", [0.2, 0.5, 0.77])
+def test_global_unstructured_masks(amount):
+    ref, ours = model(1), model(1)
+    tprune.global_unstructured(weights(ref), pruning_method=tprune.L1Unstructured, amount=amount)
+    pruner = gradclip_torch.prune(ours, gc.global_magnitude_prune(amount))
+    masks = pruner.masks
+    assert sorted(masks) == ["0.weight_mask", "2.weight_mask", "4.weight_mask"]
+    for idx in (0, 2, 4):
+        assert torch.equal(ref[idx].weight_mask.bool(), masks[f"{idx}.weight_mask"])
+
+
+@pytest.mark.parametrize("n, dim", [(1, 0), (2, 0), (float("inf"), 0), (2, 1)])
+def test_ln_structured_masks(n, dim):
+    ref, ours = model(2), model(2)
+    for mod, name in weights(ref):
+        tprune.ln_structured(mod, name, amount=0.4, n=n, dim=dim)
+    params = [mod.weight for mod, _ in weights(ours)]
+    axis = (lambda shape: tuple(a for a in range(len(shape)) if a != dim))
+    gradclip_torch.project_(params, gc.ln_structured_prune(0.4, ord=n, axis=axis))
+    for (r, _), p in zip(weights(ref), params):
+        assert torch.equal(r.weight_mask.bool(), p != 0)
+
+
+@pytest.mark.parametrize("chunk, candidates", [(64, 1 << 22), (64, 0), (1 << 18, 1 << 22)])
+def test_torch_selection_equals_portable_default(chunk, candidates, monkeypatch):
+    monkeypatch.setattr(prune_ops, "CHUNK", chunk)
+    monkeypatch.setattr(prune_ops, "CANDIDATES", candidates)
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=s).astype(np.float32) for s in [(30, 7), (0, 3), (), (41,)]]
+    xs[0][:10] = 0.25  # ties
+    xs[3][5] = np.nan
+    olds = [rng.random(x.shape) > 0.3 for x in xs]
+    n = sum(x.size for x in xs)
+    for k in [0, 1, n // 3, n - 2, n]:
+        for old in (None, olds):
+            m1, t1 = portable_prune_smallest(compat_np, xs, k, old)
+            m2, t2 = prune_ops.prune_smallest(None, [torch.tensor(x) for x in xs], k,
+                                              None if old is None else [torch.tensor(o) for o in old])
+            assert all(np.array_equal(a, b.numpy()) for a, b in zip(m1, m2))
+            assert np.array_equal(np.float32(t1), t2.numpy(), equal_nan=True)
+
+
+def test_masks_are_buffers_that_survive_state_dict_and_deepcopy():
+    m = model(3)
+    gradclip_torch.prune(m, gc.global_magnitude_prune(0.5))
+    sd = m.state_dict()
+    assert sd["0.weight_mask"].dtype == torch.bool and "_gradclip_0" in sd
+    clone = copy.deepcopy(m)
+    assert torch.equal(clone[0].weight_mask, m[0].weight_mask)
+    fresh = model(4)
+    gradclip_torch.prune(fresh, gc.global_magnitude_prune(0.5), apply=False)
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh[0].weight_mask, m[0].weight_mask)
+    assert int(gradclip_torch.Pruner.from_module(fresh).state.count) == 1
+    assert int(gradclip_torch.Pruner.from_module(clone).state.count) == 1
+    gradclip_torch.strip(clone)
+    assert not any(k.endswith("_mask") for k in clone.state_dict())
+    assert torch.equal(clone[0].weight, m[0].weight)
+
+
+def test_attach_keeps_pruned_weights_zero_under_momentum_and_checkpoints():
+    m = model(5)
+    pruner = gradclip_torch.prune(m, gc.global_magnitude_prune(0.6))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    handle = pruner.attach(opt)
+    mask = m[0].weight_mask.clone()
+    for _ in range(4):
+        for p in m.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert torch.all(m[0].weight[~mask] == 0)
+    assert float(handle.info["sparsity"]) == pytest.approx(0.6, abs=1e-3)
+    assert handle.state_dict()["state"][1].dtype == torch.bool
+    gradclip_torch.strip(m)
+    opt.zero_grad()
+    for p in m.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()  # hooks removed: pruned weights move again
+    assert torch.any(m[0].weight[~mask] != 0)
+
+
+def test_attach_with_a_plain_handle_and_strip_handle():
+    w = torch.nn.Parameter(torch.tensor([0.1, -2.0, 0.3, 4.0]))
+    opt = torch.optim.SGD([w], lr=0.5, momentum=0.9)
+    handle = gradclip_torch.attach(opt, gc.magnitude_prune(0.5))
+    for _ in range(3):
+        w.grad = torch.ones(4)
+        opt.step()
+    assert w[0] == 0 and w[2] == 0
+    sd = handle.state_dict()
+    other = gradclip_torch.attach(torch.optim.SGD([w], lr=0.5), gc.magnitude_prune(0.5))
+    other.load_state_dict(sd)
+    w.grad = torch.ones(4)
+    other.optimizer.step()
+    assert torch.equal(other.state.masks[0], handle.state.masks[0])
+    gradclip_torch.strip(handle)
+    gradclip_torch.strip(other)
+
+
+def test_prune_errors():
+    m = model()
+    gradclip_torch.prune(m, gc.magnitude_prune(0.5))
+    with pytest.raises(ValueError, match="already pruned"):
+        gradclip_torch.prune(m, gc.magnitude_prune(0.5))
+    with pytest.raises(ValueError, match="no parameter"):
+        gradclip_torch.prune(model(), gc.magnitude_prune(0.5), ["nope"])
+    with pytest.raises(ValueError, match="not pruned"):
+        gradclip_torch.strip(model())
