@@ -27,14 +27,24 @@ Example:
 """
 
 from ._agc import adaptive_clip, unit_norms
+from ._autoclip import autoclip
+from ._history import NormHistory
+from ._noise import gaussian as gaussian_noise
+from ._per_example import PER_EXAMPLE_SEMANTICS, clip_per_example
+from ._suggest import record_norms, suggest_threshold
+from ._zclip import ZClipState, zclip
 from ._clip_norm import SEMANTICS, clip_by_global_norm, clip_by_norm
 from ._clip_rms import clip_by_block_rms, clip_update_rms
 from ._clip_value import clip_by_value
-from ._layout import LAYOUTS, register_layout
+from ._layout import LAYOUTS, layout_override, register_layout
 from ._multi import register_multi_ops
 from ._namespace import namespace, namespace_name, register_namespace, registered_namespaces
 from ._nonfinite import POLICIES
+from ._project import clip_weights, max_norm, mcp_threshold, min_max_norm, non_neg, soft_threshold, unit_norm
+from ._prune import PruneState, global_magnitude_prune, magnitude_prune, random_prune
 from ._rule import EmptyState, Rule, chain, from_config
+from ._schedule import ROUNDINGS, Schedule, constant_schedule, one_shot, polynomial_schedule
+from ._structured import ln_structured_prune, nm_prune
 
 __version__ = "0.1.0"
 
@@ -51,10 +61,43 @@ __all__ = [
     "clip_update_rms",
     "adaptive_clip",
     "unit_norms",
+    # stateful adaptive clipping (state: NormHistory / ZClipState)
+    "autoclip",
+    "zclip",
+    "NormHistory",
+    "ZClipState",
+    # choosing a threshold
+    "record_norms",
+    "suggest_threshold",
+    # per-example (DP) clipping: a function, not a Rule
+    "clip_per_example",
+    "gaussian_noise",
+    "PER_EXAMPLE_SEMANTICS",
+    # pruning rules (state: PruneState, bool masks)
+    "magnitude_prune",
+    "global_magnitude_prune",
+    "random_prune",
+    "ln_structured_prune",
+    "nm_prune",
+    "PruneState",
+    # pruning schedules
+    "Schedule",
+    "one_shot",
+    "constant_schedule",
+    "polynomial_schedule",
+    # proximal shrinkage and weight constraints (project only)
+    "soft_threshold",
+    "mcp_threshold",
+    "clip_weights",
+    "max_norm",
+    "min_max_norm",
+    "unit_norm",
+    "non_neg",
     # constants
     "SEMANTICS",
     "POLICIES",
     "LAYOUTS",
+    "ROUNDINGS",
     # namespace plumbing for adapters
     "namespace",
     "namespace_name",
@@ -62,4 +105,5 @@ __all__ = [
     "registered_namespaces",
     "register_multi_ops",
     "register_layout",
+    "layout_override",
 ]

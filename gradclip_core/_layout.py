@@ -12,7 +12,8 @@ kernel ``(kh, kw, in, out)``. The ``axis`` argument of those rules is one of:
   norm for the whole array; (0, 1, 2, 3) for 5-D; other ranks are an error;
 - an int or tuple of ints: the axes to reduce, for arrays of rank >= 2;
 - a callable ``shape -> tuple of axes`` (``None`` for "the whole array");
-- ``None``: the native layout of the arrays' framework, registered by the adapters
+- ``None``: the layout set by :func:`layout_override` if any, else the native layout
+  of the arrays' framework, registered by the adapters
   (torch: ``"out_first"``, JAX: ``"optax"``, Keras: ``"out_last"``); NumPy and other
   namespaces have none, so ``axis`` must be given there.
 
@@ -21,16 +22,19 @@ Scalars and vectors (rank <= 1) always use one norm for the whole array.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, Union
 
 from ._namespace import namespace_name
 
-__all__ = ["register_layout", "check_axis", "reduce_axes", "AxisSpec", "LAYOUTS"]
+__all__ = ["register_layout", "layout_override", "check_axis", "reduce_axes", "AxisSpec", "LAYOUTS"]
 
 AxisSpec = Union[None, str, int, tuple, Callable[[tuple], Any]]
 LAYOUTS = ("out_first", "out_last", "optax")
 
 _DEFAULT_LAYOUT: dict[str, str] = {"jax.numpy": "optax", "array_api_compat.torch": "out_first"}
+_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("gradclip_layout", default=None)
 
 
 def register_layout(namespace: str, layout: str) -> None:
@@ -46,6 +50,33 @@ def register_layout(namespace: str, layout: str) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
     _DEFAULT_LAYOUT[namespace] = layout
+
+
+@contextlib.contextmanager
+def layout_override(layout: str) -> Iterator[None]:
+    """Within this block, ``axis=None`` means ``layout`` for every namespace.
+
+    For adapters whose weight layout is not their array library's: Keras kernels are
+    ``(..., in, out)`` on every Keras backend, also when they are torch tensors, so
+    ``gradclip_keras`` runs its rules inside ``layout_override("out_last")``. Rules
+    read it when they run (at trace time under ``jax.jit`` / ``tf.function``).
+
+    Args:
+      layout: one of ``"out_first"``, ``"out_last"``, ``"optax"``.
+
+    Example:
+      >>> import numpy as np
+      >>> with layout_override("out_last"):
+      ...     reduce_axes(np, None, (3, 4))
+      (0,)
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    token = _OVERRIDE.set(layout)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
 
 
 def check_axis(axis: AxisSpec) -> AxisSpec:
@@ -86,6 +117,8 @@ def reduce_axes(xp: Any, axis: AxisSpec, shape: tuple) -> tuple | None:
         out of range for ``shape``.
     """
     ndim = len(shape)
+    if axis is None and _OVERRIDE.get() is not None:
+        axis = _OVERRIDE.get()
     if axis is None:
         name = namespace_name(xp)
         if name not in _DEFAULT_LAYOUT:

@@ -52,7 +52,11 @@ Example:
 from ._apply import apply_, project_
 from ._hooks import Handle, attach
 from ._ops import register as _register
+from ._per_example import clip_per_example_
+from ._prune_ops import register as _register_prune
+from ._pruner import Pruner, prune, strip
 
 _register()
+_register_prune()
 
-__all__ = ["apply_", "project_", "attach", "Handle"]
+__all__ = ["apply_", "project_", "attach", "Handle", "prune", "strip", "Pruner", "clip_per_example_"]

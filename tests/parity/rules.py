@@ -23,12 +23,63 @@ RULES = {
     "update-rms": lambda: gc.clip_update_rms(0.5),
     "agc": lambda: gc.adaptive_clip(0.05, axis="out_first"),
     "chain": lambda: gc.chain(gc.clip_by_value(2.0, nonfinite="zero"), gc.clip_by_global_norm(1.0)),
+    # stateful adaptive clipping (ring buffers / EMA in the state; small windows for 3 steps)
+    "autoclip": lambda: gc.autoclip(50.0, history=4),
+    "autoclip-prev-torch": lambda: gc.autoclip(75.0, history=2, include_current=False, semantics="torch"),
+    "zclip": lambda: gc.zclip(alpha=0.5, z_thresh=1.0, warmup_steps=1),
+    "zclip-pct-skip": lambda: gc.zclip(
+        alpha=0.9, z_thresh=0.5, warmup_steps=2, mode="percentile", max_norm=5.0, nonfinite="skip"
+    ),
+    "record-norms": lambda: gc.record_norms(4),
+    # pruning (masks in the state, compared bit for bit) and weight rules (project only)
+    "prune-mag": lambda: gc.magnitude_prune(0.5),
+    "prune-mag-keep": lambda: gc.magnitude_prune(0.3, rounding="keep", schedule=gc.constant_schedule(0, -1, 2)),
+    "prune-threshold": lambda: gc.magnitude_prune(threshold=0.5),
+    "prune-global": lambda: gc.global_magnitude_prune(0.5),
+    "prune-global-norm": lambda: gc.global_magnitude_prune(0.4, normalize=True),
+    "prune-global-poly": lambda: gc.global_magnitude_prune(
+        0.8, schedule=gc.polynomial_schedule(0, 2, 1, initial_sparsity=0.2)
+    ),
+    "prune-random": lambda: gc.random_prune(0.5, seed=7, scope="global"),
+    "prune-ln": lambda: gc.ln_structured_prune(0.5, ord=2, axis="out_first"),
+    "prune-nm": lambda: gc.nm_prune(keep=1, group=2, axis=0),
+    "soft-threshold": lambda: gc.soft_threshold(0.25),
+    "mcp": lambda: gc.mcp_threshold(0.25, 3.0),
+    "clip-weights": lambda: gc.clip_weights(0.5),
+    "non-neg": lambda: gc.non_neg(),
+    "max-norm": lambda: gc.max_norm(1.0, axis="out_first"),
+    "min-max-norm": lambda: gc.min_max_norm(0.5, 1.0, rate=0.5, axis="out_first"),
+    "unit-norm": lambda: gc.unit_norm(axis="out_first"),
 }
 
-# Element-wise value clips must match exactly, in every dtype.
-EXACT = {"value", "value-lo-hi"}
+# Element-wise value clips, masks and the element-wise weight rules must match exactly,
+# in every dtype (masks are also compared directly, see reference.masks_of).
+EXACT = {
+    "value",
+    "value-lo-hi",
+    "prune-mag",
+    "prune-mag-keep",
+    "prune-threshold",
+    "prune-global",
+    "prune-global-norm",
+    "prune-global-poly",
+    "prune-random",
+    "prune-ln",
+    "prune-nm",
+    "soft-threshold",
+    "mcp",
+    "clip-weights",
+    "non-neg",
+}
 
 # Rules whose float32 output composes several independently rounded reductions get a
 # larger, documented ulp budget than DESIGN.md's 4: AGC divides the norm of a weight
 # unit by the norm of its gradient (each +-1-2 ulp between frameworks), then scales.
 ULP_BUDGET = {("agc", "float32"): 6}
+
+# Weight budget (ulp of the operands) per (backend, rule) on top of the rule's tolerance:
+# gradclip_optax.wrap returns ``proj(p + u) - p`` and optax adds it back (documented in
+# wrap()): exact when the projected weight is 0 (masks) or unchanged, but a weight that
+# the rule *moves* (clipped, shrunk) is rounded twice more. The rule's own output and
+# the masks stay exact; only the optax weights of these rules get 2 ulp.
+WEIGHT_BUDGET = {("optax", r): 2 for r in ("soft-threshold", "mcp", "clip-weights")}

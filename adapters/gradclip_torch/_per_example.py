@@ -1,0 +1,124 @@
+"""Per-example (DP-SGD) clipping in torch: per-example gradients with ``torch.func``, the core's clip."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+import gradclip_core as gc
+
+__all__ = ["clip_per_example_"]
+
+
+def _as_tuple(x: Any) -> tuple:
+    if x is None:
+        return ()
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def clip_per_example_(
+    model: torch.nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    inputs: Any,
+    targets: Any,
+    max_norm: float,
+    *,
+    noise_multiplier: float = 0.0,
+    seed: Any = None,
+    counter: Any = 0,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    reduction: str = "mean",
+    semantics: str | None = None,
+    randomness: str = "different",
+) -> tuple[torch.Tensor, dict]:
+    """DP-SGD gradients: per-example gradients, each clipped to ``max_norm``, summed, noised, averaged.
+
+    Per-example gradients come from ``torch.func.vmap(torch.func.grad(...))`` over
+    ``torch.func.functional_call(model, ...)``, each example run as a batch of one; then
+    :func:`gradclip_core.clip_per_example` clips, sums, adds noise and divides (see it
+    for the exact convention: noise std ``noise_multiplier * max_norm`` on the *sum*,
+    then ``/ batch_size``, as Opacus). The result is written to ``p.grad`` of every
+    parameter with ``requires_grad`` (replacing what was there); then call
+    ``optimizer.step()``. No ``backward()`` is needed.
+
+    The noise: ``generator=`` draws it with ``torch.randn`` (pass a seeded
+    ``torch.Generator``; it advances every call), ``seed=``/``counter=`` use the core's
+    counter-based generator (identical noise in every framework; change ``counter``
+    every step). For a formal DP guarantee use a secure generator (see
+    :mod:`gradclip_core._noise`).
+
+    Args:
+      model: the module; its buffers are used as they are (no batch-norm statistics
+        update: per-example training needs layers without cross-example state).
+      loss_fn: ``loss_fn(outputs, *targets) -> scalar`` for a batch of one, e.g.
+        ``torch.nn.functional.cross_entropy``.
+      inputs: a tensor (or tuple of tensors) with a leading batch axis: ``model(*inputs)``.
+      targets: a tensor (or tuple, or ``None``) with the same leading batch axis.
+      max_norm: the clip norm ``C`` of each example's gradient (global over all parameters).
+      noise_multiplier: ``sigma``; 0 for clipping only.
+      seed, counter: counter-based noise keys (ints or integer 0-d tensors).
+      generator: a ``torch.Generator`` for ``torch.randn`` noise (instead of ``seed``).
+      batch_size: divisor of ``reduction="mean"`` (default: the batch size; Opacus
+        uses the expected batch size under Poisson sampling).
+      reduction: ``"mean"`` or ``"sum"``.
+      semantics: ``None``, ``"opacus"`` or ``"optax"`` (the clip factor formula).
+      randomness: ``torch.func.vmap``'s ``randomness`` (``"different"``: dropout
+        draws differently per example).
+
+    Returns:
+      ``(loss, info)``: the mean per-example loss (detached) and the core's info
+      (``clipped_fraction``, ``norm_mean``, ``norm_max``), 0-d tensors.
+
+    Example:
+      >>> import torch
+      >>> import gradclip_torch
+      >>> model = torch.nn.Linear(3, 1)
+      >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+      >>> loss, info = gradclip_torch.clip_per_example_(model, torch.nn.functional.mse_loss, x, y, max_norm=0.1)
+      >>> model.weight.grad.shape, bool(model.weight.grad.norm() <= 0.1 + 1e-6)
+      (torch.Size([1, 3]), True)
+    """
+    from torch.func import functional_call, grad_and_value, vmap
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not names:
+        raise ValueError("clip_per_example_: the model has no parameter with requires_grad")
+    named = dict(model.named_parameters())
+    params = {n: named[n].detach() for n in names}
+    frozen = {n: p.detach() for n, p in named.items() if n not in params}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    ins, tgts = _as_tuple(inputs), _as_tuple(targets)
+    if not ins:
+        raise ValueError("clip_per_example_: inputs must be a tensor or a tuple of tensors")
+    n_in = len(ins)
+
+    def example_loss(p: dict, *example: torch.Tensor) -> torch.Tensor:
+        batch = [e.unsqueeze(0) for e in example]
+        out = functional_call(model, ({**p, **frozen}, buffers), tuple(batch[:n_in]))
+        return loss_fn(out, *batch[n_in:])
+
+    in_dims = (None,) + (0,) * (n_in + len(tgts))
+    grads, losses = vmap(grad_and_value(example_loss), in_dims=in_dims, randomness=randomness)(params, *ins, *tgts)
+    per_example = [grads[n] for n in names]
+    noise = None
+    if generator is not None and not (isinstance(noise_multiplier, (int, float)) and noise_multiplier == 0):
+        noise = [
+            torch.randn(g.shape[1:], generator=generator, dtype=torch.float32, device=g.device) for g in per_example
+        ]
+    with torch.no_grad():
+        out, info = gc.clip_per_example(
+            per_example,
+            max_norm,
+            noise_multiplier=noise_multiplier,
+            seed=seed,
+            counter=counter,
+            noise=noise,
+            batch_size=batch_size,
+            reduction=reduction,
+            semantics=semantics,
+        )
+        for n, g in zip(names, out):
+            named[n].grad = g.detach()
+    return losses.detach().mean(), info
