@@ -32,9 +32,48 @@ setup() {
     echo "$stamp" > "$VENV/.gradclip-stamp"
 }
 
+# Keras reads KERAS_BACKEND once, at import: its tests (tests/keras, the keras_* parity
+# backend, gradclip_keras' doctests) run in one process per backend, enabled by
+# GRADCLIP_KERAS_RUN=1; the main process never collects them.
+KERAS_BACKENDS=(tensorflow jax torch)
+KERAS_PATHS=(tests/keras tests/parity adapters/gradclip_keras)
+KERAS_FILTER="keras_ or gradclip_keras"  # keras test files, keras_<backend> parity ids, doctests
+
 run_tests() {
     export PYTHONDONTWRITEBYTECODE=1
-    "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
+    local arg opts=() main_opts=() main_paths=() keras_paths=() given=0 rc=0 status
+    local filter=$KERAS_FILTER next_k=0
+    for arg in "$@"; do
+        if [ "$next_k" = 1 ]; then filter="($KERAS_FILTER) and ($arg)"; next_k=0; main_opts+=("$arg"); continue; fi
+        if [ "$arg" = -k ]; then next_k=1; main_opts+=("$arg"); continue; fi
+        if [[ $arg != -* && -e ${arg%%::*} ]]; then
+            given=1
+            case "${arg%/}" in
+                tests | . ) main_paths+=("$arg"); keras_paths+=("${KERAS_PATHS[@]}") ;;
+                tests/keras* | adapters/gradclip_keras* ) keras_paths+=("$arg") ;;
+                tests/parity* ) main_paths+=("$arg"); keras_paths+=("$arg") ;;
+                * ) main_paths+=("$arg") ;;
+            esac
+        else
+            opts+=("$arg"); main_opts+=("$arg")
+        fi
+    done
+    if [ "$given" = 0 ]; then keras_paths=("${KERAS_PATHS[@]}"); fi
+    # Main process: everything but Keras (tests/keras collects nothing without GRADCLIP_KERAS_RUN).
+    if [ "$given" = 0 ] || [ ${#main_paths[@]} -gt 0 ]; then
+        "$VENV/bin/python" -m pytest -p no:cacheprovider "${main_opts[@]}" "${main_paths[@]}" || rc=$?
+    fi
+    if [ ${#keras_paths[@]} -gt 0 ]; then
+        for backend in "${KERAS_BACKENDS[@]}"; do
+            echo "=== Keras tests, KERAS_BACKEND=$backend" >&2
+            status=0
+            GRADCLIP_KERAS_RUN=1 KERAS_BACKEND=$backend "$VENV/bin/python" -m pytest -p no:cacheprovider \
+                -k "$filter" "${opts[@]}" "${keras_paths[@]}" || status=$?
+            # 5: nothing selected (e.g. a -k of the user's matched no Keras test)
+            if [ "$status" != 0 ] && [ "$status" != 5 ]; then rc=$status; fi
+        done
+    fi
+    return "$rc"
 }
 
 cmd=${1:-}

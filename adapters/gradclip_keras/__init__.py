@@ -1,1 +1,44 @@
-"""gradclip_keras: the keras adapter (issue #5); not implemented yet."""
+"""gradclip_keras: run any gradclip rule in Keras 3, on the TensorFlow, JAX and torch backends.
+
+Three entry points (``import gradclip_core as gc``):
+
+- :class:`Optimizer` ``(inner, rule)``: an optimizer wrapper in the style of
+  ``keras.optimizers.LossScaleOptimizer``, for ``model.compile(optimizer=...)``. It runs
+  ``rule.update`` on the gradients before the inner optimizer's step and
+  ``rule.project`` on the weights after it, keeps the rule state and the last info in
+  Keras variables (``optimizer.gradclip_info``), overrides ``apply`` and
+  ``stateless_apply`` (JAX trainer) and saves/reloads with the model;
+- :class:`Constraint` ``(rule)``: a state-free weight rule as ``kernel_constraint=``;
+- :class:`Callback` ``(rule)``: a weight rule applied on a schedule during ``fit``
+  (like tfmot's ``UpdatePruningStep``); :class:`LogInfo` puts the wrapper's info in
+  ``fit``'s logs.
+
+Importing this package registers the active backend with the core: on TensorFlow an
+Array API namespace over ``keras.ops`` (array-api-compat has none); on JAX and torch the
+native namespaces are used. Keras kernels are ``(..., in, out)`` on every backend, so
+rules run with ``axis=None`` meaning ``"out_last"`` (see
+:func:`gradclip_core.layout_override`).
+
+``semantics="keras"`` gives Keras' own ``global_clipnorm`` / ``clipnorm`` numbers, bit for
+bit in float32 (tested against the real optimizer options on each backend); unlike
+Keras, norms of bf16/fp16 gradients accumulate in float32.
+
+Example:
+  >>> import numpy as np, keras
+  >>> import gradclip_core as gc, gradclip_keras
+  >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+  >>> opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0, semantics="keras"))
+  >>> model.compile(optimizer=opt, loss="mse")
+  >>> _ = model.fit(np.ones((8, 3)), np.full((8, 2), 100.0), verbose=0)
+  >>> float(opt.gradclip_info["scale"]) < 1
+  True
+"""
+
+from ._backend import register as _register
+from ._callback import Callback, LogInfo
+from ._constraint import Constraint
+from ._optimizer import Optimizer
+
+_register()
+
+__all__ = ["Optimizer", "Constraint", "Callback", "LogInfo"]

@@ -1,0 +1,385 @@
+"""``gradclip_keras.Optimizer(inner, rule)``: a gradclip rule around any Keras optimizer."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import keras
+from keras import ops
+
+import gradclip_core as gc
+
+from ._backend import backend, rule_scope, run_unless, snapshot, to_tensor
+from ._state import check_rule, flatten, has_project, sanitize, skipped, unflatten
+
+__all__ = ["Optimizer"]
+
+
+class _Slots:
+    """Plain holder for the rule and its variables (kept out of Keras/TF attribute tracking)."""
+
+    def __init__(self, rule: gc.Rule) -> None:
+        self.rule = rule
+        self.project = has_project(rule)
+        self.treedef: Any = None
+        self.state: list = []  # keras.Variable per state leaf
+        self.info: dict[str, Any] = {}  # info key -> keras.Variable
+        self.update_keys: tuple = ()
+
+
+def _constant(value: Any) -> Any:
+    """An initializer giving a private copy of ``value``.
+
+    A rule's ``init`` may return one array for several leaves (``z = zeros(); (z, z)``);
+    Keras' torch variables adopt the initial tensor's storage, so without the copy two
+    state variables would share memory.
+    """
+
+    def init(shape: Any = None, dtype: Any = None) -> Any:
+        return ops.copy(value)
+
+    return init
+
+
+def _storage_precision(x: Any) -> Any:
+    """``x`` rounded to its dtype, also under XLA's excess precision (JAX, bf16/fp16).
+
+    XLA may keep a fused ``p - lr * g`` in float32 and feed it to the next op unrounded
+    (``--xla_allow_excess_precision``, on by default); the stateful path rounds when it
+    stores the weights, so ``project`` must see stored values here too.
+    """
+    if backend() != "jax" or str(x.dtype) not in ("bfloat16", "float16"):
+        return x
+    import jax
+    import jax.numpy as jnp
+
+    fi = jnp.finfo(x.dtype)
+    return jax.lax.reduce_precision(x, exponent_bits=fi.nexp, mantissa_bits=fi.nmant)
+
+
+@keras.saving.register_keras_serializable(package="gradclip")
+class Optimizer(keras.optimizers.Optimizer):
+    """A Keras optimizer that runs a gradclip rule around an inner optimizer.
+
+    In the style of ``keras.optimizers.LossScaleOptimizer``: one ``apply(grads)`` does::
+
+        grads, state, info = rule.update(grads, state, params)   # clip / mask the gradients
+        inner.apply(grads)                                         # the optimizer step
+        params, state, _   = rule.project(params, state)           # constrain / prune (if any)
+
+    and ``stateless_apply`` (the JAX trainer's path) does the same on values. Rules see
+    the backend's tensors (``jax.numpy``, torch, or the ``keras.ops`` namespace for
+    TensorFlow) and Keras' weight layout: ``axis=None`` in unit-wise rules means
+    ``"out_last"`` (a ``Dense`` kernel is ``(in, out)``) on every backend.
+
+    State and info are Keras variables of this optimizer (created in ``build``, saved
+    with the model, threaded through ``stateless_apply``):
+
+    - ``optimizer.gradclip_info``: dict info key -> variable, updated every step
+      (``float(optimizer.gradclip_info["norm"])``); ``optimizer.info`` gives the values;
+      :class:`gradclip_keras.LogInfo` puts them in ``fit``'s logs;
+    - ``optimizer.gradclip_state``: the rule state's variables.
+
+    ``nonfinite="skip"`` rules: on a step whose gradients hold NaN/Inf the inner optimizer
+    step (and ``project``) is skipped entirely, as ``LossScaleOptimizer`` does, so weights,
+    the inner optimizer's variables and iteration count stay unchanged; ``info["skipped"]``
+    is 1. On torch and eager JAX this is a Python branch (one host sync), on TensorFlow a
+    ``tf.cond``, in ``stateless_apply`` a branch-free select.
+
+    ``None`` gradients count as zeros for the rule and stay ``None`` for the inner
+    optimizer (which skips those variables, as Keras does); ``tf.IndexedSlices`` are
+    densified. A subset of the built variables may be passed to ``apply``; the rule
+    still sees one gradient per built variable (zeros for the missing ones).
+
+    Loss scaling: the inner optimizer's ``loss_scale_factor`` moves to this wrapper, which
+    unscales before the rule (the rule must see true gradients). For dynamic loss scaling
+    wrap this optimizer: ``keras.optimizers.LossScaleOptimizer(gradclip_keras.Optimizer(...))``
+    unscales first and skips non-finite steps. Inner optimizers with
+    ``gradient_accumulation_steps`` are refused: the rule would clip each micro-batch.
+
+    Distribution: under ``tf.distribute`` Keras' own ``clipnorm`` / ``global_clipnorm`` run
+    per replica on the local gradients, before the cross-replica sum (each replica sees a
+    different norm). This wrapper instead sums the gradients across replicas first
+    (``all_reduce``), runs the rule on the global gradient (the same on every replica, so
+    the rule state stays in sync), and hands ``grads / num_replicas`` to the inner
+    optimizer, whose own all-reduce sums them back (exact for 2 or 4 replicas, within
+    rounding otherwise). With the JAX backend and the Keras distribution API the
+    gradients are global arrays already.
+
+    Args:
+      inner_optimizer: the Keras optimizer to wrap (``keras.optimizers.SGD(0.1)``, ...).
+      rule: a :class:`gradclip_core.Rule` (or its ``config`` dict, as ``from_config`` does).
+      name: optional name.
+
+    Example:
+      >>> import numpy as np, keras
+      >>> import gradclip_core as gc, gradclip_keras
+      >>> opt = gradclip_keras.Optimizer(keras.optimizers.SGD(1.0), gc.clip_by_global_norm(1.0))
+      >>> w = keras.Variable(np.zeros(2, np.float32))
+      >>> opt.apply([keras.ops.convert_to_tensor(np.array([3.0, 4.0], np.float32))], [w])
+      >>> [round(float(x), 4) for x in keras.ops.convert_to_numpy(w)], float(opt.info["norm"])
+      ([-0.6, -0.8], 5.0)
+    """
+
+    def __init__(self, inner_optimizer: keras.optimizers.Optimizer, rule: gc.Rule | Mapping, name: str | None = None, **kwargs: Any) -> None:
+        if kwargs:
+            raise ValueError(f"gradclip_keras.Optimizer takes (inner_optimizer, rule, name=None); unknown arguments {sorted(kwargs)}")
+        if isinstance(rule, Mapping):
+            rule = gc.from_config(rule)
+        check_rule(rule, "gradclip_keras.Optimizer")
+        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+            raise TypeError(f"inner_optimizer must be a keras.optimizers.Optimizer, got {type(inner_optimizer).__name__}")
+        if inner_optimizer.gradient_accumulation_steps:
+            raise ValueError(
+                "the inner optimizer uses gradient_accumulation_steps: the rule would run on each micro-batch "
+                "gradient, not on the accumulated one; accumulate gradients before gradclip_keras.Optimizer instead"
+            )
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = inner_optimizer
+        self._loss_scale = inner_optimizer.loss_scale_factor
+        self.inner_optimizer.loss_scale_factor = None
+        self._gradclip = _Slots(rule)
+
+    # ------------------------------------------------------------------ attributes
+
+    @property
+    def rule(self) -> gc.Rule:
+        """The gradclip rule."""
+        return self._gradclip.rule
+
+    @property
+    def gradclip_info(self) -> dict:
+        """Info key -> Keras variable holding the last step's value (empty before ``build``)."""
+        return dict(self._gradclip.info)
+
+    @property
+    def gradclip_state(self) -> list:
+        """The Keras variables holding the rule state's leaves."""
+        return list(self._gradclip.state)
+
+    @property
+    def info(self) -> dict:
+        """Info key -> current value (a backend tensor) of the last step."""
+        return {k: v.value for k, v in self._gradclip.info.items()}
+
+    @property
+    def variables(self) -> list:
+        return self._variables + self.inner_optimizer.variables
+
+    @property
+    def learning_rate(self) -> Any:
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate: Any) -> None:
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self) -> Any:
+        return self.inner_optimizer.iterations
+
+    def scale_loss(self, loss: Any) -> Any:
+        if self._loss_scale is not None:
+            return loss * self._loss_scale
+        return loss
+
+    def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    # ----------------------------------------------------------------------- build
+
+    def build(self, var_list: Sequence[Any]) -> None:
+        """Create the rule's state and info variables, and build the inner optimizer."""
+        slots = self._gradclip
+        rule = slots.rule
+        values = [to_tensor(v) for v in var_list]
+        with rule_scope():
+            state = rule.init(values)
+            grads = [ops.zeros_like(v) for v in values]
+            _, state1, info = rule.update(grads, state, values)
+            pinfo = rule.project(values, state1)[2] if slots.project else {}
+        slots.treedef = state
+        slots.update_keys = tuple(info)
+        with keras.name_scope(self.name, caller=self):
+            for i, leaf in enumerate(flatten(state)):
+                leaf = ops.convert_to_tensor(leaf)
+                slots.state.append(
+                    self.add_variable(
+                        shape=tuple(leaf.shape),
+                        initializer=_constant(leaf),
+                        dtype=keras.backend.standardize_dtype(leaf.dtype),
+                        name=f"gradclip_state_{i}",
+                    )
+                )
+            for key, value in {**info, **pinfo}.items():
+                value = ops.convert_to_tensor(value)
+                slots.info[key] = self.add_variable(
+                    shape=tuple(value.shape),
+                    initializer="zeros",
+                    dtype=keras.backend.standardize_dtype(value.dtype),
+                    name=f"gradclip_{sanitize(key)}",
+                )
+        self.inner_optimizer.build(var_list)
+        super().build(var_list)
+
+    # ----------------------------------------------------------------- rule steps
+
+    def _full_grads(self, grads: Sequence[Any], variables: Sequence[Any]) -> tuple[list, list[int]]:
+        """One gradient per built variable (zeros where missing) and the positions of ``variables``."""
+        built = self._trainable_variables
+        pos = [self._get_variable_index(v) for v in variables]
+        full: list = [None] * len(built)
+        for g, i in zip(grads, pos):
+            full[i] = g
+        full = [ops.zeros(tuple(v.shape), dtype=v.dtype) if g is None else to_tensor(g) for g, v in zip(full, built)]
+        if self._loss_scale is not None:
+            full = [g / ops.cast(self._loss_scale, g.dtype) for g in full]
+        return full, pos
+
+    def _update(self, grads: list, state_values: list, params: list | None) -> tuple[list, list, dict]:
+        slots = self._gradclip
+        state = unflatten(slots.treedef, state_values)
+        with rule_scope():
+            out, new_state, info = slots.rule.update(grads, state, params if slots.rule.needs_params else None)
+        return list(out), flatten(new_state), dict(info)
+
+    def _project(self, params: list, state_values: list) -> tuple[list, list, dict]:
+        slots = self._gradclip
+        with rule_scope():
+            out, new_state, info = slots.rule.project(params, unflatten(slots.treedef, state_values))
+        out = [ops.cast(o, p.dtype) for o, p in zip(out, params)]
+        return out, flatten(new_state), dict(info)
+
+    @staticmethod
+    def _cast_like(value: Any, var: Any) -> Any:
+        return ops.cast(ops.reshape(value, tuple(var.shape)), var.dtype)
+
+    def _cross_replica(self, grads: list) -> tuple[list, float]:
+        """Under ``tf.distribute`` (in a replica context): the summed gradients and the replica count."""
+        if backend() != "tensorflow":
+            return grads, 1.0
+        import tensorflow as tf
+
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync <= 1:
+            return grads, 1.0
+        return list(ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)), float(ctx.num_replicas_in_sync)
+
+    # ------------------------------------------------------------------ stateful
+
+    def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
+        """Run the rule's ``update``, the inner optimizer's ``apply`` and the rule's ``project``.
+
+        Args:
+          grads: one gradient (or ``None``) per variable.
+          trainable_variables: the variables; ``None`` means those the optimizer was built with.
+        """
+        if not self.built:
+            with keras.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+            self.built = True
+        variables = list(self._trainable_variables if trainable_variables is None else trainable_variables)
+        grads = list(grads)
+        if len(grads) != len(variables):
+            raise ValueError(f"got {len(grads)} gradients for {len(variables)} variables")
+        if not grads:
+            return
+        slots = self._gradclip
+        full, pos = self._full_grads(grads, variables)
+        full, replicas = self._cross_replica(full)
+        built = self._trainable_variables
+        params = [snapshot(v) for v in built] if slots.rule.needs_params else None
+        out, new_state, info = self._update(full, [snapshot(v) for v in slots.state], params)
+        for var, value in zip(slots.state, new_state):
+            var.assign(self._cast_like(value, var))
+        for key in slots.update_keys:
+            slots.info[key].assign(self._cast_like(info[key], slots.info[key]))
+        inner_grads = [None if g is None else out[i] for g, i in zip(grads, pos)]
+        if replicas != 1.0:
+            inner_grads = [None if g is None else g / ops.cast(replicas, g.dtype) for g in inner_grads]
+
+        def step() -> None:
+            self.inner_optimizer.apply(inner_grads, variables)
+            if slots.project:
+                values = [snapshot(v) for v in built]
+                new_p, pstate, pinfo = self._project(values, new_state)
+                for var, value in zip(built, new_p):
+                    var.assign(value)
+                for var, value in zip(slots.state, pstate):
+                    var.assign(self._cast_like(value, var))
+                for key, value in pinfo.items():
+                    slots.info[key].assign(self._cast_like(value, slots.info[key]))
+
+        restore = list(built) + list(self.inner_optimizer.variables) + list(slots.state) + list(slots.info.values())
+        run_unless(skipped(info), step, restore)
+
+    # ----------------------------------------------------------------- stateless
+
+    def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any], trainable_variables: Sequence[Any]) -> tuple[list, list]:
+        """The same step on values (JAX trainer): returns ``(trainable values, optimizer values)``.
+
+        ``optimizer_variables`` are the values of :attr:`variables` (this wrapper's own
+        variables, rule state and info included, then the inner optimizer's).
+        """
+        if backend() == "tensorflow":
+            raise ValueError(
+                "stateless_apply is not supported with the TensorFlow backend (as it is incompatible with "
+                "tf.distribute); use apply()"
+            )
+        if not self.built:
+            raise ValueError(
+                "To call `stateless_apply`, gradclip_keras.Optimizer must be built (i.e. its variables must "
+                "have been created). You can build it via `optimizer.build(trainable_variables)`."
+            )
+        optimizer_variables = list(optimizer_variables)
+        own_vars = self._variables
+        if len(optimizer_variables) != len(self.variables):
+            raise ValueError(f"expected {len(self.variables)} optimizer variable values, got {len(optimizer_variables)}")
+        own = optimizer_variables[: len(own_vars)]
+        inner = optimizer_variables[len(own_vars):]
+        index = {id(v): i for i, v in enumerate(own_vars)}
+        slots = self._gradclip
+        built = self._trainable_variables
+        tvs = list(trainable_variables)
+        state_vals = [own[index[id(v)]] for v in slots.state]
+        grads = list(grads)
+        full = [ops.zeros(tuple(v.shape), dtype=v.dtype) if g is None else to_tensor(g) for g, v in zip(grads, built)]
+        if self._loss_scale is not None:
+            full = [g / ops.cast(self._loss_scale, g.dtype) for g in full]
+        out, state1, info = self._update(full, state_vals, tvs)
+        inner_grads = [None if g is None else o for g, o in zip(grads, out)]
+        new_tvs, new_inner = self.inner_optimizer.stateless_apply(inner, inner_grads, tvs)
+        new_tvs, new_inner = list(new_tvs), list(new_inner)
+        state2, pinfo = state1, {}
+        if slots.project:
+            new_tvs, state2, pinfo = self._project([_storage_precision(t) for t in new_tvs], state1)
+        skip = skipped(info)
+        if skip is not None:
+            new_tvs = [ops.where(skip, a, b) for a, b in zip(tvs, new_tvs)]
+            new_inner = [ops.where(skip, a, b) for a, b in zip(inner, new_inner)]
+            state2 = [ops.where(skip, a, b) for a, b in zip(state1, state2)]
+            pinfo = {k: ops.where(skip, own[index[id(slots.info[k])]], v) for k, v in pinfo.items()}
+        new_own = list(own)
+        for var, value in zip(slots.state, state2):
+            new_own[index[id(var)]] = self._cast_like(value, var)
+        for key, value in {**info, **pinfo}.items():
+            var = slots.info[key]
+            new_own[index[id(var)]] = self._cast_like(value, var)
+        return new_tvs, new_own + new_inner
+
+    # -------------------------------------------------------------------- config
+
+    def get_config(self) -> dict:
+        """``{"name", "inner_optimizer", "rule"}``; ``rule`` is ``rule.config`` (JSON-able for core rules)."""
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+            "rule": dict(self.rule.config),
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping, custom_objects: Any = None) -> "Optimizer":
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
+        rule = gc.from_config(config.pop("rule"))
+        return cls(inner, rule, **config)

@@ -1,0 +1,93 @@
+"""Rule state trees <-> flat lists (for Keras variables), the skip signal, rule checks."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from keras import ops
+
+import gradclip_core as gc
+
+__all__ = ["flatten", "unflatten", "has_project", "skipped", "check_rule", "sanitize"]
+
+
+def check_rule(rule: Any, where: str) -> gc.Rule:
+    """``rule`` must be a :class:`gradclip_core.Rule`."""
+    if not isinstance(rule, gc.Rule):
+        raise TypeError(
+            f"{where}: rule must be a gradclip_core.Rule (e.g. gradclip_core.clip_by_global_norm(1.0)), "
+            f"got {type(rule).__name__}"
+        )
+    return rule
+
+
+def has_project(rule: gc.Rule) -> bool:
+    """Whether ``rule`` acts on the weights after the optimizer step (constraints, pruning).
+
+    Example:
+      >>> import gradclip_core as gc
+      >>> has_project(gc.clip_by_global_norm(1.0)), has_project(gc.Rule(project=lambda p, s: (p, s, {})))
+      (False, True)
+    """
+    return rule.project is not gc.Rule._field_defaults["project"]
+
+
+def flatten(tree: Any) -> list:
+    """Leaves of a state tree of (named) tuples, depth first (``None`` leaves dropped).
+
+    Example:
+      >>> flatten(((1, None), (), 2))
+      [1, 2]
+    """
+    if isinstance(tree, (tuple, list)):
+        return [leaf for item in tree for leaf in flatten(item)]
+    if tree is None:
+        return []
+    return [tree]
+
+
+def unflatten(template: Any, leaves: Sequence[Any]) -> Any:
+    """A tree shaped like ``template`` holding ``leaves`` (in :func:`flatten` order).
+
+    Example:
+      >>> unflatten(((0,), None, 0), [10, 20])
+      ((10,), None, 20)
+    """
+    it = iter(leaves)
+
+    def build(node: Any) -> Any:
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            return type(node)(*(build(v) for v in node))
+        if isinstance(node, (tuple, list)):
+            return type(node)(build(v) for v in node)
+        if node is None:
+            return None
+        return next(it)
+
+    out = build(template)
+    if next(it, None) is not None:
+        raise ValueError("more state leaves than the rule's state has")
+    return out
+
+
+def skipped(info: dict) -> Any:
+    """The skip signal of ``nonfinite="skip"`` rules in ``info`` (0-d bool), or ``None``.
+
+    True when ``info["skipped"]`` or any ``".../skipped"`` (inside ``chain``) is set.
+
+    Example:
+      >>> skipped({"norm": 1.0}) is None
+      True
+    """
+    flags = [v for k, v in info.items() if k == "skipped" or k.endswith("/skipped")]
+    if not flags:
+        return None
+    out = ops.not_equal(flags[0], 0)
+    for f in flags[1:]:
+        out = ops.logical_or(out, ops.not_equal(f, 0))
+    return out
+
+
+def sanitize(key: str) -> str:
+    """An info key as a variable name (``"clip_by_value#0/clipped_fraction"`` -> ``..._0_...``)."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in key)

@@ -1,0 +1,190 @@
+"""The TensorFlow Array API namespace against array-api-strict, function by function.
+
+Only meaningful under the TensorFlow backend (under jax and torch the core uses the
+native namespaces), so the module is skipped elsewhere.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("the keras.ops namespace is registered only under KERAS_BACKEND=tensorflow", allow_module_level=True)
+
+import array_api_strict as xs  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import gradclip_core as gc  # noqa: E402
+import gradclip_keras  # noqa: E402,F401
+from gradclip_keras._tf_namespace import NAME, xp  # noqa: E402
+
+NAN, INF = math.nan, math.inf
+VALUES = [
+    np.array([1.0, -2.0, NAN, INF, -INF, 0.0, -0.0, 3.5], np.float32),
+    np.array(2.5, np.float32),  # 0-d
+    np.zeros((0,), np.float32),  # empty
+    np.zeros((2, 0, 3), np.float32),
+    np.array([[1.0, -4.0, 2.0], [NAN, 0.5, -0.5]], np.float32),
+]
+OTHER = [
+    np.array([0.5, NAN, 1.0, 1.0, 1.0, -0.0, 0.0, 3.5], np.float32),
+    np.array(-1.0, np.float32),
+    np.zeros((0,), np.float32),
+    np.zeros((2, 0, 3), np.float32),
+    np.array([[2.0, -5.0, NAN], [1.0, 0.5, INF]], np.float32),
+]
+IDS = ["mixed", "0d", "empty", "empty3d", "2d"]
+
+
+def same(got, want):
+    got, want = np.asarray(got.numpy()), np.asarray(want)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    np.testing.assert_array_equal(got, want)  # NaN == NaN here
+    if got.dtype.kind == "f":  # signs of zeros too
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+def test_registered_with_core():
+    assert gc.namespace(tf.ones(2)) is xp
+    assert gc.namespace_name(xp) == NAME
+    assert NAME in gc.registered_namespaces()
+
+
+@pytest.mark.parametrize("a, b", list(zip(VALUES, OTHER)), ids=IDS)
+@pytest.mark.parametrize("fn", ["maximum", "minimum", "logical_and", "logical_or"])
+def test_binary(fn, a, b):
+    if fn.startswith("logical"):
+        a, b = a != 0, b != 0
+    same(getattr(xp, fn)(tf.constant(a), tf.constant(b)), getattr(xs, fn)(xs.asarray(a), xs.asarray(b)))
+
+
+@pytest.mark.parametrize("a", VALUES, ids=IDS)
+@pytest.mark.parametrize("fn", ["sqrt", "isfinite", "logical_not", "zeros_like", "ones_like"])
+def test_unary(fn, a):
+    if fn == "logical_not":
+        a = a != 0
+    same(getattr(xp, fn)(tf.constant(a)), getattr(xs, fn)(xs.asarray(a)))
+
+
+@pytest.mark.parametrize("a", VALUES, ids=IDS)
+def test_where_full_like_broadcast_astype(a):
+    c = np.isfinite(a) & (a > 0)
+    b = np.full(a.shape, 7.0, np.float32)
+    same(xp.where(tf.constant(c), tf.constant(a), tf.constant(b)), xs.where(xs.asarray(c), xs.asarray(a), xs.asarray(b)))
+    same(xp.full_like(tf.constant(a), 0.25), xs.full_like(xs.asarray(a), 0.25))
+    same(xp.broadcast_to(tf.constant(np.float32(3)), a.shape), xs.broadcast_to(xs.asarray(np.float32(3)), a.shape))
+    for dt in ("float16", "bfloat16", "float64", "int32", "bool"):
+        got = xp.astype(tf.constant(np.nan_to_num(a)), getattr(xp, dt))
+        # array-api-strict has no float16/bfloat16: NumPy's cast is the reference there
+        want = xs.astype(xs.asarray(np.nan_to_num(a)), getattr(xs, dt)) if hasattr(xs, dt) else None
+        if dt == "float16":
+            same(got, np.nan_to_num(a).astype(np.float16))
+        assert got.dtype == getattr(xp, dt)
+        if want is not None:
+            same(got, want)
+
+
+@pytest.mark.parametrize("a", VALUES, ids=IDS)
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_reductions(a, keepdims):
+    x, s = tf.constant(a), xs.asarray(a)
+    axes = [None] + ([0] if a.ndim else []) + ([(0, 1)] if a.ndim >= 2 else [])
+    for axis in axes:
+        same(xp.sum(x, axis=axis, keepdims=keepdims), xs.sum(s, axis=axis, keepdims=keepdims))
+        same(xp.all(x != 0, axis=axis, keepdims=keepdims), xs.all(s != 0, axis=axis, keepdims=keepdims))
+        same(xp.count_nonzero(x, axis=axis, keepdims=keepdims), xs.count_nonzero(s, axis=axis, keepdims=keepdims))
+        if a.size and (axis is None or all(a.shape[i] for i in (axis if isinstance(axis, tuple) else (axis,)))):
+            same(xp.max(x, axis=axis, keepdims=keepdims), xs.max(s, axis=axis, keepdims=keepdims))
+    same(xp.sum(x, dtype=xp.float64), xs.sum(s, dtype=xs.float64))
+    ints = np.nan_to_num(a, posinf=7, neginf=-7).astype(np.int32)
+    same(xp.sum(tf.constant(ints)), xs.sum(xs.asarray(ints)))  # int32 sums to the default int64
+
+
+@pytest.mark.parametrize("a", VALUES, ids=IDS)
+@pytest.mark.parametrize("ord", [1, 2, math.inf])
+def test_vector_norm(a, ord):
+    x, s = tf.constant(a), xs.asarray(a)
+    if a.size == 0:
+        if ord == math.inf:  # array-api-strict raises for the inf-norm of nothing; the core uses 0
+            assert float(xp.linalg.vector_norm(x, ord=ord)) == 0.0
+            return
+    got, want = xp.linalg.vector_norm(x, ord=ord), xs.linalg.vector_norm(s, ord=ord)
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=2e-7)  # summation order may differ
+    if a.ndim == 2:
+        got = xp.linalg.vector_norm(x, axis=(0,), keepdims=True, ord=ord)
+        want = xs.linalg.vector_norm(s, axis=(0,), keepdims=True, ord=ord)
+        np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=2e-7)
+
+
+def test_creation_and_scalars():
+    same(xp.zeros((2, 3), dtype=xp.int32), xs.zeros((2, 3), dtype=xs.int32))
+    same(xp.zeros((), dtype=xp.bool), xs.zeros((), dtype=xs.bool))
+    same(xp.asarray(1.5, dtype=xp.float64), xs.asarray(1.5, dtype=xs.float64))
+    same(xp.stack([tf.constant(1.0), tf.constant(NAN)]), xs.stack([xs.asarray(np.float32(1)), xs.asarray(np.float32(NAN))]))
+    # a Python scalar takes the array's dtype (no promotion), also for bf16/fp16
+    for dt in (xp.bfloat16, xp.float16):
+        x = xp.asarray([1.0, 3.0], dtype=dt)
+        assert xp.maximum(x, 2.0).dtype == dt and xp.where(x > 2, x, 0.0).dtype == dt
+    with pytest.raises(TypeError, match="promote"):
+        xp.maximum(tf.ones(2, tf.float32), tf.ones(2, tf.float16))
+
+
+def test_missing_function_is_named():
+    with pytest.raises(AttributeError, match="argsort"):
+        xp.argsort  # noqa: B018
+
+
+def test_core_rules_run_under_tf_function_and_xla():
+    rule = gc.chain(gc.clip_by_value(1.0, nonfinite="zero"), gc.clip_by_global_norm(1.0), gc.clip_by_block_rms(0.5))
+    g = [tf.constant([[3.0, NAN], [1.0, 2.0]]), tf.constant([0.5])]
+    eager, _, info_e = rule.update(g, rule.init(g))
+    for jit in (False, True):
+        out, _, info = tf.function(lambda gs: rule.update(gs, rule.init(gs)), jit_compile=jit)(g)
+        for a, b in zip(out, eager):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+        assert float(info["clip_by_global_norm/norm"]) == pytest.approx(float(info_e["clip_by_global_norm/norm"]))
+
+
+@pytest.mark.parametrize("a", VALUES, ids=IDS)
+@pytest.mark.parametrize("fn", ["abs", "cos", "log", "floor", "round", "isnan", "isinf"])
+def test_more_unary(fn, a):
+    with np.errstate(all="ignore"):
+        got, want = getattr(xp, fn)(tf.constant(a)), getattr(xs, fn)(xs.asarray(a))
+    if fn in ("cos", "log"):  # transcendental: libraries round differently, within 1 ulp
+        assert got.dtype == tf.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=2e-7)
+    else:
+        same(got, want)
+
+
+def test_more_functions():
+    a = np.array([2.5, -1.5, NAN, 0.5, INF, -3.0], np.float32)
+    x, s = tf.constant(a), xs.asarray(a)
+    same(xp.sort(x), xs.sort(s))
+    same(xp.sort(x, descending=True), xs.sort(s, descending=True))
+    m = np.array([[3.0, NAN, 1.0], [NAN, NAN, -1.0]], np.float32)
+    same(xp.sort(tf.constant(m), axis=1), xs.sort(xs.asarray(m), axis=1))
+    same(xp.clip(x, -1.0, 1.0), xs.clip(s, -1.0, 1.0))
+    same(xp.pow(x, 2.0), xs.pow(s, 2.0))
+    i = np.array([-7, -1, 0, 5, 9], np.int32)
+    same(xp.remainder(tf.constant(i), 4), xs.remainder(xs.asarray(i), 4))
+    same(xp.cumulative_sum(tf.constant(i)), xs.cumulative_sum(xs.asarray(i)))
+    same(xp.cumulative_sum(tf.constant(a[:2]), include_initial=True), xs.cumulative_sum(s[:2], include_initial=True))
+    same(xp.arange(5, dtype=xp.int32), xs.arange(5, dtype=xs.int32))
+    same(xp.arange(2, 9, 3), xs.arange(2, 9, 3))
+    same(xp.ones((2, 1), dtype=xp.bool), xs.ones((2, 1), dtype=xs.bool))
+    r = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    same(xp.reshape(tf.constant(r), (6, -1)), xs.reshape(xs.asarray(r), (6, -1)))
+    same(xp.moveaxis(tf.constant(r), 0, -1), xs.moveaxis(xs.asarray(r), 0, -1))
+    same(xp.mean(tf.constant(r), axis=(0, 2), keepdims=True), xs.mean(xs.asarray(r), axis=(0, 2), keepdims=True))
+    same(xp.any(tf.constant(r > 20), axis=1), xs.any(xs.asarray(r > 20), axis=1))
+    w = np.arange(3, dtype=np.float32)
+    same(xp.tensordot(tf.constant(w), tf.constant(r[0]), axes=1), xs.tensordot(xs.asarray(w), xs.asarray(r[0]), axes=1))
+    h = np.array([-5, 7, -(2**31)], np.int32)  # the integer work of the core's hash
+    for fn in ("bitwise_and", "bitwise_xor", "bitwise_or", "bitwise_right_shift", "bitwise_left_shift"):
+        same(getattr(xp, fn)(tf.constant(h), 3), getattr(xs, fn)(xs.asarray(h), 3))
+    np.testing.assert_array_equal(((tf.constant(h) * 0x5BD1E995) ^ 1).numpy(), (h * np.int32(0x5BD1E995)) ^ 1)  # wraps

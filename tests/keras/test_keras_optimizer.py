@@ -1,0 +1,232 @@
+"""``gradclip_keras.Optimizer``: fit, info, saving, stateless_apply, skip, project, layout."""
+
+import keras
+import numpy as np
+import pytest
+
+import gradclip_core as gc
+import gradclip_keras
+
+from .util import tensor, to_np
+
+BACKEND = keras.backend.backend()
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(2)])
+
+
+def _xy(n=32):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 4)).astype(np.float32), (rng.normal(size=(n, 2)) * 50).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """One compiled-and-fitted model for the module (compiling is the slow part)."""
+    rule = gc.chain(gc.clip_by_value(5.0), gc.clip_by_global_norm(1.0, semantics="keras"))
+    opt = gradclip_keras.Optimizer(keras.optimizers.Adam(1e-2), rule)
+    model = _model()
+    model.compile(optimizer=opt, loss="mse")
+    x, y = _xy()
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[gradclip_keras.LogInfo()])
+    return model, opt, history
+
+
+def test_fit_trains_and_exposes_info(fitted):
+    model, opt, history = fitted
+    assert int(to_np(opt.iterations)) == 8
+    info = {k: float(to_np(v)) for k, v in opt.gradclip_info.items()}
+    assert set(info) == {"clip_by_value/clipped_fraction", "clip_by_global_norm/norm", "clip_by_global_norm/scale"}
+    assert info["clip_by_global_norm/norm"] > 1.0 and 0 < info["clip_by_global_norm/scale"] < 1
+    logs = history.history
+    assert logs["gradclip/clip_by_global_norm/norm"][-1] == pytest.approx(info["clip_by_global_norm/norm"])
+    assert len(logs["loss"]) == 2
+
+
+def test_save_and_load_reloads_wrapper_rule_and_state(fitted, tmp_path):
+    model, opt, _ = fitted
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    lopt = loaded.optimizer
+    assert isinstance(lopt, gradclip_keras.Optimizer)
+    assert lopt.rule.config == opt.rule.config
+    assert isinstance(lopt.inner_optimizer, keras.optimizers.Adam)
+    assert float(to_np(lopt.learning_rate)) == pytest.approx(1e-2)
+    for a, b in zip(loaded.trainable_weights, model.trainable_weights):
+        np.testing.assert_array_equal(to_np(a), to_np(b))
+    assert len(lopt.variables) == len(opt.variables)
+    for a, b in zip(lopt.variables, opt.variables):  # Adam moments, iterations, rule info
+        np.testing.assert_array_equal(to_np(a), to_np(b))
+    x, y = _xy(8)
+    loaded.fit(x, y, batch_size=8, verbose=0)  # keeps training
+    assert int(to_np(lopt.iterations)) == 9
+
+
+def test_config_round_trip():
+    rule = gc.chain(gc.clip_by_norm(2.0, ord="inf"), gc.adaptive_clip(0.1, axis=(0,)))
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.5, momentum=0.9), rule, name="wrapped")
+    config = keras.saving.serialize_keras_object(opt)
+    again = keras.saving.deserialize_keras_object(config)
+    assert again.rule.config == rule.config and again.name == "wrapped"
+    assert again.inner_optimizer.get_config()["momentum"] == 0.9
+
+
+def _vars(shapes=((3, 2), (2,))):
+    rng = np.random.default_rng(3)
+    return [keras.Variable(rng.normal(size=s).astype(np.float32)) for s in shapes]
+
+
+def _grads(values):
+    return [tensor(v) for v in values]
+
+
+def test_nonfinite_skip_leaves_weights_and_optimizer_state_unchanged():
+    variables = _vars()
+    opt = gradclip_keras.Optimizer(keras.optimizers.Adam(0.1), gc.clip_by_global_norm(1.0, nonfinite="skip"))
+    good = _grads([np.ones((3, 2)), np.ones(2)])
+    opt.apply(good, variables)
+    before_w = [to_np(v) for v in variables]
+    before_o = [to_np(v) for v in opt.inner_optimizer.variables]
+    bad = _grads([np.full((3, 2), np.nan), np.ones(2)])
+    opt.apply(bad, variables)
+    for a, b in zip(variables, before_w):
+        np.testing.assert_array_equal(to_np(a), b)
+    for a, b in zip(opt.inner_optimizer.variables, before_o):  # moments and iteration count
+        np.testing.assert_array_equal(to_np(a), b)
+    assert int(to_np(opt.info["skipped"])) == 1 and int(to_np(opt.iterations)) == 1
+    opt.apply(good, variables)
+    assert int(to_np(opt.info["skipped"])) == 0 and int(to_np(opt.iterations)) == 2
+
+
+def test_nonfinite_skip_inside_fit():
+    model = _model()
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0, nonfinite="skip"))
+    model.compile(optimizer=opt, loss="mse")
+    x, y = _xy(8)
+    y[0, 0] = np.nan
+    before = [to_np(w) for w in model.trainable_weights]
+    model.fit(x, y, batch_size=8, verbose=0)
+    for a, b in zip(model.trainable_weights, before):
+        np.testing.assert_array_equal(to_np(a), b)
+    assert int(to_np(opt.info["skipped"])) == 1 and int(to_np(opt.iterations)) == 0
+
+
+def _halve_rule():
+    """A weight rule with state (a step counter) and info, built in the test with gc.Rule."""
+    from typing import NamedTuple
+
+    from keras import ops
+
+    class Count(NamedTuple):
+        count: object
+
+    def init(params):
+        return Count(ops.zeros((), dtype="int32"))
+
+    def project(params, state):
+        return [p * 0.5 for p in params], Count(state.count + 1), {"count": state.count + 1}
+
+    return gc.Rule(init=init, project=project, name="halve")
+
+
+def test_project_runs_after_inner_step_with_state_in_variables():
+    variables = _vars()
+    start = [to_np(v) for v in variables]
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.5), _halve_rule())
+    g = [np.full((3, 2), 2.0, np.float32), np.full(2, 2.0, np.float32)]
+    opt.apply(_grads(g), variables)
+    opt.apply(_grads(g), variables)
+    want = [((s - 1.0) * 0.5 - 1.0) * 0.5 for s in start]
+    for v, w in zip(variables, want):
+        np.testing.assert_allclose(to_np(v), w, rtol=1e-6)
+    assert int(to_np(opt.gradclip_state[0])) == 2 and int(to_np(opt.info["count"])) == 2
+
+
+def test_none_gradients_and_subsets():
+    variables = _vars(((2,), (2,), (2,)))
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(1.0), gc.clip_by_global_norm(1.0))
+    opt.build(variables)
+    before = to_np(variables[1])
+    opt.apply([tensor([3.0, 0.0]), None, tensor([0.0, 4.0])], variables)
+    np.testing.assert_array_equal(to_np(variables[1]), before)  # no gradient: untouched
+    assert float(to_np(opt.info["norm"])) == 5.0
+    opt.apply([tensor([0.0, 2.0])], [variables[2]])  # a subset of the built variables
+    assert float(to_np(opt.info["norm"])) == 2.0
+
+
+def test_adaptive_clip_uses_keras_layout_on_every_backend():
+    # Dense kernel (in=3, out=2): units are columns. Column 0 has a big gradient.
+    w = np.array([[1.0, 1.0], [0.0, 1.0], [0.0, 1.0]], np.float32)
+    g = np.array([[10.0, 0.01], [0.0, 0.01], [0.0, 0.01]], np.float32)
+    var = keras.Variable(w)
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(1.0), gc.adaptive_clip(0.1))
+    opt.apply([tensor(g)], [var])
+    expected = w - np.asarray(gc.adaptive_clip(0.1, axis="out_last").update([g], (), [w])[0][0])
+    np.testing.assert_allclose(to_np(var), expected, rtol=1e-6)
+
+
+def test_loss_scale_factor_moves_to_wrapper():
+    inner = keras.optimizers.SGD(1.0, loss_scale_factor=128.0)
+    opt = gradclip_keras.Optimizer(inner, gc.clip_by_global_norm(1.0))
+    assert inner.loss_scale_factor is None
+    assert float(to_np(opt.scale_loss(keras.ops.ones(())))) == 128.0
+    var = keras.Variable(np.zeros(2, np.float32))
+    opt.apply([tensor([3.0 * 128, 4.0 * 128])], [var])
+    assert float(to_np(opt.info["norm"])) == 5.0  # the rule saw unscaled gradients
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="gradclip_core.Rule"):
+        gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), "clip")
+    with pytest.raises(TypeError, match="keras.optimizers.Optimizer"):
+        gradclip_keras.Optimizer(object(), gc.clip_by_value(1.0))
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        gradclip_keras.Optimizer(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2), gc.clip_by_value(1.0))
+    with pytest.raises(ValueError, match="unknown arguments"):
+        gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_value(1.0), clipnorm=1.0)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="Keras has no stateless_apply on the TensorFlow backend")
+def test_stateless_apply_threads_rule_state_and_info():
+    variables = _vars()
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.5), gc.chain(gc.clip_by_global_norm(1.0), _halve_rule()))
+    opt.build(variables)
+    before = to_np(variables[0])
+    # copies: Keras' torch SGD updates the tensors it is given in place, even in stateless_apply
+    tvs = [keras.ops.convert_to_tensor(to_np(v)) for v in variables]
+    ovs = [keras.ops.convert_to_tensor(to_np(v)) for v in opt.variables]
+    g = _grads([np.full((3, 2), 3.0), np.full(2, 3.0)])
+    new_t, new_o = opt.stateless_apply(ovs, g, tvs)
+    # nothing was assigned: the Keras variables still hold the old values
+    np.testing.assert_array_equal(to_np(variables[0]), before)
+    assert int(to_np(opt.gradclip_state[0])) == 0
+    # the same step through stateful apply gives the same values
+    opt.apply(g, variables)
+    for a, b in zip(new_t, variables):
+        np.testing.assert_array_equal(to_np(a), to_np(b))
+    for a, b in zip(new_o, opt.variables):
+        np.testing.assert_array_equal(to_np(a), to_np(b))
+    assert float(to_np(opt.info["clip_by_global_norm/norm"])) == pytest.approx(np.sqrt(8 * 9))
+    assert int(to_np(opt.info["halve/count"])) == 1
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX trainer is the one that calls stateless_apply in fit")
+def test_stateless_apply_skip_under_jit():
+    import jax
+
+    variables = _vars()
+    opt = gradclip_keras.Optimizer(keras.optimizers.Adam(0.1), gc.clip_by_global_norm(1.0, nonfinite="skip"))
+    opt.build(variables)
+    tvs = [v.value for v in variables]
+    ovs = [v.value for v in opt.variables]
+    bad = _grads([np.full((3, 2), np.inf), np.ones(2)])
+    new_t, new_o = jax.jit(opt.stateless_apply)(ovs, bad, tvs)
+    for a, b in zip(new_t, tvs):
+        np.testing.assert_array_equal(to_np(a), to_np(b))
+    idx = {id(v): i for i, v in enumerate(opt.variables)}
+    for v in opt.inner_optimizer.variables:
+        np.testing.assert_array_equal(to_np(new_o[idx[id(v)]]), to_np(v))
+    assert int(to_np(new_o[idx[id(opt.gradclip_info["skipped"])]])) == 1

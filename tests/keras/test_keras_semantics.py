@@ -1,0 +1,74 @@
+"""``semantics="keras"`` through the wrapper equals Keras' own clipping options, bit for bit.
+
+Two identical models train for several steps with ``model.fit`` on the same data: one
+with ``SGD(global_clipnorm=c)`` (or ``clipnorm``, ``clipvalue``), one with
+``gradclip_keras.Optimizer(SGD(), rule)``. Both go through the same trainer (a
+``tf.function``, a jitted ``stateless_apply``, or eager torch); the rule performs the
+same operations in the same order as ``BaseOptimizer._clip_gradients``, so the weights
+must be identical in float32.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import gradclip_core as gc
+import gradclip_keras
+
+from .util import to_np
+
+STEPS = 4
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3), keras.layers.Dense(2)]
+    )
+
+
+def _data():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(STEPS * 4, 5)).astype(np.float32)
+    y = (rng.normal(size=(STEPS * 4, 2)) * 30).astype(np.float32)  # big targets: gradients get clipped
+    return x, y
+
+
+def _train(optimizer):
+    model = _model()
+    model.compile(optimizer=optimizer, loss="mse")
+    x, y = _data()
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    return [to_np(w) for w in model.trainable_weights], model
+
+
+@pytest.mark.parametrize(
+    "native, rule",
+    [
+        ({"global_clipnorm": 1.0}, gc.clip_by_global_norm(1.0, semantics="keras")),
+        ({"global_clipnorm": 0.05}, gc.clip_by_global_norm(0.05, semantics="keras")),
+        ({"clipnorm": 0.5}, gc.clip_by_norm(0.5, semantics="keras")),
+        ({"clipvalue": 0.1}, gc.clip_by_value(0.1)),
+    ],
+    ids=["global", "global-tight", "clipnorm", "clipvalue"],
+)
+def test_wrapper_equals_native_option_bit_for_bit(native, rule):
+    want, _ = _train(keras.optimizers.SGD(0.01, **native))
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.01), rule)
+    got, _ = _train(opt)
+    plain, _ = _train(keras.optimizers.SGD(0.01))
+    assert any(not np.array_equal(a, b) for a, b in zip(want, plain)), "the case must actually clip"
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert int(to_np(opt.iterations)) == STEPS
+
+
+def test_global_norm_info_equals_keras_global_norm():
+    from keras.src.optimizers.base_optimizer import global_norm
+
+    rng = np.random.default_rng(0)
+    grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype(np.float32) * 10) for s in [(4, 3), (3,), ()]]
+    variables = [keras.Variable(np.zeros(tuple(g.shape), np.float32)) for g in grads]
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(1.0), gc.clip_by_global_norm(1.0, semantics="keras"))
+    opt.apply(grads, variables)
+    assert to_np(opt.info["norm"]) == to_np(global_norm(grads))
