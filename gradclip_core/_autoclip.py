@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from ._clip_norm import _global_apply, _global_norm
 from ._history import percentile as _percentile
-from ._history import METHODS, NormHistory, check_percentile, check_size, device_kw, init_history, push, state_namespace
+from ._history import METHODS, NormHistory, check_percentile, check_size, history_init, push
 from ._namespace import namespace
 from ._nonfinite import check_policy, guard_update
 from ._rule import Rule, factory
@@ -95,10 +95,6 @@ def autoclip(
     check_choice("semantics", sem, ("canonical", "torch"))
     check_policy(nonfinite)
 
-    def init(params: Sequence[Any]) -> NormHistory:
-        params = list(params)
-        return init_history(state_namespace(params), size, **device_kw(params))
-
     def update(grads: Sequence[Any], state: NormHistory, params: Sequence[Any] | None = None):
         del params
         grads = list(grads)
@@ -117,4 +113,4 @@ def autoclip(
         out, scale = _global_apply(xp, grads, norm, thr, sem)
         return out, new, {"norm": norm, "scale": scale, "threshold": thr}
 
-    return Rule(init=init, update=guard_update(update, nonfinite), name="autoclip")
+    return Rule(init=history_init(size), update=guard_update(update, nonfinite), name="autoclip")

@@ -10,7 +10,7 @@ from ._multi import size
 from ._numerics import count, ratio
 from ._rule import Rule, factory
 from ._stateless import stateless_rule
-from ._validate import check_bound, check_threshold
+from ._validate import check_bounds
 
 __all__ = ["clip_by_value"]
 
@@ -48,17 +48,7 @@ def clip_by_value(
       >>> out[0].tolist(), float(info["clipped_fraction"])
       ([-1.0, 0.5, 1.0], 0.6666666865348816)
     """
-    if clip_value is not None:
-        if lo is not None or hi is not None:
-            raise ValueError("clip_value is mutually exclusive with lo/hi: pass clip_value=c or lo=..., hi=...")
-        c = check_threshold("clip_value", clip_value)
-        lo_, hi_ = -c, c
-    else:
-        lo_, hi_ = check_bound("lo", lo), check_bound("hi", hi)
-        if lo_ is None and hi_ is None:
-            raise ValueError("clip_by_value needs clip_value, or at least one of lo/hi")
-        if lo_ is not None and hi_ is not None and lo_ > hi_:
-            raise ValueError(f"lo must be <= hi, got lo={lo!r}, hi={hi!r}")
+    lo_, hi_ = check_bounds("clip_by_value", clip_value, lo, hi)
     check_policy(nonfinite)
 
     def clip(xp: Any, grads: list, params: Any) -> tuple[list, dict]:

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
-__all__ = ["NormHistory", "init_history", "push", "percentile", "check_percentile", "check_size", "METHODS"]
+__all__ = ["NormHistory", "init_history", "history_init", "push", "percentile", "check_percentile", "check_size", "METHODS"]
 
 METHODS = ("linear", "lower")
 
@@ -100,6 +100,16 @@ def init_history(xp: Any, size: int, **kw: Any) -> NormHistory:
         xp.zeros((), dtype=xp.int32, **kw),
         xp.zeros((size,), dtype=xp.float32, **kw),
     )
+
+
+def history_init(size: int) -> Callable[[Sequence[Any]], NormHistory]:
+    """A rule's ``init``: an empty history of ``size`` slots, on the parameters' device."""
+
+    def init(params: Sequence[Any]) -> NormHistory:
+        params = list(params)
+        return init_history(state_namespace(params), size, **device_kw(params))
+
+    return init
 
 
 def push(xp: Any, hist: NormHistory, value: Any) -> NormHistory:

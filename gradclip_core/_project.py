@@ -16,7 +16,7 @@ from ._namespace import namespace
 from ._numerics import count, ratio
 from ._prune import sparsity_info
 from ._rule import Rule, _identity_init, factory
-from ._validate import check_bound, check_threshold, is_number
+from ._validate import check_bounds, check_threshold, is_number
 
 __all__ = ["soft_threshold", "mcp_threshold", "clip_weights", "max_norm", "min_max_norm", "unit_norm", "non_neg"]
 
@@ -148,17 +148,7 @@ def clip_weights(clip_value: float | None = None, *, lo: float | None = None, hi
       >>> w[0].tolist()
       [0.009999999776482582, -0.004999999888241291]
     """
-    if clip_value is not None:
-        if lo is not None or hi is not None:
-            raise ValueError("clip_value is mutually exclusive with lo/hi: pass clip_value=c or lo=..., hi=...")
-        c = check_threshold("clip_value", clip_value)
-        lo_, hi_ = -c, c
-    else:
-        lo_, hi_ = check_bound("lo", lo), check_bound("hi", hi)
-        if lo_ is None and hi_ is None:
-            raise ValueError("clip_weights needs clip_value, or at least one of lo/hi")
-        if lo_ is not None and hi_ is not None and lo_ > hi_:
-            raise ValueError(f"lo must be <= hi, got lo={lo!r}, hi={hi!r}")
+    lo_, hi_ = check_bounds("clip_weights", clip_value, lo, hi)
 
     def fn(xp: Any, params: list) -> tuple[list, dict]:
         hits = []

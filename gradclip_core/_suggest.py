@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ._clip_norm import _global_norm
-from ._history import NormHistory, check_percentile, check_size, device_kw, init_history, percentile, push, state_namespace
+from ._history import NormHistory, check_percentile, check_size, history_init, percentile, push
 from ._namespace import namespace
 from ._rule import Rule, factory
 from ._validate import check_ord
@@ -61,10 +61,6 @@ def record_norms(steps: int = 1000, *, ord: float | str = 2) -> Rule:
     size = check_size("steps", steps)
     ord_ = check_ord(ord)
 
-    def init(params: Sequence[Any]) -> NormHistory:
-        params = list(params)
-        return init_history(state_namespace(params), size, **device_kw(params))
-
     def update(grads: Sequence[Any], state: NormHistory, params: Sequence[Any] | None = None):
         del params
         grads = list(grads)
@@ -76,7 +72,7 @@ def record_norms(steps: int = 1000, *, ord: float | str = 2) -> Rule:
         norm = _global_norm(xp, grads, ord_, "canonical")
         return grads, push(xp, state, norm), {"norm": norm}
 
-    return Rule(init=init, update=update, name="record_norms")
+    return Rule(init=history_init(size), update=update, name="record_norms")
 
 
 def _find(tree: Any, found: list) -> None:

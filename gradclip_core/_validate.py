@@ -40,6 +40,21 @@ def check_bound(name: str, value: Any) -> float | None:
     return float(value)
 
 
+def check_bounds(rule: str, clip_value: Any, lo: Any, hi: Any) -> tuple[Any, Any]:
+    """``(lo, hi)`` of a value clip given as ``clip_value=c`` (``[-c, c]``) or ``lo=``/``hi=``."""
+    if clip_value is not None:
+        if lo is not None or hi is not None:
+            raise ValueError("clip_value is mutually exclusive with lo/hi: pass clip_value=c or lo=..., hi=...")
+        c = check_threshold("clip_value", clip_value)
+        return -c, c
+    lo_, hi_ = check_bound("lo", lo), check_bound("hi", hi)
+    if lo_ is None and hi_ is None:
+        raise ValueError(f"{rule} needs clip_value, or at least one of lo/hi")
+    if lo_ is not None and hi_ is not None and lo_ > hi_:
+        raise ValueError(f"lo must be <= hi, got lo={lo!r}, hi={hi!r}")
+    return lo_, hi_
+
+
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """``value`` must be one of ``choices``."""
     choices = tuple(choices)
