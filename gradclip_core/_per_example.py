@@ -29,7 +29,7 @@ Use a different ``(seed, counter)`` every step: reusing noise voids the privacy 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ._multi import upcast
 from ._namespace import namespace
@@ -60,7 +60,7 @@ def clip_per_example(
     noise_multiplier: Any = 0.0,
     seed: Any = None,
     counter: Any = 0,
-    noise: Sequence[Any] | None = None,
+    noise: Sequence[Any] | Callable[[list], Sequence[Any]] | None = None,
     batch_size: Any = None,
     reduction: str = "mean",
     semantics: str | None = None,
@@ -74,7 +74,9 @@ def clip_per_example(
         ``sigma * C``, added to the clipped sum. 0 (a Python number) means no noise.
       seed: for counter-based noise (int or integer 0-d array), see :mod:`gradclip_core._noise`.
       counter: second key of the counter-based noise, e.g. the step number.
-      noise: standard-normal arrays, one per result (shape ``g.shape[1:]``), instead of ``seed``.
+      noise: standard-normal arrays, one per result (shape ``g.shape[1:]``), instead of ``seed``;
+        or a function ``noise(shapes) -> arrays`` drawing them (a framework RNG), called
+        only when noise is added (``noise_multiplier`` not 0).
       batch_size: divisor for ``reduction="mean"`` (default ``B``; Opacus uses the
         expected batch size under Poisson sampling).
       reduction: ``"mean"`` (DP-SGD) or ``"sum"``.
@@ -120,6 +122,8 @@ def clip_per_example(
     noisy = not (is_number(noise_multiplier) and float(noise_multiplier) == 0.0)
     if noisy and noise is None and seed is None:
         raise ValueError("noise_multiplier > 0 needs the noise: pass seed= (counter-based noise) or noise= (standard normals)")
+    if callable(noise):
+        noise = noise([tuple(g.shape[1:]) for g in grads]) if noisy else None
     if noise is not None:
         noise = list(noise)
         if len(noise) != len(grads):
@@ -130,8 +134,9 @@ def clip_per_example(
 
     xp = namespace(*grads)
     dt = acc_dtype(xp, grads)
-    flat = [xp.reshape(upcast(xp, g, dt), (B, math.prod(g.shape[1:]))) for g in grads]
-    per_array = [xp.linalg.vector_norm(f, axis=1) if f.shape[1] else xp.zeros((B,), dtype=dt) for f in flat]
+    rows = -1 if B is None else B  # None: a batch size known only at run time (a TF graph)
+    flat = [xp.reshape(upcast(xp, g, dt), (rows, math.prod(g.shape[1:]))) for g in grads]
+    per_array = [xp.linalg.vector_norm(f, axis=1) if f.shape[1] else xp.sum(f, axis=1) for f in flat]
     norms = xp.linalg.vector_norm(xp.stack(per_array, axis=1), axis=1)  # (B,)
     factors = _factors(xp, sem, max_norm, norms)
     out = []
@@ -152,18 +157,23 @@ def clip_per_example(
         std = noise_multiplier * max_norm
         out = [s + upcast(xp, z, dt) * std for s, z in zip(out, noise)]
     if reduction == "mean":
-        denom = float(B) if batch_size is None else batch_size
+        denom = batch_size
+        if denom is None:
+            denom = float(B) if B is not None else xp.sum(xp.ones_like(norms))
         if is_number(denom) and float(denom) == 0.0:
             denom = 1.0  # empty batch: the sum (zeros, plus noise)
         out = [s / denom for s in out]
     out = [upcast(xp, s, g.dtype) for s, g in zip(out, grads)]
-    if B:
-        info = {
-            "clipped_fraction": xp.astype(xp.count_nonzero(norms > max_norm), xp.float32) / float(B),
-            "norm_mean": xp.astype(xp.mean(norms), xp.float32),
-            "norm_max": xp.astype(xp.max(norms), xp.float32),
-        }
-    else:
+    if B == 0:
         zero = xp.zeros((), dtype=xp.float32)
-        info = {"clipped_fraction": zero, "norm_mean": zero, "norm_max": zero}
+        return out, {"clipped_fraction": zero, "norm_mean": zero, "norm_max": zero}
+    if B is None:
+        frac = xp.mean(xp.astype(norms > max_norm, xp.float32))
+    else:
+        frac = xp.astype(xp.count_nonzero(norms > max_norm), xp.float32) / float(B)
+    info = {
+        "clipped_fraction": frac,
+        "norm_mean": xp.astype(xp.mean(norms), xp.float32),
+        "norm_max": xp.astype(xp.max(norms), xp.float32),
+    }
     return out, info

@@ -11,7 +11,10 @@ Three entry points (``import gradclip_core as gc``):
 - :class:`Constraint` ``(rule)``: a state-free weight rule as ``kernel_constraint=``;
 - :class:`Callback` ``(rule)``: a weight rule applied on a schedule during ``fit``
   (like tfmot's ``UpdatePruningStep``); :class:`LogInfo` puts the wrapper's info in
-  ``fit``'s logs.
+  ``fit``'s logs;
+- :class:`PerExampleModel` ``(model, max_norm, noise_multiplier=, seed=)``: DP-SGD
+  training in ``fit`` (per-example gradients clipped by
+  :func:`gradclip_core.clip_per_example`, optional seeded noise).
 
 Importing this package registers the active backend with the core: on TensorFlow an
 Array API namespace over ``keras.ops`` (array-api-compat has none); on JAX and torch the
@@ -38,7 +41,8 @@ from ._backend import register as _register
 from ._callback import Callback, LogInfo
 from ._constraint import Constraint
 from ._optimizer import Optimizer
+from ._per_example import PerExampleModel
 
 _register()
 
-__all__ = ["Optimizer", "Constraint", "Callback", "LogInfo"]
+__all__ = ["Optimizer", "Constraint", "Callback", "LogInfo", "PerExampleModel"]

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from keras import ops
 
 import gradclip_core as gc
+from gradclip_core._tree import flatten_state, unflatten_state
 
 __all__ = ["flatten", "unflatten", "has_project", "skipped", "check_rule", "sanitize"]
 
@@ -39,11 +40,7 @@ def flatten(tree: Any) -> list:
       >>> flatten(((1, None), (), 2))
       [1, 2]
     """
-    if isinstance(tree, (tuple, list)):
-        return [leaf for item in tree for leaf in flatten(item)]
-    if tree is None:
-        return []
-    return [tree]
+    return flatten_state(tree)[0]
 
 
 def unflatten(template: Any, leaves: Sequence[Any]) -> Any:
@@ -53,21 +50,7 @@ def unflatten(template: Any, leaves: Sequence[Any]) -> Any:
       >>> unflatten(((0,), None, 0), [10, 20])
       ((10,), None, 20)
     """
-    it = iter(leaves)
-
-    def build(node: Any) -> Any:
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            return type(node)(*(build(v) for v in node))
-        if isinstance(node, (tuple, list)):
-            return type(node)(build(v) for v in node)
-        if node is None:
-            return None
-        return next(it)
-
-    out = build(template)
-    if next(it, None) is not None:
-        raise ValueError("more state leaves than the rule's state has")
-    return out
+    return unflatten_state(flatten_state(template)[1], leaves)
 
 
 def skipped(info: dict) -> Any:

@@ -360,7 +360,7 @@ class TFNamespace:
     @staticmethod
     def max(x: Any, /, *, axis: Any = None, keepdims: bool = False) -> tf.Tensor:
         x = _t(x)
-        if math.prod(x.shape) == 0:
+        if 0 in tuple(x.shape):  # (a dimension unknown in a graph, None, is not 0)
             raise ValueError("max of a size-0 array is not defined")
         return tf.reduce_max(x, axis=_axes(axis), keepdims=keepdims)
 

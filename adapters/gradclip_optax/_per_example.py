@@ -20,20 +20,16 @@ def per_example_grads(
     params: Any,
     *batch: Any,
     max_norm: Any,
-    noise_multiplier: Any = 0.0,
-    seed: Any = None,
-    counter: Any = 0,
     key: jax.Array | None = None,
-    batch_size: Any = None,
-    reduction: str = "mean",
-    semantics: str | None = None,
+    **options: Any,
 ) -> tuple[Any, dict]:
     """DP-SGD gradients of ``loss_fn``: per-example gradients clipped to ``max_norm``, summed, noised, averaged.
 
     ``jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, ...))`` gives one gradient per
     example; :func:`gradclip_core.clip_per_example` clips each example's global norm,
     sums, adds ``noise_multiplier * max_norm`` Gaussian noise to the sum and divides by
-    the batch size (see it for the exact convention). Pure: use it inside ``jax.jit``.
+    the batch size (it defines the convention and checks the arguments). Pure: use it
+    inside ``jax.jit``.
 
     Noise: ``key=`` draws it with ``jax.random.normal`` (split per leaf), ``seed=``
     (+ ``counter=``, e.g. the step) uses the core's counter-based generator (identical
@@ -44,12 +40,10 @@ def per_example_grads(
       params: the parameter pytree.
       *batch: arrays (or pytrees) with a leading batch axis, one per ``loss_fn`` argument.
       max_norm: the clip norm ``C`` (number or 0-d array).
-      noise_multiplier: ``sigma``; 0 for clipping only.
-      seed, counter: counter-based noise keys.
-      key: a ``jax.random`` key, instead of ``seed``.
-      batch_size: divisor of ``reduction="mean"`` (default: the batch size).
-      reduction: ``"mean"`` or ``"sum"``.
-      semantics: ``None``, ``"opacus"`` or ``"optax"``.
+      key: a ``jax.random`` key for the noise, instead of ``seed``.
+      **options: the keyword arguments of :func:`gradclip_core.clip_per_example`
+        (``noise_multiplier``, ``seed``, ``counter``, ``batch_size``, ``reduction``,
+        ``semantics``).
 
     Returns:
       ``(grads, info)``: a pytree like ``params`` and the core's info dict.
@@ -65,21 +59,11 @@ def per_example_grads(
     """
     per = jax.vmap(jax.grad(loss_fn), in_axes=(None,) + (0,) * len(batch))(params, *batch)
     leaves, treedef = flatten(per)
-    noise = None
     if key is not None:
-        keys = jax.random.split(key, len(leaves))
-        noise = [jax.random.normal(k, g.shape[1:], jnp.float32) for k, g in zip(keys, leaves)]
-    out, info = gc.clip_per_example(
-        leaves,
-        max_norm,
-        noise_multiplier=noise_multiplier,
-        seed=seed,
-        counter=counter,
-        noise=noise,
-        batch_size=batch_size,
-        reduction=reduction,
-        semantics=semantics,
-    )
+        options["noise"] = lambda shapes: [
+            jax.random.normal(k, s, jnp.float32) for k, s in zip(jax.random.split(key, len(shapes)), shapes)
+        ]
+    out, info = gc.clip_per_example(leaves, max_norm, **options)
     return jax.tree.unflatten(treedef, out), info
 
 
@@ -129,15 +113,12 @@ def per_example_clip(
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    gc.clip_per_example([jnp.zeros((1, 1))], max_norm, noise_multiplier=noise_multiplier, seed=seed,
-                        batch_size=batch_size, semantics=semantics)  # validate the arguments now
+    options = dict(noise_multiplier=noise_multiplier, seed=seed, batch_size=batch_size, semantics=semantics)
+    gc.clip_per_example([jnp.zeros((1, 1))], max_norm, **options)  # validate the arguments now
 
     def run(updates: Any, count: Any) -> tuple[Any, dict]:
         leaves, treedef = flatten(updates)
-        out, info = gc.clip_per_example(
-            leaves, max_norm, noise_multiplier=noise_multiplier, seed=seed, counter=count,
-            batch_size=batch_size, semantics=semantics,
-        )
+        out, info = gc.clip_per_example(leaves, max_norm, counter=count, **options)
         return jax.tree.unflatten(treedef, out), info
 
     def init_fn(params: Any) -> PerExampleClipState:

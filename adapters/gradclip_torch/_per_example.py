@@ -22,26 +22,21 @@ def clip_per_example_(
     loss_fn: Callable[..., torch.Tensor],
     inputs: Any,
     targets: Any,
-    max_norm: float,
+    max_norm: Any,
     *,
-    noise_multiplier: float = 0.0,
-    seed: Any = None,
-    counter: Any = 0,
     generator: torch.Generator | None = None,
-    batch_size: int | None = None,
-    reduction: str = "mean",
-    semantics: str | None = None,
     randomness: str = "different",
+    **options: Any,
 ) -> tuple[torch.Tensor, dict]:
     """DP-SGD gradients: per-example gradients, each clipped to ``max_norm``, summed, noised, averaged.
 
     Per-example gradients come from ``torch.func.vmap(torch.func.grad(...))`` over
     ``torch.func.functional_call(model, ...)``, each example run as a batch of one; then
-    :func:`gradclip_core.clip_per_example` clips, sums, adds noise and divides (see it
-    for the exact convention: noise std ``noise_multiplier * max_norm`` on the *sum*,
-    then ``/ batch_size``, as Opacus). The result is written to ``p.grad`` of every
-    parameter with ``requires_grad`` (replacing what was there); then call
-    ``optimizer.step()``. No ``backward()`` is needed.
+    :func:`gradclip_core.clip_per_example` clips, sums, adds noise and divides (it
+    defines the convention and checks the arguments: noise std
+    ``noise_multiplier * max_norm`` on the *sum*, then ``/ batch_size``, as Opacus). The
+    result is written to ``p.grad`` of every parameter with ``requires_grad``
+    (replacing what was there); then call ``optimizer.step()``. No ``backward()`` is needed.
 
     The noise: ``generator=`` draws it with ``torch.randn`` (pass a seeded
     ``torch.Generator``; it advances every call), ``seed=``/``counter=`` use the core's
@@ -57,15 +52,12 @@ def clip_per_example_(
       inputs: a tensor (or tuple of tensors) with a leading batch axis: ``model(*inputs)``.
       targets: a tensor (or tuple, or ``None``) with the same leading batch axis.
       max_norm: the clip norm ``C`` of each example's gradient (global over all parameters).
-      noise_multiplier: ``sigma``; 0 for clipping only.
-      seed, counter: counter-based noise keys (ints or integer 0-d tensors).
       generator: a ``torch.Generator`` for ``torch.randn`` noise (instead of ``seed``).
-      batch_size: divisor of ``reduction="mean"`` (default: the batch size; Opacus
-        uses the expected batch size under Poisson sampling).
-      reduction: ``"mean"`` or ``"sum"``.
-      semantics: ``None``, ``"opacus"`` or ``"optax"`` (the clip factor formula).
       randomness: ``torch.func.vmap``'s ``randomness`` (``"different"``: dropout
         draws differently per example).
+      **options: the keyword arguments of :func:`gradclip_core.clip_per_example`
+        (``noise_multiplier``, ``seed``, ``counter``, ``batch_size``, ``reduction``,
+        ``semantics``).
 
     Returns:
       ``(loss, info)``: the mean per-example loss (detached) and the core's info
@@ -101,24 +93,11 @@ def clip_per_example_(
 
     in_dims = (None,) + (0,) * (n_in + len(tgts))
     grads, losses = vmap(grad_and_value(example_loss), in_dims=in_dims, randomness=randomness)(params, *ins, *tgts)
-    per_example = [grads[n] for n in names]
-    noise = None
-    if generator is not None and not (isinstance(noise_multiplier, (int, float)) and noise_multiplier == 0):
-        noise = [
-            torch.randn(g.shape[1:], generator=generator, dtype=torch.float32, device=g.device) for g in per_example
-        ]
+    if generator is not None:
+        device = grads[names[0]].device
+        options["noise"] = lambda shapes: [torch.randn(s, generator=generator, dtype=torch.float32, device=device) for s in shapes]
     with torch.no_grad():
-        out, info = gc.clip_per_example(
-            per_example,
-            max_norm,
-            noise_multiplier=noise_multiplier,
-            seed=seed,
-            counter=counter,
-            noise=noise,
-            batch_size=batch_size,
-            reduction=reduction,
-            semantics=semantics,
-        )
+        out, info = gc.clip_per_example([grads[n] for n in names], max_norm, **options)
         for n, g in zip(names, out):
             named[n].grad = g.detach()
     return losses.detach().mean(), info

@@ -13,15 +13,13 @@ from typing import Any, Sequence
 
 import torch
 
+from gradclip_core._tree import flatten_state, is_namedtuple, unflatten_state
+
 __all__ = ["flatten", "unflatten", "structure", "check_leaves"]
 
 
-def _is_namedtuple(x: Any) -> bool:
-    return isinstance(x, tuple) and hasattr(x, "_fields")
-
-
 def flatten(tree: Any) -> list[torch.Tensor]:
-    """Leaves of a state tree, depth first.
+    """Leaves of a state tree, depth first (:func:`gradclip_core._tree.flatten_state`).
 
     Example:
       >>> import torch
@@ -31,11 +29,7 @@ def flatten(tree: Any) -> list[torch.Tensor]:
       >>> flatten((S(torch.tensor(1)), ()))
       [tensor(1)]
     """
-    if isinstance(tree, (tuple, list)):
-        return [leaf for item in tree for leaf in flatten(item)]
-    if tree is None:
-        return []
-    return [tree]
+    return flatten_state(tree)[0]
 
 
 def unflatten(template: Any, leaves: Sequence[Any]) -> Any:
@@ -45,22 +39,7 @@ def unflatten(template: Any, leaves: Sequence[Any]) -> Any:
       >>> unflatten(((1,), 2), [10, 20])
       ((10,), 20)
     """
-    it = iter(leaves)
-
-    def build(node: Any) -> Any:
-        if _is_namedtuple(node):
-            return type(node)(*(build(v) for v in node))
-        if isinstance(node, (tuple, list)):
-            return type(node)(build(v) for v in node)
-        if node is None:
-            return None
-        return next(it)
-
-    out = build(template)
-    rest = list(it)
-    if rest:
-        raise ValueError(f"{len(rest)} state tensors left over after rebuilding the state tree")
-    return out
+    return unflatten_state(flatten_state(template)[1], leaves)
 
 
 def structure(tree: Any) -> Any:
@@ -71,7 +50,7 @@ def structure(tree: Any) -> Any:
       >>> structure(((), torch.zeros(2, dtype=torch.int32)))
       ('tuple', ('tuple',), 'torch.int32[2]')
     """
-    if _is_namedtuple(tree):
+    if is_namedtuple(tree):
         return (type(tree).__name__,) + tuple((k, structure(v)) for k, v in zip(tree._fields, tree))
     if isinstance(tree, (tuple, list)):
         return ("tuple",) + tuple(structure(v) for v in tree)

@@ -70,6 +70,12 @@ def jax_loss(params, x, y):
     return 0.5 * jnp.sum(r * r)
 
 
+def jax_per_example(W, c, x, y):
+    """The parameters and the per-example gradients ``jax.vmap(jax.grad)`` gives for them."""
+    params = {"W": jnp.asarray(W), "c": jnp.asarray(c)}
+    return params, jax.vmap(jax.grad(jax_loss), in_axes=(None, 0, 0))(params, jnp.asarray(x), jnp.asarray(y))
+
+
 def jax_run(W, c, x, y, **kw):
     params = {"W": jnp.asarray(W), "c": jnp.asarray(c)}
     f = jax.jit(lambda p, x, y: gradclip_optax.per_example_grads(jax_loss, p, x, y, max_norm=C, **kw))
@@ -122,9 +128,7 @@ def test_framework_rngs_add_the_right_std():
 
 def test_optax_per_example_global_norm_clip():
     """gradclip's optax preset with reduction="sum" is optax's function, same op order."""
-    W, c, x, y = data(3)
-    params = {"W": jnp.asarray(W), "c": jnp.asarray(c)}
-    per = jax.vmap(jax.grad(jax_loss), in_axes=(None, 0, 0))(params, jnp.asarray(x), jnp.asarray(y))
+    _, per = jax_per_example(*data(3))
     leaves = jax.tree.leaves(per)
     want, num_clipped = optax.per_example_global_norm_clip(leaves, C)
     got, info = gc.clip_per_example(leaves, C, semantics="optax", reduction="sum")
@@ -134,9 +138,7 @@ def test_optax_per_example_global_norm_clip():
 
 
 def test_optax_differentially_private_aggregate_without_noise():
-    W, c, x, y = data(4)
-    params = {"W": jnp.asarray(W), "c": jnp.asarray(c)}
-    per = jax.vmap(jax.grad(jax_loss), in_axes=(None, 0, 0))(params, jnp.asarray(x), jnp.asarray(y))
+    params, per = jax_per_example(*data(4))
     ref_tx = optax.contrib.differentially_private_aggregate(C, 0.0, key=jax.random.key(0))
     want, _ = ref_tx.update(per, ref_tx.init(params))
     tx = gradclip_optax.per_example_clip(C, semantics="optax")
