@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["gpt2_small_shapes"]
+__all__ = ["gpt2_small_shapes", "shape_set", "SHAPE_SETS"]
 
 
 def gpt2_small_shapes(n_layer: int = 12, d: int = 768, vocab: int = 50257, ctx: int = 1024) -> list[tuple[str, tuple[int, ...]]]:
@@ -35,3 +35,20 @@ def gpt2_small_shapes(n_layer: int = 12, d: int = 768, vocab: int = 50257, ctx: 
         ]
     shapes += [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]
     return shapes
+
+
+SHAPE_SETS = ("gpt2", "tiny")
+
+
+def shape_set(name: str) -> list[tuple[str, tuple[int, ...]]]:
+    """``"gpt2"``: GPT-2 small (148 tensors, 124M params); ``"tiny"``: one 64-wide layer, for smoke tests.
+
+    Example:
+      >>> len(shape_set("tiny")), sum(__import__("math").prod(s) for _, s in shape_set("tiny"))
+      (16, 86976)
+    """
+    if name == "gpt2":
+        return gpt2_small_shapes()
+    if name == "tiny":
+        return gpt2_small_shapes(n_layer=1, d=64, vocab=512, ctx=64)
+    raise ValueError(f"shape set must be one of {SHAPE_SETS}, got {name!r}")

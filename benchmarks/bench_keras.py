@@ -1,26 +1,31 @@
-"""gradclip_keras' optimizer wrapper against Keras' own ``global_clipnorm``, on GPT-2 small's parameters.
+"""gradclip_keras' optimizer wrapper against Keras' own clipping options, on GPT-2 small's parameters.
 
 Times, in one run, on the same 148 gradients (124M parameters), one optimizer step of
 
 - ``keras.optimizers.SGD(lr, global_clipnorm=1.0)`` (native), and
 - ``gradclip_keras.Optimizer(SGD(lr), clip_by_global_norm(1.0, semantics="keras"))``,
 
+and likewise ``clipnorm`` vs ``clip_by_norm(semantics="keras")`` and ``clipvalue`` vs
+``clip_by_value``,
+
 each on its own copy of the variables, the way Keras' trainer runs it on the active
 backend (``KERAS_BACKEND``): TensorFlow ``optimizer.apply`` inside a ``tf.function``,
 JAX ``optimizer.stateless_apply`` under ``jax.jit``, torch eager ``optimizer.apply``.
-Variants alternate in rotating order after a warm-up; prints the median time of each and
-the median per-repeat ratio (wrapper / native; DESIGN.md target: <= 1.1x). Run::
+The two sides alternate after a warm-up; prints the median time of each and the median
+per-pair ratio (wrapper / native; DESIGN.md target for the global norm: <= 1.1x). One
+backend per process (Keras reads ``KERAS_BACKEND`` at import). Run::
 
-    KERAS_BACKEND=jax .venv/bin/python benchmarks/bench_keras.py [--repeats 20]
+    KERAS_BACKEND=jax .venv/bin/python benchmarks/bench_keras.py [--repeats 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
 import os
-import statistics
 import sys
-import time
 from typing import Any, Callable
 
 import keras
@@ -30,22 +35,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gradclip_core as gc  # noqa: E402
 import gradclip_keras  # noqa: E402
-from _shapes import gpt2_small_shapes  # noqa: E402
+from _measure import peak_extra, time_pair  # noqa: E402
+from _shapes import SHAPE_SETS, shape_set  # noqa: E402
+from _table import Row, format_table  # noqa: E402
 
 LR = 1e-4
 
 
-def make_grads(seed: int = 0) -> list[Any]:
-    """Random float32 gradients of GPT-2 small's parameters, as backend tensors."""
+PATHS = {"tensorflow": "tf.function(apply)", "jax": "jit(stateless_apply)", "torch": "eager apply"}
+
+
+def make_grads(seed: int = 0, shapes: str = "gpt2") -> list[Any]:
+    """Random float32 gradients of a shape set's parameters, as backend tensors."""
     rng = np.random.default_rng(seed)
-    return [keras.ops.convert_to_tensor(rng.standard_normal(s, dtype=np.float32)) for _, s in gpt2_small_shapes()]
+    return [keras.ops.convert_to_tensor(rng.standard_normal(s, dtype=np.float32)) for _, s in shape_set(shapes)]
 
 
-def make_variables() -> list[keras.Variable]:
-    return [keras.Variable(keras.ops.zeros(s), name=n.replace(".", "_")) for n, s in gpt2_small_shapes()]
+def make_variables(shapes: str = "gpt2") -> list[keras.Variable]:
+    """Zero-initialised variables of a shape set."""
+    return [keras.Variable(keras.ops.zeros(s), name=n.replace(".", "_")) for n, s in shape_set(shapes)]
 
 
 def _sync(x: Any) -> None:
+    """Wait for ``x`` (a backend tensor)."""
     keras.ops.convert_to_numpy(keras.ops.sum(x))
 
 
@@ -81,46 +93,65 @@ def step_fn(opt: keras.optimizers.Optimizer, variables: list, grads: list) -> Ca
     return run
 
 
-def _time(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    _sync(fn())
-    return time.perf_counter() - t0
+PAIRS = (
+    # (rule label, gradclip rule factory, native name, native SGD kwargs, target)
+    ('clip_by_global_norm(1.0, semantics="keras")', lambda: gc.clip_by_global_norm(1.0, semantics="keras"),
+     "SGD(global_clipnorm=1.0)", {"global_clipnorm": 1.0}, "<= 1.1x"),
+    ('clip_by_norm(1.0, semantics="keras")', lambda: gc.clip_by_norm(1.0, semantics="keras"),
+     "SGD(clipnorm=1.0)", {"clipnorm": 1.0}, ""),
+    ("clip_by_value(0.5)", lambda: gc.clip_by_value(0.5), "SGD(clipvalue=0.5)", {"clipvalue": 0.5}, ""),
+)
 
 
-def main(argv: list[str] | None = None) -> float:
-    """Run the benchmark; returns the median ratio wrapper / native."""
+def suite(repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", only_rules: str | None = None) -> list[Row]:
+    """Every Keras row (this process' backend) of the unified benchmark.
+
+    Each pair times one SGD step with the native option against the wrapper around a plain
+    SGD, each on its own copy of the variables (freed after the pair).
+
+    Args:
+      repeats: timed steps per side (median).
+      warmup: untimed steps per side first (the first traces / compiles).
+      shapes: ``"gpt2"`` or ``"tiny"``.
+      only_rules: keep the rows whose rule contains this text.
+
+    Returns:
+      The rows.
+    """
+    grads = make_grads(shapes=shapes)
+    backend = keras.backend.backend()
+    rows = []
+    for label, rule, native_name, kwargs, target in PAIRS:
+        if only_rules and only_rules not in label:
+            continue
+        print(f"  keras/{backend}: {label}...", file=sys.stderr, flush=True)
+        native = step_fn(keras.optimizers.SGD(LR, **kwargs), make_variables(shapes), grads)
+        ours = step_fn(gradclip_keras.Optimizer(keras.optimizers.SGD(LR), rule()), make_variables(shapes), grads)
+        t_o, t_n, _ = time_pair(ours, native, _sync, repeats, warmup)
+        rows.append(Row(label, f"keras/{backend}", "Optimizer, " + PATHS[backend], native_name, t_o * 1e3, t_n * 1e3,
+                        peak_extra(ours, _sync, "rss"), peak_extra(native, _sync, "rss"), target))
+        del native, ours
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    """Run the benchmark for this process' Keras backend; returns the rows."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10, help="timed steps per side (median reported)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+    ap.add_argument("--shapes", default="gpt2", choices=SHAPE_SETS, help="parameter set (tiny: smoke test)")
+    ap.add_argument("--rules", default=None, help="only rows whose rule contains this text")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
-
-    grads = make_grads()
-    n = sum(int(np.prod(g.shape)) for g in grads)
-    print(f"keras {keras.__version__}, backend {keras.backend.backend()}, {len(grads)} tensors, {n / 1e6:.1f}M params, float32")
-    fns = {
-        "SGD(global_clipnorm=1.0)": step_fn(keras.optimizers.SGD(LR, global_clipnorm=1.0), make_variables(), grads),
-        "gradclip_keras semantics=keras": step_fn(
-            gradclip_keras.Optimizer(keras.optimizers.SGD(LR), gc.clip_by_global_norm(1.0, semantics="keras")),
-            make_variables(),
-            grads,
-        ),
-    }
-    for fn in fns.values():
-        for _ in range(args.warmup):
-            _time(fn)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for i in range(args.repeats):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            times[name].append(_time(fns[name]))
-    native, ours = names
-    ratio = statistics.median(a / b for a, b in zip(times[ours], times[native]))
-    for name in names:
-        line = f"{name:>32}: median {statistics.median(times[name]) * 1e3:8.2f} ms"
-        if name == ours:
-            line += f"   ratio {ratio:.3f}x (target <= 1.1x)"
-        print(line)
-    return ratio
+    n = sum(math.prod(s) for _, s in shape_set(args.shapes))
+    print(f"keras {keras.__version__}, backend {keras.backend.backend()}, {len(shape_set(args.shapes))} tensors, "
+          f"{n / 1e6:.1f}M params, float32, median of {args.repeats}")
+    rows = suite(args.repeats, args.warmup, args.shapes, args.rules)
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in rows], f)
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,96 +1,160 @@
-"""gradclip_optax against optax's native global-norm clip, on a GPT-2-small-sized parameter set.
+"""gradclip_optax against optax's native transforms, on a GPT-2-small-sized parameter set.
 
-Times, in one run, under ``jax.jit``, on the same 148 gradients (124M parameters):
-``optax.clip_by_global_norm(1.0)`` vs ``gradclip_optax.transform(clip_by_global_norm(1.0))``
-with the canonical formula and with ``semantics="optax"``. Each repeat runs every variant
-back to back, in rotating order (after a warm-up that compiles), with ``block_until_ready``; prints the median
-time of each and the median of the per-repeat ratios (ours / native; DESIGN.md target:
-<= 1.05x). Run::
+Times, in one process, under ``jax.jit``, on the same 148 gradients (124M parameters),
+each rule's ``gradclip_optax.transform(rule).update`` against the native transform's
+``update`` (alternating calls after a compiling warm-up, ``block_until_ready``; median of
+``--repeats``; ratio = median per-pair ratio, ours / native):
 
-    .venv/bin/python benchmarks/bench_optax.py [--repeats 20] [--dtype float32|bfloat16]
+- ``clip_by_global_norm`` (canonical and ``semantics="optax"``) vs ``optax.clip_by_global_norm``
+  [DESIGN.md target <= 1.05x]; ``clip_by_value`` vs ``optax.clip``; ``clip_by_block_rms``
+  vs ``optax.clip_by_block_rms``; ``adaptive_clip`` vs ``optax.adaptive_grad_clip``;
+- pruning (``jit(rule.project)``, one-shot: the masks are recomputed every call) and the
+  rules with no optax counterpart next to ``optax.clip_by_global_norm`` as a reference;
+  jaxpruner's ``GlobalMagnitudePruning`` when jaxpruner is importable.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_optax.py [--repeats 10] [--dtype float32|bfloat16] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
+import json
 import os
-import statistics
 import sys
-import time
 from typing import Any, Callable
-
-import jax
-import jax.numpy as jnp
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import gradclip_core as gc  # noqa: E402
-import gradclip_optax  # noqa: E402
-from _shapes import gpt2_small_shapes  # noqa: E402
+from _measure import peak_extra, time_pair  # noqa: E402
+from _shapes import SHAPE_SETS, shape_set  # noqa: E402
+from _table import Row, format_table  # noqa: E402
 
 
-def make_grads(dtype: Any, seed: int = 0) -> dict[str, jax.Array]:
-    """Random gradients of GPT-2 small's parameters, as a name -> array dict (a pytree)."""
+def _jax():
+    import jax  # imported late: --device selects the platform first
+
+    return jax
+
+
+def make_grads(dtype: Any, seed: int = 0, shapes: str = "gpt2") -> dict:
+    """Random gradients of a shape set, as a name -> array dict (a pytree)."""
+    jax = _jax()
     key = jax.random.PRNGKey(seed)
-    grads = {}
-    for i, (name, shape) in enumerate(gpt2_small_shapes()):
-        grads[name] = jax.random.normal(jax.random.fold_in(key, i), shape, dtype)
-    return grads
+    return {name: jax.random.normal(jax.random.fold_in(key, i), shape, dtype) for i, (name, shape) in enumerate(shape_set(shapes))}
 
 
-def jitted_update(tx: optax.GradientTransformation, grads: dict) -> Callable[[dict, Any], Any]:
-    """``jax.jit(tx.update)`` and its initial state (the step a training loop runs)."""
-    return jax.jit(tx.update), tx.init(grads)
+def jitted_update(tx: Any, grads: dict, params: dict | None = None) -> Callable[[], Any]:
+    """A no-argument call of ``jax.jit(tx.update)`` on ``grads`` (the step a training loop runs)."""
+    jax = _jax()
+    update, state = jax.jit(tx.update), tx.init(grads)
+    return lambda: update(grads, state, params)
 
 
-def _time(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - t0
+def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", device: str = "cpu",
+          only_rules: str | None = None) -> list[Row]:
+    """Every optax row of the unified benchmark (see the module docstring).
 
+    Args:
+      dtype: gradient dtype name.
+      repeats: timed calls per side (median).
+      warmup: untimed calls per side first (the first compiles).
+      shapes: ``"gpt2"`` or ``"tiny"``.
+      device: ``"cpu"`` or ``"cuda"`` (the platform JAX was started with).
+      only_rules: keep the rows whose rule contains this text.
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Run the benchmark; returns the median ratio of each variant."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = ap.parse_args(argv)
+    Returns:
+      The rows.
+    """
+    jax = _jax()
+    import jax.numpy as jnp
+    import optax
 
-    grads = make_grads(jnp.dtype(args.dtype))
-    n = sum(x.size for x in grads.values())
-    print(f"jax {jax.__version__}, optax {optax.__version__}, device {jax.devices()[0].device_kind}, "
-          f"{len(grads)} tensors, {n / 1e6:.1f}M params, {args.dtype}")
+    import gradclip_core as gc
+    import gradclip_optax
 
-    variants = {
-        "optax.clip_by_global_norm": optax.clip_by_global_norm(1.0),
-        "gradclip canonical": gradclip_optax.transform(gc.clip_by_global_norm(1.0)),
-        "gradclip semantics=optax": gradclip_optax.transform(gc.clip_by_global_norm(1.0, semantics="optax")),
+    grads = make_grads(jnp.dtype(dtype), shapes=shapes)
+    params = make_grads(jnp.dtype(dtype), seed=1, shapes=shapes)
+    mem_kind = "jax" if device == "cuda" else "rss"
+    sync = jax.block_until_ready
+    ref = ("(ref) optax.clip_by_global_norm", jitted_update(optax.clip_by_global_norm(1.0), grads))
+    T = gradclip_optax.transform
+    cases = [
+        ("clip_by_global_norm(1.0)", T(gc.clip_by_global_norm(1.0)), "optax.clip_by_global_norm", optax.clip_by_global_norm(1.0), "<= 1.05x"),
+        ('clip_by_global_norm(1.0, semantics="optax")', T(gc.clip_by_global_norm(1.0, semantics="optax")),
+         "optax.clip_by_global_norm", optax.clip_by_global_norm(1.0), "<= 1.05x"),
+        ("clip_by_value(0.5)", T(gc.clip_by_value(0.5)), "optax.clip", optax.clip(0.5), ""),
+        ("clip_by_block_rms(1.0)", T(gc.clip_by_block_rms(1.0)), "optax.clip_by_block_rms", optax.clip_by_block_rms(1.0), ""),
+        ("adaptive_clip(0.01)", T(gc.adaptive_clip(0.01)), "optax.adaptive_grad_clip", optax.adaptive_grad_clip(0.01), ""),
+    ]
+    no_native = {
+        "autoclip(10, 1000)": gc.autoclip(10.0, 1000),
+        "zclip()": gc.zclip(),
+        "clip_update_rms(1.0)": gc.clip_update_rms(1.0),
+        "clip_by_norm(1.0)": gc.clip_by_norm(1.0),
+        "record_norms(100)": gc.record_norms(100),
     }
-    fns = {}
-    for name, tx in variants.items():
-        update, state = jitted_update(tx, grads)
-        fns[name] = (lambda update=update, state=state: update(grads, state))
-        for _ in range(args.warmup):
-            _time(fns[name])
+    prune_rules = {
+        "global_magnitude_prune(0.5)": gc.global_magnitude_prune(0.5),
+        "magnitude_prune(0.5)": gc.magnitude_prune(0.5),
+        "nm_prune(2, 4, axis=-1)": gc.nm_prune(2, 4, axis=-1),
+        "max_norm(2.0)": gc.max_norm(2.0),
+    }
+    jobs: list[tuple[str, str, Callable, str, Callable, str, bool, str]] = []
+    for label, ours, nname, native, target in cases:
+        p = params if "adaptive" in label else None
+        jobs.append((label, "transform, jit", jitted_update(ours, grads, p), nname, jitted_update(native, grads, p), target, True, ""))
+    for label, rule in no_native.items():
+        jobs.append((label, "transform, jit", jitted_update(T(rule), grads), *ref, "", False, ""))
+    flat = list(params.values())
+    for label, rule in prune_rules.items():
+        proj = jax.jit(lambda ps, rule=rule: rule.project(ps, rule.init(ps))[0])
+        note = "" if label.startswith("max_norm") else "one-shot: masks recomputed"
+        jobs.append((label, "jit(project)", lambda proj=proj: proj(flat), *ref, "", False, note))
+    if importlib.util.find_spec("jaxpruner") is None:
+        print("  optax: jaxpruner is not installed: no native pruning baseline", file=sys.stderr)
 
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for i in range(args.repeats):
-        for name in names[i % len(names):] + names[: i % len(names)]:  # rotate: no position bias
-            times[name].append(_time(fns[name]))
+    rows = []
+    for label, path, ours, nname, native, target, has_native, note in jobs:
+        if only_rules and only_rules not in label:
+            continue
+        print(f"  optax: {label} ({path})...", file=sys.stderr, flush=True)
+        t_o, t_n, _ = time_pair(ours, native, sync, repeats, warmup)
+        rows.append(Row(label, "optax", path, nname, t_o * 1e3, t_n * 1e3, peak_extra(ours, sync, mem_kind),
+                        peak_extra(native, sync, mem_kind), target, note, has_native))
+    return rows
 
-    native = "optax.clip_by_global_norm"
-    ratios = {}
-    for name, ts in times.items():
-        line = f"{name:>28}: median {statistics.median(ts) * 1e3:8.2f} ms"
-        if name != native:
-            r = statistics.median(a / b for a, b in zip(ts, times[native]))
-            ratios[name] = r
-            line += f"   ratio {r:.3f}x (target <= 1.05x)"
-        print(line)
-    return ratios
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=10, help="timed repeats per side (median reported)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls per side first (the first compiles)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="gradient dtype")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="JAX platform")
+    ap.add_argument("--shapes", default="gpt2", choices=SHAPE_SETS, help="parameter set (tiny: smoke test)")
+    ap.add_argument("--rules", default=None, help="only rows whose rule contains this text")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("JAX_PLATFORMS", args.device)
+    jax = _jax()
+    try:
+        dev = jax.devices(args.device if args.device == "cpu" else "gpu")[0]
+    except RuntimeError as e:
+        ap.error(f"--device {args.device}: JAX has no such device ({e})")
+    import optax
+
+    n = sum(__import__("math").prod(s) for _, s in shape_set(args.shapes))
+    print(f"jax {jax.__version__}, optax {optax.__version__}, device {dev.device_kind}, "
+          f"{len(shape_set(args.shapes))} tensors, {n / 1e6:.1f}M params, {args.dtype}, median of {args.repeats}")
+    rows = suite(args.dtype, args.repeats, args.warmup, args.shapes, args.device, args.rules)
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in rows], f)
+    return rows
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {here!r})
 import torch
-from _shapes import gpt2_small_shapes
+from _shapes import shape_set
 torch.manual_seed(0)
 torch.set_num_threads({threads})
 mods = torch.nn.ModuleList()
-for name, shape in gpt2_small_shapes():
+for name, shape in shape_set({shapes!r}):
     m = torch.nn.Module()
     m.weight = torch.nn.Parameter(torch.randn(shape))
     mods.append(m)
@@ -66,8 +66,9 @@ print(json.dumps(dict(time=min(times), extra=max(0, peak - max(base, peak0)), we
 """
 
 
-def measure(kind: str, reps: int, threads: int) -> dict:
-    code = CHILD.format(here=str(HERE), kind=kind, reps=reps, threads=threads)
+def measure(kind: str, reps: int, threads: int, shapes: str = "gpt2") -> dict:
+    """One pruning call of ``kind`` (native, core, module) in a fresh process: time and extra peak RSS."""
+    code = CHILD.format(here=str(HERE), kind=kind, reps=reps, threads=threads, shapes=shapes)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

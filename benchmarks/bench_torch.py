@@ -1,35 +1,45 @@
-"""gradclip_torch against torch's native clipping, on a GPT-2-small-sized parameter set.
+"""gradclip_torch against torch's native clipping and pruning, on a GPT-2-small-sized parameter set.
 
-Times, in one run, on the same 148 gradients (124M parameters):
+Times, in one process, on the same 148 gradients / weights (124M parameters), each rule
+through the adapter against its native counterpart, alternating calls (median of
+``--repeats``; the ratio is the median per-pair ratio, ours / native):
 
-- ``torch.nn.utils.clip_grad_norm_(foreach=True)`` vs ``gradclip_torch.apply_`` and the
-  ``attach`` hook path (``optimizer.step()`` of a no-op optimizer, so only the hook
-  is timed) with ``clip_by_global_norm`` (canonical and ``semantics="torch"``);
-- ``torch.nn.utils.clip_grad_value_(foreach=True)`` vs ``apply_`` with ``clip_by_value``.
+- ``clip_by_global_norm`` (canonical and ``semantics="torch"``; ``apply_`` and the
+  ``attach`` hook on a no-op optimizer) vs ``clip_grad_norm_(foreach=True)``
+  [DESIGN.md target <= 1.0x];
+- ``clip_by_value`` vs ``clip_grad_value_(foreach=True)``;
+- ``magnitude_prune`` / ``ln_structured_prune`` / ``random_prune`` (``project_``, one-shot)
+  vs ``prune.l1_unstructured`` / ``ln_structured`` / ``random_unstructured`` on every
+  tensor (2-D tensors only for the structured one), weights restored between calls;
+- rules with no torch counterpart (AGC, AutoClip, ZClip, block RMS, update RMS, per-array
+  norm, N:M, max-norm) next to ``clip_grad_norm_`` as a reference.
 
-Prints the median time of each and the median of the per-repeat ratios (ours / native,
-each repeat runs both back to back; DESIGN.md target: <= 1.0x for the global-norm clip). Run::
+Global magnitude pruning against ``prune.global_unstructured`` runs in fresh processes
+(``bench_prune.py``; ``python benchmarks/run.py`` includes it). Run::
 
-    .venv/bin/python benchmarks/bench_torch.py [--device cpu|cuda] [--repeats 5] [--dtype float32]
+    .venv/bin/python benchmarks/bench_torch.py [--device cpu|cuda] [--repeats 5] [--shapes gpt2|tiny]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
-import statistics
 import sys
-import time
 from typing import Callable
 
 import torch
+import torch.nn.utils.prune as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gradclip_core as gc  # noqa: E402
 import gradclip_torch  # noqa: E402
-from _shapes import gpt2_small_shapes  # noqa: E402
+from _measure import peak_extra, time_one, time_pair  # noqa: E402
+from _shapes import SHAPE_SETS, shape_set  # noqa: E402
+from _table import Row, format_table  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,92 +54,143 @@ class NoStep(torch.optim.Optimizer):
         return None
 
 
-def make_params(device: str, dtype: torch.dtype, seed: int = 0) -> list[torch.nn.Parameter]:
-    """GPT-2 small's parameters (uninitialised weights) with random gradients."""
+def make_params(device: str, dtype: torch.dtype, seed: int = 0, shapes: str = "gpt2") -> list[torch.nn.Parameter]:
+    """The parameters of a shape set (random weights) with random gradients.
+
+    Example:
+      >>> [tuple(p.grad.shape) for p in make_params("cpu", torch.float32, shapes="tiny")][:2]
+      [(512, 64), (64, 64)]
+    """
     gen = torch.Generator(device=device).manual_seed(seed)
     params = []
-    for _, shape in gpt2_small_shapes():
-        p = torch.nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+    for _, shape in shape_set(shapes):
+        p = torch.nn.Parameter(torch.randn(shape, device=device, dtype=dtype, generator=gen))
         p.grad = torch.randn(shape, device=device, dtype=dtype, generator=gen)
         params.append(p)
     return params
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup: int = 1, shapes: str = "gpt2",
+          only_rules: str | None = None) -> list[Row]:
+    """Every torch row of the unified benchmark.
 
+    Args:
+      device: ``"cpu"`` or ``"cuda"``.
+      dtype: gradient / weight dtype name.
+      repeats: timed calls per side (median).
+      warmup: untimed calls per side first.
+      shapes: ``"gpt2"`` or ``"tiny"``.
+      only_rules: keep the rows whose rule contains this text.
 
-def timeit_pair(
-    ours: Callable[[], object], native: Callable[[], object], device: str, repeats: int, warmup: int = 2
-) -> tuple[float, float, float]:
-    """Median times of ``ours`` and ``native`` (seconds), run alternately, and the median ratio.
-
-    Alternating runs see the same machine state (other processes, caches, clocks),
-    so the per-pair ratio is steadier than the ratio of two separate medians.
+    Returns:
+      The rows.
     """
-    for _ in range(warmup):
-        native()
-        ours()
-    t_ours, t_native = [], []
-    for _ in range(repeats):
-        for fn, acc in ((native, t_native), (ours, t_ours)):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            acc.append(time.perf_counter() - t0)
-    ratio = statistics.median(a / b for a, b in zip(t_ours, t_native))
-    return statistics.median(t_ours), statistics.median(t_native), ratio
+    dt = DTYPES[dtype]
+    params = make_params(device, dt, shapes=shapes)
+    mem_kind = "torch_cuda" if device.startswith("cuda") else "rss"
 
+    def sync(_: object) -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per entry (median reported)")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device available")
+    mods = []
+    for p in params:
+        m = torch.nn.Module()
+        m.weight = p
+        mods.append(m)
+    original = [p.detach().clone() for p in params]
 
-    params = make_params(args.device, DTYPES[args.dtype])
-    n = sum(math.prod(p.shape) for p in params)
-    print(f"gradclip_torch benchmark: {len(params)} tensors, {n / 1e6:.1f}M params, {args.dtype}, "
-          f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}")
-
-    max_norm = 1.0
-    canonical = gc.clip_by_global_norm(max_norm)
-    torch_sem = gc.clip_by_global_norm(max_norm, semantics="torch")
-    value = gc.clip_by_value(0.5)
+    def restore() -> None:
+        with torch.no_grad():
+            for m, w in zip(mods, original):
+                if hasattr(m, "weight_orig"):
+                    P.remove(m, "weight")
+                m.weight.copy_(w)
 
     def hook_path(rule: gc.Rule) -> Callable[[], None]:
         opt = NoStep(params)
         gradclip_torch.attach(opt, rule)
         return opt.step
 
-    rows: list[tuple[str, str, Callable[[], object], Callable[[], object]]] = [
-        ("global norm, canonical", "apply_",
-         lambda: gradclip_torch.apply_(params, canonical),
-         lambda: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)),
-        ("global norm, canonical", "attach",
-         hook_path(canonical),
-         lambda: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)),
-        ('global norm, semantics="torch"', "apply_",
-         lambda: gradclip_torch.apply_(params, torch_sem),
-         lambda: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)),
-        ('global norm, semantics="torch"', "attach",
-         hook_path(torch_sem),
-         lambda: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)),
-        ("clip by value", "apply_",
-         lambda: gradclip_torch.apply_(params, value),
-         lambda: torch.nn.utils.clip_grad_value_(params, 0.5, foreach=True)),
-    ]
-    print(f"{'rule':<32} {'path':<7} {'gradclip ms':>12} {'native ms':>10} {'ratio':>7}   native")
-    for label, path, ours, native in rows:
-        t_ours, t_native, ratio = timeit_pair(ours, native, args.device, args.repeats)
-        name = "clip_grad_value_" if "value" in label else "clip_grad_norm_"
-        print(f"{label:<32} {path:<7} {t_ours * 1e3:>12.2f} {t_native * 1e3:>10.2f} {ratio:>6.2f}x   {name}(foreach=True)")
+    norm_native = ("clip_grad_norm_(foreach=True)", lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True))
+    two_d = [m for m in mods if m.weight.ndim == 2]
+    cases: list[tuple[str, str, Callable, str, Callable | None, Callable | None, str, bool]] = []
+    # (rule, path, ours, native name, native fn, reset, target, has_native)
+    for label, rule in (("clip_by_global_norm(1.0)", gc.clip_by_global_norm(1.0)),
+                        ('clip_by_global_norm(1.0, semantics="torch")', gc.clip_by_global_norm(1.0, semantics="torch"))):
+        cases.append((label, "apply_", lambda rule=rule: gradclip_torch.apply_(params, rule), *norm_native, None, "<= 1.0x", True))
+        cases.append((label, "attach", hook_path(rule), *norm_native, None, "<= 1.0x", True))
+    value = gc.clip_by_value(0.5)
+    cases.append(("clip_by_value(0.5)", "apply_", lambda: gradclip_torch.apply_(params, value), "clip_grad_value_(foreach=True)",
+                  lambda: torch.nn.utils.clip_grad_value_(params, 0.5, foreach=True), None, "", True))
+    mag, ln, rnd = gc.magnitude_prune(0.5), gc.ln_structured_prune(0.5, ord=2, axis="out_first"), gc.random_prune(0.5, seed=0)
+    cases.append(("magnitude_prune(0.5)", "project_", lambda: gradclip_torch.project_(params, mag), "prune.l1_unstructured",
+                  lambda: [P.l1_unstructured(m, "weight", 0.5) for m in mods], restore, "", True))
+    ln_params = [m.weight for m in two_d]
+    cases.append(("ln_structured_prune(0.5, ord=2) [2-D]", "project_", lambda: gradclip_torch.project_(ln_params, ln),
+                  "prune.ln_structured(n=2, dim=0)", lambda: [P.ln_structured(m, "weight", 0.5, n=2, dim=0) for m in two_d],
+                  restore, "", True))
+    cases.append(("random_prune(0.5)", "project_", lambda: gradclip_torch.project_(params, rnd), "prune.random_unstructured",
+                  lambda: [P.random_unstructured(m, "weight", 0.5) for m in mods], restore, "", True))
+    no_native = {
+        "adaptive_clip(0.01)": ("apply_", gc.adaptive_clip(0.01)),
+        "autoclip(10, 1000)": ("attach", gc.autoclip(10.0, 1000)),
+        "zclip()": ("attach", gc.zclip()),
+        "clip_by_block_rms(1.0)": ("apply_", gc.clip_by_block_rms(1.0)),
+        "clip_update_rms(1.0)": ("apply_", gc.clip_update_rms(1.0)),
+        "clip_by_norm(1.0)": ("apply_", gc.clip_by_norm(1.0)),
+        "record_norms(100)": ("attach", gc.record_norms(100)),
+        "nm_prune(2, 4, axis=-1)": ("project_", gc.nm_prune(2, 4, axis=-1)),
+        "max_norm(2.0)": ("project_", gc.max_norm(2.0)),
+    }
+    for label, (path, rule) in no_native.items():
+        if path == "apply_":
+            fn = lambda rule=rule: gradclip_torch.apply_(params, rule)  # noqa: E731
+        elif path == "attach":
+            fn = hook_path(rule)
+        else:
+            fn = lambda rule=rule: gradclip_torch.project_(params, rule)  # noqa: E731
+        reset = restore if path == "project_" else None
+        cases.append((label, path, fn, "(ref) " + norm_native[0], norm_native[1], reset, "", False))
+
+    rows = []
+    for label, path, ours, native_name, native, reset, target, has_native in cases:
+        if only_rules and only_rules not in label:
+            continue
+        print(f"  torch: {label} ({path})...", file=sys.stderr, flush=True)
+        t_o, t_n, _ = time_pair(ours, native, sync, repeats, warmup, reset)
+        if reset:
+            reset()
+        m_n = peak_extra(native, sync, mem_kind)
+        if reset:
+            reset()
+        m_o = peak_extra(ours, sync, mem_kind)
+        rows.append(Row(label, "torch", path, native_name, t_o * 1e3, t_n * 1e3, m_o, m_n, target, has_native=has_native))
+    restore()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: torch on the GPU")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="gradient dtype")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per side first")
+    parser.add_argument("--shapes", default="gpt2", choices=SHAPE_SETS, help="parameter set (tiny: smoke test)")
+    parser.add_argument("--rules", default=None, help="only rows whose rule contains this text")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    n = sum(math.prod(s) for _, s in shape_set(args.shapes))
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
+          f"{len(shape_set(args.shapes))} tensors, {n / 1e6:.1f}M params, {args.dtype}, median of {args.repeats}")
+    rows = suite(args.device, args.dtype, args.repeats, args.warmup, args.shapes, args.rules)
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in rows], f)
+    return rows
 
 
 if __name__ == "__main__":

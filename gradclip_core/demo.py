@@ -1,8 +1,9 @@
-"""The main job (for now): clip one set of gradients with every core rule and show what each did.
+"""A core-only demo: clip one set of gradients with every core rule and show what each did.
 
-Run it with ``bash scripts/dev.sh demo`` (or ``python -m gradclip_core.demo``).
-The gradients are those of a small MLP with one exploding layer, in NumPy; every rule
-runs the same code it runs inside torch, optax and Keras.
+Run it with ``python -m gradclip_core.demo`` (NumPy only, no framework needed). The
+gradients are those of a small MLP with one exploding layer; every rule runs the same
+code it runs inside torch, optax and Keras. The main job (``bash scripts/dev.sh demo``)
+is :mod:`gradclip_demo`: one recipe trained in all three frameworks.
 """
 
 from __future__ import annotations

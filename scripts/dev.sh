@@ -2,7 +2,8 @@
 # gradclip developer entry point: sets up .venv/ (once, or again when the
 # dependency files change) and runs the main job or the test suite.
 #
-#   bash scripts/dev.sh demo [args]     set up, then run the main job
+#   bash scripts/dev.sh demo [args]     set up, then run the main job (python -m gradclip_demo:
+#                                       --framework, --steps, --out, ...; --help lists them)
 #   bash scripts/dev.sh test [args]     set up, then run the whole test suite
 #                                       (extra args go to pytest, e.g. -m slow)
 set -euo pipefail
@@ -79,7 +80,7 @@ run_tests() {
 cmd=${1:-}
 shift || true
 case "$cmd" in
-    demo) setup; exec "$VENV/bin/python" -m gradclip_core.demo "$@" ;;
+    demo) setup; exec "$VENV/bin/python" -m gradclip_demo "$@" ;;
     test) setup; run_tests "$@" ;;
     setup) setup ;;
     *) echo "usage: bash scripts/dev.sh demo|test|setup [args]" >&2; exit 2 ;;

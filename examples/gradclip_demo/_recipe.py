@@ -1,0 +1,36 @@
+"""The one gradclip recipe every framework runs."""
+
+from __future__ import annotations
+
+import gradclip_core as gc
+
+from ._config import Config
+
+
+def recipe(cfg: Config, axis: str) -> gc.Rule:
+    """Global-norm clip, gradual global magnitude pruning, max-norm constraint.
+
+    ``update`` (before the optimizer step) clips the global gradient norm to
+    ``cfg.clip_norm`` and masks pruned weights' gradients; ``project`` (after it)
+    recomputes the pruning masks every ``cfg.prune_every`` steps on a cubic schedule to
+    ``cfg.sparsity`` and bounds every output unit's weight norm by ``cfg.max_unit_norm``.
+
+    Args:
+      cfg: the run's :class:`Config`.
+      axis: the kernels' layout for the max-norm units: ``"out_first"`` for torch's
+        ``(out, in)`` Linear weights, ``"out_last"`` for ``(in, out)`` kernels (optax
+        here, Keras). Both give the norm of each output unit's incoming weights.
+
+    Returns:
+      A chained :class:`gradclip_core.Rule`.
+
+    Example:
+      >>> recipe(Config(), "out_last").name
+      'chain'
+    """
+    schedule = gc.polynomial_schedule(0, cfg.prune_end_step, cfg.prune_every)
+    return gc.chain(
+        gc.clip_by_global_norm(cfg.clip_norm),
+        gc.global_magnitude_prune(cfg.sparsity, schedule=schedule),
+        gc.max_norm(cfg.max_unit_norm, axis=axis),
+    )

@@ -1,0 +1,48 @@
+"""The unified benchmark command runs (smoke test: tiny shapes, few repeats; torch and optax only).
+
+Timings on the tiny set say nothing about performance; this only keeps the command working.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def test_run_quick_tiny_torch_and_optax():
+    cmd = [sys.executable, str(BENCH / "run.py"), "--quick", "--shapes", "tiny", "--only", "torch,optax",
+           "--rules", "clip_by_global_norm"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = out.stdout
+    assert "clip_grad_norm_(foreach=True)" in table and "optax.clip_by_global_norm" in table
+    rows, verdicts = table.split("DESIGN.md targets:")
+    assert rows.count("clip_by_global_norm(1.0") == 6  # torch: 2 rules x (apply_, attach); optax: 2 rules
+    assert sum(line.startswith(("holds", "MISSED")) for line in verdicts.splitlines()) == 6
+
+
+def test_run_rejects_unknown_suite_and_missing_cuda():
+    out = subprocess.run([sys.executable, str(BENCH / "run.py"), "--only", "mxnet"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--only" in out.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        out = subprocess.run([sys.executable, str(BENCH / "run.py"), "--device", "cuda", "--only", "torch"],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and "no CUDA device" in out.stderr
+
+
+@pytest.mark.parametrize("module", ["_shapes", "_measure", "_table"])
+def test_helper_doctests(module, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
