@@ -34,6 +34,7 @@ from ._per_example import PER_EXAMPLE_SEMANTICS, clip_per_example
 from ._suggest import record_norms, suggest_threshold
 from ._zclip import ZClipState, zclip
 from ._clip_norm import SEMANTICS, clip_by_global_norm, clip_by_norm
+from ._collective import Participants, all_reduce, collective
 from ._clip_rms import clip_by_block_rms, clip_update_rms
 from ._clip_value import clip_by_value
 from ._layout import LAYOUTS, layout_override, register_layout
@@ -106,4 +107,8 @@ __all__ = [
     "register_multi_ops",
     "register_layout",
     "layout_override",
+    # collectives for rules on shards (adapters: torch.distributed, shard_map)
+    "collective",
+    "all_reduce",
+    "Participants",
 ]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._layout import AxisSpec, check_axis, reduce_axes
-from ._multi import upcast
+from ._collective import active, all_reduce, static_total
+from ._layout import _DEFAULT_LAYOUT, _OVERRIDE, AxisSpec, check_axis, reduce_axes
+from ._namespace import namespace_name
+from ._multi import size, upcast
 from ._nonfinite import check_policy
-from ._numerics import const_like, fraction
+from ._numerics import const_like, count, fraction
 from ._rule import Rule, factory
 from ._stateless import stateless_rule
 from ._validate import check_threshold
@@ -21,6 +23,79 @@ def unit_norms(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
     """L2 norm of each unit of ``x`` (``sqrt(sum(x**2))`` over ``axes``, kept as size-1 dims)."""
     xc = upcast(xp, x, dtype)
     return xp.sqrt(xp.sum(xc * xc, axis=axes, keepdims=True))
+
+
+def _unit_sumsq(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
+    xc = upcast(xp, x, dtype)
+    return xp.sum(xc * xc, axis=axes, keepdims=True)
+
+
+def _unit_axes(xp: Any, axis: Any, shape: tuple) -> tuple | None:
+    """``reduce_axes`` of the *full* array: shards have a smaller leading dimension.
+
+    ``"out_first"``, ``"out_last"`` and explicit axes depend on the rank only; ``"optax"``
+    (which skips size-1 dimensions) and callables see the full shape, whose leading
+    dimension is summed over participants (:func:`gradclip_core._collective.static_total`).
+    """
+    if not active() or not shape:
+        return reduce_axes(xp, axis, shape)
+    resolved = axis
+    if resolved is None:
+        resolved = _OVERRIDE.get() or _DEFAULT_LAYOUT.get(namespace_name(xp))
+    if resolved == "optax" or callable(resolved):
+        shape = (static_total(shape[0]),) + tuple(shape[1:])
+    return reduce_axes(xp, axis, shape)
+
+
+def _split(axes: tuple | None, ndim: int) -> bool:
+    """Whether a unit spans shards: shards split the leading axis, and the unit reduces it."""
+    return ndim >= 1 and (axes is None or 0 in axes)
+
+
+def _sharded_unit_norms(xp: Any, grads: list, params: list, axis: Any) -> dict:
+    """``{i: (g_norm, p_norm)}`` of the full units of arrays whose units span shards.
+
+    One collective: the per-unit sums of squares of all those arrays (gradients and
+    weights) are concatenated into one vector, summed over participants, split back.
+    """
+    idx, parts = [], []
+    for i, (g, p) in enumerate(zip(grads, params)):
+        axes = _unit_axes(xp, axis, tuple(g.shape))
+        if _split(axes, g.ndim):
+            dt = xp.float64 if g.dtype == xp.float64 else xp.float32
+            idx.append(i)
+            parts += [_unit_sumsq(xp, g, axes, dt), _unit_sumsq(xp, p, axes, dt)]
+    if not idx:
+        return {}
+    dt = xp.float64 if any(x.dtype == xp.float64 for x in parts) else xp.float32
+    flat = xp.concat([xp.reshape(upcast(xp, x, dt), (-1,)) for x in parts])
+    total = xp.sqrt(all_reduce(xp, flat, "sum"))
+    out, start = {}, 0
+    for j, i in enumerate(idx):
+        pair = []
+        for x in parts[2 * j : 2 * j + 2]:
+            n = size(x)
+            pair.append(upcast(xp, xp.reshape(total[start : start + n], x.shape), x.dtype))
+            start += n
+        out[i] = tuple(pair)
+    return out
+
+
+def _sharded_fraction(xp: Any, flags: list, split: dict) -> Any:
+    """Clipped fraction of all units over participants (one collective).
+
+    Units that span shards have the same flag on every participant and count once;
+    the others are summed over participants.
+    """
+    local = [f for i, f in enumerate(flags) if i not in split]
+    shared = [f for i, f in enumerate(flags) if i in split]
+    zero = xp.zeros((), dtype=xp.float32)
+    hits = sum((count(xp, f) for f in local), zero)
+    n_local = float(sum(size(f) for f in local))
+    both = all_reduce(xp, xp.stack([hits, xp.asarray(n_local, dtype=xp.float32)]), "sum")
+    hits = both[0] + sum((count(xp, f) for f in shared), zero)
+    total = both[1] + float(sum(size(f) for f in shared))
+    return xp.where(total > 0, hits / xp.where(total > 0, total, xp.ones_like(total)), zero)
 
 
 @factory
@@ -72,16 +147,23 @@ def adaptive_clip(
 
     def clip(xp: Any, grads: list, params: list) -> tuple[list, dict]:
         out, flags = [], []
-        for g, p in zip(grads, params):
-            axes = reduce_axes(xp, axis, tuple(g.shape))
+        sharded = active()
+        split = _sharded_unit_norms(xp, grads, params, axis) if sharded else {}
+        for i, (g, p) in enumerate(zip(grads, params)):
+            axes = _unit_axes(xp, axis, tuple(g.shape))
             dt = xp.float64 if g.dtype == xp.float64 else xp.float32
-            g_norm = unit_norms(xp, g, axes, dt)
-            max_norm = clipping * xp.maximum(unit_norms(xp, p, axes, dt), const_like(xp, g_norm, eps))
+            if i in split:
+                g_norm, p_norm = split[i]
+            else:
+                g_norm, p_norm = unit_norms(xp, g, axes, dt), unit_norms(xp, p, axes, dt)
+            max_norm = clipping * xp.maximum(p_norm, const_like(xp, g_norm, eps))
             trigger = g_norm < max_norm
             gc = upcast(xp, g, dt)
             clipped = gc * (max_norm / xp.maximum(g_norm, const_like(xp, g_norm, _DIV_EPS)))
             out.append(upcast(xp, xp.where(trigger, gc, clipped), g.dtype))
             flags.append(xp.logical_not(trigger))
+        if sharded:
+            return out, {"clipped_fraction": _sharded_fraction(xp, flags, split)}
         return out, {"clipped_fraction": fraction(xp, flags)}
 
     return stateless_rule("adaptive_clip", clip, nonfinite, needs_params=True)

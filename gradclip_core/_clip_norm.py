@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from ._collective import active, all_reduce
 from ._multi import array_norms, array_sumsq, multiply, upcast
 from ._nonfinite import check_policy
 from ._numerics import acc_dtype, const_like, fraction, min_ratio, stack_norm
@@ -67,14 +68,45 @@ def _multiplier(xp: Any, sem: str, max_norm: Any, norm: Any) -> Any:
     return xp.minimum(max_norm / (norm + _TORCH_EPS), xp.ones_like(norm))  # torch clip_grads_with_norm_
 
 
+# ------------------------------------------------------------------------- sharded
+
+
+def _unstack(xp: Any, v: Any, n: int) -> list:
+    return [v[i] for i in range(n)]
+
+
+def norms_over_shards(xp: Any, grads: Sequence[Any], ord: float, dtype: Any) -> list:
+    """Per-array ``ord``-norms of the *full* arrays (``array_norms`` when not sharded).
+
+    Under a collective (:mod:`gradclip_core._collective`) each array is a shard: the
+    shards' norms are combined with ONE collective of the stacked partials (squares
+    summed for ord 2, sums for ord 1, maxima for inf), then the per-array norms rebuilt.
+    """
+    norms = array_norms(xp, grads, ord, dtype)
+    if not active() or not norms:
+        return norms
+    v = xp.stack(norms)
+    if ord == 2.0:
+        return _unstack(xp, xp.sqrt(all_reduce(xp, v * v, "sum")), len(norms))
+    return _unstack(xp, all_reduce(xp, v, "max" if ord == float("inf") else "sum"), len(norms))
+
+
+def sumsq_over_shards(xp: Any, grads: Sequence[Any], dtype: Any) -> list:
+    """Per-array sums of squares of the full arrays (one collective under sharding)."""
+    sums = array_sumsq(xp, grads, dtype)
+    if not active() or not sums:
+        return sums
+    return _unstack(xp, all_reduce(xp, xp.stack(sums), "sum"), len(sums))
+
+
 # ----------------------------------------------------------------------------- global
 
 
 def _global_norm(xp: Any, grads: Sequence[Any], ord: float, sem: str) -> Any:
     dtype = acc_dtype(xp, grads)
     if sem in ("canonical", "torch"):
-        return stack_norm(xp, array_norms(xp, grads, ord, dtype), ord)
-    sums = array_sumsq(xp, grads, dtype)
+        return stack_norm(xp, norms_over_shards(xp, grads, ord, dtype), ord)
+    sums = sumsq_over_shards(xp, grads, dtype)
     if sem == "optax":  # jax.tree.reduce(operator.add, sums, initializer=0)
         total = sums[0]
         for s in sums[1:]:
@@ -155,11 +187,11 @@ def _per_array(xp: Any, grads: list, max_norm: Any, ord: float, sem: str) -> tup
     """(clipped arrays, per-array norms, per-array clipped flags)."""
     dtype = acc_dtype(xp, grads)
     if sem in ("canonical", "torch"):
-        norms = array_norms(xp, grads, ord, dtype)
+        norms = norms_over_shards(xp, grads, ord, dtype)
         scales = [_multiplier(xp, sem, max_norm, n) for n in norms]
         return multiply(xp, grads, scales), norms, [s < 1 for s in scales]
     if sem == "optax":
-        norms = [xp.sqrt(s) for s in array_sumsq(xp, grads, dtype)]
+        norms = [xp.sqrt(s) for s in sumsq_over_shards(xp, grads, dtype)]
         out, flags = [], []
         for g, n in zip(grads, norms):
             trigger = n < max_norm
@@ -172,7 +204,7 @@ def _per_array(xp: Any, grads: list, max_norm: Any, ord: float, sem: str) -> tup
         return out, norms, flags
     # keras: BaseOptimizer._clip_by_norm
     out, norms = [], []
-    for g, l2sum in zip(grads, array_sumsq(xp, grads, dtype)):
+    for g, l2sum in zip(grads, sumsq_over_shards(xp, grads, dtype)):
         pred = l2sum > 0
         l2norm = xp.where(pred, xp.sqrt(xp.where(pred, l2sum, xp.ones_like(l2sum))), l2sum)
         denom = xp.maximum(l2norm, const_like(xp, l2norm, max_norm))
@@ -225,7 +257,7 @@ def clip_by_norm(
 
     def clip(xp: Any, grads: list, params: Any) -> tuple[list, dict]:
         if _is_off(sem, max_norm):
-            norm = stack_norm(xp, array_norms(xp, grads, ord_, acc_dtype(xp, grads)), ord_)
+            norm = stack_norm(xp, norms_over_shards(xp, grads, ord_, acc_dtype(xp, grads)), ord_)
             return grads, {"norm": norm, "clipped_fraction": xp.zeros((), dtype=xp.float32)}
         out, norms, flags = _per_array(xp, grads, max_norm, ord_, sem)
         return out, {"norm": stack_norm(xp, norms, ord_), "clipped_fraction": fraction(xp, flags, [1] * len(flags))}

@@ -76,9 +76,15 @@ def device_kw(params: Any) -> dict:
     try:
         import array_api_compat
 
-        return {"device": array_api_compat.device(params[0])}
+        device = array_api_compat.device(params[0])
     except Exception:  # a namespace array-api-compat does not know (e.g. Keras/TF)
         return {}
+    # A JAX array sharded over several devices reports its sharding (e.g. P("x") over a
+    # mesh), which cannot place a 0-d or differently shaped state: leave placement to JAX.
+    devices = getattr(device, "device_set", None)
+    if devices is not None and len(devices) > 1:
+        return {}
+    return {"device": device}
 
 
 def state_namespace(params: Any) -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from ._collective import active, all_reduce
 from ._namespace import namespace
 
 __all__ = ["POLICIES", "check_policy", "guard_update", "all_finite", "tree_select"]
@@ -42,6 +43,8 @@ def all_finite(xp: Any, xs: Sequence[Any]) -> Any:
     out = flags[0]
     for f in flags[1:]:
         out = xp.logical_and(out, f)
+    if active():  # shards: every participant must take the same branch (one collective)
+        out = all_reduce(xp, xp.astype(xp.logical_not(out), xp.int32), "max") == 0
     return out
 
 

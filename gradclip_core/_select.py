@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._collective import active, all_gather, all_reduce, static_total
 from ._multi import override, register_multi_ops, size, upcast
 
 __all__ = [
@@ -143,6 +144,8 @@ def prune_smallest(
         res = fast(xp, xs, k, masks, divisors)
         if res is not NotImplemented:
             return res
+    if active():
+        return _prune_smallest_sharded(xp, xs, k, masks, divisors)
     live = [i for i, x in enumerate(xs) if size(x) > 0]
     keep: list[Any] = [xp.ones(x.shape, dtype=xp.bool) for x in xs]
     zero = xp.zeros((), dtype=xp.float32)
@@ -181,6 +184,82 @@ def prune_smallest(
         thr = xp.maximum(thr, xp.max(xp.where(eq, scores[i], zero)))
     thr = xp.where(pos == 0, zero, thr)
     return keep, thr
+
+
+def _prune_smallest_sharded(
+    xp: Any,
+    xs: list,
+    k: Any,
+    masks: Sequence[Any] | None,
+    divisors: Sequence[Any] | None,
+) -> tuple[list, Any]:
+    """:func:`prune_smallest` on shards (a collective is active), same masks as one process.
+
+    Every count is summed over participants: the 31 selection passes cost one
+    collective each, then one for ``count(key < T)`` and the per-array tie counts
+    (gathered, so each shard knows how many ties precede it in the global flat order:
+    earlier arrays on every participant, then this array on earlier participants;
+    shards split the leading axis in participant order, see
+    :mod:`gradclip_core._collective`). The element count ``n`` is the global one. So the
+    threshold, the pruned count and the masks (ties included) equal the single-process
+    result. Empty shards take part in every collective.
+    """
+    keep: list[Any] = [xp.ones(x.shape, dtype=xp.bool) for x in xs]
+    zero = xp.zeros((), dtype=xp.float32)
+    if not xs:
+        return keep, zero
+    scores, keys = [], []
+    for i, x in enumerate(xs):
+        s = float32_scores(xp, x, None if divisors is None else divisors[i])
+        key = order_keys(xp, s) + 1 if size(x) else xp.zeros(x.shape, dtype=xp.int32)
+        if masks is not None:
+            key = xp.where(masks[i], key, xp.zeros_like(key))
+        scores.append(s)
+        keys.append(key)
+    n = static_total(sum(size(x) for x in xs))
+    cnt0 = _count(xp, xp.zeros((1,), dtype=xp.bool))
+    kk = xp.asarray(k, dtype=cnt0.dtype) if not hasattr(k, "shape") else xp.astype(k, cnt0.dtype)
+    kk = xp.minimum(xp.maximum(kk, xp.zeros_like(kk)), xp.full_like(kk, n))
+
+    def global_count(flag_of: Callable[[Any], Any]) -> Any:
+        return all_reduce(xp, _total(xp, [_count(xp, flag_of(key)) for key in keys]), "sum")
+
+    pos = xp.zeros((), dtype=xp.int32)
+    for b in range(_KEY_BITS - 1, -1, -1):
+        cand = pos + (2**b - 1)
+        c = global_count(lambda key: key <= cand)
+        pos = xp.where(c < kk, pos + 2**b, pos)
+    ties = xp.stack([_count(xp, key == pos) for key in keys] + [_total(xp, [_count(xp, key < pos) for key in keys])])
+    table = all_gather(xp, ties)  # (participants, arrays + 1)
+    me = xp.arange(table.shape[0], dtype=xp.int32) < xp.astype(xp.asarray(_index(xp)), xp.int32)
+    earlier = xp.sum(xp.where(xp.reshape(me, (-1, 1)), table, xp.zeros_like(table)), axis=0)  # on earlier participants
+    everywhere = xp.sum(table, axis=0)
+    r = kk - everywhere[-1]  # ties to prune at key == pos
+    before = cnt0
+    thr = zero
+    for i, key in enumerate(keys):
+        eq = key == pos
+        flat = xp.reshape(eq, (-1,))
+        cs = xp.cumulative_sum(xp.astype(flat, cnt0.dtype)) + before + earlier[i]
+        tie_pruned = xp.reshape(flat & (cs <= r), key.shape)
+        keep[i] = (key > pos) | (eq & xp.logical_not(tie_pruned))
+        if masks is not None:
+            keep[i] = keep[i] & masks[i]
+        before = before + everywhere[i]
+        if size(key):
+            thr = xp.maximum(thr, xp.max(xp.where(eq, scores[i], zero)))
+    # Every element with key == pos has the same score: the threshold needs no collective,
+    # except on a participant without any such element; take the max over participants
+    # of the 0-d results only where a tie exists anywhere (every participant agrees on pos).
+    thr = all_reduce(xp, thr, "max")
+    thr = xp.where(pos == 0, zero, thr)
+    return keep, thr
+
+
+def _index(xp: Any) -> Any:
+    from ._collective import _need
+
+    return _need("index", "exact pruning ties")(xp)
 
 
 def apply_masks(xp: Any, xs: Sequence[Any], masks: Sequence[Any]) -> list[Any]:

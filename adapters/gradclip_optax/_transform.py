@@ -9,6 +9,7 @@ import optax
 
 import gradclip_core as gc
 
+from ._axis import axis_collective, check_axis_name
 from ._flat import flatten, params_like
 from ._state import TransformState, info_like, match_info
 
@@ -22,7 +23,7 @@ def check_rule(rule: Any) -> gc.Rule:
     return rule
 
 
-def transform(rule: gc.Rule) -> optax.GradientTransformation:
+def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransformation:
     """The ``update`` part of a gradclip rule as an optax ``GradientTransformation``.
 
     Use it as a chain element, usually before the optimizer::
@@ -55,8 +56,17 @@ def transform(rule: gc.Rule) -> optax.GradientTransformation:
     step, which a chain element never sees: they need :func:`gradclip_optax.wrap`, and
     ``transform`` raises for them.
 
+    Sharded updates: under ``jax.jit`` with ``NamedSharding`` nothing changes (the
+    arrays are global, XLA adds the collectives). Inside ``shard_map`` / ``pmap``, where
+    each instance holds a shard (block of leading rows) of every array, pass the mapped
+    axis as ``axis_name``: global norms and counts are then reduced with ``lax.psum`` /
+    ``lax.pmax`` over it, once per step for a global-norm clip. Leave it ``None`` for
+    replicated gradients (after ``lax.pmean``).
+
     Args:
       rule: a :class:`gradclip_core.Rule` without a ``project`` part.
+      axis_name: ``None``, or the ``shard_map`` / ``pmap`` axis the updates are sharded
+        over (a name or a tuple of names).
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`TransformState`.
@@ -78,6 +88,7 @@ def transform(rule: gc.Rule) -> optax.GradientTransformation:
       ([-0.6, -0.8], 5.0)
     """
     check_rule(rule)
+    axis_name = check_axis_name(axis_name)
     if rule.has_project:
         raise ValueError(
             f"rule {rule.name!r} has a project part (it acts on the weights after the optimizer step), "
@@ -93,7 +104,8 @@ def transform(rule: gc.Rule) -> optax.GradientTransformation:
     def update_fn(updates: Any, state: TransformState, params: Any = None) -> tuple[Any, TransformState]:
         leaves, treedef = flatten(updates)
         p = params_like(treedef, params, rule.name, rule.needs_params)
-        out, rule_state, info = rule.update(leaves, state.rule_state, p)
+        with axis_collective(axis_name):
+            out, rule_state, info = rule.update(leaves, state.rule_state, p)
         return jax.tree.unflatten(treedef, out), TransformState(rule_state, match_info(info, state.info))
 
     return optax.GradientTransformation(init_fn, update_fn)

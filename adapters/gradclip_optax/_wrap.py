@@ -10,6 +10,7 @@ import optax
 
 import gradclip_core as gc
 
+from ._axis import axis_collective, check_axis_name
 from ._flat import flatten, params_like
 from ._state import WrapState, info_like, match_info
 from ._transform import check_rule
@@ -41,7 +42,9 @@ def _keep_if(skip: jax.Array, old: Any, new: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(skip, a, b), old, new)
 
 
-def wrap(rule: gc.Rule, inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def wrap(
+    rule: gc.Rule, inner: optax.GradientTransformation, *, axis_name: Any = None
+) -> optax.GradientTransformationExtraArgs:
     """An optimizer ``inner`` with a gradclip rule applied before and after its step.
 
     One ``update(grads, state, params)`` does, on the flattened pytrees::
@@ -74,6 +77,10 @@ def wrap(rule: gc.Rule, inner: optax.GradientTransformation) -> optax.GradientTr
     Args:
       rule: any :class:`gradclip_core.Rule` (clipping, constraint, pruning, a chain).
       inner: the optimizer (any ``optax.GradientTransformation``).
+      axis_name: ``None``, or the ``shard_map`` / ``pmap`` axis over which the updates and
+        params are sharded (blocks of leading rows): the rule's global norms, pruning
+        thresholds and counts are reduced over it (see :func:`gradclip_optax.transform`).
+        The pruning masks in the state are then shards too.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`WrapState`
@@ -92,6 +99,7 @@ def wrap(rule: gc.Rule, inner: optax.GradientTransformation) -> optax.GradientTr
       ([1.0, 2.0], 1)
     """
     check_rule(rule)
+    axis_name = check_axis_name(axis_name)
     inner = optax.with_extra_args_support(inner)
     project = rule.has_project
 
@@ -117,7 +125,8 @@ def wrap(rule: gc.Rule, inner: optax.GradientTransformation) -> optax.GradientTr
     def update_fn(updates: Any, state: WrapState, params: Any = None, **extra: Any) -> tuple[Any, WrapState]:
         leaves, treedef = flatten(updates)
         p = params_like(treedef, params, rule.name, required=True)
-        u, rule_state, inner_state, info = step(leaves, treedef, state, p, params, **extra)
+        with axis_collective(axis_name):
+            u, rule_state, inner_state, info = step(leaves, treedef, state, p, params, **extra)
         skip = skipped(info)
         if skip is not None:
             u = [jnp.where(skip, jnp.zeros_like(x), x) for x in u]

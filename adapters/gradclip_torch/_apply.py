@@ -9,6 +9,7 @@ import torch
 
 from gradclip_core import Rule
 
+from ._distributed import localize
 from ._ops import owned
 
 __all__ = ["apply_", "project_", "collect", "update_grads", "project_params"]
@@ -115,14 +116,15 @@ def _write_back(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> Non
 
 
 def update_grads(
-    rule: Rule, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: Any
+    rule: Rule, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: Any, process_group: Any = None
 ) -> tuple[Any, dict]:
     """``rule.update`` on ``grads``, written back into them in place; returns ``(state, info)``.
 
     Everything is checked before anything is written: if the rule raises, the
-    gradients and ``state`` are untouched.
+    gradients and ``state`` are untouched. DTensors (FSDP2) or ``process_group``: the
+    rule runs on the local shards under a collective (``gradclip_torch._distributed``).
     """
-    with torch.no_grad():
+    with torch.no_grad(), localize([params, grads], process_group) as (params, grads):
         if not grads:
             return (rule.init([]) if state is None else state), {}
         views = [p.detach() for p in params] if (rule.needs_params or state is None) else None
@@ -138,9 +140,9 @@ def update_grads(
     return new_state, dict(info)
 
 
-def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any) -> tuple[Any, dict]:
+def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, process_group: Any = None) -> tuple[Any, dict]:
     """``rule.project`` on the weights ``params``, written back in place; returns ``(state, info)``."""
-    with torch.no_grad():
+    with torch.no_grad(), localize([params], process_group) as (params,):
         views = [p.detach() for p in params]
         if state is None:
             state = rule.init(views)
@@ -154,7 +156,7 @@ def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any) -> tu
     return new_state, dict(info)
 
 
-def apply_(parameters: Parameters, rule: Rule, state: Any = None) -> tuple[Any, dict]:
+def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_group: Any = None) -> tuple[Any, dict]:
     """Apply ``rule.update`` to the gradients of ``parameters``, in place (like ``clip_grad_norm_``).
 
     Parameters whose ``grad`` is ``None`` are skipped, as torch does: the rule sees only
@@ -168,6 +170,10 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None) -> tuple[Any, 
       rule: a gradclip rule, e.g. ``gradclip_core.clip_by_global_norm(1.0)``.
       state: the rule state returned by the previous call, or ``None`` to start from
         ``rule.init`` of the parameters that have a gradient (stateless rules need none).
+      process_group: for plain tensors that are each rank's shard (block of rows) of the
+        full arrays: reduce the rule's global quantities over this group. Not needed for
+        DDP (replicated gradients) nor for FSDP2 (DTensors are detected, their mesh's
+        group is used).
 
     Returns:
       ``(state, info)``: the new rule state, and a dict of 0-d tensors for logging
@@ -191,10 +197,10 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None) -> tuple[Any, 
     params, grads = collect(parameters)
     if rule.needs_params:
         _check_devices(list(params) + list(grads), "the parameters and their gradients")
-    return update_grads(rule, params, grads, state)
+    return update_grads(rule, params, grads, state, process_group)
 
 
-def project_(parameters: Parameters, rule: Rule, state: Any = None) -> tuple[Any, dict]:
+def project_(parameters: Parameters, rule: Rule, state: Any = None, *, process_group: Any = None) -> tuple[Any, dict]:
     """Apply ``rule.project`` to the weights of ``parameters``, in place (after ``optimizer.step()``).
 
     Clipping rules do nothing here; constraints and pruning re-project the weights.
@@ -203,6 +209,7 @@ def project_(parameters: Parameters, rule: Rule, state: Any = None) -> tuple[Any
       parameters: a tensor or an iterable of tensors.
       rule: a gradclip rule.
       state: the rule state (as returned by :func:`apply_`), or ``None`` for ``rule.init``.
+      process_group: as in :func:`apply_` (sharded plain tensors).
 
     Returns:
       ``(state, info)`` like :func:`apply_`.
@@ -219,4 +226,4 @@ def project_(parameters: Parameters, rule: Rule, state: Any = None) -> tuple[Any
     _check_rule(rule, "project_")
     params = _as_list(parameters)
     _check_devices(params, "the parameters")
-    return project_params(rule, params, state)
+    return project_params(rule, params, state, process_group)

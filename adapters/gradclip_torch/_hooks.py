@@ -31,6 +31,7 @@ import torch
 from gradclip_core import Rule
 
 from ._apply import _check_devices, _check_rule, collect, project_params, update_grads
+from ._distributed import local
 from ._state import check_leaves, flatten, structure, unflatten
 
 __all__ = ["attach", "Handle"]
@@ -61,8 +62,9 @@ class Handle:
       >>> handle.remove()
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, rule: Rule) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, rule: Rule, process_group: Any = None) -> None:
         self.rule = rule
+        self.process_group = process_group
         self.optimizer = optimizer
         self.info: dict[str, torch.Tensor] = {}
         self._state: Any = None
@@ -76,7 +78,7 @@ class Handle:
     def _materialize(self, params: list[torch.Tensor]) -> None:
         """Build the state on the first step: ``rule.init``, or the loaded checkpoint."""
         with torch.no_grad():
-            template = self.rule.init([p.detach() for p in params])
+            template = self.rule.init([local(p.detach()) for p in params])  # DTensors: local shards
         if self._pending is not None:
             check_leaves(template, self._pending)
             device = params[0].device if params else None
@@ -92,14 +94,14 @@ class Handle:
             _check_devices(list(params) + list(grads), "the parameters and their gradients")
         if self._state is None:
             self._materialize(params)
-        self._state, info = update_grads(self.rule, params, grads, self._state)
+        self._state, info = update_grads(self.rule, params, grads, self._state, self.process_group)
         self._params = params
         self.info = info
 
     def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self.rule.has_project:  # clipping rules: nothing to do after the step
             return
-        self._state, info = project_params(self.rule, self._params, self._state)
+        self._state, info = project_params(self.rule, self._params, self._state, self.process_group)
         if info:
             self.info = {**self.info, **info}
 
@@ -178,12 +180,18 @@ class Handle:
         return f"Handle(rule={self.rule.name!r}, optimizer={type(self.optimizer).__name__})"
 
 
-def attach(optimizer: torch.optim.Optimizer, rule: Rule) -> Handle:
+def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any = None) -> Handle:
     """Run ``rule`` inside every ``optimizer.step()`` (step pre- and post-hooks).
+
+    Works unchanged with DDP (replicated gradients) and FSDP2 (DTensor parameters:
+    the rule runs on the local shards and all-reduces its global quantities over the
+    mesh, see ``gradclip_torch._distributed``).
 
     Args:
       optimizer: any ``torch.optim.Optimizer``.
       rule: a gradclip rule.
+      process_group: only for plain tensors that are each rank's shard of the full
+        arrays: the group to reduce over.
 
     Returns:
       A :class:`Handle` with ``.remove()``, ``.info`` (last info, tensors),
@@ -205,4 +213,4 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule) -> Handle:
     _check_rule(rule, "attach")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    return Handle(optimizer, rule)
+    return Handle(optimizer, rule, process_group)

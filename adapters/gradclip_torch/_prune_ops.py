@@ -24,6 +24,9 @@ from typing import Any, Sequence
 
 import torch
 
+import array_api_compat.torch as _XP
+from gradclip_core._collective import active, all_gather, all_reduce
+
 from ._ops import _owned_ids
 
 __all__ = ["prune_smallest", "order_keys", "apply_masks", "cond", "register"]
@@ -108,11 +111,14 @@ def prune_smallest(
     n = sum(f.numel() for f in flats)
     keep = [torch.ones(x.shape, dtype=torch.bool, device=device) for x in xs]
     zero = torch.zeros((), dtype=torch.float32, device=device)
-    if n == 0:
+    sharded = active()  # shards of DTensors: every pass's histogram is summed over ranks
+    if n == 0 and not sharded:
         return keep, zero
-    kk = torch.as_tensor(k, device=device).to(torch.int64).clamp(0, n)
+    kk = torch.as_tensor(k, device=device).to(torch.int64)
+    if not sharded:
+        kk = kk.clamp(0, n)
 
-    width = min(CHUNK, max(f.numel() for f in flats))
+    width = max(1, min(CHUNK, max(f.numel() for f in flats)))
     buf = torch.empty(width, dtype=torch.float32, device=device)
     top_buf = torch.empty(width, dtype=torch.int32, device=device)
     flag_buf = torch.empty(width, dtype=torch.bool, device=device)
@@ -128,12 +134,15 @@ def prune_smallest(
     hist = torch.zeros(1 << 16, dtype=torch.int64, device=device)
     for i, s, e, _ in _chunks(flats):
         hist += torch.bincount(top16(keys(i, s, e)), minlength=1 << 16)
+    if sharded:
+        hist = all_reduce(None, hist, "sum")  # one collective per pass
+        kk = torch.minimum(kk.clamp(min=0), hist.sum())  # the global element count
     cum = hist.cumsum(0)
     b1 = torch.searchsorted(cum, kk.reshape(1)).clamp(max=(1 << 16) - 1)[0]
     below1 = cum[b1] - hist[b1]
     flat_keep = [m.reshape(-1) for m in keep]
     eager_cpu = device.type == "cpu" and not torch.compiler.is_compiling()
-    if eager_cpu and int(hist[b1]) <= CANDIDATES:
+    if eager_cpu and not sharded and int(hist[b1]) <= CANDIDATES:
         b1_ = int(b1)
         cand_keys, cand_pos = [], []
         for i, s, e, g in _chunks(flats):
@@ -164,24 +173,49 @@ def prune_smallest(
             key = keys(i, s, e)
             low = torch.where((key >> 15) == b1, key & 0x7FFF, 1 << 15)
             hist2 += torch.bincount(low, minlength=(1 << 15) + 1)
+        if sharded:
+            hist2 = all_reduce(None, hist2, "sum")
         cum2 = hist2[: 1 << 15].cumsum(0)
         rem = (kk - below1).reshape(1)
         b2 = torch.searchsorted(cum2, rem).clamp(max=(1 << 15) - 1)[0]
         T = (b1 << 15) | b2
         r = kk - below1 - (cum2[b2] - hist2[b2])
+        offsets = _tie_offsets(flats, keys, T, device) if sharded else None
         running = torch.zeros((), dtype=torch.int64, device=device)
         for i, s, e, _ in _chunks(flats):
             key = keys(i, s, e)
             eq = key == T
-            cs = eq.cumsum(0) + running
+            start = running if offsets is None else offsets[i] + running
+            cs = eq.cumsum(0) + start
             flat_keep[i][s:e] = (key > T) | (eq & (cs > r))
             running = running + eq.sum()
+            if offsets is not None and e == flats[i].numel():
+                running = torch.zeros((), dtype=torch.int64, device=device)  # next array: its own offset
     if masks is not None:
         for m, o in zip(keep, masks):
             m &= o
     T = torch.as_tensor(T, device=device).to(torch.int32)
     thr = torch.where(T > 0, (T - 1).clamp(min=0).reshape(1).view(torch.float32)[0], zero)
     return keep, thr
+
+
+def _tie_offsets(flats: list[torch.Tensor], keys: Any, T: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sharded ties: for each array, how many elements with key ``T`` precede this shard.
+
+    In the global flat order (array by array; within an array, shards in rank order,
+    FSDP2's ``Shard(0)``): ties of earlier arrays on every rank, plus ties of this array
+    on earlier ranks. One extra pass counting the ties per array, one collective.
+    """
+    counts = torch.zeros(len(flats), dtype=torch.int64, device=device)
+    for i, s, e, _ in _chunks(flats):
+        counts[i] += (keys(i, s, e) == T).sum()
+    table = all_gather(_XP, counts)  # (ranks, arrays)
+    from gradclip_core._collective import _need
+
+    rank = int(_need("index", "exact pruning ties")(_XP))
+    everywhere = table.sum(0)
+    earlier_arrays = everywhere.cumsum(0) - everywhere
+    return earlier_arrays + table[:rank].sum(0)
 
 
 def apply_masks(xp: Any, xs: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
