@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Sequence
 
+from ._collective import active, all_reduce, static_total
 from ._hash import hash_keys
 from ._multi import size
 from ._namespace import namespace
@@ -79,6 +80,25 @@ def sparsity_info(xp: Any, masks: Sequence[Any]) -> dict:
         total += n
     info["sparsity"] = pruned / float(total) if total else xp.zeros((), dtype=xp.float32)
     return {"sparsity": info.pop("sparsity"), **info}
+
+
+def _sparsity_info_sharded(xp: Any, masks: Sequence[Any]) -> dict:
+    """:func:`sparsity_info` of the full arrays when ``masks`` are shards (one collective)."""
+    if not masks:
+        return {"sparsity": xp.zeros((), dtype=xp.float32)}
+    pruned = [float(size(m)) - xp.astype(xp.count_nonzero(m), xp.float32) for m in masks]
+    sizes = [xp.asarray(float(size(m)), dtype=xp.float32) for m in masks]
+    v = all_reduce(xp, xp.stack(pruned + sizes), "sum")
+    k = len(masks)
+    zero = xp.zeros((), dtype=xp.float32)
+
+    def frac(p: Any, n: Any) -> Any:
+        return xp.where(n > 0, p / xp.where(n > 0, n, xp.ones_like(n)), zero)
+
+    info = {"sparsity": frac(xp.sum(v[:k]), xp.sum(v[k:]))}
+    for i in range(k):
+        info[f"sparsity/{i}"] = frac(v[i], v[k + i])
+    return info
 
 
 def _init_state(params: Sequence[Any]) -> PruneState:
@@ -137,7 +157,7 @@ def mask_rule(name: str, compute: ComputeFn, schedule: Schedule, amount: float |
         masks, thr = cond(xp, schedule.active(xp, t), recompute, keep)
         masks = list(masks)
         out = apply_masks(xp, params, masks)
-        info = sparsity_info(xp, masks)
+        info = _sparsity_info_sharded(xp, masks) if active() else sparsity_info(xp, masks)
         if threshold_info:
             info["threshold"] = thr
         return out, PruneState(t + 1, tuple(masks)), info
@@ -199,13 +219,14 @@ def magnitude_prune(
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
         masks = []
         for p, m in zip(params, old):
-            if size(p) == 0:
+            n = size(p) if threshold is not None else static_total(size(p))  # global under sharding
+            if n == 0:
                 masks.append(m)
             elif threshold is not None:
                 small = float32_scores(xp, p) < threshold
                 masks.append(m & xp.logical_not(small))
             else:
-                keep, _ = prune_smallest(xp, [p], prune_count(xp, target, size(p), rounding), [m])
+                keep, _ = prune_smallest(xp, [p], prune_count(xp, target, n, rounding), [m])
                 masks.append(keep[0])
         return masks, None
 
@@ -233,8 +254,11 @@ def global_magnitude_prune(
       amount: target sparsity in ``[0, 1]`` (the final one for a polynomial schedule).
       normalize: score ``|w| / (||w||_2 + 1e-8)`` per array (jaxpruner's
         ``use_normalization``), so no array is pruned away just for its scale. The
-        norm is a float32 reduction whose last bit can differ between frameworks, so
-        masks with ``normalize=True`` agree across frameworks except at near-ties.
+        norm is a float32 reduction whose summation order (and so last bit) is the
+        framework's own (``vector_norm``: pairwise, blocked or tree sums), so masks with
+        ``normalize=True`` agree across frameworks except at near-ties: scores of two
+        arrays within ~1 ulp of each other may swap order (the parity suite's random
+        cases have none). ``normalize=False`` masks are bit-identical everywhere.
       schedule: ``None`` (one-shot at step 0), or a schedule preset.
       rounding: ``"prune"`` (torch) or ``"keep"`` (tfmot / jaxpruner).
 
@@ -258,9 +282,13 @@ def global_magnitude_prune(
     rounding = check_rounding(rounding)
 
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
-        n = sum(size(p) for p in params)
+        n = static_total(sum(size(p) for p in params))  # the global count under sharding
         divisors = None
-        if normalize:
+        if normalize and active():
+            sq = [xp.sum(float32_scores(xp, p) * float32_scores(xp, p)) for p in params]
+            norms = xp.sqrt(all_reduce(xp, xp.stack(sq), "sum"))
+            divisors = [norms[i] + _NORM_EPS for i in range(len(params))]
+        elif normalize:
             divisors = [
                 xp.linalg.vector_norm(float32_scores(xp, p)) + _NORM_EPS if size(p) else xp.ones((), dtype=xp.float32)
                 for p in params

@@ -12,6 +12,9 @@ Three entry points (``import gradclip_core as gc``):
 - :class:`Callback` ``(rule)``: a weight rule applied on a schedule during ``fit``
   (like tfmot's ``UpdatePruningStep``); :class:`LogInfo` puts the wrapper's info in
   ``fit``'s logs;
+- :func:`strip` ``(model | optimizer | callback)``: make pruning permanent (pruned
+  weights exactly 0; a model is re-compiled with the inner optimizer, so it saves
+  without gradclip state); :func:`masks` gives the keep-masks;
 - :class:`PerExampleModel` ``(model, max_norm, noise_multiplier=, seed=)``: DP-SGD
   training in ``fit`` (per-example gradients clipped by
   :func:`gradclip_core.clip_per_example`, optional seeded noise).
@@ -42,7 +45,8 @@ from ._callback import Callback, LogInfo
 from ._constraint import Constraint
 from ._optimizer import Optimizer
 from ._per_example import PerExampleModel
+from ._prune import masks, strip
 
 _register()
 
-__all__ = ["Optimizer", "Constraint", "Callback", "LogInfo", "PerExampleModel"]
+__all__ = ["Optimizer", "Constraint", "Callback", "LogInfo", "PerExampleModel", "strip", "masks"]

@@ -27,7 +27,11 @@ def register() -> None:
       has none) and its ``"out_last"`` layout;
     - torch: route the core's multi-array primitives to ``torch._foreach_*`` when
       ``gradclip_torch`` is installed (same values, fewer kernel launches);
-    - JAX: nothing, the core uses ``jax.numpy``.
+    - JAX: the core uses ``jax.numpy``; the JAX pruning primitives of ``gradclip_optax``
+      (``lax.cond`` schedules, bitcast keys, the radix ``prune_smallest``, which
+      compiles much faster than the portable selection) are registered when
+      ``gradclip_optax`` is installed (it needs optax; :mod:`gradclip_optax._jax_ops`
+      itself needs only jax). Without it the portable defaults run: same masks.
 
     Example:
       >>> register()  # idempotent
@@ -43,6 +47,12 @@ def register() -> None:
             import gradclip_torch  # noqa: F401  (registers the _foreach primitives)
         except ImportError:  # pragma: no cover - gradclip_torch ships in the same distribution
             pass
+    elif name == "jax":
+        try:
+            from gradclip_optax import _jax_ops
+        except ImportError:  # pragma: no cover - optax missing: the portable defaults (same results)
+            return
+        _jax_ops.register()
 
 
 def to_tensor(x: Any) -> Any:

@@ -43,6 +43,10 @@ class Callback(keras.callbacks.Callback):
 
     For rules that must also act on the gradients every step (pruning masks), use
     :class:`gradclip_keras.Optimizer` instead, which runs ``update`` and ``project``.
+    With ``every=1`` (the default) a pruning rule here re-masks the weights after every
+    batch, so pruned weights are 0 between batches, but momentum may still hold
+    updates for them. The schedule counts ``project`` calls, i.e. callback runs.
+    :func:`gradclip_keras.strip` ``(callback)`` zeroes the pruned weights for good.
 
     Args:
       rule: a :class:`gradclip_core.Rule` with a ``project`` part.
@@ -60,6 +64,20 @@ class Callback(keras.callbacks.Callback):
       >>> cb = gradclip_keras.Callback(gc.Rule(project=zero_small, name="zero_small"), every=10)
       >>> cb.every, cb.on
       (10, 'batch')
+
+      Gradual pruning to 80% sparsity during ``fit`` (polynomial schedule over the first
+      20 batches, masks recomputed every 4), the sparsity logged from the info:
+
+      >>> import numpy as np, keras
+      >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
+      >>> model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+      >>> schedule = gc.polynomial_schedule(0, 20, frequency=4)
+      >>> prune = gradclip_keras.Callback(gc.global_magnitude_prune(0.8, schedule=schedule))
+      >>> x, y = np.random.default_rng(0).normal(size=(2, 128, 8)).astype("float32")
+      >>> history = model.fit(x, y[:, :1], batch_size=16, epochs=3, callbacks=[prune], verbose=0)
+      >>> [round(s, 3) for s in history.history["gradclip/sparsity"]]  # at each epoch end
+      [0.391, 0.752, 0.801]
+      >>> model = gradclip_keras.strip(prune)  # pruned weights are exactly 0 now
     """
 
     def __init__(

@@ -29,12 +29,13 @@ Example:
 from ._flat import NO_PARAMS_MSG
 from ._info import get_info
 from ._per_example import PerExampleClipState, per_example_clip, per_example_grads
-from ._prune import masks, register as _register_prune, strip
+from ._jax_ops import register as _register_jax_ops
+from ._prune import masks, strip
 from ._state import TransformState, WrapState
 from ._transform import transform
 from ._wrap import wrap
 
-_register_prune()
+_register_jax_ops()  # lax.cond, bitcast keys, radix prune_smallest for jax.numpy
 
 __all__ = ["transform", "wrap", "get_info", "strip", "masks", "TransformState", "WrapState", "NO_PARAMS_MSG",
            "per_example_grads", "per_example_clip", "PerExampleClipState"]

@@ -1,8 +1,8 @@
-"""JAX versions of the core's pruning primitives, and :func:`strip`.
+"""Pruning helpers for optax states: :func:`masks` and :func:`strip`.
 
-- ``order_keys``: ``lax.bitcast_convert_type`` (the portable default is arithmetic);
-- ``cond``: ``lax.cond``, so a pruning rule recomputes its masks (a global threshold:
-  31 counting passes) only on its schedule's steps, under ``jax.jit`` too.
+The JAX pruning primitives (``lax.cond`` schedules, exact radix selection) live in
+:mod:`gradclip_optax._jax_ops`; :func:`register` is kept as an alias of its
+``register``.
 """
 
 from __future__ import annotations
@@ -14,23 +14,9 @@ import jax.numpy as jnp
 
 import gradclip_core as gc
 
+from ._jax_ops import register
+
 __all__ = ["strip", "masks", "register"]
-
-_NAN_BITS = 0x7F800001
-
-
-def _order_keys(xp: Any, s: jax.Array) -> jax.Array:
-    bits = jax.lax.bitcast_convert_type(s.astype(jnp.float32), jnp.int32)
-    return jnp.where(jnp.isnan(s), jnp.int32(_NAN_BITS), bits)
-
-
-def _cond(xp: Any, pred: Any, true_fn: Any, false_fn: Any) -> Any:
-    return jax.lax.cond(pred, true_fn, false_fn)
-
-
-def register() -> None:
-    """Register the JAX pruning primitives with the core (done by ``import gradclip_optax``)."""
-    gc.register_multi_ops("jax.numpy", order_keys=_order_keys, cond=_cond)
 
 
 def _find_masks(tree: Any, n: int) -> list[tuple]:

@@ -59,6 +59,16 @@ def _mask_positions(tree: Any, n: int) -> list[int | None]:
     return out
 
 
+def _template(rule: gc.Rule, params: Sequence[torch.Tensor]) -> Any:
+    """``rule.init`` of ``params``' shapes on the meta device (no memory); on real tensors if that fails."""
+    with torch.no_grad():
+        try:
+            with torch.device("meta"):  # factory calls without a device (xp.ones(shape)) land on meta too
+                return rule.init([torch.empty(p.shape, dtype=p.dtype) for p in params])
+        except (NotImplementedError, RuntimeError, TypeError, ValueError):  # a rule whose init needs values
+            return rule.init([p.detach() for p in params])
+
+
 class Pruner:
     """A rule whose state lives in a module's buffers (what :func:`prune` returns).
 
@@ -71,7 +81,9 @@ class Pruner:
     def __init__(self, module: torch.nn.Module, rule: gc.Rule, names: Sequence[str], slots: Sequence[tuple[str, str]]):
         self.module, self.rule, self.names = module, rule, list(names)
         self._slots = [tuple(s) for s in slots]
-        self._template = rule.init([p.detach() for p in self.parameters])
+        # Only the tree structure of the state is needed: a state made on the meta device
+        # costs no memory or time (a real rule.init fills a full set of masks, 1 byte per weight).
+        self._template = _template(rule, self.parameters)
 
     @classmethod
     def from_module(cls, module: torch.nn.Module) -> "Pruner":
@@ -210,7 +222,7 @@ def prune(module: torch.nn.Module, rule: gc.Rule, parameters: str | Iterable[str
         module.get_submodule(slot[0]).register_buffer(slot[1], leaf)
         slots.append(slot)
     setattr(module, _ATTR, {"rule": dict(rule.config), "params": names, "slots": slots})
-    pruner = Pruner(module, rule, names, slots)
+    pruner = Pruner(module, rule, names, slots)  # its template is a meta-device state: no second set of masks
     if apply:
         pruner.project()
     return pruner

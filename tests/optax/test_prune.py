@@ -56,3 +56,123 @@ def test_masks_equal_numpy_reference_for_every_pruner():
         _, got, _ = jax.jit(rule.project)(jw, rule.init(jw))
         for a, b in zip(ref.masks, got.masks):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# --- the JAX radix selection (gradclip_optax._jax_ops) against the portable default ---------
+
+import pytest  # noqa: E402
+
+from gradclip_core import _multi  # noqa: E402
+from gradclip_core._select import prune_smallest as core_prune_smallest  # noqa: E402
+from gradclip_optax import _jax_ops  # noqa: E402
+from array_api_compat import numpy as compat_np  # noqa: E402
+
+
+def _portable(xs, k, masks=None, divisors=None):
+    """The core's default selection, with the JAX override switched off for this call."""
+    table = _multi._OVERRIDES["jax.numpy"]
+    saved = table.pop("prune_smallest")
+    try:
+        return core_prune_smallest(jnp, xs, k, masks, divisors)
+    finally:
+        table["prune_smallest"] = saved
+
+
+def _same(got, want):
+    (m1, t1), (m2, t2) = got, want
+    assert len(m1) == len(m2)
+    for a, b in zip(m1, m2):
+        assert a.dtype == b.dtype == jnp.bool_ and a.shape == b.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert t1.dtype == t2.dtype == jnp.float32 and t1.shape == t2.shape == ()
+    a, b = np.asarray(t1), np.asarray(t2)
+    if b == 0 and 0 < a < np.finfo(np.float32).tiny:
+        return  # a subnormal threshold: XLA on CPU flushes it to 0 in the default's max (see _case)
+    assert (np.isnan(a) and np.isnan(b)) or a.view(np.int32) == b.view(np.int32)  # bit for bit
+
+
+def _case(kind, rng):
+    shapes = [(30, 7), (0, 3), (), (41,), (5, 1, 3)]
+    xs = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    if kind == "ties":
+        xs = [np.round(x * 2) / 2 for x in xs]  # few distinct values, ties across arrays
+        xs[0][:, :3] = 0.0
+    elif kind == "nonfinite":
+        xs[0][3, :4] = [np.nan, np.inf, -np.inf, -np.nan]
+        xs[3][::5] = np.nan
+        xs[4][0] = np.float32(1e-40)  # subnormal: same masks; thresholds checked against NumPy
+    elif kind == "wide":
+        xs = [x * np.float32(10.0) ** rng.integers(-30, 30, size=x.shape) for x in xs]
+    return [np.asarray(x, np.float32) for x in xs]
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "nonfinite", "wide"])
+def test_radix_selection_equals_portable_default(kind):
+    rng = np.random.default_rng(len(kind))
+    xs = [jnp.asarray(x) for x in _case(kind, rng)]
+    olds = [jnp.asarray(rng.random(x.shape) > 0.3) for x in xs]
+    divisors = [jnp.float32(d) for d in rng.uniform(0.1, 3.0, size=len(xs))]
+    n = sum(x.size for x in xs)
+    fast = jax.jit(lambda xs, k, m, d: _jax_ops.prune_smallest(jnp, xs, k, m, d))
+    slow = jax.jit(_portable)
+    for k in [0, 1, 2, n // 3, n // 2, n - 2, n - 1, n, n + 5, -3]:
+        for old in (None, olds):
+            for divs in (None, divisors):
+                _same(fast(xs, jnp.asarray(k), old, divs), slow(xs, jnp.asarray(k), old, divs))
+        got = _jax_ops.prune_smallest(jnp, xs, k)  # eager, Python int k
+        _same(got, _portable(xs, k))
+        _same(got, core_prune_smallest(compat_np, [np.asarray(x) for x in xs], k))  # exact (no flush to zero)
+
+
+def test_radix_selection_edge_cases():
+    one = [jnp.asarray([3.0, 3.0, 3.0, 3.0])]
+    for k in range(5):
+        _same(_jax_ops.prune_smallest(jnp, one, k), _portable(one, k))
+    assert _jax_ops.prune_smallest(jnp, one, 2)[0][0].tolist() == [False, False, True, True]  # ties by index
+    empty = [jnp.zeros((0,)), jnp.zeros((2, 0))]
+    for k in (0, 1):
+        _same(_jax_ops.prune_smallest(jnp, empty, k), _portable(empty, k))
+    assert _jax_ops.prune_smallest(jnp, [], 1) == ([], _jax_ops.prune_smallest(jnp, [], 1)[1])
+    allnan = [jnp.full((3,), jnp.nan), jnp.asarray([jnp.inf])]
+    for k in range(5):
+        _same(_jax_ops.prune_smallest(jnp, allnan, k), _portable(allnan, k))
+    pruned = [jnp.asarray([5.0, 1.0, 2.0]), jnp.asarray([0.5])]
+    old = [jnp.asarray([False, True, True]), jnp.asarray([True])]
+    got = _jax_ops.prune_smallest(jnp, pruned, 2, old)  # the previously pruned 5.0 ranks first
+    _same(got, _portable(pruned, 2, old))
+    assert [m.tolist() for m in got[0]] == [[False, True, True], [False]]
+    bf = [jnp.asarray([0.5, -0.25, 2.0], jnp.bfloat16), jnp.asarray([1.0, 0.25], jnp.float16)]
+    _same(_jax_ops.prune_smallest(jnp, bf, 2), _portable(bf, 2))
+
+
+def test_radix_selection_counts_are_int32_without_x64_and_registered():
+    assert not jax.config.jax_enable_x64
+    assert _multi.override(jnp, "prune_smallest") is _jax_ops.prune_smallest
+    jaxpr = jax.make_jaxpr(lambda x: _jax_ops.prune_smallest(jnp, [x], 3))(jnp.ones((4, 4)))
+
+    def dtypes(jx):
+        for eqn in jx.eqns:
+            yield from (v.aval.dtype for v in eqn.outvars)
+            for p in eqn.params.values():
+                if hasattr(p, "jaxpr"):
+                    yield from dtypes(p.jaxpr)
+
+    assert np.dtype("int64") not in set(dtypes(jaxpr.jaxpr))  # int32 counts, also inside the fori_loop
+
+
+def test_radix_selection_sums_histograms_through_the_collective_hook():
+    from gradclip_core._collective import Participants, collective
+
+    calls = []
+
+    def reduce(xp, x, op):
+        calls.append((tuple(x.shape), op))
+        return x
+
+    xs = [jnp.asarray(np.random.default_rng(3).normal(size=(6, 5)), jnp.float32), jnp.zeros((0, 5))]
+    single = Participants(reduce, size=1, index=lambda xp: 0, total=lambda n: n)
+    with collective(single):
+        got = _jax_ops.prune_smallest(jnp, xs, 11)
+    _same(got, _portable(xs, 11))  # one participant: the single-process result
+    hist = [c for c in calls if c[0] == (1 << _jax_ops.DIGIT,)]
+    assert len(hist) == 1 and hist[0][1] == "sum"  # the pass body is traced once (lax.fori_loop)
