@@ -33,6 +33,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from ._collective import active, all_reduce, static_total
 from ._hash import hash_keys
+from ._history import device_kw
 from ._multi import size
 from ._namespace import namespace
 from ._rule import Rule, factory
@@ -108,7 +109,9 @@ def _init_state(params: Sequence[Any]) -> PruneState:
 
         return PruneState(np.zeros((), np.int32), ())
     xp = namespace(*params)
-    return PruneState(xp.zeros((), dtype=xp.int32), tuple(xp.ones(p.shape, dtype=xp.bool) for p in params))
+    # Each mask lives on its weight's device (torch: CUDA weights get CUDA masks).
+    masks = tuple(xp.ones(p.shape, dtype=xp.bool, **device_kw([p])) for p in params)
+    return PruneState(xp.zeros((), dtype=xp.int32, **device_kw(params)), masks)
 
 
 def _check_masks(name: str, arrays: Sequence[Any], state: PruneState) -> None:

@@ -142,3 +142,16 @@ def test_prune_errors():
         gradclip_torch.prune(model(), gc.magnitude_prune(0.5), ["nope"])
     with pytest.raises(ValueError, match="not pruned"):
         gradclip_torch.strip(model())
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [gc.global_magnitude_prune(0.5), gc.magnitude_prune(0.5), gc.nm_prune(2, 4, axis=-1), gc.random_prune(0.5, seed=0)],
+    ids=lambda r: r.name,
+)
+def test_pruning_state_lives_on_the_weights_device(rule):
+    # "meta" stands in for CUDA: masks made on the default device would land on the CPU.
+    params = [torch.empty(8, 4, device="meta"), torch.empty(4, device="meta")]
+    state = rule.init(params)
+    assert [m.device.type for m in state.masks] == ["meta", "meta"]
+    assert state.count.device.type == "meta"
