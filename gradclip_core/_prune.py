@@ -48,6 +48,7 @@ __all__ = [
     "global_magnitude_prune",
     "random_prune",
     "sparsity_info",
+    "find_masks",
 ]
 
 _NORM_EPS = 1e-8  # jaxpruner's normalization_eps
@@ -100,6 +101,33 @@ def _sparsity_info_sharded(xp: Any, masks: Sequence[Any]) -> dict:
     for i in range(k):
         info[f"sparsity/{i}"] = frac(v[i], v[k + i])
     return info
+
+
+def find_masks(tree: Any, n: int) -> list[tuple]:
+    """The masks of every :class:`PruneState` with ``n`` masks in a state tree, depth first.
+
+    ``tree`` is any nesting of tuples, lists, NamedTuples and dicts (a ``chain``'s state,
+    an optax optimizer state); adapters AND the result to read or strip the masks.
+
+    Example:
+      >>> import numpy as np
+      >>> state = (None, PruneState(np.int32(0), (np.array([True, False]),)))
+      >>> [m.tolist() for ms in find_masks({"opt": state}, 1) for m in ms]
+      [[True, False]]
+    """
+    found: list[tuple] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, PruneState):
+            if len(node.masks) == n:
+                found.append(node.masks)
+            return
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, (tuple, list)) else ()
+        for v in children:
+            walk(v)
+
+    walk(tree)
+    return found
 
 
 def _init_state(params: Sequence[Any]) -> PruneState:

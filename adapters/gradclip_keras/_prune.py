@@ -15,6 +15,7 @@ import keras
 from keras import ops
 
 import gradclip_core as gc
+from gradclip_core._prune import find_masks
 
 from ._backend import to_tensor
 from ._callback import Callback, _sync
@@ -22,25 +23,6 @@ from ._optimizer import Optimizer
 from ._state import unflatten
 
 __all__ = ["strip", "masks"]
-
-
-def _find_masks(tree: Any, n: int) -> list[tuple]:
-    found: list[tuple] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, gc.PruneState):
-            if len(node.masks) == n:
-                found.append(node.masks)
-            return
-        if isinstance(node, (tuple, list)):
-            for v in node:
-                walk(v)
-        elif isinstance(node, dict):
-            for v in node.values():
-                walk(v)
-
-    walk(tree)
-    return found
 
 
 def _unwrap(optimizer: Any) -> Optimizer | None:
@@ -90,7 +72,7 @@ def masks(obj: Any) -> list:
     """
     variables, state = _source(obj)
     out = [ops.ones(tuple(v.shape), dtype="bool") for v in variables]
-    for ms in _find_masks(state, len(variables)):
+    for ms in find_masks(state, len(variables)):
         out = [ops.logical_and(a, ops.convert_to_tensor(b)) for a, b in zip(out, ms)]
     return out
 

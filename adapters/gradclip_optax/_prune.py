@@ -13,29 +13,11 @@ import jax
 import jax.numpy as jnp
 
 import gradclip_core as gc
+from gradclip_core._prune import find_masks
 
 from ._jax_ops import register
 
 __all__ = ["strip", "masks", "register"]
-
-
-def _find_masks(tree: Any, n: int) -> list[tuple]:
-    found: list[tuple] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, gc.PruneState):
-            if len(node.masks) == n:
-                found.append(node.masks)
-            return
-        if isinstance(node, dict):
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, (tuple, list)):
-            for v in node:
-                walk(v)
-
-    walk(tree)
-    return found
 
 
 def masks(params: Any, state: Any) -> Any:
@@ -50,7 +32,7 @@ def masks(params: Any, state: Any) -> Any:
     """
     leaves, treedef = jax.tree.flatten(params)
     out = [jnp.ones(jnp.shape(p), dtype=bool) for p in leaves]
-    for ms in _find_masks(state, len(leaves)):
+    for ms in find_masks(state, len(leaves)):
         out = [a & b for a, b in zip(out, ms)]
     return jax.tree.unflatten(treedef, out)
 
