@@ -21,9 +21,6 @@ backend per process (Keras reads ``KERAS_BACKEND`` at import). Run::
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import math
 import os
 import sys
 from typing import Any, Callable
@@ -37,7 +34,7 @@ import gradclip_core as gc  # noqa: E402
 import gradclip_keras  # noqa: E402
 from _measure import peak_extra, time_pair  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
-from _table import Row, format_table  # noqa: E402
+from _table import Row, describe, emit  # noqa: E402
 
 LR = 1e-4
 
@@ -143,14 +140,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--rules", default=None, help="only rows whose rule contains this text")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
-    n = sum(math.prod(s) for _, s in shape_set(args.shapes))
-    print(f"keras {keras.__version__}, backend {keras.backend.backend()}, {len(shape_set(args.shapes))} tensors, "
-          f"{n / 1e6:.1f}M params, float32, median of {args.repeats}")
+    print(f"keras {keras.__version__}, backend {keras.backend.backend()}, {describe(args.shapes)}, "
+          f", float32, median of {args.repeats}")
     rows = suite(args.repeats, args.warmup, args.shapes, args.rules)
-    print(format_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([dataclasses.asdict(r) for r in rows], f)
+    emit(rows, args.json)
     return rows
 
 

@@ -20,9 +20,7 @@ Run::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
-import json
 import os
 import sys
 from typing import Any, Callable
@@ -31,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _measure import peak_extra, time_pair  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
-from _table import Row, format_table  # noqa: E402
+from _table import Row, describe, emit  # noqa: E402
 
 
 def _jax():
@@ -146,14 +144,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
         ap.error(f"--device {args.device}: JAX has no such device ({e})")
     import optax
 
-    n = sum(__import__("math").prod(s) for _, s in shape_set(args.shapes))
     print(f"jax {jax.__version__}, optax {optax.__version__}, device {dev.device_kind}, "
-          f"{len(shape_set(args.shapes))} tensors, {n / 1e6:.1f}M params, {args.dtype}, median of {args.repeats}")
+          f"{describe(args.shapes)}, {args.dtype}, median of {args.repeats}")
     rows = suite(args.dtype, args.repeats, args.warmup, args.shapes, args.device, args.rules)
-    print(format_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([dataclasses.asdict(r) for r in rows], f)
+    emit(rows, args.json)
     return rows
 
 

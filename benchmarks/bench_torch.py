@@ -23,9 +23,6 @@ Global magnitude pruning against ``prune.global_unstructured`` runs in fresh pro
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import math
 import os
 import sys
 from typing import Callable
@@ -39,7 +36,7 @@ import gradclip_core as gc  # noqa: E402
 import gradclip_torch  # noqa: E402
 from _measure import peak_extra, time_one, time_pair  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
-from _table import Row, format_table  # noqa: E402
+from _table import Row, describe, emit  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -182,14 +179,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
-    n = sum(math.prod(s) for _, s in shape_set(args.shapes))
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
-          f"{len(shape_set(args.shapes))} tensors, {n / 1e6:.1f}M params, {args.dtype}, median of {args.repeats}")
+          f"{describe(args.shapes)}, {args.dtype}, median of {args.repeats}")
     rows = suite(args.device, args.dtype, args.repeats, args.warmup, args.shapes, args.rules)
-    print(format_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([dataclasses.asdict(r) for r in rows], f)
+    emit(rows, args.json)
     return rows
 
 
