@@ -331,7 +331,10 @@ class Optimizer(keras.optimizers.Optimizer):
                 "To call `stateless_apply`, gradclip_keras.Optimizer must be built (i.e. its variables must "
                 "have been created). You can build it via `optimizer.build(trainable_variables)`."
             )
-        optimizer_variables = list(optimizer_variables)
+        # LossScaleOptimizer passes this optimizer's Variables themselves, inside a
+        # StatelessScope that maps them to values: read those values (`.value` consults
+        # the scope), so that no Variable is returned from a traced branch.
+        optimizer_variables = [v.value if isinstance(v, keras.Variable) else v for v in optimizer_variables]
         own_vars = self._variables
         if len(optimizer_variables) != len(self.variables):
             raise ValueError(f"expected {len(self.variables)} optimizer variable values, got {len(optimizer_variables)}")

@@ -72,3 +72,15 @@ def test_global_norm_info_equals_keras_global_norm():
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(1.0), gc.clip_by_global_norm(1.0, semantics="keras"))
     opt.apply(grads, variables)
     assert to_np(opt.info["norm"]) == to_np(global_norm(grads))
+
+
+def test_wrapper_inside_loss_scale_optimizer_equals_native_global_clipnorm():
+    # LossScaleOptimizer hands the wrapper its Variables inside a StatelessScope (JAX
+    # trainer) and unscales before the inner step: the clip must see unscaled gradients.
+    want, _ = _train(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.01, global_clipnorm=1.0)))
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.01), gc.clip_by_global_norm(1.0, semantics="keras"))
+    got, _ = _train(keras.optimizers.LossScaleOptimizer(opt))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert float(to_np(opt.info["norm"])) > 1.0  # the last step's unscaled norm: it clipped
+    assert int(to_np(opt.iterations)) == STEPS
