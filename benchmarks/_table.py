@@ -23,6 +23,8 @@ class Row:
       ours_mem, native_mem: extra peak memory (bytes) of one call, ``None`` if unmeasured.
       target: the DESIGN.md target, e.g. ``"<= 1.0x"``.
       note: anything the reader must know.
+      mem_of_weights: extra peak memory as a fraction of the weights, where DESIGN.md sets
+        a memory target (global pruning).
     """
 
     rule: str
@@ -36,6 +38,7 @@ class Row:
     target: str = ""
     note: str = ""
     has_native: bool = True
+    mem_of_weights: Optional[float] = None
 
     @property
     def ratio(self) -> Optional[float]:

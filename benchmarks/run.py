@@ -27,6 +27,7 @@ import tempfile
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_prune  # noqa: E402
 from _shapes import SHAPE_SETS  # noqa: E402
 from _table import Row, format_table  # noqa: E402
 
@@ -47,8 +48,6 @@ def _child(script: str, args: list[str], env: dict | None = None) -> list[Row]:
 
 def prune_rows(shapes: str, reps: int) -> list[Row]:
     """Global magnitude pruning vs ``prune.global_unstructured``, each call in a fresh process (bench_prune.py)."""
-    import bench_prune
-
     print("  prune: global_magnitude_prune(0.5) vs prune.global_unstructured (fresh processes)...", file=sys.stderr, flush=True)
     res = {k: bench_prune.measure(k, 1 if k == "native" else reps, 1, shapes) for k in ("native", "core", "module")}
     n = res["native"]
@@ -57,7 +56,8 @@ def prune_rows(shapes: str, reps: int) -> list[Row]:
         r = res[k]
         rows.append(Row("global_magnitude_prune(0.5)", "torch", path, "prune.global_unstructured", r["time"] * 1e3,
                         n["time"] * 1e3, r["extra"], n["extra"], ">= 20x faster",
-                        f"extra w/o masks {(r['extra'] - r['masks']) / r['weights']:.2f}x weights [<= 0.25]; 1 thread"))
+                        f"extra, masks aside: {bench_prune.masks_aside(r):.3f}x weights; 1 thread",
+                        mem_of_weights=bench_prune.masks_aside(r)))
     return rows
 
 
@@ -74,6 +74,10 @@ def verdicts(rows: list[Row]) -> list[str]:
             speed = 1 / r.ratio
             ok = speed >= float(r.target.split()[1].rstrip("x"))
             lines.append(f"{'holds' if ok else 'MISSED':6}  {r.adapter:<16} {r.rule} ({r.path}): {speed:.1f}x faster [{r.target}]")
+        if r.mem_of_weights is not None:
+            ok = r.mem_of_weights <= bench_prune.MEMORY_TARGET
+            lines.append(f"{'holds' if ok else 'MISSED':6}  {r.adapter:<16} {r.rule} ({r.path}): extra peak memory, "
+                         f"masks aside, {r.mem_of_weights:.3f}x the weights [<= {bench_prune.MEMORY_TARGET}x]")
     return lines
 
 

@@ -57,10 +57,13 @@ def test_ln_structured_masks(n, dim):
         assert torch.equal(r.weight_mask.bool(), p != 0)
 
 
-@pytest.mark.parametrize("chunk, candidates", [(64, 1 << 22), (64, 0), (1 << 18, 1 << 22)])
-def test_torch_selection_equals_portable_default(chunk, candidates, monkeypatch):
+@pytest.mark.parametrize("chunk, candidates, eager", [
+    (64, 1 << 22, True), (64, 0, True), (64, 0, False), (1 << 18, 1 << 22, True), (1 << 18, 0, False)])
+def test_torch_selection_equals_portable_default(chunk, candidates, eager, monkeypatch):
+    """Every path: candidates + sort, CPU tie counting per chunk, the sync-free CUDA/compile one."""
     monkeypatch.setattr(prune_ops, "CHUNK", chunk)
     monkeypatch.setattr(prune_ops, "CANDIDATES", candidates)
+    monkeypatch.setattr(prune_ops, "EAGER_CPU", eager)
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=s).astype(np.float32) for s in [(30, 7), (0, 3), (), (41,)]]
     xs[0][:10] = 0.25  # ties
@@ -155,3 +158,30 @@ def test_pruning_state_lives_on_the_weights_device(rule):
     state = rule.init(params)
     assert [m.device.type for m in state.masks] == ["meta", "meta"]
     assert state.count.device.type == "meta"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("owned", [False, True])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_apply_masks_is_bitwise_where(dtype, owned, contiguous, monkeypatch):
+    """The branch-free CPU bit mask writes exactly ``where(m, x, +0)``: NaN, inf, -0 kept bit for bit."""
+    from gradclip_torch._ops import owned as owning
+
+    monkeypatch.setattr(prune_ops, "CHUNK", 64)  # several chunks and a ragged last one
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(37, 11, generator=g).to(dtype)
+    base.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, float("-inf")]).to(dtype)
+    x = base.clone() if contiguous else base.clone().t()
+    m = torch.rand(x.shape, generator=g) > 0.5
+    m.view(-1)[:4] = torch.tensor([True, False, True, True])  # NaN and -0 kept, inf pruned
+    want = torch.where(m, x, torch.zeros((), dtype=dtype))
+    before = x.clone()
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    if owned:
+        with owning([x]):
+            (got,) = prune_ops.apply_masks(None, [x], [m])
+        assert got is x  # in place
+    else:
+        (got,) = prune_ops.apply_masks(None, [x], [m])
+        assert torch.equal(x.contiguous().view(bits), before.contiguous().view(bits))  # caller's tensor untouched
+    assert torch.equal(got.contiguous().view(bits), want.contiguous().view(bits))
