@@ -6,8 +6,8 @@ from typing import Any
 
 from ._nonfinite import check_policy
 from ._multi import clip as clip_arrays
-from ._multi import size
-from ._numerics import count, ratio
+from ._multi import count_outside, size
+from ._numerics import ratio
 from ._rule import Rule, factory
 from ._stateless import stateless_rule
 from ._validate import check_bounds
@@ -52,12 +52,8 @@ def clip_by_value(
     check_policy(nonfinite)
 
     def clip(xp: Any, grads: list, params: Any) -> tuple[list, dict]:
-        hits = []  # counted before clipping: the adapter may clip its buffers in place
-        for g in grads:
-            if lo_ is not None:
-                hits.append(count(xp, g < xp.asarray(lo_, dtype=g.dtype)))
-            if hi_ is not None:
-                hits.append(count(xp, g > xp.asarray(hi_, dtype=g.dtype)))
+        # counted before clipping: the adapter may clip its buffers in place
+        hits = count_outside(xp, grads, lo_, hi_) if (lo_ is not None or hi_ is not None) else []
         total = sum(size(g) for g in grads)
         return clip_arrays(xp, grads, lo_, hi_), {"clipped_fraction": ratio(xp, hits, total)}
 

@@ -16,12 +16,12 @@ from typing import Any, Callable, Sequence
 
 from ._namespace import namespace_name
 
-__all__ = ["register_multi_ops", "array_norms", "array_sumsq", "multiply", "clip", "override"]
+__all__ = ["register_multi_ops", "array_norms", "array_sumsq", "multiply", "clip", "count_outside", "override"]
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 # The pruning primitives (order_keys, prune_smallest, apply_masks, cond) have their
 # portable defaults in gradclip_core._select; they are looked up with override().
-_PRIMITIVES = ("array_norms", "array_sumsq", "multiply", "clip", "order_keys", "prune_smallest", "apply_masks", "cond")
+_PRIMITIVES = ("array_norms", "array_sumsq", "multiply", "clip", "count_outside", "order_keys", "prune_smallest", "apply_masks", "cond")
 
 
 def register_multi_ops(name: str, **primitives: Callable[..., Any]) -> None:
@@ -32,7 +32,7 @@ def register_multi_ops(name: str, **primitives: Callable[..., Any]) -> None:
         (e.g. ``"array_api_compat.torch"``).
       **primitives: any of ``array_norms(xp, xs, ord, dtype)``,
         ``array_sumsq(xp, xs, dtype)``, ``multiply(xp, xs, factors)``,
-        ``clip(xp, xs, lo, hi)``, with the signatures and results of the defaults in
+        ``clip(xp, xs, lo, hi)``, ``count_outside(xp, xs, lo, hi)``, with the signatures and results of the defaults in
         this module; and the pruning primitives ``order_keys``, ``prune_smallest``,
         ``apply_masks``, ``cond`` (defaults and signatures in
         :mod:`gradclip_core._select`). An override may return ``NotImplemented`` to
@@ -136,3 +136,29 @@ def clip(xp: Any, xs: Sequence[Any], lo: Any, hi: Any) -> list[Any]:
         out.append(x)
     return out
 
+
+
+def count_outside(xp: Any, xs: Sequence[Any], lo: Any, hi: Any) -> list[Any]:
+    """Per array, the number of elements below ``lo`` or above ``hi`` (NaN is neither).
+
+    Bounds as in :func:`clip`. Symmetric Python bounds count ``|x| > hi`` (one compare).
+
+    Returns:
+      a list of float32 0-d arrays, one per input array (exact integer counts, then cast).
+    """
+    fast = _override(xp, "count_outside")
+    if fast is not None:
+        res = fast(xp, xs, lo, hi)
+        if res is not NotImplemented:
+            return res
+    symmetric = isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo == -hi
+    out = []
+    for x in xs:
+        if symmetric:
+            flag = xp.abs(x) > xp.asarray(hi, dtype=x.dtype)
+        else:
+            below = None if lo is None else x < xp.asarray(lo, dtype=x.dtype)
+            above = None if hi is None else x > xp.asarray(hi, dtype=x.dtype)
+            flag = above if below is None else below if above is None else xp.logical_or(below, above)
+        out.append(xp.astype(xp.count_nonzero(flag), xp.float32))
+    return out

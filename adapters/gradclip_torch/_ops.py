@@ -21,7 +21,7 @@ import torch
 
 import gradclip_core as gc
 
-__all__ = ["NAMESPACE", "register", "array_norms", "multiply", "clip", "owned"]
+__all__ = ["NAMESPACE", "register", "array_norms", "multiply", "clip", "count_outside", "owned"]
 
 NAMESPACE = "array_api_compat.torch"
 
@@ -233,11 +233,55 @@ def clip(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Te
     return out
 
 
+_COUNT_CHUNK = 1 << 20
+
+
+def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Tensor]:
+    """Per tensor, the float32 count of elements outside ``[lo, hi]``, chunk by chunk.
+
+    The core's default allocates a full-size ``|x|`` and a full-size flag per tensor
+    (5 bytes per element); here they are two reused ``_COUNT_CHUNK`` buffers, and the
+    counts stay on the device. Tensor bounds, and ``torch.compile``, take the default.
+
+    Example:
+      >>> import torch
+      >>> [float(c) for c in count_outside(None, [torch.tensor([-2.0, 0.5, float("nan"), 3.0])], -1.0, 1.0)]
+      [2.0]
+    """
+    del xp
+    if _compiling() or any(isinstance(b, torch.Tensor) for b in (lo, hi)):
+        return NotImplemented
+    symmetric = lo is not None and hi is not None and lo == -hi
+    width = min(_COUNT_CHUNK, max((x.numel() for x in xs), default=0))
+    bufs: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+    out = []
+    for x in xs:
+        if (x.device, x.dtype) not in bufs:
+            bufs[x.device, x.dtype] = (torch.empty(width, dtype=x.dtype, device=x.device),
+                                       torch.empty(width, dtype=torch.bool, device=x.device))
+        vbuf, fbuf = bufs[x.device, x.dtype]
+        lo_, hi_ = (None if b is None else _bound_in(x.dtype, b) for b in (lo, hi))
+        flat = x.reshape(-1)
+        total = torch.zeros((), dtype=torch.int64, device=x.device)
+        for s in range(0, flat.numel(), _COUNT_CHUNK):
+            c = flat[s: s + _COUNT_CHUNK]
+            f = fbuf[: c.numel()]
+            if symmetric:
+                total += torch.gt(torch.abs(c, out=vbuf[: c.numel()]), hi_, out=f).count_nonzero()
+                continue
+            if lo_ is not None:
+                total += torch.lt(c, lo_, out=f).count_nonzero()
+            if hi_ is not None:
+                total += torch.gt(c, hi_, out=f).count_nonzero()
+        out.append(total.to(torch.float32))
+    return out
+
+
 def register() -> None:
     """Register the primitives (and torch's ``(out, in, ...)`` weight layout) with the core.
 
     Example:
       >>> register()  # done once by ``import gradclip_torch``
     """
-    gc.register_multi_ops(NAMESPACE, array_norms=array_norms, multiply=multiply, clip=clip)
+    gc.register_multi_ops(NAMESPACE, array_norms=array_norms, multiply=multiply, clip=clip, count_outside=count_outside)
     gc.register_layout(NAMESPACE, "out_first")

@@ -109,6 +109,29 @@ def test_clip_equals_default(dtype, lo, hi, inplace):
         torch.testing.assert_close(g, e, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lo, hi", [(-0.1, 0.3), (-0.25, 0.25), (None, 0.25), (-0.7, None), (-0.0, 0.0)])
+def test_count_outside_equals_default(dtype, lo, hi, monkeypatch):
+    from gradclip_core import _multi
+
+    monkeypatch.setattr(_ops, "_COUNT_CHUNK", 7)  # several chunks, ragged last one
+    torch.manual_seed(0)
+    xs = [torch.randn(5, 3).to(dtype), torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.25], dtype=dtype),
+          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype)]
+    xp = gc.namespace(xs[0])
+    saved = _multi._OVERRIDES.pop(_ops.NAMESPACE)
+    try:
+        expected = _multi.count_outside(xp, xs, lo, hi)
+    finally:
+        _multi._OVERRIDES[_ops.NAMESPACE] = saved
+    got = _ops.count_outside(None, xs, lo, hi)
+    assert [g.dtype for g in got] == [torch.float32] * len(xs)
+    assert [float(g) for g in got] == [float(e) for e in expected]
+    special = xs[1].tolist()  # NaN never counts, +-inf do
+    assert float(got[1]) == sum((lo is not None and v < lo) or (hi is not None and v > hi) for v in special)
+    assert _ops.count_outside(None, xs, torch.tensor(-0.1), 0.3) is NotImplemented
+
+
 def test_clip_with_tensor_bounds_falls_back_to_the_core():
     assert _ops.clip(None, [torch.ones(2)], torch.tensor(0.5), None) is NotImplemented
     rule = gc.clip_by_value(lo=-1.0)
