@@ -21,7 +21,7 @@ import statistics
 import time
 from typing import Any, Callable, Optional
 
-__all__ = ["time_pair", "time_one", "peak_extra", "MiB"]
+__all__ = ["time_pair", "time_one", "peak_extra", "repeats_for", "MiB"]
 
 MiB = 2**20
 Fn = Callable[[], Any]
@@ -76,6 +76,16 @@ def peak_extra(fn: Fn, sync: Callable[[Any], None], kind: str = "rss") -> Option
         sync(fn())
         return max(0, dev.memory_stats()["peak_bytes_in_use"] - base)
     raise ValueError(f"unknown memory kind {kind!r}")
+
+
+def repeats_for(repeats: int, target: str) -> int:
+    """Timed repeats for a row: three times as many where DESIGN.md sets a target on the ratio.
+
+    Example:
+      >>> repeats_for(5, "<= 1.0x"), repeats_for(5, "")
+      (15, 5)
+    """
+    return 3 * repeats if target else repeats
 
 
 def _timed(fn: Fn, sync: Callable[[Any], None], reset: Optional[Fn]) -> float:

@@ -25,6 +25,9 @@ class Row:
       note: anything the reader must know.
       mem_of_weights: extra peak memory as a fraction of the weights, where DESIGN.md sets
         a memory target (global pruning).
+      paired_ratio: the median of per-pair ``ours / native`` times of alternating calls
+        (:func:`_measure.time_pair`); the reported ratio when given (steadier than the
+        ratio of the two medians on a shared machine).
     """
 
     rule: str
@@ -39,13 +42,14 @@ class Row:
     note: str = ""
     has_native: bool = True
     mem_of_weights: Optional[float] = None
+    paired_ratio: Optional[float] = None
 
     @property
     def ratio(self) -> Optional[float]:
         """``ours / native`` time (the reference's, for rules without a native counterpart)."""
         if self.native_ms is None or not self.native_ms:
             return None
-        return self.ours_ms / self.native_ms
+        return self.paired_ratio if self.paired_ratio is not None else self.ours_ms / self.native_ms
 
 
 def _mem(b: Optional[int]) -> str:

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gradclip_core as gc  # noqa: E402
 import gradclip_keras  # noqa: E402
-from _measure import peak_extra, time_pair  # noqa: E402
+from _measure import peak_extra, repeats_for, time_pair  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
 
@@ -124,9 +124,9 @@ def suite(repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", only_rules: 
         print(f"  keras/{backend}: {label}...", file=sys.stderr, flush=True)
         native = step_fn(keras.optimizers.SGD(LR, **kwargs), make_variables(shapes), grads)
         ours = step_fn(gradclip_keras.Optimizer(keras.optimizers.SGD(LR), rule()), make_variables(shapes), grads)
-        t_o, t_n, _ = time_pair(ours, native, _sync, repeats, warmup)
+        t_o, t_n, r = time_pair(ours, native, _sync, repeats_for(repeats, target), warmup)
         rows.append(Row(label, f"keras/{backend}", "Optimizer, " + PATHS[backend], native_name, t_o * 1e3, t_n * 1e3,
-                        peak_extra(ours, _sync, "rss"), peak_extra(native, _sync, "rss"), target))
+                        peak_extra(ours, _sync, "rss"), peak_extra(native, _sync, "rss"), target, paired_ratio=r))
         del native, ours
     return rows
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     print(f"keras {keras.__version__}, backend {keras.backend.backend()}, {describe(args.shapes)}, "
-          f", float32, median of {args.repeats}")
+          f"float32, median of {args.repeats}")
     rows = suite(args.repeats, args.warmup, args.shapes, args.rules)
     emit(rows, args.json)
     return rows

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _measure import peak_extra, time_pair  # noqa: E402
+from _measure import peak_extra, repeats_for, time_pair  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
 
@@ -120,9 +120,9 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
         if only_rules and only_rules not in label:
             continue
         print(f"  optax: {label} ({path})...", file=sys.stderr, flush=True)
-        t_o, t_n, _ = time_pair(ours, native, sync, repeats, warmup)
+        t_o, t_n, r = time_pair(ours, native, sync, repeats_for(repeats, target), warmup)
         rows.append(Row(label, "optax", path, nname, t_o * 1e3, t_n * 1e3, peak_extra(ours, sync, mem_kind),
-                        peak_extra(native, sync, mem_kind), target, note, has_native))
+                        peak_extra(native, sync, mem_kind), target, note, has_native, paired_ratio=r))
     return rows
 
 

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gradclip_core as gc  # noqa: E402
 import gradclip_torch  # noqa: E402
-from _measure import peak_extra, time_one, time_pair  # noqa: E402
+from _measure import peak_extra, repeats_for, time_one, time_pair  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
 
@@ -155,14 +155,15 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         if only_rules and only_rules not in label:
             continue
         print(f"  torch: {label} ({path})...", file=sys.stderr, flush=True)
-        t_o, t_n, _ = time_pair(ours, native, sync, repeats, warmup, reset)
+        t_o, t_n, r = time_pair(ours, native, sync, repeats_for(repeats, target), warmup, reset)
         if reset:
             reset()
         m_n = peak_extra(native, sync, mem_kind)
         if reset:
             reset()
         m_o = peak_extra(ours, sync, mem_kind)
-        rows.append(Row(label, "torch", path, native_name, t_o * 1e3, t_n * 1e3, m_o, m_n, target, has_native=has_native))
+        rows.append(Row(label, "torch", path, native_name, t_o * 1e3, t_n * 1e3, m_o, m_n, target, has_native=has_native,
+                        paired_ratio=r))
     restore()
     return rows
 

@@ -93,7 +93,9 @@ def namespace(*arrays: Any) -> Any:
                     f"arrays mix namespace {entry.name!r} with other array types: {sorted(set(bad))}"
                 )
             return entry.xp
-    return array_api_compat.array_namespace(*arrs)
+    # array_namespace's answer depends on the arrays' types only: one of each is enough
+    # (a model's hundreds of tensors would otherwise be checked one by one every step).
+    return array_api_compat.array_namespace(*{type(a): a for a in arrs}.values())
 
 
 def namespace_name(xp: Any) -> str:

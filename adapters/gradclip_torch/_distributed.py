@@ -129,7 +129,8 @@ def localize(
       ValueError: a mix of DTensors and plain tensors, or an unsupported placement.
     """
     flat = [t for g in groups for t in g]
-    if any(is_dtensor(t) for t in flat):
+    dtensor = sys.modules.get("torch.distributed.tensor")  # see is_dtensor
+    if dtensor is not None and any(isinstance(t, dtensor.DTensor) for t in flat):
         group = _mesh_group(flat)
         with gc.collective(reducer(group)):
             yield [[local(t) for t in g] for g in groups]

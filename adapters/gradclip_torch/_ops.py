@@ -130,6 +130,21 @@ def _scale_group(group: list[torch.Tensor], factors: list[torch.Tensor], inplace
     return list(torch._foreach_mul(group, factors))
 
 
+def _scale_shared(xs: list[torch.Tensor], f: torch.Tensor, ids: frozenset | None) -> list[torch.Tensor] | None:
+    """``x * f`` for one 0-d factor ``f`` shared by all ``xs``, grouped by dtype; ``None``
+    when a tensor is on another device than ``f`` or has no foreach kernels."""
+    groups = _groups(xs)
+    if any(device != f.device or not _has_foreach(device) for device, _ in groups):
+        return None
+    out: list[Any] = [None] * len(xs)
+    for (_, dtype), idx in groups.items():
+        group = [xs[i] for i in idx]
+        inplace = ids is not None and all(id(x) in ids for x in group)
+        for i, r in zip(idx, _scale_group(group, [f if f.dtype == dtype else f.to(dtype)], inplace)):
+            out[i] = r
+    return out
+
+
 def multiply(xp: Any, xs: Sequence[torch.Tensor], factors: Sequence[Any]) -> list[torch.Tensor]:
     """``[x * f.to(x.dtype) for x, f in zip(xs, factors)]`` with ``torch._foreach_mul``.
 
@@ -157,6 +172,11 @@ def multiply(xp: Any, xs: Sequence[torch.Tensor], factors: Sequence[Any]) -> lis
     if len(xs) != len(factors):
         raise ValueError(f"multiply needs one factor per tensor, got {len(factors)} for {len(xs)}")
     ids = _owned_ids()
+    first = factors[0] if factors else None
+    if isinstance(first, torch.Tensor) and first.ndim == 0 and all(f is first for f in factors):
+        shared = _scale_shared(xs, first, ids)  # the global-norm case: one factor for every tensor
+        if shared is not None:
+            return shared
     out: list[Any] = [None] * len(xs)
     scalar: list[int] = []
     for i, (x, f) in enumerate(zip(xs, factors)):
