@@ -54,10 +54,10 @@ def prune_rows(shapes: str, reps: int) -> list[Row]:
     rows = []
     for k, path in (("core", "project_"), ("module", "prune (buffers)")):
         r = res[k]
+        mem = bench_prune.masks_aside(r)
         rows.append(Row("global_magnitude_prune(0.5)", "torch", path, "prune.global_unstructured", r["time"] * 1e3,
                         n["time"] * 1e3, r["extra"], n["extra"], ">= 20x faster",
-                        f"extra, masks aside: {bench_prune.masks_aside(r):.3f}x weights; 1 thread",
-                        mem_of_weights=bench_prune.masks_aside(r)))
+                        f"extra, masks aside: {mem:.3f}x weights; 1 thread", mem_of_weights=mem))
     return rows
 
 

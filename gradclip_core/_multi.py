@@ -137,6 +137,10 @@ def clip(xp: Any, xs: Sequence[Any], lo: Any, hi: Any) -> list[Any]:
     return out
 
 
+def symmetric_bounds(lo: Any, hi: Any) -> bool:
+    """Whether ``lo``/``hi`` are Python numbers with ``lo == -hi`` (count ``|x| > hi`` then)."""
+    return isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo == -hi
+
 
 def count_outside(xp: Any, xs: Sequence[Any], lo: Any, hi: Any) -> list[Any]:
     """Per array, the number of elements below ``lo`` or above ``hi`` (NaN is neither).
@@ -151,7 +155,7 @@ def count_outside(xp: Any, xs: Sequence[Any], lo: Any, hi: Any) -> list[Any]:
         res = fast(xp, xs, lo, hi)
         if res is not NotImplemented:
             return res
-    symmetric = isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo == -hi
+    symmetric = symmetric_bounds(lo, hi)
     out = []
     for x in xs:
         if symmetric:

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 import gradclip_core as gc
+from gradclip_core._multi import symmetric_bounds
 
 __all__ = ["NAMESPACE", "register", "array_norms", "multiply", "clip", "count_outside", "owned"]
 
@@ -271,7 +272,7 @@ def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list
     del xp
     if _compiling() or any(isinstance(b, torch.Tensor) for b in (lo, hi)):
         return NotImplemented
-    symmetric = lo is not None and hi is not None and lo == -hi
+    symmetric = symmetric_bounds(lo, hi)
     width = min(_COUNT_CHUNK, max((x.numel() for x in xs), default=0))
     bufs: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
     out = []

@@ -73,9 +73,8 @@ def _keys(
     k = v.view(torch.int32)
     k.clamp_(max=_NAN_BITS).add_(1)  # abs cleared the sign: every NaN is > inf's bits; one NaN key
     if old is not None:
-        if k.device.type == "cpu" and not torch.compiler.is_compiling():
-            live = torch.empty_like(k) if ibuf is None else ibuf[: k.numel()]
-            k.bitwise_and_(live.copy_(old).neg_())  # branch-free (see _zero_where_not)
+        if _branch_free(k.device):
+            _and_mask(k, old, torch.empty_like(k) if ibuf is None else ibuf[: k.numel()])
         else:
             k.masked_fill_(torch.logical_not(old), 0)
     return k
@@ -286,10 +285,18 @@ def _zero_where_not(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     buf = torch.empty(min(CHUNK, bits.numel()), dtype=bits.dtype)
     for s in range(0, bits.numel(), CHUNK):
         e = min(bits.numel(), s + CHUNK)
-        b = buf[: e - s]
-        b.copy_(flat[s:e]).neg_()  # True -> all ones, False -> 0
-        bits[s:e].bitwise_and_(b)
+        _and_mask(bits[s:e], flat[s:e], buf[: e - s])
     return x
+
+
+def _and_mask(bits: torch.Tensor, mask: torch.Tensor, buf: torch.Tensor) -> None:
+    """``bits &= -mask`` in place (True -> all ones, False -> 0), ``buf`` of ``bits``' size and dtype."""
+    bits.bitwise_and_(buf.copy_(mask).neg_())
+
+
+def _branch_free(device: torch.device) -> bool:
+    """Whether masking on ``device`` takes the branch-free bit path (eager CPU; see :func:`_zero_where_not`)."""
+    return device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def apply_masks(xp: Any, xs: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -300,11 +307,10 @@ def apply_masks(xp: Any, xs: list[torch.Tensor], masks: list[torch.Tensor]) -> l
     """
     del xp
     ids = _owned_ids()
-    fast = not torch.compiler.is_compiling()
     out = []
     for x, m in zip(xs, masks):
         owned = ids is not None and id(x) in ids
-        if (fast and x.device.type == "cpu" and m.device == x.device and x.is_floating_point()
+        if (_branch_free(x.device) and m.device == x.device and x.is_floating_point()
                 and x.element_size() in _BITS and m.shape == x.shape and m.dtype == torch.bool
                 and (x.is_contiguous() or not owned)):
             y = x if owned else x.clone(memory_format=torch.contiguous_format)
