@@ -1,19 +1,25 @@
-"""gradclip_core: every clipping rule defined once, on the Python Array API standard.
+"""gradclip_core: every clipping, constraint and pruning rule defined once, on the Python Array API.
 
 A rule is a :class:`Rule` of pure functions over flat sequences of arrays of any
-Array API namespace (NumPy, array-api-strict, PyTorch, JAX, and TensorFlow through
-the Keras adapter)::
+Array API namespace (NumPy, array-api-strict, PyTorch, JAX, and TensorFlow)::
 
     state               = rule.init(params)
     grads, state, info  = rule.update(grads, state, params=None)  # before the optimizer step
     params, state, info = rule.project(params, state)             # after the optimizer step
 
+Rules also declare their *effect* (``rule.update_effect`` / ``rule.project_effect``:
+:class:`Scale`, :class:`Mask`, :class:`Clamp`, ...), which adapters apply in place or
+fold into a fused optimizer. The rules live in three wings, re-exported here:
+:mod:`gradclip_core.clip` (gradient clipping), :mod:`gradclip_core.prune` (pruning and
+schedules), :mod:`gradclip_core.constraints` (weight rules); the extension API for
+adapters and new frameworks is :mod:`gradclip_core.backend`.
+
 This package imports NumPy and array-api-compat only, never a framework.
 
-Non-finite policy (``nonfinite=`` of every rule): ``"propagate"`` (default, no check),
-``"zero"`` (NaN/Inf elements set to 0 before the rule), ``"skip"`` (all-zero output,
-state unchanged, ``info["skipped"] = 1``), ``"raise"`` (``FloatingPointError``; one host
-sync, not usable under jit). See :mod:`gradclip_core._nonfinite`.
+Non-finite policy (``nonfinite=`` of every clipping rule): ``"propagate"`` (default, no
+check), ``"zero"`` (NaN/Inf elements set to 0 before the rule), ``"skip"`` (all-zero
+output, state unchanged, ``info["skipped"] = 1``), ``"raise"`` (``FloatingPointError``;
+one host sync, not usable under jit).
 
 Example:
   >>> import numpy as np
@@ -26,34 +32,62 @@ Example:
   ([1.0, 0.0], 10.0)
 """
 
-from ._agc import adaptive_clip, unit_norms
-from ._autoclip import autoclip
-from ._history import NormHistory
-from ._noise import gaussian as gaussian_noise
-from ._per_example import PER_EXAMPLE_SEMANTICS, clip_per_example
-from ._suggest import record_norms, suggest_threshold
-from ._zclip import ZClipState, zclip
-from ._clip_norm import SEMANTICS, clip_by_global_norm, clip_by_norm
-from ._collective import Participants, all_reduce, collective
-from ._clip_rms import clip_by_block_rms, clip_update_rms
-from ._clip_value import clip_by_value
-from ._layout import LAYOUTS, layout_override, register_layout
-from ._multi import register_multi_ops
-from ._namespace import namespace, namespace_name, register_namespace, registered_namespaces
+from ._effect import Clamp, Effect, Keep, Mask, Replace, Scale, Skip, Then, ZeroNonfinite
 from ._nonfinite import POLICIES
-from ._project import clip_weights, max_norm, mcp_threshold, min_max_norm, non_neg, soft_threshold, unit_norm
-from ._prune import PruneState, global_magnitude_prune, magnitude_prune, random_prune
 from ._rule import EmptyState, Rule, chain, from_config
-from ._schedule import ROUNDINGS, Schedule, constant_schedule, one_shot, polynomial_schedule
-from ._structured import ln_structured_prune, nm_prune
+from .backend._collective import Participants
+from .backend._layout import LAYOUTS, layout_override
+from .clip import (
+    PER_EXAMPLE_SEMANTICS,
+    SEMANTICS,
+    NormHistory,
+    ZClipState,
+    adaptive_clip,
+    autoclip,
+    clip_by_block_rms,
+    clip_by_global_norm,
+    clip_by_norm,
+    clip_by_value,
+    clip_per_example,
+    clip_update_rms,
+    gaussian_noise,
+    record_norms,
+    suggest_threshold,
+    unit_norms,
+    zclip,
+)
+from .constraints import clip_weights, max_norm, mcp_threshold, min_max_norm, non_neg, soft_threshold, unit_norm
+from .prune import (
+    ROUNDINGS,
+    PruneState,
+    Schedule,
+    constant_schedule,
+    global_magnitude_prune,
+    ln_structured_prune,
+    magnitude_prune,
+    nm_prune,
+    one_shot,
+    polynomial_schedule,
+    random_prune,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Rule",
     "EmptyState",
     "chain",
     "from_config",
+    # effects (what a rule does to its arrays)
+    "Effect",
+    "Keep",
+    "Scale",
+    "Mask",
+    "Clamp",
+    "ZeroNonfinite",
+    "Replace",
+    "Then",
+    "Skip",
     # clipping rules
     "clip_by_value",
     "clip_by_norm",
@@ -94,21 +128,12 @@ __all__ = [
     "min_max_norm",
     "unit_norm",
     "non_neg",
+    # layouts and distributed runs (the rest of the extension API: gradclip_core.backend)
+    "layout_override",
+    "Participants",
     # constants
     "SEMANTICS",
     "POLICIES",
     "LAYOUTS",
     "ROUNDINGS",
-    # namespace plumbing for adapters
-    "namespace",
-    "namespace_name",
-    "register_namespace",
-    "registered_namespaces",
-    "register_multi_ops",
-    "register_layout",
-    "layout_override",
-    # collectives for rules on shards (adapters: torch.distributed, shard_map)
-    "collective",
-    "all_reduce",
-    "Participants",
 ]

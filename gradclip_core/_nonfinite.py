@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ._collective import active, all_reduce
-from ._namespace import namespace
+from ._effect import Skip, ZeroNonfinite, then
+from .backend._collective import active, all_reduce
+from .backend._namespace import namespace
+from .backend._tree import tree_where
 
-__all__ = ["POLICIES", "check_policy", "guard_update", "all_finite", "tree_select"]
+__all__ = ["POLICIES", "check_policy", "guard_update", "all_finite"]
 
 POLICIES = ("propagate", "zero", "skip", "raise")
 
@@ -48,24 +50,17 @@ def all_finite(xp: Any, xs: Sequence[Any]) -> Any:
     return out
 
 
-def tree_select(xp: Any, pred: Any, on_true: Any, on_false: Any) -> Any:
-    """``xp.where(pred, a, b)`` over matching (named) tuples/lists of arrays."""
-    if isinstance(on_true, (tuple, list)):
-        items = [tree_select(xp, pred, a, b) for a, b in zip(on_true, on_false)]
-        if hasattr(on_true, "_fields"):
-            return type(on_true)(*items)
-        return type(on_true)(items)
-    if on_true is None:
-        return None
-    return xp.where(pred, on_true, on_false)
-
-
 def _flag(xp: Any, pred: Any) -> Any:
     return xp.astype(pred, xp.int32)
 
 
 def guard_update(update: Callable[..., tuple], policy: str) -> Callable[..., tuple]:
-    """Wrap ``update(grads, state, params=None) -> (grads, state, info)`` with a policy."""
+    """Wrap ``update_effect(grads, state, params=None) -> (effect, state, info)`` with a policy.
+
+    ``"zero"`` runs the rule on the cleaned arrays and prefixes its effect with
+    :class:`~gradclip_core.ZeroNonfinite`; ``"skip"`` wraps it in
+    :class:`~gradclip_core.Skip` (all zeros when non-finite) and keeps the old state.
+    """
     check_policy(policy)
     if policy == "propagate":
         return update
@@ -90,23 +85,23 @@ def guard_update(update: Callable[..., tuple], policy: str) -> Callable[..., tup
                     f"non-finite values (NaN or Inf) in input arrays at positions {bad}; "
                     "nothing was changed (nonfinite='raise')"
                 )
-            out, new_state, info = update(grads, state, params)
+            effect, new_state, info = update(grads, state, params)
             info = dict(info)
             info["nonfinite"] = _flag(xp, xp.logical_not(finite))
-            return out, new_state, info
+            return effect, new_state, info
         if policy == "zero":
             cleaned = [xp.where(xp.isfinite(g), g, xp.zeros_like(g)) for g in grads]
-            out, new_state, info = update(cleaned, state, params)
+            effect, new_state, info = update(cleaned, state, params)
             info = dict(info)
             info["nonfinite"] = _flag(xp, xp.logical_not(finite))
-            return out, new_state, info
+            return then(ZeroNonfinite(), effect), new_state, info
         # skip
-        out, new_state, info = update(grads, state, params)
-        out = [xp.where(finite, o, xp.zeros_like(o)) for o in out]
-        new_state = tree_select(xp, finite, new_state, state)
+        effect, new_state, info = update(grads, state, params)
+        effect = Skip(effect, xp.logical_not(finite))
+        new_state = tree_where(xp, finite, new_state, state)
         info = dict(info)
         info["nonfinite"] = _flag(xp, xp.logical_not(finite))
         info["skipped"] = info["nonfinite"]
-        return out, new_state, info
+        return effect, new_state, info
 
     return guarded

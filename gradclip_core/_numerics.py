@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ._multi import size, upcast
+from .backend._primitives import size, upcast
 from ._validate import is_number
 
 __all__ = ["acc_dtype", "const_like", "count", "min_ratio", "fraction", "ratio", "stack_norm"]

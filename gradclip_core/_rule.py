@@ -1,6 +1,6 @@
 """The Rule abstraction: ``init`` / ``update`` (before the optimizer step) / ``project`` (after it).
 
-A rule is a named tuple of pure functions over *flat sequences* of arrays::
+A rule is a small immutable object of pure functions over *flat sequences* of arrays::
 
     state                = rule.init(params)
     grads, state, info   = rule.update(grads, state, params=None)   # before the optimizer step
@@ -9,15 +9,28 @@ A rule is a named tuple of pure functions over *flat sequences* of arrays::
 ``state`` is a NamedTuple of arrays (possibly empty), so it is a JAX pytree, maps onto
 Keras variables and round-trips through a torch ``state_dict``. ``info`` is a dict of
 0-d arrays for logging (never synced to the host by the rule).
+
+Rules also *declare their effect* (:mod:`gradclip_core._effect`)::
+
+    effect, state, info  = rule.update_effect(grads, state, params=None)
+    effect, state, info  = rule.project_effect(params, state)
+
+so that adapters can apply a scale or a mask in place, or fold it into a fused
+optimizer, instead of receiving new full-size arrays. A rule built from an effect
+function gets ``update`` / ``project`` for free (the effect applied out of place); a
+rule built from ``update`` / ``project`` functions has the effect ``Replace(new arrays)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-__all__ = ["Rule", "EmptyState", "chain", "from_config", "Info"]
+from ._effect import Keep, Replace, then
+
+__all__ = ["Rule", "EmptyState", "chain", "from_config", "factory", "Info"]
 
 Info = dict  # str -> 0-d array
 
@@ -40,8 +53,77 @@ def _identity_project(params: Sequence[Any], state: Any):
     return list(params), state, {}
 
 
-class Rule(NamedTuple):
+def _keep_update(grads: Sequence[Any], state: Any, params: Sequence[Any] | None = None):
+    del grads, params
+    return Keep(), state, {}
+
+
+def _keep_project(params: Sequence[Any], state: Any):
+    del params
+    return Keep(), state, {}
+
+
+def _apply(arrays: list, effect: Any) -> list:
+    if isinstance(effect, Keep) or not arrays:
+        return arrays
+    from .backend import apply_effect, namespace
+
+    return apply_effect(namespace(*arrays), arrays, effect)
+
+
+def _from_effect(effect_fn: Callable[..., tuple], *, project: bool) -> Callable[..., tuple]:
+    """``update``/``project`` of an effect function: the effect applied out of place."""
+    if project:
+
+        def project_fn(params: Sequence[Any], state: Any):
+            params = list(params)
+            effect, state, info = effect_fn(params, state)
+            return _apply(params, effect), state, info
+
+        return project_fn
+
+    def update_fn(grads: Sequence[Any], state: Any, params: Sequence[Any] | None = None):
+        grads = list(grads)
+        effect, state, info = effect_fn(grads, state, params)
+        return _apply(grads, effect), state, info
+
+    return update_fn
+
+
+def _to_effect(fn: Callable[..., tuple], *, project: bool) -> Callable[..., tuple]:
+    """The effect of a plain ``update``/``project`` function: ``Replace`` of what it returns."""
+
+    def wrap(out: Sequence[Any], inputs: Sequence[Any]) -> Any:
+        out = list(out)
+        if len(out) == len(inputs) and all(o is i for o, i in zip(out, inputs)):
+            return Keep()
+        return Replace(tuple(out))
+
+    if project:
+
+        def project_effect(params: Sequence[Any], state: Any):
+            params = list(params)
+            out, state, info = fn(params, state)
+            return wrap(out, params), state, info
+
+        return project_effect
+
+    def update_effect(grads: Sequence[Any], state: Any, params: Sequence[Any] | None = None):
+        grads = list(grads)
+        out, state, info = fn(grads, state, params)
+        return wrap(out, grads), state, info
+
+    return update_effect
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Rule:
     """A gradient-clipping, constraint or pruning rule: pure ``init``/``update``/``project``.
+
+    Build one with a gradclip factory (``gradclip_core.clip_by_global_norm(1.0)``), or
+    from your own functions: give ``update`` / ``project`` (new arrays), or
+    ``update_effect`` / ``project_effect`` (a declared :mod:`effect <gradclip_core._effect>`
+    such as ``Scale``, so adapters can apply it in place); the other form is derived.
 
     Attributes:
       init: ``init(params) -> state``; ``params`` is a flat sequence of arrays.
@@ -52,16 +134,23 @@ class Rule(NamedTuple):
       name: short name, used as the prefix of the rule's info keys inside :func:`chain`.
       needs_params: whether ``update`` requires ``params`` (e.g. adaptive clipping).
       config: the factory name and arguments; :func:`from_config` rebuilds the rule.
+      update_effect: ``update_effect(grads, state, params=None) -> (effect, state, info)``.
+      project_effect: ``project_effect(params, state) -> (effect, state, info)``.
 
     Example:
       >>> import numpy as np
       >>> import gradclip_core as gc
       >>> rule = gc.clip_by_global_norm(1.0)
+      >>> rule
+      clip_by_global_norm(max_norm=1.0, ord=2, semantics=None, nonfinite='propagate')
       >>> grads = [np.array([3.0, 4.0], np.float32)]
       >>> state = rule.init(grads)
       >>> clipped, state, info = rule.update(grads, state)
       >>> clipped[0].astype(float).round(6).tolist(), float(info["norm"])
       ([0.6, 0.8], 5.0)
+      >>> effect, _, _ = rule.update_effect(grads, state)
+      >>> type(effect).__name__, round(float(effect.factors[0]), 6)
+      ('Scale', 0.2)
     """
 
     init: Callable[[Sequence[Any]], Any] = _identity_init
@@ -69,7 +158,25 @@ class Rule(NamedTuple):
     project: Callable[..., tuple] = _identity_project
     name: str = "identity"
     needs_params: bool = False
-    config: Mapping[str, Any] = {}
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    update_effect: Callable[..., tuple] | None = None
+    project_effect: Callable[..., tuple] | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("init", "update", "project"):
+            if not callable(getattr(self, field)):
+                raise ValueError(f"Rule {field} must be callable, got {type(getattr(self, field)).__name__}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Rule name must be a non-empty string, got {self.name!r}")
+        set_ = functools.partial(object.__setattr__, self)
+        if self.update_effect is None:
+            set_("update_effect", _keep_update if self.update is _identity_update else _to_effect(self.update, project=False))
+        elif self.update is _identity_update:
+            set_("update", _from_effect(self.update_effect, project=False))
+        if self.project_effect is None:
+            set_("project_effect", _keep_project if self.project is _identity_project else _to_effect(self.project, project=True))
+        elif self.project is _identity_project and self.project_effect is not _keep_project:
+            set_("project", _from_effect(self.project_effect, project=True))
 
     @property
     def has_project(self) -> bool:
@@ -78,6 +185,27 @@ class Rule(NamedTuple):
         Adapters skip the after-step work for rules without one (all clipping rules).
         """
         return self.project is not _identity_project
+
+    def replace(self, **changes: Any) -> "Rule":
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        return describe(self.config) if self.config else f"Rule(name={self.name!r})"
+
+
+def describe(config: Mapping[str, Any]) -> str:
+    """A rule's config as the factory call that builds it (``repr(rule)``).
+
+    Example:
+      >>> describe({"rule": "clip_by_value", "clip_value": 1.0, "lo": None, "hi": None})
+      'clip_by_value(clip_value=1.0, lo=None, hi=None)'
+    """
+    kwargs = dict(config)
+    name = kwargs.pop("rule", "rule")
+    if name == "chain":
+        return "chain(" + ", ".join(describe(c) for c in kwargs.get("rules", [])) + ")"
+    return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
 
 
 _FACTORIES: dict[str, Callable[..., Rule]] = {}
@@ -92,7 +220,7 @@ def factory(fn: Callable[..., Rule]) -> Callable[..., Rule]:
         bound = sig.bind(*args, **kwargs)
         bound.apply_defaults()
         rule = fn(*args, **kwargs)
-        return rule._replace(config={"rule": fn.__name__, **bound.arguments})
+        return rule.replace(config={"rule": fn.__name__, **bound.arguments})
 
     _FACTORIES[fn.__name__] = wrapper
     return wrapper
@@ -138,6 +266,12 @@ def chain(*rules: Rule) -> Rule:
     Info keys are prefixed with each rule's name (``"clip_by_global_norm/norm"``); a name
     used twice gets its position appended (``"clip_by_value#0/clipped_fraction"``).
 
+    The chain's effect: each rule sees what the rules before it produced. Rules that leave
+    the arrays unchanged (``record_norms``) cost nothing; when only one rule changes the
+    arrays its effect is the chain's (a global scale stays a global scale); otherwise the
+    arrays before the last changing rule are computed out of place and the chain's effect
+    is ``Then(Replace(those), last effect)``.
+
     Args:
       *rules: the rules, applied first to last.
 
@@ -166,33 +300,36 @@ def chain(*rules: Rule) -> Rule:
         if not isinstance(state, tuple) or len(state) != len(rules):
             raise ValueError(f"chain state must be a tuple of {len(rules)} rule states, got {type(state).__name__}")
 
-    def update(grads: Sequence[Any], state: tuple, params: Sequence[Any] | None = None):
+    def run(arrays: list, state: tuple, step: Callable[[Rule, list, Any], tuple]) -> tuple:
         _check(state)
         info: dict = {}
         new_state = []
+        current, pending, effect = arrays, Keep(), Keep()
         for r, p, s in zip(rules, prefixes, state):
-            grads, s, i = r.update(grads, s, params)
+            if not isinstance(pending, Keep):  # the next rule sees what the ones before produced
+                current, pending = _apply(current, pending), Keep()
+            e, s, i = step(r, current, s)
+            if not isinstance(e, Keep):
+                pending = e
+                effect = e if current is arrays else then(Replace(tuple(current)), e)
             new_state.append(s)
             info.update({f"{p}/{k}": v for k, v in i.items()})
-        return list(grads), tuple(new_state), info
+        return effect, tuple(new_state), info
 
-    def project(params: Sequence[Any], state: tuple):
-        _check(state)
-        info: dict = {}
-        new_state = []
-        for r, p, s in zip(rules, prefixes, state):
-            params, s, i = r.project(params, s)
-            new_state.append(s)
-            info.update({f"{p}/{k}": v for k, v in i.items()})
-        return list(params), tuple(new_state), info
+    def update_effect(grads: Sequence[Any], state: tuple, params: Sequence[Any] | None = None):
+        return run(list(grads), state, lambda r, g, s: r.update_effect(g, s, params))
 
-    # Keep "no project part" recognisable (Rule.has_project): adapters such as
-    # gradclip_optax.transform() must know whether a rule needs the weights after the step.
+    def project_effect(params: Sequence[Any], state: tuple):
+        return run(list(params), state, lambda r, p, s: r.project_effect(p, s))
+
+    has_project = any(r.has_project for r in rules)
     return Rule(
         init=init,
-        update=update,
-        project=project if any(r.has_project for r in rules) else _identity_project,
         name="chain",
         needs_params=any(r.needs_params for r in rules),
         config={"rule": "chain", "rules": [dict(r.config) for r in rules]},
+        update_effect=update_effect,
+        # Keep "no project part" recognisable (Rule.has_project): adapters such as
+        # gradclip_optax.transform() must know whether a rule needs the weights after the step.
+        project_effect=project_effect if has_project else None,
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ._namespace import namespace
+from ._effect import Keep
 from ._nonfinite import guard_update
 from ._rule import EmptyState, Rule
+from .backend._namespace import namespace
 
 __all__ = ["stateless_rule", "check_params", "NO_PARAMS_MSG"]
 
@@ -15,7 +16,7 @@ NO_PARAMS_MSG = (
     "(in optax, pass params to the transformation's update)"
 )
 
-# fn(xp, grads, params) -> (new grads, info)
+# fn(xp, grads, params) -> (effect, info)
 UpdateFn = Callable[[Any, list, "list | None"], "tuple[list, dict]"]
 
 
@@ -33,19 +34,20 @@ def check_params(name: str, grads: Sequence[Any], params: Sequence[Any] | None) 
 
 
 def stateless_rule(name: str, fn: UpdateFn, nonfinite: str, *, needs_params: bool = False) -> Rule:
-    """A :class:`Rule` with empty state whose ``update`` is ``fn`` under a non-finite policy.
+    """A :class:`Rule` with empty state whose ``update_effect`` is ``fn`` under a non-finite policy.
 
-    ``fn`` is called only with a non-empty list of gradients, their namespace ``xp`` and
-    the params (checked against the gradients when ``needs_params``, else as given).
+    ``fn(xp, grads, params) -> (effect, info)`` is called only with a non-empty list of
+    gradients, their namespace ``xp`` and the params (checked against the gradients when
+    ``needs_params``, else as given).
     """
 
-    def update(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
+    def update_effect(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
         grads = list(grads)
         if needs_params:
             params = check_params(name, grads, params)
         if not grads:
-            return grads, state, {}
-        out, info = fn(namespace(*grads), grads, params)
-        return out, state, info
+            return Keep(), state, {}
+        effect, info = fn(namespace(*grads), grads, params)
+        return effect, state, info
 
-    return Rule(update=guard_update(update, nonfinite), name=name, needs_params=needs_params)
+    return Rule(update_effect=guard_update(update_effect, nonfinite), name=name, needs_params=needs_params)

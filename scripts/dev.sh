@@ -37,8 +37,8 @@ setup() {
 # backend, gradclip_keras' doctests) run in one process per backend, enabled by
 # GRADCLIP_KERAS_RUN=1; the main process never collects them.
 KERAS_BACKENDS=(tensorflow jax torch)
-KERAS_PATHS=(tests/keras tests/parity adapters/gradclip_keras)
-KERAS_FILTER="keras_ or gradclip_keras"  # keras test files, keras_<backend> parity ids, doctests
+KERAS_PATHS=(tests/keras tests/parity adapters/gradclip_keras gradclip_core/backend/_tensorflow.py)
+KERAS_FILTER="keras_ or gradclip_keras or _tensorflow"  # keras test files, keras_<backend> parity ids, doctests
 
 run_tests() {
     export PYTHONDONTWRITEBYTECODE=1

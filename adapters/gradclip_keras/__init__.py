@@ -14,15 +14,17 @@ Three entry points (``import gradclip_core as gc``):
   ``fit``'s logs;
 - :func:`strip` ``(model | optimizer | callback)``: make pruning permanent (pruned
   weights exactly 0; a model is re-compiled with the inner optimizer, so it saves
-  without gradclip state); :func:`masks` gives the keep-masks;
-- :class:`PerExampleModel` ``(model, max_norm, noise_multiplier=, seed=)``: DP-SGD
-  training in ``fit`` (per-example gradients clipped by
+  without gradclip state); :func:`masks` gives the keep-masks, :func:`get_info` the
+  last info;
+- :func:`clip_per_example` ``(model, max_norm, noise_multiplier=, seed=)``: DP-SGD
+  training in ``fit`` (a :class:`PerExampleModel`: per-example gradients clipped by
   :func:`gradclip_core.clip_per_example`, optional seeded noise).
 
-Importing this package registers the active backend with the core: on TensorFlow an
-Array API namespace over ``keras.ops`` (array-api-compat has none); on JAX and torch the
-native namespaces are used. Keras kernels are ``(..., in, out)`` on every backend, so
-rules run with ``axis=None`` meaning ``"out_last"`` (see
+The vocabulary (``get_info``, ``masks``, ``strip``, ``clip_per_example``) is the one of
+``gradclip_torch`` and ``gradclip_optax``. Rules see the backend's own tensors (the core
+has a small Array API namespace for TensorFlow, loaded on first use; on JAX and torch
+the native namespaces and the core's kernels). Keras kernels are ``(..., in, out)`` on
+every backend, so rules run with ``axis=None`` meaning ``"out_last"`` (see
 :func:`gradclip_core.layout_override`).
 
 ``semantics="keras"`` gives Keras' own ``global_clipnorm`` / ``clipnorm`` numbers, bit for
@@ -40,13 +42,13 @@ Example:
   True
 """
 
-from ._backend import register as _register
 from ._callback import Callback, LogInfo
 from ._constraint import Constraint
 from ._optimizer import Optimizer
-from ._per_example import PerExampleModel
-from ._prune import masks, strip
+from ._per_example import PerExampleModel, clip_per_example
+from ._prune import get_info, masks, strip
 
-_register()
+__version__ = "0.2.0"
 
-__all__ = ["Optimizer", "Constraint", "Callback", "LogInfo", "PerExampleModel", "strip", "masks"]
+__all__ = ["Optimizer", "Constraint", "Callback", "LogInfo", "PerExampleModel", "clip_per_example", "strip", "masks",
+           "get_info"]

@@ -1,4 +1,10 @@
-"""Per-backend plumbing: namespace registration, the Keras weight layout, tensors and branches."""
+"""Per-backend plumbing: the Keras weight layout, tensors and branches.
+
+Rules see each backend's own tensors: ``jax.numpy``, torch, or TensorFlow tensors,
+for which the core loads its own small Array API namespace on first use (array-api-compat
+has none). The kernels (JAX's radix selection, torch's ``_foreach`` ops) are the core's,
+shared with ``gradclip_optax`` and ``gradclip_torch``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from keras import ops
 
 import gradclip_core as gc
 
-__all__ = ["LAYOUT", "register", "backend", "to_tensor", "snapshot", "rule_scope", "run_unless", "is_symbolic"]
+__all__ = ["LAYOUT", "backend", "to_tensor", "snapshot", "rule_scope", "run_unless", "is_symbolic", "storage_precision"]
 
 LAYOUT = "out_last"  # Keras kernels are (..., in, out) on every backend
 
@@ -18,41 +24,6 @@ LAYOUT = "out_last"  # Keras kernels are (..., in, out) on every backend
 def backend() -> str:
     """The Keras backend name (``"tensorflow"``, ``"jax"``, ``"torch"``, ...)."""
     return keras.backend.backend()
-
-
-def register() -> None:
-    """Hook the active Keras backend into the core (done once by ``import gradclip_keras``).
-
-    - TensorFlow: register the ``keras.ops`` namespace for TF tensors (array-api-compat
-      has none) and its ``"out_last"`` layout;
-    - torch: route the core's multi-array primitives to ``torch._foreach_*`` when
-      ``gradclip_torch`` is installed (same values, fewer kernel launches);
-    - JAX: the core uses ``jax.numpy``; the JAX pruning primitives of ``gradclip_optax``
-      (``lax.cond`` schedules, bitcast keys, the radix ``prune_smallest``, which
-      compiles much faster than the portable selection) are registered when
-      ``gradclip_optax`` is installed (it needs optax; :mod:`gradclip_optax._jax_ops`
-      itself needs only jax). Without it the portable defaults run: same masks.
-
-    Example:
-      >>> register()  # idempotent
-    """
-    name = backend()
-    if name == "tensorflow":
-        from . import _tf_namespace
-
-        gc.register_namespace(_tf_namespace.NAME, _tf_namespace.is_tf_array, _tf_namespace.xp)
-        gc.register_layout(_tf_namespace.NAME, LAYOUT)
-    elif name == "torch":
-        try:
-            import gradclip_torch  # noqa: F401  (registers the _foreach primitives)
-        except ImportError:  # pragma: no cover - gradclip_torch ships in the same distribution
-            pass
-    elif name == "jax":
-        try:
-            from gradclip_optax import _jax_ops
-        except ImportError:  # pragma: no cover - optax missing: the portable defaults (same results)
-            return
-        _jax_ops.register()
 
 
 def to_tensor(x: Any) -> Any:
@@ -137,3 +108,19 @@ def run_unless(skip: Any, fn: Callable[[], None], restore: Sequence[Any] = ()) -
     fn()
     for v, o in zip(restore, old):
         v.assign(ops.where(skip, o, v.value))
+
+
+def storage_precision(x: Any) -> Any:
+    """``x`` rounded to its dtype, also under XLA's excess precision (JAX, bf16/fp16).
+
+    XLA may keep a fused ``p - lr * g`` in float32 and feed it to the next op unrounded
+    (``--xla_allow_excess_precision``, on by default); a stored weight is rounded, so
+    ``project`` must see the rounded values.
+    """
+    if backend() != "jax" or str(x.dtype) not in ("bfloat16", "float16"):
+        return x
+    import jax
+    import jax.numpy as jnp
+
+    fi = jnp.finfo(x.dtype)
+    return jax.lax.reduce_precision(x, exponent_bits=fi.nexp, mantissa_bits=fi.nmant)

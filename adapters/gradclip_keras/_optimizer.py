@@ -9,7 +9,7 @@ from keras import ops
 
 import gradclip_core as gc
 
-from ._backend import backend, rule_scope, run_unless, snapshot, to_tensor
+from ._backend import backend, rule_scope, run_unless, snapshot, storage_precision, to_tensor
 from ._state import check_rule, flatten, has_project, sanitize, skipped, unflatten
 
 __all__ = ["Optimizer"]
@@ -39,22 +39,6 @@ def _constant(value: Any) -> Any:
         return ops.copy(value)
 
     return init
-
-
-def _storage_precision(x: Any) -> Any:
-    """``x`` rounded to its dtype, also under XLA's excess precision (JAX, bf16/fp16).
-
-    XLA may keep a fused ``p - lr * g`` in float32 and feed it to the next op unrounded
-    (``--xla_allow_excess_precision``, on by default); the stateful path rounds when it
-    stores the weights, so ``project`` must see stored values here too.
-    """
-    if backend() != "jax" or str(x.dtype) not in ("bfloat16", "float16"):
-        return x
-    import jax
-    import jax.numpy as jnp
-
-    fi = jnp.finfo(x.dtype)
-    return jax.lax.reduce_precision(x, exponent_bits=fi.nexp, mantissa_bits=fi.nmant)
 
 
 @keras.saving.register_keras_serializable(package="gradclip")
@@ -265,10 +249,13 @@ class Optimizer(keras.optimizers.Optimizer):
             return grads, 1.0
         return list(ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)), float(ctx.num_replicas_in_sync)
 
-    # ------------------------------------------------------------------ stateful
+    # ---------------------------------------------------------------------- step
 
     def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
         """Run the rule's ``update``, the inner optimizer's ``apply`` and the rule's ``project``.
+
+        The one step body: Keras' ``stateless_apply`` (the JAX trainer's path) runs this same
+        method inside a ``StatelessScope`` that maps every variable to its value.
 
         Args:
           grads: one gradient (or ``None``) per variable.
@@ -301,7 +288,7 @@ class Optimizer(keras.optimizers.Optimizer):
         def step() -> None:
             self.inner_optimizer.apply(inner_grads, variables)
             if slots.project:
-                values = [snapshot(v) for v in built]
+                values = [storage_precision(snapshot(v)) for v in built]
                 new_p, pstate, pinfo = self._project(values, new_state)
                 for var, value in zip(built, new_p):
                     var.assign(value)
@@ -313,62 +300,17 @@ class Optimizer(keras.optimizers.Optimizer):
         restore = list(built) + list(self.inner_optimizer.variables) + list(slots.state) + list(slots.info.values())
         run_unless(skipped(info), step, restore)
 
-    # ----------------------------------------------------------------- stateless
-
     def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any], trainable_variables: Sequence[Any]) -> tuple[list, list]:
-        """The same step on values (JAX trainer): returns ``(trainable values, optimizer values)``.
+        """The same step on values (the JAX trainer): :meth:`apply` inside Keras' ``StatelessScope``.
 
         ``optimizer_variables`` are the values of :attr:`variables` (this wrapper's own
         variables, rule state and info included, then the inner optimizer's).
         """
-        if backend() == "tensorflow":
-            raise ValueError(
-                "stateless_apply is not supported with the TensorFlow backend (as it is incompatible with "
-                "tf.distribute); use apply()"
-            )
-        if not self.built:
-            raise ValueError(
-                "To call `stateless_apply`, gradclip_keras.Optimizer must be built (i.e. its variables must "
-                "have been created). You can build it via `optimizer.build(trainable_variables)`."
-            )
         # LossScaleOptimizer passes this optimizer's Variables themselves, inside a
         # StatelessScope that maps them to values: read those values (`.value` consults
         # the scope), so that no Variable is returned from a traced branch.
         optimizer_variables = [v.value if isinstance(v, keras.Variable) else v for v in optimizer_variables]
-        own_vars = self._variables
-        if len(optimizer_variables) != len(self.variables):
-            raise ValueError(f"expected {len(self.variables)} optimizer variable values, got {len(optimizer_variables)}")
-        own = optimizer_variables[: len(own_vars)]
-        inner = optimizer_variables[len(own_vars):]
-        index = {id(v): i for i, v in enumerate(own_vars)}
-        slots = self._gradclip
-        built = self._trainable_variables
-        tvs = list(trainable_variables)
-        state_vals = [own[index[id(v)]] for v in slots.state]
-        grads = list(grads)
-        full = [ops.zeros(tuple(v.shape), dtype=v.dtype) if g is None else to_tensor(g) for g, v in zip(grads, built)]
-        if self._loss_scale is not None:
-            full = [g / ops.cast(self._loss_scale, g.dtype) for g in full]
-        out, state1, info = self._update(full, state_vals, tvs)
-        inner_grads = [None if g is None else o for g, o in zip(grads, out)]
-        new_tvs, new_inner = self.inner_optimizer.stateless_apply(inner, inner_grads, tvs)
-        new_tvs, new_inner = list(new_tvs), list(new_inner)
-        state2, pinfo = state1, {}
-        if slots.project:
-            new_tvs, state2, pinfo = self._project([_storage_precision(t) for t in new_tvs], state1)
-        skip = skipped(info)
-        if skip is not None:
-            new_tvs = [ops.where(skip, a, b) for a, b in zip(tvs, new_tvs)]
-            new_inner = [ops.where(skip, a, b) for a, b in zip(inner, new_inner)]
-            state2 = [ops.where(skip, a, b) for a, b in zip(state1, state2)]
-            pinfo = {k: ops.where(skip, own[index[id(slots.info[k])]], v) for k, v in pinfo.items()}
-        new_own = list(own)
-        for var, value in zip(slots.state, state2):
-            new_own[index[id(var)]] = self._cast_like(value, var)
-        for key, value in {**info, **pinfo}.items():
-            var = slots.info[key]
-            new_own[index[id(var)]] = self._cast_like(value, var)
-        return new_tvs, new_own + new_inner
+        return super().stateless_apply(optimizer_variables, grads, trainable_variables)
 
     # -------------------------------------------------------------------- config
 

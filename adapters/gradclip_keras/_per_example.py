@@ -21,7 +21,7 @@ import gradclip_core as gc
 
 from ._backend import backend, rule_scope, to_tensor
 
-__all__ = ["PerExampleModel"]
+__all__ = ["PerExampleModel", "clip_per_example"]
 
 INFO_PREFIX = "per_example/"
 
@@ -218,3 +218,30 @@ class PerExampleModel(keras.Model):
             "max_norm": self.max_norm,
             **self._options,
         }
+
+
+def clip_per_example(model: keras.Model, max_norm: Any, **options: Any) -> PerExampleModel:
+    """DP-SGD training for ``model.fit``: ``model`` wrapped in a :class:`PerExampleModel`.
+
+    The Keras form of ``gradclip_torch.clip_per_example`` / ``gradclip_optax.clip_per_example``:
+    each example's gradient is clipped to ``max_norm`` (global norm over all weights) by
+    :func:`gradclip_core.clip_per_example`, summed, noised and averaged inside the
+    compiled train step.
+
+    Args:
+      model: the Keras model (no layer may mix examples, e.g. no ``BatchNormalization``).
+      max_norm: the clip norm ``C``.
+      **options: ``noise_multiplier``, ``seed``, ``batch_size``, ``reduction``,
+        ``semantics``, ``name`` (see :class:`PerExampleModel`).
+
+    Returns:
+      The wrapped model; ``compile`` and ``fit`` it as usual.
+
+    Example:
+      >>> import keras
+      >>> import gradclip_keras
+      >>> inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+      >>> type(gradclip_keras.clip_per_example(inner, 1.0)).__name__
+      'PerExampleModel'
+    """
+    return PerExampleModel(model, max_norm, **options)

@@ -14,15 +14,14 @@ from typing import Any
 import keras
 from keras import ops
 
-import gradclip_core as gc
-from gradclip_core._prune import find_masks
+from gradclip_core.backend import find_masks
 
 from ._backend import to_tensor
 from ._callback import Callback, _sync
 from ._optimizer import Optimizer
 from ._state import unflatten
 
-__all__ = ["strip", "masks"]
+__all__ = ["strip", "masks", "get_info"]
 
 
 def _unwrap(optimizer: Any) -> Optimizer | None:
@@ -131,3 +130,36 @@ def strip(obj: Any) -> Any:
     kwargs = keras.saving.deserialize_keras_object(config) if config else {}
     obj.compile(optimizer=opt.inner_optimizer, **kwargs)
     return obj
+
+
+def get_info(obj: Any) -> dict:
+    """The last step's info of the model's :class:`gradclip_keras.Optimizer`, as tensors.
+
+    The same as ``optimizer.info``; the name ``gradclip_torch.get_info(handle)`` and
+    ``gradclip_optax.get_info(state)`` use. A ``LossScaleOptimizer`` around the wrapper is
+    looked through. For a :class:`gradclip_keras.Callback`, its last info (floats).
+
+    Args:
+      obj: a ``keras.Model`` compiled with the wrapper, the wrapper, or a ``Callback``.
+
+    Example:
+      >>> import numpy as np, keras
+      >>> import gradclip_core as gc, gradclip_keras
+      >>> opt = gradclip_keras.Optimizer(keras.optimizers.SGD(1.0), gc.clip_by_global_norm(1.0))
+      >>> w = keras.Variable(np.zeros(2, np.float32))
+      >>> opt.apply([keras.ops.convert_to_tensor(np.array([3.0, 4.0], np.float32))], [w])
+      >>> float(gradclip_keras.get_info(opt)["norm"])
+      5.0
+    """
+    if isinstance(obj, Callback):
+        return dict(obj.info)
+    if isinstance(obj, keras.Model):
+        _sync(obj)
+        obj = getattr(obj, "optimizer", None)
+    opt = _unwrap(obj)
+    if opt is None:
+        raise TypeError(
+            f"get_info: expected a keras.Model compiled with gradclip_keras.Optimizer, the optimizer or a "
+            f"gradclip_keras.Callback, got {type(obj).__name__}"
+        )
+    return opt.info

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from keras import ops
 
 import gradclip_core as gc
-from gradclip_core._tree import flatten_state, unflatten_state
+from gradclip_core.backend import flatten_state, unflatten_state
 
 __all__ = ["flatten", "unflatten", "has_project", "skipped", "check_rule", "sanitize"]
 
@@ -30,7 +30,7 @@ def has_project(rule: gc.Rule) -> bool:
       >>> has_project(gc.clip_by_global_norm(1.0)), has_project(gc.Rule(project=lambda p, s: (p, s, {})))
       (False, True)
     """
-    return rule.project is not gc.Rule._field_defaults["project"]
+    return rule.has_project
 
 
 def flatten(tree: Any) -> list:

@@ -10,8 +10,12 @@ Two entry points:
 
 States are NamedTuple pytrees of arrays; ``state.info`` holds the last step's info
 (``state.info["norm"]``, or :func:`get_info` on a whole optimizer state). On JAX arrays
-the core uses the ``jax.numpy`` namespace and the optax weight layout (``axis=None``
-in unit-wise rules means ``"optax"``).
+the core uses the ``jax.numpy`` namespace, its JAX kernels (``lax.cond``, the radix
+selection in one ``fori_loop``) and the optax weight layout (``axis=None`` in unit-wise
+rules means ``"optax"``).
+
+The same vocabulary as ``gradclip_torch`` and ``gradclip_keras``: :func:`get_info` (last
+info), :func:`masks`, :func:`strip`, :func:`clip_per_example`.
 
 Example:
   >>> import jax.numpy as jnp
@@ -26,16 +30,14 @@ Example:
   0.2041
 """
 
-from ._flat import NO_PARAMS_MSG
 from ._info import get_info
-from ._per_example import PerExampleClipState, per_example_clip, per_example_grads
-from ._jax_ops import register as _register_jax_ops
+from ._per_example import PerExampleClipState, clip_per_example, clip_per_example_transform
 from ._prune import masks, strip
 from ._state import TransformState, WrapState
 from ._transform import transform
 from ._wrap import wrap
 
-_register_jax_ops()  # lax.cond, bitcast keys, radix prune_smallest for jax.numpy
+__version__ = "0.2.0"
 
-__all__ = ["transform", "wrap", "get_info", "strip", "masks", "TransformState", "WrapState", "NO_PARAMS_MSG",
-           "per_example_grads", "per_example_clip", "PerExampleClipState"]
+__all__ = ["transform", "wrap", "get_info", "strip", "masks", "TransformState", "WrapState",
+           "clip_per_example", "clip_per_example_transform", "PerExampleClipState"]

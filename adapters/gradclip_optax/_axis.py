@@ -4,7 +4,7 @@
 under :func:`axis_collective`, for updates that are *shards* of the full arrays along
 their leading axis (``shard_map`` with ``in_specs=P("x")`` on the first dimension, as in
 ZeRO/FSDP-style sharding): every global quantity of the rule (norms, pruning counts) is
-reduced over the axis, once per quantity (see :mod:`gradclip_core._collective`).
+reduced over the axis, once per quantity (see :func:`gradclip_core.backend.collective`).
 
 Not for replicated gradients: after ``lax.pmean(grads, "x")`` in a data-parallel step,
 every device holds the full gradients, and the rule must run without ``axis_name``
@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import jax
 
-import gradclip_core as gc
+import gradclip_core.backend as gcb
 
 __all__ = ["axis_reducer", "axis_collective", "check_axis_name"]
 
@@ -34,8 +34,8 @@ def check_axis_name(axis_name: Any) -> Any:
     return axis_name
 
 
-def axis_reducer(axis_name: Any) -> gc.Participants:
-    """A :class:`gradclip_core.Participants` over ``axis_name``; call it inside the mapped function.
+def axis_reducer(axis_name: Any) -> gcb.Participants:
+    """A :class:`gradclip_core.backend.Participants` over ``axis_name``; call it inside the mapped function.
 
     Args:
       axis_name: the ``shard_map`` / ``pmap`` axis name (or a tuple of names).
@@ -55,7 +55,7 @@ def axis_reducer(axis_name: Any) -> gc.Participants:
         return jax.lax.psum(x, axis_name) if op == "sum" else jax.lax.pmax(x, axis_name)
 
     size = int(jax.lax.axis_size(axis_name))
-    return gc.Participants(reduce, size=size, index=lambda xp: jax.lax.axis_index(axis_name), total=lambda n: n * size)
+    return gcb.Participants(reduce, size=size, index=lambda xp: jax.lax.axis_index(axis_name), total=lambda n: n * size)
 
 
 @contextlib.contextmanager
@@ -64,5 +64,5 @@ def axis_collective(axis_name: Any) -> Iterator[None]:
     if axis_name is None:
         yield
         return
-    with gc.collective(axis_reducer(axis_name)):
+    with gcb.collective(axis_reducer(axis_name)):
         yield

@@ -12,10 +12,10 @@ import gradclip_core as gc
 
 from ._flat import flatten
 
-__all__ = ["per_example_grads", "per_example_clip", "PerExampleClipState"]
+__all__ = ["clip_per_example", "clip_per_example_transform", "PerExampleClipState"]
 
 
-def per_example_grads(
+def clip_per_example(
     loss_fn: Callable[..., jax.Array],
     params: Any,
     *batch: Any,
@@ -53,7 +53,7 @@ def per_example_grads(
       >>> import gradclip_optax
       >>> loss = lambda p, x, y: (jnp.dot(p["w"], x) - y) ** 2
       >>> x, y = jnp.ones((4, 3)), jnp.array([0.0, 1.0, 2.0, 30.0])
-      >>> g, info = gradclip_optax.per_example_grads(loss, {"w": jnp.zeros(3)}, x, y, max_norm=1.0)
+      >>> g, info = gradclip_optax.clip_per_example(loss, {"w": jnp.zeros(3)}, x, y, max_norm=1.0)
       >>> bool(jnp.linalg.norm(g["w"]) <= 1.0), float(info["clipped_fraction"])
       (True, 0.75)
     """
@@ -68,13 +68,13 @@ def per_example_grads(
 
 
 class PerExampleClipState(NamedTuple):
-    """State of :func:`per_example_clip`: ``count`` (int32, steps taken: the noise counter) and the last ``info``."""
+    """State of :func:`clip_per_example_transform`: ``count`` (int32, steps taken: the noise counter) and the last ``info``."""
 
     count: jax.Array
     info: dict
 
 
-def per_example_clip(
+def clip_per_example_transform(
     max_norm: Any,
     noise_multiplier: Any = 0.0,
     *,
@@ -90,7 +90,7 @@ def per_example_clip(
     core's counter-based noise keyed by ``(seed, step)``; the step counter lives in the
     state, so a checkpointed state resumes with exactly the noise an uninterrupted run
     would have drawn. Put it first in a chain:
-    ``optax.chain(gradclip_optax.per_example_clip(1.0, 1.1, seed=0), optax.sgd(0.1))``.
+    ``optax.chain(gradclip_optax.clip_per_example_transform(1.0, 1.1, seed=0), optax.sgd(0.1))``.
 
     Args:
       max_norm: the clip norm ``C``.
@@ -105,7 +105,7 @@ def per_example_clip(
     Example:
       >>> import jax.numpy as jnp
       >>> import gradclip_optax
-      >>> tx = gradclip_optax.per_example_clip(1.0)
+      >>> tx = gradclip_optax.clip_per_example_transform(1.0)
       >>> state = tx.init({"w": jnp.zeros(2)})
       >>> u, state = tx.update({"w": jnp.array([[3.0, 4.0], [0.3, 0.4]])}, state)
       >>> [round(float(v), 4) for v in u["w"]], int(state.count)

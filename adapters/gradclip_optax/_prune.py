@@ -1,8 +1,7 @@
 """Pruning helpers for optax states: :func:`masks` and :func:`strip`.
 
-The JAX pruning primitives (``lax.cond`` schedules, exact radix selection) live in
-:mod:`gradclip_optax._jax_ops`; :func:`register` is kept as an alias of its
-``register``.
+(The JAX pruning kernels, ``lax.cond`` schedules and the radix selection in one
+``fori_loop``, are the core's: :mod:`gradclip_core.backend`, loaded on the first JAX array.)
 """
 
 from __future__ import annotations
@@ -12,12 +11,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-import gradclip_core as gc
-from gradclip_core._prune import find_masks
+from gradclip_core.backend import find_masks
 
-from ._jax_ops import register
-
-__all__ = ["strip", "masks", "register"]
+__all__ = ["strip", "masks"]
 
 
 def masks(params: Any, state: Any) -> Any:

@@ -18,10 +18,15 @@ Two ways to apply a rule (``import gradclip_core as gc``):
   ``handle.state_dict()`` / ``handle.load_state_dict()`` checkpoint the rule state,
   ``handle.remove()`` detaches it.
 
-Importing this package routes the core's multi-array primitives to torch's
-``_foreach_norm`` / ``_foreach_mul_`` kernels. Everything is branch-free and free of
-host syncs (except ``nonfinite="raise"``), so it runs under ``torch.compile``, on CPU
-and CUDA, with float32/bfloat16/float16 gradients (norms accumulate in float32).
+Rules declare their effect (a global scale, per-array or per-unit scales, a mask, a
+clamp); it is computed first and then applied to the ``.grad`` buffers (or weights) in
+place with torch's ``_foreach_*`` kernels (the core loads them on the first torch
+tensor). Everything is branch-free and free of host syncs (except
+``nonfinite="raise"``), so it runs under ``torch.compile``, on CPU and CUDA, with
+float32/bfloat16/float16 gradients (norms accumulate in float32).
+
+The same vocabulary as ``gradclip_optax`` and ``gradclip_keras``: :func:`get_info` (last
+info), :func:`masks`, :func:`strip`, :func:`clip_per_example`.
 
 AMP (``torch.amp.GradScaler``): with :func:`attach` nothing changes, ``scaler.step``
 unscales before ``optimizer.step()`` runs the hook and skips both on inf/NaN. With
@@ -51,12 +56,10 @@ Example:
 
 from ._apply import apply_, project_
 from ._hooks import Handle, attach
-from ._ops import register as _register
-from ._per_example import clip_per_example_
-from ._prune_ops import register as _register_prune
+from ._inspect import get_info, masks
+from ._per_example import clip_per_example
 from ._pruner import Pruner, prune, strip
 
-_register()
-_register_prune()
+__version__ = "0.2.0"
 
-__all__ = ["apply_", "project_", "attach", "Handle", "prune", "strip", "Pruner", "clip_per_example_"]
+__all__ = ["apply_", "project_", "attach", "Handle", "get_info", "prune", "strip", "masks", "Pruner", "clip_per_example"]

@@ -1,61 +1,33 @@
-"""Functional API: run a rule on the ``.grad`` of some parameters (or on the weights), in place."""
+"""Functional API: run a rule on the ``.grad`` of some parameters (or on the weights), in place.
+
+The rule declares its effect (a scale, a mask, a clamp, new arrays; see
+:mod:`gradclip_core._effect`); every factor and mask is computed and checked first,
+then the effect is written into the ``.grad`` buffers (or the weights) in place with
+torch's ``_foreach_*`` kernels. So a rule that raises leaves everything untouched, and a
+global scale costs what ``clip_grad_norm_`` costs: one ``_foreach_mul_`` per dtype.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Iterable, Sequence
 
 import torch
 
 from gradclip_core import Rule
+from gradclip_core.backend import apply_effect, check_effect, namespace
 
 from ._distributed import localize
-from ._ops import owned
+from ._fused import split_fold
 
-__all__ = ["apply_", "project_", "collect", "update_grads", "project_params"]
+__all__ = ["apply_", "project_", "collect", "update_grads", "run_update", "project_params", "check_rule"]
 
 Parameters = torch.Tensor | Iterable[torch.Tensor]
 
-# Core rules audited to never read an input array after scaling it, so the adapter may
-# let them scale its gradient buffers in place (see gradclip_torch._ops.owned).
-_INPLACE_SAFE = {
-    "clip_by_value",
-    "clip_by_norm",
-    "clip_by_global_norm",
-    "clip_by_block_rms",
-    "clip_update_rms",
-    "adaptive_clip",
-    # pruning and constraints: masking / clamping is their last step (gradclip_torch._prune_ops)
-    "magnitude_prune",
-    "global_magnitude_prune",
-    "random_prune",
-    "ln_structured_prune",
-    "nm_prune",
-    "clip_weights",
-    "non_neg",
-}
 
-
-def _check_rule(rule: Any, where: str) -> None:
+def check_rule(rule: Any, where: str) -> None:
+    """``rule`` must be a gradclip :class:`~gradclip_core.Rule`."""
     if not isinstance(rule, Rule):
         raise TypeError(f"{where}: rule must be a gradclip Rule (e.g. gradclip_core.clip_by_global_norm(1.0)), got {type(rule).__name__}")
-
-
-def inplace_safe(config: Any) -> bool:
-    """Whether a rule (by its ``config``) may scale the adapter's gradient buffers in place.
-
-    Only single audited core rules (in those, scaling is the last thing that can fail),
-    none with ``nonfinite="raise"``, and no chains: a later rule of a chain may raise
-    after an earlier one scaled, and nothing may be half-applied.
-
-    Example:
-      >>> import gradclip_core as gc
-      >>> inplace_safe(gc.clip_by_global_norm(1.0).config), inplace_safe(gc.clip_by_norm(1.0, nonfinite="raise").config)
-      (True, False)
-    """
-    if not isinstance(config, dict) or "rule" not in config:
-        return False
-    return config["rule"] in _INPLACE_SAFE and config.get("nonfinite", "propagate") != "raise"
 
 
 def _as_list(parameters: Parameters) -> list[torch.Tensor]:
@@ -99,60 +71,61 @@ def collect(parameters: Parameters) -> tuple[list[torch.Tensor], list[torch.Tens
     return params, grads
 
 
-def _check_outputs(kind: str, old: Sequence[torch.Tensor], new: Sequence[Any]) -> None:
-    if len(new) != len(old):
-        raise ValueError(f"gradclip_torch: the rule returned {len(new)} {kind} for {len(old)} inputs")
-    for i, (a, b) in enumerate(zip(old, new)):
-        if not isinstance(b, torch.Tensor) or b.shape != a.shape or b.dtype != a.dtype:
-            got = f"{b.dtype}{list(b.shape)}" if isinstance(b, torch.Tensor) else type(b).__name__
-            raise ValueError(f"gradclip_torch: the rule turned {kind} {i} from {a.dtype}{list(a.shape)} into {got}")
-
-
-def _write_back(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> None:
-    """Copy ``src[i]`` into ``dst[i]`` where the rule produced a new tensor."""
-    idx = [i for i, (d, s) in enumerate(zip(dst, src)) if s is not d]
-    if idx:
-        torch._foreach_copy_([dst[i] for i in idx], [src[i] for i in idx])
-
-
 def update_grads(
     rule: Rule, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: Any, process_group: Any = None
 ) -> tuple[Any, dict]:
-    """``rule.update`` on ``grads``, written back into them in place; returns ``(state, info)``.
+    """``rule.update_effect`` on ``grads``, applied to them in place; returns ``(state, info)``.
 
-    Everything is checked before anything is written: if the rule raises, the
-    gradients and ``state`` are untouched. DTensors (FSDP2) or ``process_group``: the
+    Everything is computed and checked before anything is written: if the rule raises,
+    the gradients and ``state`` are untouched. DTensors (FSDP2) or ``process_group``: the
     rule runs on the local shards under a collective (``gradclip_torch._distributed``).
     """
+    state, info, _, _ = run_update(rule, params, grads, state, process_group)
+    return state, info
+
+
+def run_update(
+    rule: Rule,
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    state: Any,
+    process_group: Any = None,
+    *,
+    fold: bool = False,
+) -> tuple[Any, dict, Any, Any]:
+    """:func:`update_grads`, optionally leaving a final global scale and skip to a fused optimizer.
+
+    Returns:
+      ``(state, info, scale, skip)``: with ``fold``, the global scale (0-d tensor) and the
+      skip flag (0-d bool) the caller hands to the optimizer (``None`` when there is none);
+      everything else of the effect is applied in place.
+    """
+    scale = skip = None
     with torch.no_grad(), localize([params, grads], process_group) as (params, grads):
         if not grads:
-            return (rule.init([]) if state is None else state), {}
+            return (rule.init([]) if state is None else state), {}, None, None
         views = [p.detach() for p in params] if (rule.needs_params or state is None) else None
         if state is None:
             state = rule.init(views)
-        compiling = torch.compiler.is_compiling()
-        donate = not compiling and inplace_safe(rule.config)
-        ctx = owned(grads) if donate else contextlib.nullcontext()
-        with ctx:
-            out, new_state, info = rule.update(list(grads), state, views if rule.needs_params else None)
-        _check_outputs("gradient", grads, out)
-        _write_back(grads, out)
-    return new_state, dict(info)
+        effect, new_state, info = rule.update_effect(list(grads), state, views if rule.needs_params else None)
+        check_effect(effect, grads, "gradclip_torch")
+        if fold:
+            effect, scale, skip = split_fold(effect)
+        apply_effect(namespace(*grads), grads, effect, inplace=True)
+    return new_state, dict(info), scale, skip
 
 
 def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, process_group: Any = None) -> tuple[Any, dict]:
-    """``rule.project`` on the weights ``params``, written back in place; returns ``(state, info)``."""
+    """``rule.project_effect`` on the weights ``params``, applied in place; returns ``(state, info)``."""
     with torch.no_grad(), localize([params], process_group) as (params,):
         views = [p.detach() for p in params]
         if state is None:
             state = rule.init(views)
         if not views:
             return state, {}
-        donate = not torch.compiler.is_compiling() and inplace_safe(rule.config)
-        with owned(views) if donate else contextlib.nullcontext():  # the weights are overwritten anyway
-            out, new_state, info = rule.project(views, state)
-        _check_outputs("parameter", views, out)
-        _write_back(views, out)
+        effect, new_state, info = rule.project_effect(views, state)
+        check_effect(effect, views, "gradclip_torch")
+        apply_effect(namespace(*views), views, effect, inplace=True)
     return new_state, dict(info)
 
 
@@ -193,7 +166,7 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_gro
       >>> w.grad.tolist(), float(info["norm"])
       ([0.6000000238418579, 0.800000011920929], 5.0)
     """
-    _check_rule(rule, "apply_")
+    check_rule(rule, "apply_")
     params, grads = collect(parameters)
     if rule.needs_params:
         _check_devices(list(params) + list(grads), "the parameters and their gradients")
@@ -223,7 +196,7 @@ def project_(parameters: Parameters, rule: Rule, state: Any = None, *, process_g
       >>> w.tolist(), info
       ([1.0, 1.0], {})
     """
-    _check_rule(rule, "project_")
+    check_rule(rule, "project_")
     params = _as_list(parameters)
     _check_devices(params, "the parameters")
     return project_params(rule, params, state, process_group)

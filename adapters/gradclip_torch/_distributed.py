@@ -9,7 +9,7 @@
   DTensor's storage, so results are written back in place) and activates a
   :class:`gradclip_core.Participants` reducer doing ``torch.distributed.all_reduce``
   (SUM / MAX) on the mesh's process group. The core stacks its per-array partials
-  (see :mod:`gradclip_core._collective`), so a global-norm clip costs one collective per
+  (see :func:`gradclip_core.backend.collective`), so a global-norm clip costs one collective per
   step, and a global pruning recomputation one per histogram pass.
 - **Manual sharding**: plain tensors that are each rank's block of rows of the full
   arrays, with ``process_group=`` given to ``apply_`` / ``project_`` / ``attach``.
@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-import gradclip_core as gc
+import gradclip_core.backend as gcb
 
 __all__ = ["reducer", "localize", "local", "is_dtensor"]
 
@@ -60,7 +60,7 @@ def _count_device(group: Any) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
-def reducer(group: Any = None) -> gc.Participants:
+def reducer(group: Any = None) -> gcb.Participants:
     """A :class:`gradclip_core.Participants` reducing over ``group`` with ``torch.distributed``.
 
     Args:
@@ -92,7 +92,7 @@ def reducer(group: Any = None) -> gc.Participants:
         return int(t.item())
 
     rank = dist.get_rank(group)
-    return gc.Participants(reduce, size=dist.get_world_size(group), index=lambda xp: rank, total=total)
+    return gcb.Participants(reduce, size=dist.get_world_size(group), index=lambda xp: rank, total=total)
 
 
 def _mesh_group(tensors: Sequence[torch.Tensor]) -> Any:
@@ -138,10 +138,10 @@ def localize(
     dtensor = _dtensor_type()  # looked up once, not per tensor
     if dtensor is not None and any(isinstance(t, dtensor) for t in flat):
         group = _mesh_group(flat)
-        with gc.collective(reducer(group)):
+        with gcb.collective(reducer(group)):
             yield [[local(t) for t in g] for g in groups]
     elif process_group is not None:
-        with gc.collective(reducer(process_group)):
+        with gcb.collective(reducer(process_group)):
             yield [list(g) for g in groups]
     else:
         yield [list(g) for g in groups]

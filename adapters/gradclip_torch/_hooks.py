@@ -6,20 +6,31 @@
   that have one (``grad is None`` skipped), in place, before the optimizer reads them;
 - a step *post*-hook: ``rule.project`` on the weights of those same parameters.
 
-AMP: with ``torch.amp.GradScaler`` call ``scaler.step(optimizer)`` as usual. It
-unscales the gradients (if ``scaler.unscale_`` was not called already) and then calls
-``optimizer.step()`` only when they are finite, so the rule always sees unscaled
-gradients and a step skipped by the scaler skips the rule too (its state and ``info``
-stay those of the last real step).
+**Fused optimizers** (``Adam``/``AdamW``/``SGD``/``Adagrad`` with ``fused=True``): a rule whose
+effect is one global scale (global-norm clip, AutoClip, ZClip) is folded into the fused
+step's ``grad_scale`` instead of a separate multiply pass, and a ``nonfinite="skip"`` step
+into ``found_inf``: a true skip (weights, moments and step counts unchanged) with no host
+sync. See :mod:`gradclip_torch._fused` for the rounding (``fold=False`` or
+``semantics="torch"`` keep the exact multiply).
 
-``nonfinite="skip"`` rules: the hook cannot cancel ``optimizer.step()`` without a host
-sync, so on a non-finite step the rule hands the optimizer all-zero gradients (and keeps
-its own state). With plain SGD (no momentum, no weight decay) the weights then stay
-exactly as they were; optimizers with momentum, weight decay or Adam's moments still
-take their step with a zero gradient (moments decay, step counters advance, momentum
-keeps moving the weights). ``handle.info["skipped"]`` tells which steps were skipped.
-For a true skip of such optimizers check that flag yourself (one sync) and do not call
-``step()``, or use ``GradScaler``, whose inf check does exactly that.
+AMP: with ``torch.amp.GradScaler`` call ``scaler.step(optimizer)`` as usual. For an
+unfused optimizer it unscales the gradients (if ``scaler.unscale_`` was not called
+already) and then calls ``optimizer.step()`` only when they are finite, so the rule sees
+unscaled gradients, and a step skipped by the scaler skips the rule too (its state and
+``info`` stay those of the last real step). For a fused optimizer GradScaler leaves the
+gradients scaled and hands the loss scale to the kernel: the hook then divides the
+gradients by it first (exact: GradScaler's scales are powers of two), so the rule still
+sees the true gradients; on a step GradScaler skips (inf/NaN) the rule's state is kept
+and ``info["skipped"]`` is 1.
+
+``nonfinite="skip"`` rules with an unfused optimizer: the hook cannot cancel
+``optimizer.step()`` without a host sync, so on a non-finite step the rule hands the
+optimizer all-zero gradients (and keeps its own state). With plain SGD (no momentum, no
+weight decay) the weights then stay exactly as they were; optimizers with momentum,
+weight decay or Adam's moments still take their step with a zero gradient.
+``handle.info["skipped"]`` tells which steps were skipped. For a true skip use a fused
+optimizer (``found_inf``, above), or check that flag yourself (one sync) and do not call
+``step()``.
 """
 
 from __future__ import annotations
@@ -29,9 +40,11 @@ from typing import Any, Mapping
 import torch
 
 from gradclip_core import Rule
+from gradclip_core.backend import tree_where
 
-from ._apply import _check_devices, _check_rule, collect, project_params, update_grads
+from ._apply import _check_devices, check_rule, collect, project_params, run_update
 from ._distributed import local
+from ._fused import resolve_fold
 from ._state import check_leaves, flatten, structure, unflatten
 
 __all__ = ["attach", "Handle"]
@@ -62,10 +75,12 @@ class Handle:
       >>> handle.remove()
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, rule: Rule, process_group: Any = None) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, rule: Rule, process_group: Any = None, fold: Any = "auto") -> None:
         self.rule = rule
         self.process_group = process_group
         self.optimizer = optimizer
+        self.fold = resolve_fold(fold, optimizer, rule)
+        self._own_attrs: list[str] = []
         self.info: dict[str, torch.Tensor] = {}
         self._state: Any = None
         self._pending: list[torch.Tensor] | None = None
@@ -94,11 +109,40 @@ class Handle:
             _check_devices(list(params) + list(grads), "the parameters and their gradients")
         if self._state is None:
             self._materialize(params)
-        self._state, info = update_grads(self.rule, params, grads, self._state, self.process_group)
+        loss_scale = getattr(optimizer, "grad_scale", None)  # GradScaler + fused optimizer: grads still scaled
+        scaler_inf = getattr(optimizer, "found_inf", None)
+        if loss_scale is not None and grads:
+            with torch.no_grad():  # the rule must see the true gradients (exact for power-of-two scales)
+                torch._foreach_div_([local(g) for g in grads], local(loss_scale).to(grads[0].dtype))
+            optimizer.grad_scale = None
+        old_state = self._state
+        self._state, info, scale, skip = run_update(self.rule, params, grads, self._state, self.process_group,
+                                                    fold=self.fold)
+        if scaler_inf is not None and grads:  # a step GradScaler skips: the rule's state stays too
+            skipped = local(scaler_inf) > 0
+            with torch.no_grad():
+                self._state = tree_where(None, skipped, old_state, self._state)
+            info["skipped"] = torch.logical_or(skipped, info["skipped"] != 0).to(torch.int32) if "skipped" in info \
+                else skipped.to(torch.int32)
+        self._own_attrs = []
+        if scale is not None:
+            self._set(optimizer, "grad_scale", torch.reciprocal(scale.to(torch.float32)))
+        if skip is not None:
+            found = skip.to(torch.float32)
+            self._set(optimizer, "found_inf", found if scaler_inf is None else torch.maximum(found, scaler_inf))
         self._params = params
         self.info = info
 
+    def _set(self, optimizer: torch.optim.Optimizer, name: str, value: torch.Tensor) -> None:
+        """Hand a folded scale / skip to the fused step (attributes GradScaler did not set are ours to remove)."""
+        if getattr(optimizer, name, None) is None and name not in vars(optimizer):
+            self._own_attrs.append(name)
+        setattr(optimizer, name, value)
+
     def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for name in self._own_attrs:  # (GradScaler deletes the ones it set after step())
+            vars(optimizer).pop(name, None)
+        self._own_attrs = []
         if not self.rule.has_project:  # clipping rules: nothing to do after the step
             return
         self._state, info = project_params(self.rule, self._params, self._state, self.process_group)
@@ -180,7 +224,7 @@ class Handle:
         return f"Handle(rule={self.rule.name!r}, optimizer={type(self.optimizer).__name__})"
 
 
-def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any = None) -> Handle:
+def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any = None, fold: Any = "auto") -> Handle:
     """Run ``rule`` inside every ``optimizer.step()`` (step pre- and post-hooks).
 
     Works unchanged with DDP (replicated gradients) and FSDP2 (DTensor parameters:
@@ -192,6 +236,10 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
       rule: a gradclip rule.
       process_group: only for plain tensors that are each rank's shard of the full
         arrays: the group to reduce over.
+      fold: ``"auto"`` (default): with a fused optimizer, a global scale goes into its
+        ``grad_scale`` and a skip into ``found_inf`` (one pass less, a true skip), except for
+        rules with ``semantics="torch"``, which stay bit-exact; ``True``: always (requires a
+        fused optimizer); ``False``: never (the scale is multiplied in place).
 
     Returns:
       A :class:`Handle` with ``.remove()``, ``.info`` (last info, tensors),
@@ -210,7 +258,7 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
       >>> [round(v, 4) for v in w.tolist()], float(handle.info["norm"])
       ([-0.6, -0.8], 5.0)
     """
-    _check_rule(rule, "attach")
+    check_rule(rule, "attach")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    return Handle(optimizer, rule, process_group)
+    return Handle(optimizer, rule, process_group, fold)

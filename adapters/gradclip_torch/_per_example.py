@@ -8,7 +8,7 @@ import torch
 
 import gradclip_core as gc
 
-__all__ = ["clip_per_example_"]
+__all__ = ["clip_per_example"]
 
 
 def _as_tuple(x: Any) -> tuple:
@@ -17,7 +17,7 @@ def _as_tuple(x: Any) -> tuple:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def clip_per_example_(
+def clip_per_example(
     model: torch.nn.Module,
     loss_fn: Callable[..., torch.Tensor],
     inputs: Any,
@@ -42,7 +42,7 @@ def clip_per_example_(
     ``torch.Generator``; it advances every call), ``seed=``/``counter=`` use the core's
     counter-based generator (identical noise in every framework; change ``counter``
     every step). For a formal DP guarantee use a secure generator (see
-    :mod:`gradclip_core._noise`).
+    :mod:`gradclip_core.clip._noise`).
 
     Args:
       model: the module; its buffers are used as they are (no batch-norm statistics
@@ -68,7 +68,7 @@ def clip_per_example_(
       >>> import gradclip_torch
       >>> model = torch.nn.Linear(3, 1)
       >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
-      >>> loss, info = gradclip_torch.clip_per_example_(model, torch.nn.functional.mse_loss, x, y, max_norm=0.1)
+      >>> loss, info = gradclip_torch.clip_per_example(model, torch.nn.functional.mse_loss, x, y, max_norm=0.1)
       >>> model.weight.grad.shape, bool(model.weight.grad.norm() <= 0.1 + 1e-6)
       (torch.Size([1, 3]), True)
     """
@@ -76,14 +76,14 @@ def clip_per_example_(
 
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     if not names:
-        raise ValueError("clip_per_example_: the model has no parameter with requires_grad")
+        raise ValueError("clip_per_example: the model has no parameter with requires_grad")
     named = dict(model.named_parameters())
     params = {n: named[n].detach() for n in names}
     frozen = {n: p.detach() for n, p in named.items() if n not in params}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
     ins, tgts = _as_tuple(inputs), _as_tuple(targets)
     if not ins:
-        raise ValueError("clip_per_example_: inputs must be a tensor or a tuple of tensors")
+        raise ValueError("clip_per_example: inputs must be a tensor or a tuple of tensors")
     n_in = len(ins)
 
     def example_loss(p: dict, *example: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,9 @@ from typing import Any, Iterable, Sequence
 import torch
 
 import gradclip_core as gc
+from gradclip_core.backend import find_masks
 
-from ._apply import _check_rule, project_params
+from ._apply import check_rule, project_params
 from ._hooks import Handle
 from ._state import flatten, unflatten
 
@@ -112,13 +113,15 @@ class Pruner:
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
-        """``{"<param>_mask": mask}`` for every mask buffer (bool, True = kept)."""
-        out = {}
-        for sub, name in self._slots:
-            t = self.module.get_submodule(sub)._buffers[name]
-            if t.dtype == torch.bool:
-                out[f"{sub}.{name}" if sub else name] = t
-        return out
+        """``{parameter name: keep-mask}`` (bool, True = kept; ANDed over the rule's pruning parts).
+
+        The same as :func:`gradclip_torch.masks` ``(pruner)``.
+        """
+        params = self.parameters
+        keep = [torch.ones(p.shape, dtype=torch.bool, device=p.device) for p in params]
+        for ms in find_masks(self.state, len(params)):
+            keep = [a & b for a, b in zip(keep, ms)]
+        return dict(zip(self.names, keep))
 
     def project(self) -> dict:
         """Run ``rule.project`` on the weights now (one step of the schedule); returns info."""
@@ -199,7 +202,7 @@ def prune(module: torch.nn.Module, rule: gc.Rule, parameters: str | Iterable[str
       >>> sorted(model.state_dict())
       ['0.bias', '0.weight', '2.bias', '2.weight']
     """
-    _check_rule(rule, "prune")
+    check_rule(rule, "prune")
     if getattr(module, _ATTR, None) is not None:
         raise ValueError("module is already pruned by gradclip_torch.prune; call gradclip_torch.strip(module) first")
     names = _select(module, parameters)

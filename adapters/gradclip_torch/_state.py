@@ -13,13 +13,13 @@ from typing import Any, Sequence
 
 import torch
 
-from gradclip_core._tree import flatten_state, is_namedtuple, unflatten_state
+from gradclip_core.backend import flatten_state, is_namedtuple, unflatten_state
 
 __all__ = ["flatten", "unflatten", "structure", "check_leaves"]
 
 
 def flatten(tree: Any) -> list[torch.Tensor]:
-    """Leaves of a state tree, depth first (:func:`gradclip_core._tree.flatten_state`).
+    """Leaves of a state tree, depth first (:func:`gradclip_core.backend.flatten_state`).
 
     Example:
       >>> import torch

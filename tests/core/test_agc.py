@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import gradclip_core as gc
+import gradclip_core.backend as gcb
 
 from .util import NAMESPACES, run_update
 
@@ -86,7 +87,7 @@ def test_callable_axis_and_float16():
     g = [np.full((4, 6), 2.0, np.float16)]
     w = [np.ones((4, 6), np.float16)]
     rule = gc.adaptive_clip(0.1, axis=lambda shape: (1,))
-    out, _, _ = run_update(rule, gc.namespace(g[0]), g, w)
+    out, _, _ = run_update(rule, gcb.namespace(g[0]), g, w)
     assert out[0].dtype == np.float16
     np.testing.assert_allclose(out[0].astype(np.float64), ref_agc(g[0], w[0], 0.1, 1e-3, (1,)), rtol=1e-3)
 
@@ -94,6 +95,6 @@ def test_callable_axis_and_float16():
 def test_layout_is_the_difference_between_frameworks():
     """The same (out, in) weight read with the Keras layout gives other units."""
     g, w = make(9, [(4, 3)], 1.0)
-    torch_style, _, _ = run_update(gc.adaptive_clip(0.05, axis="out_first"), gc.namespace(g[0]), g, w)
-    keras_style, _, _ = run_update(gc.adaptive_clip(0.05, axis="out_last"), gc.namespace(g[0]), [g[0].T.copy()], [w[0].T.copy()])
+    torch_style, _, _ = run_update(gc.adaptive_clip(0.05, axis="out_first"), gcb.namespace(g[0]), g, w)
+    keras_style, _, _ = run_update(gc.adaptive_clip(0.05, axis="out_last"), gcb.namespace(g[0]), [g[0].T.copy()], [w[0].T.copy()])
     np.testing.assert_array_equal(torch_style[0], keras_style[0].T)

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradclip_core as gc
-from gradclip_core._history import percentile
+from gradclip_core.clip._history import percentile
 
 from .util import NAMESPACES, to_np, to_xp
 

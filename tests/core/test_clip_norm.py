@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import gradclip_core as gc
+import gradclip_core.backend as gcb
 
 from .util import NAMESPACES, SHAPES, rand_arrays, run_update
 
@@ -151,7 +152,7 @@ def test_float16_accumulates_in_float32():
     """An fp16 gradient of 300s: native optax/Keras sum squares in fp16 and get inf."""
     g = [np.full((64, 64), 300.0, np.float16)]
     for sem in SEMANTICS:
-        out, _, info = run_update(gc.clip_by_global_norm(1.0, semantics=sem), gc.namespace(g[0]), g)
+        out, _, info = run_update(gc.clip_by_global_norm(1.0, semantics=sem), gcb.namespace(g[0]), g)
         assert info["norm"] == pytest.approx(300.0 * 64, rel=1e-6), sem
         assert out[0].dtype == np.float16 and np.isfinite(out[0]).all(), sem
         np.testing.assert_allclose(out[0].astype(np.float64), 1.0 / 64, rtol=2e-3)
@@ -159,6 +160,6 @@ def test_float16_accumulates_in_float32():
 
 def test_float64_stays_float64():
     g = [np.array([3.0, 4.0]), np.array([12.0])]
-    out, _, info = run_update(gc.clip_by_global_norm(1.0), gc.namespace(g[0]), g)
+    out, _, info = run_update(gc.clip_by_global_norm(1.0), gcb.namespace(g[0]), g)
     assert all(o.dtype == np.float64 for o in out)
     assert_close(out, ref_global(g, 1.0), np.float64)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gradclip_core as gc
-from gradclip_core._layout import reduce_axes
+from gradclip_core.backend import reduce_axes
 
 
 def test_override_applies_inside_block_only():

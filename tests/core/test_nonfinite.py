@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import gradclip_core as gc
-from gradclip_core._nonfinite import guard_update, tree_select
+import gradclip_core.backend as gcb
+from gradclip_core._nonfinite import guard_update
+from gradclip_core.backend import tree_where as tree_select
 
 from .util import NAMESPACES, to_np, to_xp
 
@@ -132,7 +134,7 @@ def test_skip_keeps_the_previous_state_of_stateful_rules():
 
 
 def test_tree_select_over_nested_states():
-    xp = gc.namespace(np.ones(1))
+    xp = gcb.namespace(np.ones(1))
     a = (Counter(np.int32(1), np.ones(2)), (np.zeros(3),), gc.EmptyState())
     b = (Counter(np.int32(5), np.zeros(2)), (np.ones(3),), gc.EmptyState())
     out = tree_select(xp, np.bool_(False), a, b)

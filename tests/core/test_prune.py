@@ -2,13 +2,16 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gradclip_core as gc
 from gradclip_core._hash import array_bases, fmix32_int, hash_keys
-from gradclip_core._select import _bits_numpy, _bits_portable, prune_smallest
+from gradclip_core.backend import _numpy as np_kernels
+from gradclip_core.backend import _selection
+from gradclip_core.backend._selection import bits_portable, key_value
+from gradclip_core.prune import prune_smallest
 from array_api_compat import numpy as compat_np
 
 from .util import NAMESPACES, to_np, to_xp
@@ -39,7 +42,10 @@ def test_portable_bits_equal_numpy_view_on_every_kind_of_float32():
     rng = np.random.default_rng(0)
     bits = rng.integers(0, 0x7F800000, 50000, dtype=np.int64).astype(np.int32)
     v = np.concatenate([bits.view(np.float32), np.array([0, np.inf, np.nan, 1e-45, 1.1754942e-38, 3.4e38], np.float32)])
-    np.testing.assert_array_equal(np.asarray(_bits_portable(xs, xs.asarray(v))), _bits_numpy(compat_np, v))
+    np.testing.assert_array_equal(np.asarray(bits_portable(xs, xs.asarray(v))), np_kernels.order_keys(compat_np, v))
+    keys = np_kernels.order_keys(compat_np, v) + 1  # and the threshold decoding inverts them, exactly
+    decoded = np.array([float(key_value(xs, xs.asarray(int(k)))) for k in keys[::97]], np.float32)
+    np.testing.assert_array_equal(decoded.view(np.int32), v[::97].view(np.int32))
 
 
 @settings(max_examples=40, deadline=None)
@@ -59,6 +65,46 @@ def test_prune_smallest_is_the_total_order(arrays, frac, ns):
     keep, _ = prune_smallest(xp, to_xp(xp, arrays), k)
     got = np.concatenate([np.asarray(m).ravel() for m in keep])
     np.testing.assert_array_equal(got, expected_keep(arrays, k))
+
+
+@pytest.fixture(params=["compact", "radix", "digit4"])
+def numpy_selection(request):
+    """The NumPy selection kernels with each finish: compaction, full radix passes, another digit width."""
+    kinds = {
+        "compact": np_kernels.SELECTION,
+        "radix": np_kernels.SELECTION._replace(gather=None),
+        "digit4": _selection.PORTABLE._replace(digit=4),
+    }
+    _selection.register_selection(np_kernels.NAME, kinds[request.param])
+    yield request.param
+    _selection.register_selection(np_kernels.NAME, np_kernels.SELECTION)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    arrays=st.lists(hnp.arrays(np.float32, hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=7),
+                               elements=st.sampled_from([0.0, 0.5, -0.5, 1.0, 2.5, np.nan, np.inf, 1e-40, 3e-39])
+                               | st.floats(-3, 3, width=32)),
+                    min_size=1, max_size=4),
+    frac=st.floats(0, 1),
+    seed=st.integers(0, 2**31),
+)
+def test_every_selection_path_gives_the_portable_masks_and_threshold(numpy_selection, arrays, frac, seed):
+    """One driver, several kernel sets: masks (old masks and divisors included) and thresholds bit for bit."""
+    import array_api_strict as xs
+
+    rng = np.random.default_rng(seed)
+    n = sum(a.size for a in arrays)
+    k = int(round(frac * n))
+    old = [rng.random(a.shape) < 0.8 for a in arrays] if seed % 2 else None
+    divs = [np.asarray(rng.uniform(0.5, 2), np.float32) for _ in arrays] if seed % 3 == 0 else None
+    want, want_thr = prune_smallest(xs, to_xp(xs, arrays), k, None if old is None else to_xp(xs, old),
+                                    None if divs is None else to_xp(xs, divs))
+    got, thr = prune_smallest(compat_np, arrays, k, old, divs)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.asarray(thr, np.float32).view(np.int32) == np.asarray(want_thr, np.float32).view(np.int32) or (
+        np.isnan(float(thr)) and np.isnan(float(want_thr)))
 
 
 # ------------------------------------------------------------------ rules

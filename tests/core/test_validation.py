@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import gradclip_core as gc
+import gradclip_core.backend as gcb
 
 BAD_THRESHOLDS = [-1.0, math.nan, math.inf, -math.inf, "1.0", None, True, np.ones(2)]
 
@@ -138,7 +139,7 @@ def test_optax_layout_rejects_rank_6():
 
 def test_register_layout_validates():
     with pytest.raises(ValueError, match="layout must be one of"):
-        gc.register_layout("x", "columns")
+        gcb.register_layout("x", "columns")
 
 
 def test_agc_needs_matching_params():

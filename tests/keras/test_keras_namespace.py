@@ -1,7 +1,8 @@
-"""The TensorFlow Array API namespace against array-api-strict, function by function.
+"""The core's TensorFlow Array API namespace against array-api-strict, function by function.
 
-Only meaningful under the TensorFlow backend (under jax and torch the core uses the
-native namespaces), so the module is skipped elsewhere.
+It lives in ``gradclip_core.backend._tensorflow`` (loaded on the first TensorFlow
+tensor); it runs in the Keras TensorFlow test process, the one process that imports
+TensorFlow, and is skipped under the other Keras backends.
 """
 
 import math
@@ -11,14 +12,14 @@ import numpy as np
 import pytest
 
 if keras.backend.backend() != "tensorflow":
-    pytest.skip("the keras.ops namespace is registered only under KERAS_BACKEND=tensorflow", allow_module_level=True)
+    pytest.skip("TensorFlow is tested in the KERAS_BACKEND=tensorflow process", allow_module_level=True)
 
 import array_api_strict as xs  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gradclip_core as gc  # noqa: E402
-import gradclip_keras  # noqa: E402,F401
-from gradclip_keras._tf_namespace import NAME, xp  # noqa: E402
+import gradclip_core.backend as gcb  # noqa: E402
+from gradclip_core.backend._tensorflow import NAME, xp  # noqa: E402
 
 NAN, INF = math.nan, math.inf
 VALUES = [
@@ -48,9 +49,9 @@ def same(got, want):
 
 
 def test_registered_with_core():
-    assert gc.namespace(tf.ones(2)) is xp
-    assert gc.namespace_name(xp) == NAME
-    assert NAME in gc.registered_namespaces()
+    assert gcb.namespace(tf.ones(2)) is xp
+    assert gcb.namespace_name(xp) == NAME
+    assert NAME in gcb.registered_namespaces()
 
 
 @pytest.mark.parametrize("a, b", list(zip(VALUES, OTHER)), ids=IDS)
@@ -179,7 +180,8 @@ def test_more_functions():
     same(xp.ones((2, 1), dtype=xp.bool), xs.ones((2, 1), dtype=xs.bool))
     r = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     same(xp.reshape(tf.constant(r), (6, -1)), xs.reshape(xs.asarray(r), (6, -1)))
-    same(xp.moveaxis(tf.constant(r), 0, -1), xs.moveaxis(xs.asarray(r), 0, -1))
+    for src, dst in ((0, -1), (2, 0), (-1, 1), (1, 1)):
+        same(xp.moveaxis(tf.constant(r), src, dst), xs.moveaxis(xs.asarray(r), src, dst))
     same(xp.mean(tf.constant(r), axis=(0, 2), keepdims=True), xs.mean(xs.asarray(r), axis=(0, 2), keepdims=True))
     same(xp.any(tf.constant(r > 20), axis=1), xs.any(xs.asarray(r > 20), axis=1))
     w = np.arange(3, dtype=np.float32)

@@ -110,7 +110,7 @@ def test_suggest_threshold_on_whole_optax_state():
 
 
 def test_per_example_clip_resume_continues_the_noise():
-    tx = optax.chain(gradclip_optax.per_example_clip(1.0, 1.1, seed=3), optax.sgd(0.1))
+    tx = optax.chain(gradclip_optax.clip_per_example_transform(1.0, 1.1, seed=3), optax.sgd(0.1))
     per_example_grad = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))
 
     step_fn = jax.jit(lambda p, s, x, y: tx.update(per_example_grad(p, x, y), s, p))

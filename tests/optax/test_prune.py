@@ -39,10 +39,11 @@ def test_wrap_prunes_masks_momentum_and_strips_under_jit():
 
 def test_jax_bitcast_keys_equal_portable_keys():
     # (no subnormals: XLA on CPU flushes them in arithmetic, which is why JAX uses a bitcast)
-    from gradclip_core._select import _bits_portable, order_keys
+    from gradclip_core.backend import order_keys
+    from gradclip_core.backend._selection import bits_portable
 
     v = jnp.asarray(np.array([0.0, 1.2e-38, 0.5, 3e38, np.inf, np.nan], np.float32))
-    np.testing.assert_array_equal(np.asarray(order_keys(jnp, v)), np.asarray(_bits_portable(jnp, v)))
+    np.testing.assert_array_equal(np.asarray(order_keys(jnp, v)), np.asarray(bits_portable(jnp, v)))
 
 
 def test_masks_equal_numpy_reference_for_every_pruner():
@@ -58,24 +59,31 @@ def test_masks_equal_numpy_reference_for_every_pruner():
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-# --- the JAX radix selection (gradclip_optax._jax_ops) against the portable default ---------
+# --- the JAX selection kernels (gradclip_core.backend._jax) against the portable ones ---------
 
 import pytest  # noqa: E402
 
-from gradclip_core import _multi  # noqa: E402
-from gradclip_core._select import prune_smallest as core_prune_smallest  # noqa: E402
-from gradclip_optax import _jax_ops  # noqa: E402
+import gradclip_core.backend as gcb  # noqa: E402
+from gradclip_core.backend import _jax as jax_kernels  # noqa: E402
+from gradclip_core.backend import _selection  # noqa: E402
+from gradclip_core.prune import prune_smallest  # noqa: E402
 from array_api_compat import numpy as compat_np  # noqa: E402
+
+gcb.ensure_kernels(jax_kernels.NAMESPACE)
+
+
+def _radix(xs, k, masks=None, divisors=None):
+    """The one selection driver with the JAX kernels (11-bit digits in a lax.fori_loop)."""
+    return prune_smallest(jnp, xs, k, masks, divisors)
 
 
 def _portable(xs, k, masks=None, divisors=None):
-    """The core's default selection, with the JAX override switched off for this call."""
-    table = _multi._OVERRIDES["jax.numpy"]
-    saved = table.pop("prune_smallest")
+    """The same driver with the portable kernels (31 one-bit passes), on JAX arrays."""
+    _selection.register_selection(jax_kernels.NAMESPACE, _selection.PORTABLE)
     try:
-        return core_prune_smallest(jnp, xs, k, masks, divisors)
+        return prune_smallest(jnp, xs, k, masks, divisors)
     finally:
-        table["prune_smallest"] = saved
+        _selection.register_selection(jax_kernels.NAMESPACE, jax_kernels.SELECTION)
 
 
 def _same(got, want):
@@ -113,42 +121,42 @@ def test_radix_selection_equals_portable_default(kind):
     olds = [jnp.asarray(rng.random(x.shape) > 0.3) for x in xs]
     divisors = [jnp.float32(d) for d in rng.uniform(0.1, 3.0, size=len(xs))]
     n = sum(x.size for x in xs)
-    fast = jax.jit(lambda xs, k, m, d: _jax_ops.prune_smallest(jnp, xs, k, m, d))
+    fast = jax.jit(_radix)
     slow = jax.jit(_portable)
     for k in [0, 1, 2, n // 3, n // 2, n - 2, n - 1, n, n + 5, -3]:
         for old in (None, olds):
             for divs in (None, divisors):
                 _same(fast(xs, jnp.asarray(k), old, divs), slow(xs, jnp.asarray(k), old, divs))
-        got = _jax_ops.prune_smallest(jnp, xs, k)  # eager, Python int k
+        got = _radix(xs, k)  # eager, Python int k
         _same(got, _portable(xs, k))
-        _same(got, core_prune_smallest(compat_np, [np.asarray(x) for x in xs], k))  # exact (no flush to zero)
+        _same(got, prune_smallest(compat_np, [np.asarray(x) for x in xs], k))  # exact (no flush to zero)
 
 
 def test_radix_selection_edge_cases():
     one = [jnp.asarray([3.0, 3.0, 3.0, 3.0])]
     for k in range(5):
-        _same(_jax_ops.prune_smallest(jnp, one, k), _portable(one, k))
-    assert _jax_ops.prune_smallest(jnp, one, 2)[0][0].tolist() == [False, False, True, True]  # ties by index
+        _same(_radix(one, k), _portable(one, k))
+    assert _radix(one, 2)[0][0].tolist() == [False, False, True, True]  # ties by index
     empty = [jnp.zeros((0,)), jnp.zeros((2, 0))]
     for k in (0, 1):
-        _same(_jax_ops.prune_smallest(jnp, empty, k), _portable(empty, k))
-    assert _jax_ops.prune_smallest(jnp, [], 1) == ([], _jax_ops.prune_smallest(jnp, [], 1)[1])
+        _same(_radix(empty, k), _portable(empty, k))
+    assert _radix([], 1) == ([], _radix([], 1)[1])
     allnan = [jnp.full((3,), jnp.nan), jnp.asarray([jnp.inf])]
     for k in range(5):
-        _same(_jax_ops.prune_smallest(jnp, allnan, k), _portable(allnan, k))
+        _same(_radix(allnan, k), _portable(allnan, k))
     pruned = [jnp.asarray([5.0, 1.0, 2.0]), jnp.asarray([0.5])]
     old = [jnp.asarray([False, True, True]), jnp.asarray([True])]
-    got = _jax_ops.prune_smallest(jnp, pruned, 2, old)  # the previously pruned 5.0 ranks first
+    got = _radix(pruned, 2, old)  # the previously pruned 5.0 ranks first
     _same(got, _portable(pruned, 2, old))
     assert [m.tolist() for m in got[0]] == [[False, True, True], [False]]
     bf = [jnp.asarray([0.5, -0.25, 2.0], jnp.bfloat16), jnp.asarray([1.0, 0.25], jnp.float16)]
-    _same(_jax_ops.prune_smallest(jnp, bf, 2), _portable(bf, 2))
+    _same(_radix(bf, 2), _portable(bf, 2))
 
 
 def test_radix_selection_counts_are_int32_without_x64_and_registered():
     assert not jax.config.jax_enable_x64
-    assert _multi.override(jnp, "prune_smallest") is _jax_ops.prune_smallest
-    jaxpr = jax.make_jaxpr(lambda x: _jax_ops.prune_smallest(jnp, [x], 3))(jnp.ones((4, 4)))
+    assert _selection.selection_for(jnp, []) is jax_kernels.SELECTION
+    jaxpr = jax.make_jaxpr(lambda x: _radix([x], 3))(jnp.ones((4, 4)))
 
     def dtypes(jx):
         for eqn in jx.eqns:
@@ -161,7 +169,7 @@ def test_radix_selection_counts_are_int32_without_x64_and_registered():
 
 
 def test_radix_selection_sums_histograms_through_the_collective_hook():
-    from gradclip_core._collective import Participants, collective
+    from gradclip_core.backend import Participants, collective
 
     calls = []
 
@@ -172,7 +180,7 @@ def test_radix_selection_sums_histograms_through_the_collective_hook():
     xs = [jnp.asarray(np.random.default_rng(3).normal(size=(6, 5)), jnp.float32), jnp.zeros((0, 5))]
     single = Participants(reduce, size=1, index=lambda xp: 0, total=lambda n: n)
     with collective(single):
-        got = _jax_ops.prune_smallest(jnp, xs, 11)
+        got = _radix(xs, 11)
     _same(got, _portable(xs, 11))  # one participant: the single-process result
-    hist = [c for c in calls if c[0] == (1 << _jax_ops.DIGIT,)]
+    hist = [c for c in calls if c[0] == (1 << jax_kernels.DIGIT,)]
     assert len(hist) == 1 and hist[0][1] == "sum"  # the pass body is traced once (lax.fori_loop)

@@ -82,4 +82,4 @@ ULP_BUDGET = {("agc", "float32"): 6}
 # wrap()): exact when the projected weight is 0 (masks) or unchanged, but a weight that
 # the rule *moves* (clipped, shrunk) is rounded twice more. The rule's own output and
 # the masks stay exact; only the optax weights of these rules get 2 ulp.
-WEIGHT_BUDGET = {("optax", r): 2 for r in ("soft-threshold", "mcp", "clip-weights")}
+WEIGHT_BUDGET = {("optax", r): 2 for r in ("soft-threshold", "mcp", "clip-weights", "max-norm", "min-max-norm", "unit-norm")}

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import gradclip_core as gc
+import gradclip_core.backend as gcb
 
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
@@ -61,7 +62,7 @@ def torch_run(W, c, x, y, **kw):
     def loss_fn(out, target):
         return 0.5 * ((out - target) ** 2).sum()
 
-    _, info = gradclip_torch.clip_per_example_(model, loss_fn, torch.from_numpy(x), torch.from_numpy(y), C, **kw)
+    _, info = gradclip_torch.clip_per_example(model, loss_fn, torch.from_numpy(x), torch.from_numpy(y), C, **kw)
     return [model.weight.grad.numpy(), model.bias.grad.numpy()], {k: float(v) for k, v in info.items()}
 
 
@@ -78,7 +79,7 @@ def jax_per_example(W, c, x, y):
 
 def jax_run(W, c, x, y, **kw):
     params = {"W": jnp.asarray(W), "c": jnp.asarray(c)}
-    f = jax.jit(lambda p, x, y: gradclip_optax.per_example_grads(jax_loss, p, x, y, max_norm=C, **kw))
+    f = jax.jit(lambda p, x, y: gradclip_optax.clip_per_example(jax_loss, p, x, y, max_norm=C, **kw))
     g, info = f(params, jnp.asarray(x), jnp.asarray(y))
     return [np.asarray(g["W"]), np.asarray(g["c"])], {k: float(v) for k, v in info.items()}
 
@@ -107,8 +108,8 @@ def test_seeded_noise_identical_across_frameworks():
         np.testing.assert_allclose(b, w, rtol=1e-5, atol=2e-6)
     # the same noise bit for bit up to the float32 log/cos of each framework
     zt = [torch.from_numpy(np.zeros(s, np.float32)) for s in [(D_OUT, D_IN)]]
-    tn = gc.gaussian_noise(gc.namespace(*zt), [(1000,)], 11, 5)[0].numpy()
-    jn = np.asarray(gc.gaussian_noise(gc.namespace(jnp.zeros(1)), [(1000,)], 11, 5)[0])
+    tn = gc.gaussian_noise(gcb.namespace(*zt), [(1000,)], 11, 5)[0].numpy()
+    jn = np.asarray(gc.gaussian_noise(gcb.namespace(jnp.zeros(1)), [(1000,)], 11, 5)[0])
     nn = gc.gaussian_noise(npx, [(1000,)], 11, 5)[0]
     np.testing.assert_allclose(tn, nn, rtol=0, atol=4e-6)
     np.testing.assert_allclose(jn, nn, rtol=0, atol=4e-6)
@@ -141,7 +142,7 @@ def test_optax_differentially_private_aggregate_without_noise():
     params, per = jax_per_example(*data(4))
     ref_tx = optax.contrib.differentially_private_aggregate(C, 0.0, key=jax.random.key(0))
     want, _ = ref_tx.update(per, ref_tx.init(params))
-    tx = gradclip_optax.per_example_clip(C, semantics="optax")
+    tx = gradclip_optax.clip_per_example_transform(C, semantics="optax")
     got, state = tx.update(per, tx.init(params))
     for k in ("W", "c"):
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=2e-6, atol=1e-7)

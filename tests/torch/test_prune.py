@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.nn.utils.prune as tprune
 
+import array_api_strict as xs_strict
+
 import gradclip_core as gc
+import gradclip_core.backend as gcb
 import gradclip_torch
-import gradclip_torch._prune_ops as prune_ops
-from gradclip_core._select import prune_smallest as portable_prune_smallest
-from array_api_compat import numpy as compat_np
+from gradclip_core.backend import _torch as kernels
+from gradclip_core.prune import prune_smallest
 
 
 def model(seed=0):
@@ -39,10 +41,11 @@ def test_global_unstructured_masks(amount):
     ref, ours = model(1), model(1)
     tprune.global_unstructured(weights(ref), pruning_method=tprune.L1Unstructured, amount=amount)
     pruner = gradclip_torch.prune(ours, gc.global_magnitude_prune(amount))
-    masks = pruner.masks
-    assert sorted(masks) == ["0.weight_mask", "2.weight_mask", "4.weight_mask"]
+    masks = gradclip_torch.masks(ours)
+    assert sorted(masks) == ["0.weight", "2.weight", "4.weight"]
+    assert all(torch.equal(masks[k], v) for k, v in pruner.masks.items())
     for idx in (0, 2, 4):
-        assert torch.equal(ref[idx].weight_mask.bool(), masks[f"{idx}.weight_mask"])
+        assert torch.equal(ref[idx].weight_mask.bool(), masks[f"{idx}.weight"])
 
 
 @pytest.mark.parametrize("n, dim", [(1, 0), (2, 0), (float("inf"), 0), (2, 1)])
@@ -57,26 +60,32 @@ def test_ln_structured_masks(n, dim):
         assert torch.equal(r.weight_mask.bool(), p != 0)
 
 
-@pytest.mark.parametrize("chunk, candidates, eager", [
+@pytest.mark.parametrize("chunk, limit, eager", [
     (64, 1 << 22, True), (64, 0, True), (64, 0, False), (1 << 18, 1 << 22, True), (1 << 18, 0, False)])
-def test_torch_selection_equals_portable_default(chunk, candidates, eager, monkeypatch):
-    """Every path: candidates + sort, CPU tie counting per chunk, the sync-free CUDA/compile one."""
-    monkeypatch.setattr(prune_ops, "CHUNK", chunk)
-    monkeypatch.setattr(prune_ops, "CANDIDATES", candidates)
-    monkeypatch.setattr(prune_ops, "EAGER_CPU", eager)
+def test_torch_selection_equals_portable_default(chunk, limit, eager, monkeypatch):
+    """Every path of the one driver with torch kernels: compaction + sort, CPU tie counting per chunk,
+    the sync-free CUDA/compile one; against the portable kernels (array-api-strict)."""
+    monkeypatch.setattr(kernels, "CPU_SELECTION", kernels.CPU_SELECTION._replace(chunk=chunk, compact_limit=limit))
+    monkeypatch.setattr(kernels, "DEVICE_SELECTION", kernels.DEVICE_SELECTION._replace(chunk=chunk))
+    monkeypatch.setattr(kernels, "EAGER_CPU", eager)
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=s).astype(np.float32) for s in [(30, 7), (0, 3), (), (41,)]]
     xs[0][:10] = 0.25  # ties
     xs[3][5] = np.nan
     olds = [rng.random(x.shape) > 0.3 for x in xs]
+    divs = [np.float32(1.5), np.float32(1.0), np.float32(0.5), np.float32(3.0)]
     n = sum(x.size for x in xs)
     for k in [0, 1, n // 3, n - 2, n]:
         for old in (None, olds):
-            m1, t1 = portable_prune_smallest(compat_np, xs, k, old)
-            m2, t2 = prune_ops.prune_smallest(None, [torch.tensor(x) for x in xs], k,
-                                              None if old is None else [torch.tensor(o) for o in old])
-            assert all(np.array_equal(a, b.numpy()) for a, b in zip(m1, m2))
-            assert np.array_equal(np.float32(t1), t2.numpy(), equal_nan=True)
+            for div in (None, divs):
+                m1, t1 = prune_smallest(xs_strict, [xs_strict.asarray(x) for x in xs], k,
+                                        None if old is None else [xs_strict.asarray(o) for o in old],
+                                        None if div is None else [xs_strict.asarray(d) for d in div])
+                m2, t2 = prune_smallest(None, [torch.tensor(x) for x in xs], k,
+                                        None if old is None else [torch.tensor(o) for o in old],
+                                        None if div is None else [torch.tensor(d) for d in div])
+                assert all(np.array_equal(np.asarray(a), b.numpy()) for a, b in zip(m1, m2))
+                assert np.array_equal(np.float32(np.asarray(t1)), t2.numpy(), equal_nan=True)
 
 
 def test_masks_are_buffers_that_survive_state_dict_and_deepcopy():
@@ -161,13 +170,11 @@ def test_pruning_state_lives_on_the_weights_device(rule):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("owned", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_apply_masks_is_bitwise_where(dtype, owned, contiguous, monkeypatch):
+def test_masking_is_bitwise_where(dtype, inplace, contiguous, monkeypatch):
     """The branch-free CPU bit mask writes exactly ``where(m, x, +0)``: NaN, inf, -0 kept bit for bit."""
-    from gradclip_torch._ops import owned as owning
-
-    monkeypatch.setattr(prune_ops, "CHUNK", 64)  # several chunks and a ragged last one
+    monkeypatch.setattr(kernels, "CHUNK", 64)  # several chunks and a ragged last one
     g = torch.Generator().manual_seed(0)
     base = torch.randn(37, 11, generator=g).to(dtype)
     base.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, float("-inf")]).to(dtype)
@@ -177,11 +184,11 @@ def test_apply_masks_is_bitwise_where(dtype, owned, contiguous, monkeypatch):
     want = torch.where(m, x, torch.zeros((), dtype=dtype))
     before = x.clone()
     bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
-    if owned:
-        with owning([x]):
-            (got,) = prune_ops.apply_masks(None, [x], [m])
-        assert got is x  # in place
+    xp = gcb.namespace(x)
+    if inplace:
+        (got,) = gcb.apply_effect(xp, [x], gc.Mask((m,)), inplace=True)
+        assert got is x
     else:
-        (got,) = prune_ops.apply_masks(None, [x], [m])
+        (got,) = kernels.apply_masks(None, [x], [m])
         assert torch.equal(x.contiguous().view(bits), before.contiguous().view(bits))  # caller's tensor untouched
     assert torch.equal(got.contiguous().view(bits), want.contiguous().view(bits))

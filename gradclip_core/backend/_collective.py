@@ -1,0 +1,157 @@
+"""Cross-process reductions for rules that run on shards of the arrays.
+
+A global rule (global-norm clip, global pruning threshold, ...) combines per-array
+partial results (sums of squares, maxima, counts) into one value. When each process
+(or each ``shard_map`` instance) holds only a shard of every array, those partials must
+also be combined across shards. The core marks every such point with
+:func:`all_reduce`; by default it is the identity (single process, or arrays that are
+globally sharded under ``jax.jit``, where XLA inserts the collectives itself).
+Adapters activate a reducer for the duration of a rule call with :func:`collective`
+(torch: ``torch.distributed.all_reduce`` on a process group; JAX: ``lax.psum`` /
+``lax.pmax`` over a named axis).
+
+The rules stack their per-array partials into one vector and reduce it once, so a
+global-norm clip (and AutoClip, ZClip, ``record_norms``) costs one collective per step,
+AGC at most two (unit norms split across shards, then the clipped count), and a global
+pruning recomputation one per selection pass (see :mod:`gradclip_core._select`).
+
+Contract: with a reducer active, every array passed to the rule is a *shard* and the
+shards over all participants partition the full arrays **along their leading axis, in
+participant order** (participant ``i`` holds the ``i``-th block of rows: FSDP2's
+``Shard(0)``, ``shard_map`` with ``P(axis)`` on the first dimension). No replicated array
+may be passed (it would be counted once per participant). Every participant must call
+the rule with the same number of arrays (empty shards are fine), since every
+participant must make the same collectives.
+
+A reducer is a callable ``reducer(xp, x, op) -> x`` (``op`` ``"sum"`` or ``"max"``,
+elementwise over participants). Exact pruning ties and global element counts need
+three optional attributes, which :class:`Participants` bundles:
+
+- ``size``: the number of participants (a Python int);
+- ``index(xp)``: this participant's position (0-d integer array or int);
+- ``total(n)``: the sum of a Python int over participants, as a Python int.
+
+Example:
+  >>> import numpy as np
+  >>> from gradclip_core.backend import all_reduce, collective
+  >>> twice = lambda xp, x, op: x * 2 if op == "sum" else x
+  >>> with collective(twice):
+  ...     float(all_reduce(np, np.float32(3.0), "sum"))
+  6.0
+  >>> float(all_reduce(np, np.float32(3.0), "sum"))
+  3.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator
+
+__all__ = ["Reducer", "Participants", "all_reduce", "all_gather", "static_total", "collective", "active", "participant_index"]
+
+OPS = ("sum", "max")
+
+Reducer = Callable[[Any, Any, str], Any]
+"""``reducer(xp, x, op) -> x``: ``x`` reduced over all participants, ``op`` in ``OPS``."""
+
+_REDUCER: contextvars.ContextVar[Reducer | None] = contextvars.ContextVar("gradclip_collective", default=None)
+
+
+class Participants:
+    """A reducer with the participant facts exact pruning needs (see the module docstring).
+
+    Args:
+      reduce: ``reduce(xp, x, op) -> x``, the elementwise reduction over participants.
+      size: number of participants (int >= 1).
+      index: ``index(xp)`` -> this participant's position in ``[0, size)``.
+      total: ``total(n)`` -> sum of the Python int ``n`` over participants.
+
+    Example:
+      >>> import numpy as np
+      >>> p = Participants(lambda xp, x, op: x, size=1, index=lambda xp: 0, total=lambda n: n)
+      >>> with collective(p):
+      ...     all_gather(np, np.array([2, 3])).tolist(), static_total(5)
+      ([[2, 3]], 5)
+    """
+
+    def __init__(self, reduce: Reducer, *, size: int, index: Callable[[Any], Any], total: Callable[[int], int]) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be an int >= 1, got {size!r}")
+        self._reduce = reduce
+        self.size = size
+        self.index = index
+        self.total = total
+
+    def __call__(self, xp: Any, x: Any, op: str) -> Any:
+        return self._reduce(xp, x, op)
+
+
+def _need(attr: str, what: str) -> Any:
+    reducer = _REDUCER.get()
+    value = getattr(reducer, attr, None)
+    if value is None:
+        raise ValueError(
+            f"{what} under a collective needs a reducer with `{attr}` (use gradclip_core.backend.Participants); "
+            f"got {type(reducer).__name__}"
+        )
+    return value
+
+
+def all_reduce(xp: Any, x: Any, op: str = "sum") -> Any:
+    """``x`` reduced with ``op`` (``"sum"`` or ``"max"``) over every participant.
+
+    The identity unless a reducer is active (:func:`collective`). ``x`` is an array of
+    any shape (reducers reduce elementwise), so a whole vector of partials costs one
+    collective.
+    """
+    if op not in OPS:
+        raise ValueError(f"op must be one of {list(OPS)}, got {op!r}")
+    reducer = _REDUCER.get()
+    return x if reducer is None else reducer(xp, x, op)
+
+
+def all_gather(xp: Any, x: Any) -> Any:
+    """Every participant's ``x`` (integer or float array), stacked: shape ``(size, *x.shape)``.
+
+    One ``"sum"`` collective of ``x`` placed in this participant's row of zeros. Without
+    an active reducer: ``x[None]``.
+    """
+    if _REDUCER.get() is None:
+        return xp.expand_dims(x, axis=0)
+    size = _need("size", "all_gather")
+    index = _need("index", "all_gather")(xp)
+    rows = xp.arange(size, dtype=xp.int32)
+    here = xp.reshape(rows == xp.astype(xp.asarray(index), xp.int32), (size,) + (1,) * x.ndim)
+    placed = xp.where(here, xp.expand_dims(x, axis=0), xp.zeros_like(xp.expand_dims(x, axis=0)))
+    return all_reduce(xp, placed, "sum")
+
+
+def static_total(n: int) -> int:
+    """The Python int ``n`` summed over participants (``n`` itself without a reducer).
+
+    Used for element counts, which are static shapes in a single process.
+    """
+    if _REDUCER.get() is None:
+        return n
+    return int(_need("total", "a global element count")(int(n)))
+
+
+def participant_index(xp: Any, what: str = "exact pruning ties") -> Any:
+    """This participant's position (needs a reducer with ``index``, e.g. :class:`Participants`)."""
+    return _need("index", what)(xp)
+
+
+def active() -> bool:
+    """Whether a reducer is active (the rule runs on shards)."""
+    return _REDUCER.get() is not None
+
+
+@contextlib.contextmanager
+def collective(reducer: Reducer | None) -> Iterator[None]:
+    """Within this block, :func:`all_reduce` calls ``reducer`` (``None``: identity)."""
+    token = _REDUCER.set(reducer)
+    try:
+        yield
+    finally:
+        _REDUCER.reset(token)

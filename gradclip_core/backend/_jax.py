@@ -1,0 +1,79 @@
+"""JAX kernels (``jax.numpy``): bitcast keys, ``lax.cond`` schedules, radix passes in one ``fori_loop``.
+
+Loaded the first time a JAX array (or tracer) reaches a primitive; shared by
+``gradclip_optax`` and Keras' JAX backend. Needs only ``jax``.
+
+- ``order_keys``: ``lax.bitcast_convert_type`` (the portable default is arithmetic,
+  which XLA on CPU gets wrong for subnormals: it flushes them);
+- ``cond``: ``lax.cond``, so a pruning rule recomputes its masks only on its schedule's
+  steps, under ``jax.jit`` too;
+- selection (:mod:`gradclip_core.prune._select`): 11-bit digits, 3 passes in one
+  ``lax.fori_loop`` (one loop body to compile: the portable 31 unrolled passes took XLA
+  minutes to compile for a model's worth of arrays), histograms by ``at[].add`` into
+  2048 bins; the threshold is decoded by a bitcast (exact for subnormals too).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._primitives import register_primitives
+from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
+
+__all__ = ["NAMESPACE", "register", "order_keys", "cond", "SELECTION"]
+
+NAMESPACE = "jax.numpy"
+DIGIT = 11
+"""Bits per radix digit (histograms of ``2**DIGIT`` bins); ``ceil(31 / DIGIT) = 3`` passes."""
+
+
+def order_keys(xp: Any, s: jax.Array) -> jax.Array:
+    """``bits(s)`` as int32 for non-negative float32 ``s``; every NaN ``0x7F800001``."""
+    del xp
+    bits = jax.lax.bitcast_convert_type(s.astype(jnp.float32), jnp.int32)
+    return jnp.where(jnp.isnan(s), jnp.int32(NAN_BITS), bits)
+
+
+def cond(xp: Any, pred: Any, true_fn: Any, false_fn: Any) -> Any:
+    """``lax.cond(pred, true_fn, false_fn)``."""
+    del xp
+    return jax.lax.cond(pred, true_fn, false_fn)
+
+
+def _histogram(xp: Any, key: jax.Array, shift: Any, prefix: Any, digit: int, dtype: Any, ws: Any,
+               acc: Any) -> jax.Array:
+    """``acc`` plus the counts of the next digit of the keys in ``prefix`` (others dropped, ``mode="drop"``)."""
+    bins = 1 << digit
+    if acc is None:
+        acc = jnp.zeros((bins,), dtype=dtype)
+    shift = jnp.asarray(shift, jnp.int32)
+    top = jax.lax.shift_right_logical(key, shift)
+    high = jax.lax.shift_right_logical(top, jnp.int32(digit))
+    d = jnp.where(high == prefix, top & (bins - 1), bins)
+    return acc.at[jnp.reshape(d, (-1,))].add(jnp.ones((), dtype=dtype), mode="drop")
+
+
+def _loop(n: int, body: Any, carry: Any) -> Any:
+    return jax.lax.fori_loop(0, n, body, carry)
+
+
+def _value(xp: Any, T: jax.Array) -> jax.Array:
+    bits = jax.lax.bitcast_convert_type(jnp.maximum(T - 1, 0).astype(jnp.int32), jnp.float32)
+    thr = jnp.where(T == NAN_KEY, jnp.float32(jnp.nan), bits)
+    return jnp.where(T == 0, jnp.float32(0), thr)
+
+
+SELECTION = Selection(digit=DIGIT, chunk=None, histogram=_histogram, loop=_loop, value=_value)
+
+
+def register() -> None:
+    """Register the JAX kernels with the core (done on first use of a JAX array).
+
+    Example:
+      >>> register()
+    """
+    register_primitives(NAMESPACE, order_keys=order_keys, cond=cond)
+    register_selection(NAMESPACE, SELECTION)

@@ -1,0 +1,304 @@
+"""Multi-array primitives and effect application, overridable per namespace.
+
+A global rule touches every array of the model; a Python loop of single-array ops
+over hundreds of tensors is slow in eager frameworks. The core therefore expresses
+its multi-array work through the few primitives below. Each has a portable default
+written with the Array API; a framework's kernel module (loaded lazily, see
+:mod:`gradclip_core.backend._namespace`) registers faster versions for its namespace
+with :func:`register_primitives` (torch: ``torch._foreach_norm`` / ``_foreach_mul_``).
+Every override must return exactly what the default returns (same values, same
+dtypes); the parity suite checks it. An override may return ``NotImplemented`` to
+fall back to the default for one call.
+
+Primitives: ``array_norms``, ``array_sumsq``, ``multiply``, ``clip``, ``count_outside``,
+``apply_masks``, ``cond``, ``order_keys`` (:mod:`gradclip_core.prune._select`), and
+``apply_effect_`` (in-place application of an effect, for frameworks with mutable arrays).
+The selection kernels of global pruning are registered with
+:func:`gradclip_core.backend.register_selection`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+from .._effect import Clamp, Keep, Mask, Replace, Scale, Skip, Then, ZeroNonfinite
+from ._namespace import ensure_kernels, namespace_name
+
+__all__ = [
+    "register_primitives",
+    "override",
+    "array_norms",
+    "array_sumsq",
+    "multiply",
+    "clip",
+    "count_outside",
+    "apply_masks",
+    "cond",
+    "apply_effect",
+    "size",
+    "upcast",
+    "symmetric_bounds",
+]
+
+_OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
+PRIMITIVES = ("array_norms", "array_sumsq", "multiply", "clip", "count_outside", "order_keys", "apply_masks", "cond",
+              "apply_effect_")
+
+
+def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
+    """Register fast versions of primitives for the namespace registered as ``name``.
+
+    Args:
+      name: the namespace name, as returned by :func:`gradclip_core.backend.namespace_name`
+        (e.g. ``"array_api_compat.torch"``).
+      **primitives: any of ``array_norms(xp, xs, ord, dtype)``, ``array_sumsq(xp, xs, dtype)``,
+        ``multiply(xp, xs, factors)``, ``clip(xp, xs, lo, hi)``, ``count_outside(xp, xs, lo, hi)``,
+        ``apply_masks(xp, xs, masks)``, ``cond(xp, pred, true_fn, false_fn)``,
+        ``order_keys(xp, scores)`` and ``apply_effect_(xp, xs, effect)`` (in place), with
+        the signatures and results of the defaults.
+
+    Example:
+      >>> register_primitives("array_api_compat.numpy")  # nothing overridden
+    """
+    unknown = set(primitives) - set(PRIMITIVES)
+    if unknown:
+        raise ValueError(f"unknown primitives {sorted(unknown)}; expected some of {list(PRIMITIVES)}")
+    _OVERRIDES.setdefault(name, {}).update(primitives)
+
+
+def override(xp: Any, primitive: str) -> Callable[..., Any] | None:
+    """The override registered for ``primitive`` on ``xp``'s namespace, or ``None``.
+
+    Loads the namespace's kernel module on first use.
+    """
+    name = namespace_name(xp)
+    ensure_kernels(name)
+    table = _OVERRIDES.get(name)
+    return None if table is None else table.get(primitive)
+
+
+def size(x: Any) -> int:
+    """Static number of elements of ``x`` (shapes are static in every supported framework)."""
+    return math.prod(x.shape)
+
+
+def upcast(xp: Any, x: Any, dtype: Any) -> Any:
+    """``x`` as ``dtype`` (no copy when it already is)."""
+    return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> list[Any]:
+    """Per-array vector norms of order ``ord`` (1, 2 or inf), accumulated in ``dtype``.
+
+    Size-0 arrays have norm 0 for every order.
+
+    Returns:
+      a list of 0-d arrays of ``dtype``, one per input array.
+    """
+    fast = override(xp, "array_norms")
+    if fast is not None:
+        return fast(xp, xs, ord, dtype)
+    out = []
+    for x in xs:
+        if size(x) == 0:
+            out.append(xp.zeros((), dtype=dtype))
+        else:
+            out.append(xp.linalg.vector_norm(upcast(xp, x, dtype), ord=ord))
+    return out
+
+
+def array_sumsq(xp: Any, xs: Sequence[Any], dtype: Any) -> list[Any]:
+    """Per-array sums of squares ``sum(x * x)``, accumulated in ``dtype``.
+
+    Returns:
+      a list of 0-d arrays of ``dtype``.
+    """
+    fast = override(xp, "array_sumsq")
+    if fast is not None:
+        return fast(xp, xs, dtype)
+    out = []
+    for x in xs:
+        xc = upcast(xp, x, dtype)
+        out.append(xp.sum(xc * xc))
+    return out
+
+
+def multiply(xp: Any, xs: Sequence[Any], factors: Sequence[Any]) -> list[Any]:
+    """``[x * astype(f, x.dtype) for x, f in zip(xs, factors)]``: scale each array.
+
+    ``factors`` are 0-d arrays (or arrays broadcastable to each ``x``); each is cast
+    to its array's dtype first, as the numerics contract requires.
+    """
+    fast = override(xp, "multiply")
+    if fast is not None:
+        return fast(xp, xs, factors)
+    return [x * upcast(xp, f, x.dtype) for x, f in zip(xs, factors)]
+
+
+def clip(xp: Any, xs: Sequence[Any], lo: Any, hi: Any) -> list[Any]:
+    """Each array clipped to ``[lo, hi]`` (either bound may be ``None``); NaN stays NaN.
+
+    The bounds are Python numbers or 0-d arrays and are cast to each array's dtype
+    first. ``maximum``/``minimum`` rather than ``xp.clip``: NumPy has no clip loop for
+    bfloat16 (ml_dtypes) and would promote Python-float bounds.
+    """
+    fast = override(xp, "clip")
+    if fast is not None:
+        res = fast(xp, xs, lo, hi)
+        if res is not NotImplemented:
+            return res
+    out = []
+    for x in xs:
+        if lo is not None:
+            x = xp.maximum(x, xp.asarray(lo, dtype=x.dtype))
+        if hi is not None:
+            x = xp.minimum(x, xp.asarray(hi, dtype=x.dtype))
+        out.append(x)
+    return out
+
+
+def symmetric_bounds(lo: Any, hi: Any) -> bool:
+    """Whether ``lo``/``hi`` are Python numbers with ``lo == -hi`` (count ``|x| > hi`` then)."""
+    return isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo == -hi
+
+
+def count_outside(xp: Any, xs: Sequence[Any], lo: Any, hi: Any) -> list[Any]:
+    """Per array, the number of elements below ``lo`` or above ``hi`` (NaN is neither).
+
+    Bounds as in :func:`clip`. Symmetric Python bounds count ``|x| > hi`` (one compare).
+
+    Returns:
+      a list of float32 0-d arrays, one per input array (exact integer counts, then cast).
+    """
+    fast = override(xp, "count_outside")
+    if fast is not None:
+        res = fast(xp, xs, lo, hi)
+        if res is not NotImplemented:
+            return res
+    symmetric = symmetric_bounds(lo, hi)
+    out = []
+    for x in xs:
+        if symmetric:
+            flag = xp.abs(x) > xp.asarray(hi, dtype=x.dtype)
+        else:
+            below = None if lo is None else x < xp.asarray(lo, dtype=x.dtype)
+            above = None if hi is None else x > xp.asarray(hi, dtype=x.dtype)
+            flag = above if below is None else below if above is None else xp.logical_or(below, above)
+        out.append(xp.astype(xp.count_nonzero(flag), xp.float32))
+    return out
+
+
+def apply_masks(xp: Any, xs: Sequence[Any], masks: Sequence[Any]) -> list[Any]:
+    """``[where(m, x, 0)]``: zero the pruned elements (NaN/Inf pruned become 0 too)."""
+    fast = override(xp, "apply_masks")
+    if fast is not None:
+        res = fast(xp, list(xs), list(masks))
+        if res is not NotImplemented:
+            return res
+    return [xp.where(m, x, xp.zeros_like(x)) for x, m in zip(xs, masks)]
+
+
+def _tree_where(xp: Any, pred: Any, a: Any, b: Any) -> Any:
+    if isinstance(a, (tuple, list)):
+        return type(a)(_tree_where(xp, pred, x, y) for x, y in zip(a, b))
+    return xp.where(pred, a, b)
+
+
+def cond(xp: Any, pred: Any, true_fn: Callable[[], Any], false_fn: Callable[[], Any]) -> Any:
+    """``true_fn() if pred else false_fn()`` for a 0-d bool array, branch-free by default.
+
+    The default computes both and selects with ``where`` (fixed cost every call).
+    Overrides: JAX uses ``lax.cond``, torch and NumPy a Python branch in eager mode
+    (one host read of ``pred``; the default under ``torch.compile``), so the expensive
+    branch (a global threshold) only runs on the steps that need it. Both branches
+    return tuples of arrays of the same shapes and dtypes.
+    """
+    fast = override(xp, "cond")
+    if fast is not None:
+        res = fast(xp, pred, true_fn, false_fn)
+        if res is not NotImplemented:
+            return res
+    return _tree_where(xp, pred, true_fn(), false_fn())
+
+
+def _select(xs: list, entries: Sequence[Any]) -> list[int]:
+    return [i for i, e in enumerate(entries) if e is not None]
+
+
+def _portable(xp: Any, xs: list, effect: Any) -> list:
+    """The definition of every effect: new arrays, nothing written."""
+    if isinstance(effect, Keep):
+        return xs
+    if isinstance(effect, Scale):
+        idx = _select(xs, effect.factors)
+        if effect.divide:
+            new = [xs[i] / upcast(xp, effect.factors[i], xs[i].dtype) for i in idx]
+        else:
+            new = multiply(xp, [xs[i] for i in idx], [effect.factors[i] for i in idx])
+    elif isinstance(effect, Mask):
+        idx = _select(xs, effect.masks)
+        new = apply_masks(xp, [xs[i] for i in idx], [effect.masks[i] for i in idx])
+    elif isinstance(effect, Clamp):
+        return xs if effect.lo is None and effect.hi is None else clip(xp, xs, effect.lo, effect.hi)
+    elif isinstance(effect, ZeroNonfinite):
+        return [xp.where(xp.isfinite(x), x, xp.zeros_like(x)) for x in xs]
+    elif isinstance(effect, Replace):
+        return list(effect.arrays)
+    elif isinstance(effect, Then):
+        for e in effect.effects:
+            xs = _portable(xp, xs, e)
+        return xs
+    elif isinstance(effect, Skip):
+        out = _portable(xp, xs, effect.effect)
+        return [xp.where(effect.skip, xp.zeros_like(o), o) for o in out]
+    else:
+        raise ValueError(f"not a gradclip effect: {type(effect).__name__}")
+    out = list(xs)
+    for i, v in zip(idx, new):
+        out[i] = v
+    return out
+
+
+def apply_effect(xp: Any, xs: Sequence[Any], effect: Any, *, inplace: bool = False) -> list[Any]:
+    """The arrays after ``effect`` (see :mod:`gradclip_core._effect`).
+
+    Args:
+      xp: the arrays' namespace.
+      xs: the arrays.
+      effect: an effect computed for these arrays.
+      inplace: write the result into ``xs`` itself (mutable arrays only: torch). The
+        namespace's ``apply_effect_`` kernel does it; without one the result is computed
+        out of place and copied in with ``__setitem__``.
+
+    Returns:
+      The resulting arrays (``xs`` themselves when ``inplace``).
+
+    Example:
+      >>> import numpy as np
+      >>> from gradclip_core import Clamp
+      >>> x = [np.array([-3.0, 0.5, 2.0], np.float32)]
+      >>> _ = apply_effect(namespace_of(x), x, Clamp(-1.0, 1.0), inplace=True)
+      >>> x[0].tolist()
+      [-1.0, 0.5, 1.0]
+    """
+    xs = list(xs)
+    if not inplace:
+        return _portable(xp, xs, effect)
+    fast = override(xp, "apply_effect_")
+    if fast is not None:
+        res = fast(xp, xs, effect)
+        if res is not NotImplemented:
+            return xs
+    out = _portable(xp, xs, effect)
+    for x, o in zip(xs, out):
+        if o is not x:
+            x[...] = o
+    return xs
+
+
+def namespace_of(xs: Sequence[Any]) -> Any:
+    """``namespace(*xs)`` (for doctests)."""
+    from ._namespace import namespace
+
+    return namespace(*xs)

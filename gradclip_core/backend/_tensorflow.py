@@ -1,0 +1,411 @@
+"""A small Array API namespace for TensorFlow tensors (array-api-compat has none).
+
+Loaded, and registered with the core, the first time a TensorFlow tensor reaches
+:func:`gradclip_core.backend.namespace` (e.g. from Keras' TensorFlow backend). It
+implements exactly the Array API functions and attributes the core rules use, with
+plain ``tf`` operations (the kernels ``keras.ops`` runs on TensorFlow) and Array API
+semantics (checked against array-api-strict in ``tests/keras``):
+
+- ``maximum`` / ``minimum`` / ``max`` propagate NaN;
+- a Python scalar operand takes the dtype of the array operand (no promotion);
+- ``sum`` keeps floating dtypes and sums bool/int in int64 unless ``dtype=`` is given;
+- ``linalg.vector_norm`` supports ``ord`` 1, 2 and inf (0 for size-0 arrays).
+
+Any other attribute raises ``AttributeError`` naming the function, so a core rule that
+starts using a new function fails loudly on TensorFlow until it is added here.
+
+Python floats given to :func:`asarray` without a dtype become float32 (TensorFlow's
+and Keras' default), where array-api-strict uses float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import tensorflow as tf
+
+from ._namespace import register_namespace
+
+__all__ = ["xp", "is_tf_array", "NAME", "register"]
+
+NAME = "tensorflow"
+
+_FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+
+def is_tf_array(x: Any) -> bool:
+    """Whether ``x`` is a TensorFlow tensor or variable (what this namespace handles).
+
+    Example:
+      >>> is_tf_array(tf.ones(2)), is_tf_array(1.0)
+      (True, False)
+    """
+    return isinstance(x, (tf.Tensor, tf.Variable))
+
+
+def _t(x: Any, dtype: Any = None) -> tf.Tensor:
+    if isinstance(x, (tf.Tensor, tf.Variable)):
+        x = tf.convert_to_tensor(x)
+        return x if dtype is None or x.dtype == dtype else tf.cast(x, dtype)
+    return tf.convert_to_tensor(x, dtype=dtype)
+
+
+def _pair(x1: Any, x2: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """Two operands as tensors; a Python scalar takes the other operand's dtype."""
+    if is_tf_array(x1) and not is_tf_array(x2):
+        x1 = _t(x1)
+        return x1, _t(x2, x1.dtype)
+    if is_tf_array(x2) and not is_tf_array(x1):
+        x2 = _t(x2)
+        return _t(x1, x2.dtype), x2
+    x1, x2 = _t(x1), _t(x2)
+    if x1.dtype != x2.dtype:
+        raise TypeError(f"gradclip's TensorFlow namespace does not promote dtypes: got {x1.dtype.name} and {x2.dtype.name}")
+    return x1, x2
+
+
+def _axes(axis: Any) -> Any:
+    if axis is None:
+        return None
+    return list(axis) if isinstance(axis, (tuple, list)) else axis
+
+
+def _is_float(x: tf.Tensor) -> bool:
+    return x.dtype in _FLOATS
+
+
+class _Linalg:
+    """The ``linalg`` extension: ``vector_norm`` only."""
+
+    @staticmethod
+    def vector_norm(x: Any, /, *, axis: Any = None, keepdims: bool = False, ord: float = 2) -> tf.Tensor:
+        """``ord``-norm (1, 2 or inf) over ``axis`` (all axes when ``None``)."""
+        x = _t(x)
+        if not _is_float(x):
+            raise TypeError(f"vector_norm needs a floating-point array, got {x.dtype.name}")
+        ax = _axes(axis)
+        ordf = float(ord)
+        if ordf == 2.0:
+            out = tf.sqrt(tf.reduce_sum(x * x, axis=ax, keepdims=keepdims))
+        elif ordf == 1.0:
+            out = tf.reduce_sum(tf.abs(x), axis=ax, keepdims=keepdims)
+        elif ordf == math.inf:
+            if math.prod(x.shape) == 0:  # max of nothing: the norm of an empty vector is 0
+                out = tf.reduce_sum(tf.abs(x), axis=ax, keepdims=keepdims)
+            else:
+                out = tf.reduce_max(tf.abs(x), axis=ax, keepdims=keepdims)
+        else:
+            raise ValueError(f"vector_norm supports ord 1, 2 and inf here, got {ord!r}")
+        return _t(out, x.dtype)
+
+
+class TFNamespace:
+    """The namespace object the core sees as ``xp`` for TensorFlow tensors.
+
+    Example:
+      >>> x = xp.asarray([3.0, -4.0], dtype=xp.float32)
+      >>> float(xp.linalg.vector_norm(x)), xp.maximum(x, 0.0).numpy().tolist()
+      (5.0, [3.0, 0.0])
+    """
+
+    __name__ = NAME
+
+    float16 = tf.float16
+    bfloat16 = tf.bfloat16
+    float32 = tf.float32
+    float64 = tf.float64
+    int8 = tf.int8
+    int16 = tf.int16
+    int32 = tf.int32
+    int64 = tf.int64
+    uint8 = tf.uint8
+    bool = tf.bool
+
+    linalg = _Linalg()
+
+    # ------------------------------------------------------------- creation / casting
+
+    @staticmethod
+    def asarray(obj: Any, /, *, dtype: Any = None, device: Any = None, copy: Any = None) -> tf.Tensor:
+        del device, copy
+        return _t(obj, dtype)
+
+    @staticmethod
+    def astype(x: Any, dtype: Any, /, *, copy: bool = True, device: Any = None) -> tf.Tensor:
+        del copy, device
+        return _t(x, dtype)
+
+    @staticmethod
+    def zeros(shape: Any, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
+        del device
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return tf.zeros(shape, dtype=dtype or tf.float32)
+
+    @staticmethod
+    def zeros_like(x: Any, /, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
+        del device
+        return tf.zeros_like(_t(x), dtype=dtype)
+
+    @staticmethod
+    def ones_like(x: Any, /, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
+        del device
+        return tf.ones_like(_t(x), dtype=dtype)
+
+    @staticmethod
+    def full_like(x: Any, /, fill_value: Any, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
+        del device
+        x = _t(x)
+        return tf.fill(tf.shape(x), tf.cast(fill_value, dtype or x.dtype))
+
+    @staticmethod
+    def broadcast_to(x: Any, /, shape: Any) -> tf.Tensor:
+        return tf.broadcast_to(_t(x), tuple(shape))
+
+    @staticmethod
+    def stack(arrays: Sequence[Any], /, *, axis: int = 0) -> tf.Tensor:
+        arrays = [_t(a) for a in arrays]
+        dtypes = {a.dtype for a in arrays}
+        if len(dtypes) > 1:
+            raise TypeError(f"stack: arrays of different dtypes {sorted(d.name for d in dtypes)}")
+        return tf.stack(arrays, axis=axis)
+
+    # ------------------------------------------------------------------- element-wise
+
+    @staticmethod
+    def where(condition: Any, x1: Any, x2: Any, /) -> tf.Tensor:
+        a, b = _pair(x1, x2)
+        return tf.where(_t(condition, tf.bool), a, b)
+
+    @staticmethod
+    def maximum(x1: Any, x2: Any, /) -> tf.Tensor:
+        a, b = _pair(x1, x2)
+        return tf.maximum(a, b)  # propagates NaN (TensorFlow >= 2.x CPU and GPU kernels)
+
+    @staticmethod
+    def minimum(x1: Any, x2: Any, /) -> tf.Tensor:
+        a, b = _pair(x1, x2)
+        return tf.minimum(a, b)
+
+    @staticmethod
+    def sqrt(x: Any, /) -> tf.Tensor:
+        return tf.sqrt(_t(x))
+
+    @staticmethod
+    def isfinite(x: Any, /) -> tf.Tensor:
+        x = _t(x)
+        if not _is_float(x):
+            return tf.ones_like(x, dtype=tf.bool)
+        return tf.math.is_finite(x)
+
+    @staticmethod
+    def logical_and(x1: Any, x2: Any, /) -> tf.Tensor:
+        return tf.logical_and(_t(x1, tf.bool), _t(x2, tf.bool))
+
+    @staticmethod
+    def logical_or(x1: Any, x2: Any, /) -> tf.Tensor:
+        return tf.logical_or(_t(x1, tf.bool), _t(x2, tf.bool))
+
+    @staticmethod
+    def logical_not(x: Any, /) -> tf.Tensor:
+        return tf.logical_not(_t(x, tf.bool))
+
+    @staticmethod
+    def ones(shape: Any, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
+        del device
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return tf.ones(shape, dtype=dtype or tf.float32)
+
+    @staticmethod
+    def arange(start: Any, /, stop: Any = None, step: Any = 1, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
+        del device
+        if stop is None:
+            start, stop = 0, start
+        if dtype is None:
+            dtype = tf.int64 if all(isinstance(v, int) for v in (start, stop, step)) else tf.float32
+        return tf.range(start, stop, step, dtype=dtype)
+
+    @staticmethod
+    def reshape(x: Any, /, shape: Any, *, copy: Any = None) -> tf.Tensor:
+        del copy
+        return tf.reshape(_t(x), tuple(shape))
+
+    @staticmethod
+    def moveaxis(x: Any, source: Any, destination: Any, /) -> tf.Tensor:
+        x = _t(x)
+        nd = len(x.shape)
+        src, dst = source % nd, destination % nd
+        perm = [a for a in range(nd) if a != src]
+        perm.insert(dst, src)
+        return tf.transpose(x, perm)
+
+    @staticmethod
+    def tensordot(x1: Any, x2: Any, /, *, axes: Any = 2) -> tf.Tensor:
+        a, b = _pair(x1, x2)
+        return tf.tensordot(a, b, axes=axes)
+
+    @staticmethod
+    def abs(x: Any, /) -> tf.Tensor:
+        return tf.abs(_t(x))
+
+    @staticmethod
+    def cos(x: Any, /) -> tf.Tensor:
+        return tf.cos(_t(x))
+
+    @staticmethod
+    def log(x: Any, /) -> tf.Tensor:
+        return tf.math.log(_t(x))
+
+    @staticmethod
+    def floor(x: Any, /) -> tf.Tensor:
+        x = _t(x)
+        return tf.floor(x) if _is_float(x) else x
+
+    @staticmethod
+    def round(x: Any, /) -> tf.Tensor:
+        x = _t(x)
+        return tf.round(x) if _is_float(x) else x  # half to even, as the Array API says
+
+    @staticmethod
+    def isnan(x: Any, /) -> tf.Tensor:
+        x = _t(x)
+        return tf.math.is_nan(x) if _is_float(x) else tf.zeros_like(x, dtype=tf.bool)
+
+    @staticmethod
+    def isinf(x: Any, /) -> tf.Tensor:
+        x = _t(x)
+        return tf.math.is_inf(x) if _is_float(x) else tf.zeros_like(x, dtype=tf.bool)
+
+    @staticmethod
+    def pow(x1: Any, x2: Any, /) -> tf.Tensor:
+        a, b = _pair(x1, x2)
+        return tf.pow(a, b)
+
+    @staticmethod
+    def remainder(x1: Any, x2: Any, /) -> tf.Tensor:
+        a, b = _pair(x1, x2)
+        return tf.math.floormod(a, b)  # the sign of the divisor, as Python's %
+
+    @staticmethod
+    def clip(x: Any, /, min: Any = None, max: Any = None) -> tf.Tensor:
+        x = _t(x)
+        if min is not None:
+            x = tf.maximum(*_pair(x, min))
+        if max is not None:
+            x = tf.minimum(*_pair(x, max))
+        return x
+
+    @staticmethod
+    def sort(x: Any, /, *, axis: int = -1, descending: bool = False, stable: bool = True) -> tf.Tensor:
+        """Ascending sort with NaN last; descending is its reverse (NaN first), as NumPy."""
+        x = _t(x)
+        axis = axis % len(x.shape)
+        if not _is_float(x):
+            out = tf.sort(x, axis=axis)
+        else:
+            nan = tf.math.is_nan(x)
+            out = tf.sort(tf.where(nan, tf.constant(math.inf, x.dtype), x), axis=axis)
+            n = x.shape[axis]
+            if n:
+                count = tf.reduce_sum(tf.cast(nan, tf.int32), axis=axis, keepdims=True)
+                shape = [1] * len(x.shape)
+                shape[axis] = n
+                idx = tf.reshape(tf.range(n, dtype=tf.int32), shape)
+                out = tf.where(idx >= n - count, tf.constant(math.nan, x.dtype), out)
+        return tf.reverse(out, [axis]) if descending else out
+
+    @staticmethod
+    def cumulative_sum(x: Any, /, *, axis: Any = None, dtype: Any = None, include_initial: bool = False) -> tf.Tensor:
+        x = _t(x)
+        if axis is None:
+            if len(x.shape) > 1:
+                raise ValueError("cumulative_sum needs axis= for arrays of rank > 1")
+            axis = 0
+        if dtype is None and not _is_float(x):
+            dtype = tf.int64
+        if dtype is not None:
+            x = _t(x, dtype)
+        out = tf.cumsum(x, axis=axis)
+        if include_initial:
+            pad = [[0, 0]] * len(x.shape)
+            pad[axis] = [1, 0]
+            out = tf.pad(out, pad)
+        return out
+
+    @staticmethod
+    def bitwise_and(x1: Any, x2: Any, /) -> tf.Tensor:
+        return tf.bitwise.bitwise_and(*_pair(x1, x2))
+
+    @staticmethod
+    def bitwise_or(x1: Any, x2: Any, /) -> tf.Tensor:
+        return tf.bitwise.bitwise_or(*_pair(x1, x2))
+
+    @staticmethod
+    def bitwise_xor(x1: Any, x2: Any, /) -> tf.Tensor:
+        return tf.bitwise.bitwise_xor(*_pair(x1, x2))
+
+    @staticmethod
+    def bitwise_left_shift(x1: Any, x2: Any, /) -> tf.Tensor:
+        return tf.bitwise.left_shift(*_pair(x1, x2))
+
+    @staticmethod
+    def bitwise_right_shift(x1: Any, x2: Any, /) -> tf.Tensor:
+        return tf.bitwise.right_shift(*_pair(x1, x2))  # arithmetic for signed, as NumPy
+
+    # --------------------------------------------------------------------- reductions
+
+    @staticmethod
+    def sum(x: Any, /, *, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> tf.Tensor:
+        x = _t(x)
+        if dtype is None and not _is_float(x):
+            dtype = tf.uint64 if x.dtype in (tf.uint8, tf.uint16, tf.uint32, tf.uint64) else tf.int64
+        if dtype is not None:
+            x = _t(x, dtype)
+        return tf.reduce_sum(x, axis=_axes(axis), keepdims=keepdims)
+
+    @staticmethod
+    def max(x: Any, /, *, axis: Any = None, keepdims: bool = False) -> tf.Tensor:
+        x = _t(x)
+        if 0 in tuple(x.shape):  # (a dimension unknown in a graph, None, is not 0)
+            raise ValueError("max of a size-0 array is not defined")
+        return tf.reduce_max(x, axis=_axes(axis), keepdims=keepdims)
+
+    @staticmethod
+    def count_nonzero(x: Any, /, *, axis: Any = None, keepdims: bool = False) -> tf.Tensor:
+        return tf.math.count_nonzero(_t(x), axis=_axes(axis), keepdims=keepdims, dtype=tf.int64)
+
+    @staticmethod
+    def any(x: Any, /, *, axis: Any = None, keepdims: bool = False) -> tf.Tensor:
+        return tf.reduce_any(_t(x, tf.bool), axis=_axes(axis), keepdims=keepdims)
+
+    @staticmethod
+    def mean(x: Any, /, *, axis: Any = None, keepdims: bool = False) -> tf.Tensor:
+        x = _t(x)
+        if not _is_float(x):
+            raise TypeError(f"mean needs a floating-point array, got {x.dtype.name}")
+        return tf.reduce_mean(x, axis=_axes(axis), keepdims=keepdims)
+
+    @staticmethod
+    def all(x: Any, /, *, axis: Any = None, keepdims: bool = False) -> tf.Tensor:
+        return tf.reduce_all(_t(x, tf.bool), axis=_axes(axis), keepdims=keepdims)
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"gradclip's TensorFlow namespace does not implement {name!r} (it has only the Array API "
+            "functions the core uses); add it to gradclip_core/backend/_tensorflow.py with a test"
+        )
+
+    def __repr__(self) -> str:
+        return f"<Array API namespace {NAME!r} over tf (tensorflow {tf.__version__})>"
+
+
+xp = TFNamespace()
+
+
+def register() -> None:
+    """Register this namespace for TensorFlow tensors (done on first use).
+
+    Example:
+      >>> register()
+    """
+    register_namespace(NAME, is_tf_array, xp)

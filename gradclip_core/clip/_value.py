@@ -1,0 +1,59 @@
+"""Element-wise clipping by value: ``[-c, c]`` or ``[lo, hi]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._effect import Clamp
+from .._nonfinite import check_policy
+from .._numerics import ratio
+from .._rule import Rule, factory
+from .._stateless import stateless_rule
+from .._validate import check_bounds
+from ..backend._primitives import count_outside, size
+
+__all__ = ["clip_by_value"]
+
+
+@factory
+def clip_by_value(
+    clip_value: float | None = None,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    nonfinite: str = "propagate",
+) -> Rule:
+    """Clip every element to ``[-clip_value, clip_value]`` or to ``[lo, hi]``.
+
+    The same as ``torch.nn.utils.clip_grad_value_``, ``optax.clip`` and Keras'
+    ``clipvalue`` (NaN stays NaN, +-Inf goes to the bound), except that a
+    ``clip_value`` of 0 clips everything to 0 (Keras treats 0 as "off").
+
+    Args:
+      clip_value: symmetric bound ``c >= 0``; mutually exclusive with ``lo``/``hi``.
+      lo: lower bound, or ``None`` for none.
+      hi: upper bound, or ``None`` for none; ``lo <= hi``.
+      nonfinite: ``"propagate" | "zero" | "skip" | "raise"`` (see :mod:`gradclip_core`).
+
+    Returns:
+      A stateless :class:`Rule` whose info has ``clipped_fraction`` (fraction of
+      elements that were outside the bounds).
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.clip_by_value(1.0)
+      >>> g = [np.array([-3.0, 0.5, 2.0], np.float32)]
+      >>> out, _, info = rule.update(g, rule.init(g))
+      >>> out[0].tolist(), float(info["clipped_fraction"])
+      ([-1.0, 0.5, 1.0], 0.6666666865348816)
+    """
+    lo_, hi_ = check_bounds("clip_by_value", clip_value, lo, hi)
+    check_policy(nonfinite)
+
+    def clip(xp: Any, grads: list, params: Any) -> tuple[list, dict]:
+        hits = count_outside(xp, grads, lo_, hi_) if (lo_ is not None or hi_ is not None) else []
+        total = sum(size(g) for g in grads)
+        return Clamp(lo_, hi_), {"clipped_fraction": ratio(xp, hits, total)}
+
+    return stateless_rule("clip_by_value", clip, nonfinite)

@@ -1,0 +1,153 @@
+"""Magnitude pruning: per array (``magnitude_prune``) and over all arrays together (``global_magnitude_prune``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._rule import Rule, factory
+from .._validate import check_threshold
+from ..backend._collective import active, all_reduce, static_total
+from ..backend._primitives import size
+from ..backend._selection import float32_scores
+from ._schedule import check_amount, check_rounding, check_schedule, prune_count
+from ._select import prune_smallest
+from ._state import mask_rule
+
+__all__ = ["magnitude_prune", "global_magnitude_prune"]
+
+_NORM_EPS = 1e-8  # jaxpruner's normalization_eps
+
+
+def _amount_or_threshold(amount: Any, threshold: Any) -> tuple[float | None, float | None]:
+    if (amount is None) == (threshold is None):
+        raise ValueError("pass exactly one of amount (a fraction in [0, 1]) or threshold (prune |w| < threshold)")
+    if amount is not None:
+        return check_amount(amount), None
+    t = check_threshold("threshold", threshold)
+    if not isinstance(t, float):
+        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+    return None, t
+
+
+@factory
+def magnitude_prune(
+    amount: float | None = None,
+    *,
+    threshold: float | None = None,
+    schedule: Any = None,
+    rounding: str = "prune",
+) -> Rule:
+    """Per-array magnitude pruning: in each array prune the ``amount`` smallest ``|w|``, or ``|w| < threshold``.
+
+    With ``amount``: array ``i`` of ``n_i`` elements loses exactly
+    ``k_i = round_half_even(amount * n_i)`` elements (``rounding="keep"``: keeps
+    ``max(1, round_half_even((1 - amount) * n_i))``, tfmot / jaxpruner), the smallest
+    ``|w|`` first, ties by flat index, NaN last; the masks of
+    ``torch.nn.utils.prune.l1_unstructured`` on tie-free inputs. With ``threshold``:
+    every ``|w| < threshold`` is pruned (NaN never).
+
+    Args:
+      amount: target sparsity in ``[0, 1]`` (the final one for a polynomial schedule).
+      threshold: fixed magnitude threshold ``>= 0`` (instead of ``amount``).
+      schedule: ``None`` (:func:`one_shot` at step 0), or a schedule preset.
+      rounding: ``"prune"`` (torch) or ``"keep"`` (tfmot / jaxpruner).
+
+    Returns:
+      A :class:`Rule` with :class:`PruneState`; info ``sparsity``, ``sparsity/<i>``.
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.magnitude_prune(0.5)
+      >>> w = [np.array([0.3, -0.1, 2.0, 0.2], np.float32)]
+      >>> state = rule.init(w)
+      >>> w, state, info = rule.project(w, state)
+      >>> w[0].tolist(), state.masks[0].tolist(), float(info["sparsity"])
+      ([0.30000001192092896, 0.0, 2.0, 0.0], [True, False, True, False], 0.5)
+    """
+    amount, threshold = _amount_or_threshold(amount, threshold)
+    schedule = check_schedule(schedule)
+    rounding = check_rounding(rounding)
+
+    def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
+        masks = []
+        for p, m in zip(params, old):
+            n = size(p) if threshold is not None else static_total(size(p))  # global under sharding
+            if n == 0:
+                masks.append(m)
+            elif threshold is not None:
+                small = float32_scores(xp, p) < threshold
+                masks.append(m & xp.logical_not(small))
+            else:
+                keep, _ = prune_smallest(xp, [p], prune_count(xp, target, n, rounding), [m])
+                masks.append(keep[0])
+        return masks, None
+
+    return mask_rule("magnitude_prune", compute, schedule, amount)
+
+
+@factory
+def global_magnitude_prune(
+    amount: float,
+    *,
+    normalize: bool = False,
+    schedule: Any = None,
+    rounding: str = "prune",
+) -> Rule:
+    """Global magnitude pruning: prune the ``amount`` smallest ``|w|`` of all arrays together.
+
+    Exactly ``k = round_half_even(amount * n)`` of the ``n`` elements of all arrays
+    are pruned (``rounding="keep"``: tfmot / jaxpruner count), in the total order
+    ``(|w|, global flat index)``, NaN last. The threshold is found exactly by
+    selection over the float32 bit patterns (no concatenation, no sort; torch: a
+    chunked radix histogram, see ``benchmarks/bench_prune.py``); the masks of
+    ``torch.nn.utils.prune.global_unstructured(..., L1Unstructured)`` on tie-free inputs.
+
+    Args:
+      amount: target sparsity in ``[0, 1]`` (the final one for a polynomial schedule).
+      normalize: score ``|w| / (||w||_2 + 1e-8)`` per array (jaxpruner's
+        ``use_normalization``), so no array is pruned away just for its scale. The
+        norm is a float32 reduction whose summation order (and so last bit) is the
+        framework's own (``vector_norm``: pairwise, blocked or tree sums), so masks with
+        ``normalize=True`` agree across frameworks except at near-ties: scores of two
+        arrays within ~1 ulp of each other may swap order (the parity suite's random
+        cases have none). ``normalize=False`` masks are bit-identical everywhere.
+      schedule: ``None`` (one-shot at step 0), or a schedule preset.
+      rounding: ``"prune"`` (torch) or ``"keep"`` (tfmot / jaxpruner).
+
+    Returns:
+      A :class:`Rule` with :class:`PruneState`; info ``sparsity``, ``sparsity/<i>``,
+      ``threshold``.
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.global_magnitude_prune(0.5)
+      >>> w = [np.array([0.3, -0.1], np.float32), np.array([2.0, 0.2], np.float32)]
+      >>> w, state, info = rule.project(w, rule.init(w))
+      >>> [m.tolist() for m in state.masks], round(float(info["threshold"]), 6)
+      ([[True, False], [True, False]], 0.2)
+    """
+    amount = check_amount(amount)
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize must be a bool, got {normalize!r}")
+    schedule = check_schedule(schedule)
+    rounding = check_rounding(rounding)
+
+    def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
+        n = static_total(sum(size(p) for p in params))  # the global count under sharding
+        divisors = None
+        if normalize and active():
+            sq = [xp.sum(float32_scores(xp, p) * float32_scores(xp, p)) for p in params]
+            norms = xp.sqrt(all_reduce(xp, xp.stack(sq), "sum"))
+            divisors = [norms[i] + _NORM_EPS for i in range(len(params))]
+        elif normalize:
+            divisors = [
+                xp.linalg.vector_norm(float32_scores(xp, p)) + _NORM_EPS if size(p) else xp.ones((), dtype=xp.float32)
+                for p in params
+            ]
+        return prune_smallest(xp, params, prune_count(xp, target, n, rounding), old, divisors)
+
+    return mask_rule("global_magnitude_prune", compute, schedule, amount, threshold_info=True)
+
+

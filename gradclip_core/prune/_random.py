@@ -1,0 +1,74 @@
+"""Random pruning with a counter-based hash: the same seed gives the same masks in every framework."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._hash import hash_keys
+from .._rule import Rule, factory
+from .._validate import check_choice
+from ..backend._primitives import size
+from ._schedule import check_amount, check_rounding, check_schedule, prune_count
+from ._select import prune_smallest
+from ._state import mask_rule
+
+__all__ = ["random_prune"]
+
+
+@factory
+def random_prune(
+    amount: float,
+    *,
+    seed: int = 0,
+    scope: str = "array",
+    schedule: Any = None,
+    rounding: str = "prune",
+) -> Rule:
+    """Random pruning with a counter-based hash: the same ``seed`` gives the same masks everywhere.
+
+    Every element gets the score ``h(seed, array index, flat index)`` (24 bits, see
+    :mod:`gradclip_core._hash`); the ``k`` smallest scores are pruned exactly as in
+    magnitude pruning (per array, or over all arrays with ``scope="global"``). Masks
+    do not depend on the weights, the framework or the device. (Not comparable with
+    ``torch.nn.utils.prune.random_unstructured``, which draws from torch's RNG.)
+
+    Args:
+      amount: sparsity in ``[0, 1]``.
+      seed: a non-negative int.
+      scope: ``"array"`` (``k_i`` per array) or ``"global"``.
+      schedule: ``None`` (one-shot at step 0), or a schedule preset.
+      rounding: ``"prune"`` or ``"keep"``.
+
+    Returns:
+      A :class:`Rule` with :class:`PruneState`; info ``sparsity``, ``sparsity/<i>``.
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.random_prune(0.25, seed=3)
+      >>> w = [np.ones((4, 4), np.float32)]
+      >>> w, state, info = rule.project(w, rule.init(w))
+      >>> int((w[0] == 0).sum()), float(info["sparsity"])
+      (4, 0.25)
+    """
+    amount = check_amount(amount)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    check_choice("scope", scope, ("array", "global"))
+    schedule = check_schedule(schedule)
+    rounding = check_rounding(rounding)
+
+    def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
+        scores = [xp.astype(hash_keys(xp, tuple(p.shape), seed, i), xp.float32) for i, p in enumerate(params)]
+        if scope == "global":
+            k = prune_count(xp, target, sum(size(p) for p in params), rounding)
+            return prune_smallest(xp, scores, k, old)[0], None
+        masks = []
+        for s, m in zip(scores, old):
+            if size(s) == 0:
+                masks.append(m)
+            else:
+                masks.append(prune_smallest(xp, [s], prune_count(xp, target, size(s), rounding), [m])[0][0])
+        return masks, None
+
+    return mask_rule("random_prune", compute, schedule, amount)

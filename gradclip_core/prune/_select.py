@@ -1,0 +1,212 @@
+"""Exact selection of the k smallest scores over many arrays: one radix-selection driver.
+
+The total order (DESIGN.md): score ascending, then *global flat index* ascending, where
+the global flat index is an element's position in the concatenation of all arrays in
+order (row-major within each array). Nothing is concatenated and nothing is sorted: the
+arrays are visited in order (in chunks, where a backend asks for it) and their global
+offset is carried as a running count.
+
+Scores are non-negative float32 values (``|w|`` for magnitude pruning, bf16/fp16 are
+upcast exactly, float64 is rounded to float32). Every non-negative float32 orders
+like its IEEE bit pattern read as an integer, so the selection works on int32 *keys*:
+
+- key ``0`` is reserved for elements pruned before (a pruned weight ranks below
+  everything, so masks never revive);
+- a score ``s`` has key ``bits(s) + 1`` (``+0`` -> 1, ``+inf`` -> ``0x7F800001``);
+- every NaN has key ``0x7F800002``: **NaN ranks above +inf** (never pruned before a
+  number; several NaNs in index order), as ``torch.topk`` treats NaN as the largest.
+
+**The driver** (:func:`prune_smallest`) finds the k-th smallest key ``T`` by radix
+selection: ``ceil(31 / digit)`` passes, each a histogram (summed over the arrays, and
+over participants with :func:`gradclip_core.backend.all_reduce`: one collective per
+pass) of the next ``digit`` bits of the keys whose higher bits equal the prefix found
+so far. Then every key ``< T`` is pruned and, of the keys ``== T``, the first
+``k - count(key < T)`` in global flat order (a running tie count; on shards, the ties
+of earlier arrays and earlier participants come from one ``all_gather``). A single
+process is the sharded case with identity collectives.
+
+Backends supply only kernels, as a :class:`Selection` registered for their namespace
+(:func:`gradclip_core.backend.register_selection`): the digit width, a chunk size, how to compute keys and
+histograms (torch: ``bincount`` over 1M-element chunks with reused buffers; JAX:
+``at[].add`` in one ``lax.fori_loop``; NumPy: ``bincount``), how to write a chunk of
+masks, and, for eager backends with dynamic shapes, a *compaction* finish: after the
+first pass, one more pass writes every decided mask element and gathers the few keys
+in the k-th key's bin, whose order is then resolved by a stable sort of those alone.
+Every path gives the same masks and threshold, bit for bit (tests check each against
+the portable default).
+
+Masks are **bool** arrays (``True`` = kept). Counts use the namespace's default
+integer (int64; int32 under JAX without x64, which limits a selection to 2**31 - 1
+elements in total).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from ..backend._collective import active, all_gather, all_reduce, participant_index
+from ..backend._namespace import device_kw, namespace
+from ..backend._primitives import size
+from ..backend._selection import KEY_BITS, Selection, _count, selection_for
+
+__all__ = ["prune_smallest"]
+
+
+def _pick(xp: Any, v: Any, i: Any) -> Any:
+    """``v[i]`` for a 1-d ``v`` and a 0-d integer ``i`` (one-hot sum: only where/sum needed)."""
+    slots = xp.arange(v.shape[0], dtype=xp.int32, **device_kw([v]))
+    return xp.sum(xp.where(slots == xp.astype(i, xp.int32), v, xp.zeros_like(v)))
+
+
+def prune_smallest(
+    xp: Any,
+    xs: Sequence[Any],
+    k: Any,
+    masks: Sequence[Any] | None = None,
+    divisors: Sequence[Any] | None = None,
+) -> tuple[list, Any]:
+    """Keep-masks pruning exactly the ``k`` smallest scores of ``xs`` together.
+
+    Args:
+      xs: arrays; the score of an element is ``|x|`` in float32 (divided by
+        ``divisors[i]`` for array ``i`` when given).
+      k: how many to prune (Python int or 0-d integer array), clamped to ``[0, n]`` (under a
+        collective it must be at most the global element count, as the rules compute it).
+      masks: current keep-masks (bool); elements already pruned rank first and stay
+        pruned (the result is ANDed with them, so more than ``k`` may be pruned).
+      divisors: optional 0-d float32 arrays, one per array.
+
+    Returns:
+      ``(keep_masks, threshold)``: bool arrays shaped like ``xs``, and the score of
+      the last pruned element in the total order (float32 0-d; 0 when nothing new is
+      pruned; NaN when a NaN had to be pruned).
+
+    Example:
+      >>> import numpy as np
+      >>> keep, thr = prune_smallest(None, [np.array([0.5, -0.1], np.float32), np.array([2.0, 0.2], np.float32)], 2)
+      >>> [m.tolist() for m in keep], round(float(thr), 6)
+      ([[True, False], [True, False]], 0.2)
+    """
+    xs = list(xs)
+    if xp is None:
+        xp = namespace(*xs)
+    sel = selection_for(xp, xs)
+    sharded = active()
+    keep: list[Any] = [xp.ones(x.shape, dtype=xp.bool, **device_kw([x])) for x in xs]
+    zero = xp.zeros((), dtype=xp.float32, **device_kw(xs))
+    if not xs:
+        return keep, zero
+    live = [i for i, x in enumerate(xs) if size(x) > 0]
+    n = sum(size(x) for x in xs)
+    if n == 0 and not sharded:  # (on shards every participant makes every collective, empty or not)
+        return keep, zero
+    flats = {i: xp.reshape(xs[i], (-1,)) for i in live}
+    olds = {i: None if masks is None else xp.reshape(masks[i], (-1,)) for i in live}
+    divs = {i: None if divisors is None else divisors[i] for i in live}
+    flat_keep = {i: xp.reshape(keep[i], (-1,)) for i in live}
+    cdt = xp.count_nonzero(xp.zeros((1,), dtype=xp.bool, **device_kw(xs))).dtype  # the default count dtype
+    kk = xp.asarray(k, dtype=cdt, **device_kw(xs)) if not hasattr(k, "shape") else xp.astype(k, cdt)
+    kk = xp.maximum(kk, xp.zeros_like(kk))
+    if not sharded:  # on shards the caller's k is already at most the global count (no collective for it)
+        kk = xp.minimum(kk, xp.full_like(kk, n))
+
+    ws = None if sel.workspace is None else sel.workspace(xp, [flats[i] for i in live])
+    if sel.chunk is None:
+        whole = {i: sel.keys(xp, flats[i], olds[i], divs[i], ws) for i in live}
+
+        def chunks() -> Any:
+            for i in live:
+                yield i, 0, size(flats[i]), whole[i]
+    else:
+
+        def chunks() -> Any:
+            for i in live:
+                m = size(flats[i])
+                for s in range(0, m, sel.chunk):
+                    e = min(m, s + sel.chunk)
+                    old = None if olds[i] is None else olds[i][s:e]
+                    yield i, s, e, sel.keys(xp, flats[i][s:e], old, divs[i], ws)
+
+    digit = sel.digit
+    passes = -(-KEY_BITS // digit)
+    bins = 1 << digit
+
+    def body(p: Any, carry: tuple) -> tuple:
+        prefix, below = carry
+        shift = digit * (passes - 1) - digit * p
+        hist = None
+        for _, _, _, key in chunks():
+            hist = sel.histogram(xp, key, shift, prefix, digit, cdt, ws, hist)
+        if hist is None:  # no local element (an empty shard)
+            hist = xp.zeros((bins,), dtype=cdt, **device_kw(xs))
+        hist = all_reduce(xp, hist, "sum")  # one collective per pass
+        cum = xp.cumulative_sum(hist) + below  # count(key <= prefix:digit)
+        b = xp.minimum(_count(xp, cum < kk, cdt), xp.full_like(kk, bins - 1))
+        nxt = xp.bitwise_or(xp.bitwise_left_shift(prefix, digit), xp.astype(b, xp.int32))
+        return nxt, _pick(xp, cum, b) - _pick(xp, hist, b), _pick(xp, hist, b)
+
+    start = (xp.zeros((), dtype=xp.int32, **device_kw(xs)), xp.zeros((), dtype=cdt, **device_kw(xs)))
+    if sel.gather is not None and not sharded:
+        prefix, below, in_bin = body(0, start)
+        if int(in_bin) <= sel.compact_limit:
+            return _finish_compact(xp, sel, keep, flat_keep, chunks, digit * (passes - 1), prefix, kk - below, masks,
+                                   zero, ws)
+        T, below = sel.loop(passes - 1, lambda p, c: body(p + 1, c)[:2], (prefix, below))
+    else:
+        T, below = sel.loop(passes, lambda p, c: body(p, c)[:2], start)
+    r = kk - below  # ties at T to prune, first in the global flat order
+
+    offsets = None
+    if sharded:  # ties before this shard: earlier arrays everywhere, this array on earlier participants
+        counts = [xp.zeros((), dtype=cdt, **device_kw(xs)) for _ in xs]
+        for i, _, _, key in chunks():
+            counts[i] = counts[i] + _count(xp, key == T, cdt)
+        table = all_gather(xp, xp.stack(counts))  # (participants, arrays)
+        me = xp.arange(table.shape[0], dtype=xp.int32) < xp.astype(xp.asarray(participant_index(xp)), xp.int32)
+        earlier = xp.sum(xp.where(xp.reshape(me, (-1, 1)), table, xp.zeros_like(table)), axis=0)
+        everywhere = xp.sum(table, axis=0)
+        offsets = (xp.cumulative_sum(everywhere) - everywhere) + earlier
+    before = xp.zeros((), dtype=cdt, **device_kw(xs))
+    running = {i: xp.zeros((), dtype=cdt, **device_kw(xs)) for i in live}
+    for i, s, e, key in chunks():
+        start_i = before if offsets is None else offsets[i] + running[i]
+        out = None if sel.chunk is None else flat_keep[i][s:e]
+        kept, ties = sel.keep(xp, key, T, r, start_i, out, ws)
+        if sel.chunk is None:
+            keep[i] = xp.reshape(kept, tuple(xs[i].shape))
+        before = before + ties
+        running[i] = running[i] + ties
+    if masks is not None:
+        keep = [m & o for m, o in zip(keep, masks)]
+    return keep, sel.value(xp, T)
+
+
+def _finish_compact(xp: Any, sel: Selection, keep: list, flat_keep: dict, chunks: Callable, shift: int, b1: Any,
+                    r: Any, masks: Any, zero: Any, ws: Any) -> tuple[list, Any]:
+    """Eager compaction: write the decided masks, gather the k-th key's bin, resolve it by a stable sort.
+
+    Eager backends only (it reads ``r`` and the bin size on the host).
+    """
+    cand_keys, where = [], []
+    for i, s, e, key in chunks():
+        bin_keys, positions = sel.gather(xp, key, shift, b1, flat_keep[i][s:e], ws)
+        if size(bin_keys):
+            cand_keys.append(bin_keys)
+            where.append((i, s, positions))
+    thr = zero
+    if cand_keys:
+        ck = xp.concat(cand_keys) if len(cand_keys) > 1 else cand_keys[0]
+        order = xp.argsort(ck, stable=True)  # ties keep the global flat order
+        r_ = int(r)
+        kept = xp.ones(ck.shape, dtype=xp.bool, **device_kw([ck]))
+        sel.scatter(xp, kept, order[:r_], xp.zeros((r_,), dtype=xp.bool, **device_kw([ck])))
+        start = 0
+        for i, s, positions in where:
+            m = size(positions)
+            sel.scatter(xp, flat_keep[i], positions + s, kept[start:start + m])
+            start += m
+        if r_ > 0:
+            thr = sel.value(xp, xp.astype(ck[order[r_ - 1]], xp.int32))
+    if masks is not None:
+        keep = [m & o for m, o in zip(keep, masks)]
+    return keep, thr

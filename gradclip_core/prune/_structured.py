@@ -1,0 +1,147 @@
+"""Structured pruning: whole rows/channels by their L_n norm, and N:M semi-structured groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._rule import Rule, factory
+from .._validate import check_ord
+from ..backend._layout import AxisSpec, check_axis, reduce_axes
+from ..backend._primitives import size, upcast
+from ..backend._selection import float32_scores, order_keys
+from ._schedule import check_amount, check_rounding, check_schedule, prune_count
+from ._select import prune_smallest
+from ._state import mask_rule
+
+__all__ = ["ln_structured_prune", "nm_prune"]
+
+
+@factory
+def ln_structured_prune(
+    amount: float,
+    *,
+    ord: Any = 2,
+    axis: AxisSpec = None,
+    schedule: Any = None,
+    rounding: str = "prune",
+) -> Rule:
+    """Prune whole units (rows / output channels) with the smallest L_n norm, per array.
+
+    A unit's norm is taken over ``axis`` (the axes *reduced*, as in
+    :func:`adaptive_clip`): ``"out_first"`` prunes output channels of torch
+    ``(out, in, ...)`` weights, the masks of
+    ``torch.nn.utils.prune.ln_structured(m, "weight", amount, n=ord, dim=0)`` on
+    tie-free inputs; ``"out_last"`` those of Keras ``(..., in, out)`` kernels. Each
+    array with ``c`` units loses ``round_half_even(amount * c)`` of them (norms in
+    float32, ties by unit index, NaN norms last). Arrays of rank <= 1 (biases,
+    scalars) and size-0 arrays are left dense.
+
+    Args:
+      amount: fraction of units to prune, in ``[0, 1]``.
+      ord: norm order, 1, 2 or inf.
+      axis: the axes forming one unit's norm (see :mod:`gradclip_core.backend._layout`);
+        ``None``: the framework's native layout (explicit for NumPy).
+      schedule: ``None`` (one-shot at step 0) or a schedule preset.
+      rounding: ``"prune"`` or ``"keep"``.
+
+    Returns:
+      A :class:`Rule` with ``PruneState``; info ``sparsity``, ``sparsity/<i>``.
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.ln_structured_prune(0.5, ord=1, axis="out_first")
+      >>> w = [np.array([[1.0, 1.0], [0.1, 0.2], [3.0, 0.0], [0.5, 0.5]], np.float32)]
+      >>> w, state, info = rule.project(w, rule.init(w))
+      >>> w[0].tolist()
+      [[1.0, 1.0], [0.0, 0.0], [3.0, 0.0], [0.0, 0.0]]
+    """
+    amount = check_amount(amount)
+    ord = check_ord(ord)
+    axis = check_axis(axis)
+    schedule = check_schedule(schedule)
+    rounding = check_rounding(rounding)
+
+    def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
+        masks = []
+        for p, m in zip(params, old):
+            axes = reduce_axes(xp, axis, tuple(p.shape)) if p.ndim >= 2 else None
+            if axes is None or size(p) == 0:
+                masks.append(m)
+                continue
+            norms = xp.linalg.vector_norm(upcast(xp, p, xp.float32), axis=axes, keepdims=True, ord=ord)
+            alive = xp.any(m, axis=axes, keepdims=True)
+            k = prune_count(xp, target, size(norms), rounding)
+            keep, _ = prune_smallest(xp, [norms], k, [alive])
+            masks.append(xp.broadcast_to(keep[0], tuple(p.shape)) & m)
+        return masks, None
+
+    return mask_rule("ln_structured_prune", compute, schedule, amount)
+
+
+@factory
+def nm_prune(keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None) -> Rule:
+    """N:M semi-structured sparsity: in every ``group`` consecutive weights along ``axis``, keep the ``keep`` largest.
+
+    2:4 (``keep=2, group=4``) is what sparse tensor cores accelerate. Groups run along
+    ``axis`` (the input axis: ``axis=1`` / ``-1`` for torch ``Linear`` ``(out, in)``,
+    ``axis=0`` / ``-2`` for Keras ``Dense`` ``(in, out)``); within a group the
+    ``group - keep`` smallest ``|w|`` are pruned, ties by position in the group, NaN
+    last. Arrays of rank < 2, size-0 arrays and arrays whose ``axis`` length is not a
+    multiple of ``group`` are left dense (their ``sparsity/<i>`` shows it).
+
+    Args:
+      keep: N, the number of weights KEPT per group, ``1 <= keep < group``.
+      group: M, the group size, ``>= 2``.
+      axis: the group axis (an int, required: layouts differ between frameworks).
+      schedule: ``None`` (one-shot at step 0) or a schedule preset.
+
+    Returns:
+      A :class:`Rule` with ``PruneState``; info ``sparsity``, ``sparsity/<i>``.
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.nm_prune(keep=2, group=4, axis=-1)
+      >>> w = [np.array([[0.1, -3.0, 0.5, 0.2], [1.0, 1.0, 1.0, 1.0]], np.float32)]
+      >>> w, state, info = rule.project(w, rule.init(w))
+      >>> w[0].tolist()
+      [[0.0, -3.0, 0.5, 0.0], [0.0, 0.0, 1.0, 1.0]]
+    """
+    for name, v, lo in (("keep", keep, 1), ("group", group, 2)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    if keep >= group:
+        raise ValueError(f"keep must be < group (N < M in N:M sparsity), got keep={keep}, group={group}")
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ValueError(f"axis must be an int (the group axis), got {axis!r}")
+    schedule = check_schedule(schedule)
+    n_prune = group - keep
+
+    def one(xp: Any, p: Any, m: Any) -> Any:
+        nd = p.ndim
+        if nd < 2 or size(p) == 0 or not -nd <= axis < nd or p.shape[axis] % group:
+            return m
+        ax = axis % nd
+        key = order_keys(xp, float32_scores(xp, p)) + 1
+        key = xp.where(m, key, xp.zeros_like(key))
+        moved = xp.moveaxis(key, ax, -1)
+        shp = tuple(moved.shape)
+        g = xp.reshape(moved, shp[:-1] + (shp[-1] // group, group))
+        cols = [g[..., j] for j in range(group)]
+        kept = []
+        for i in range(group):
+            rank = xp.zeros(cols[i].shape, dtype=xp.int32)
+            for j in range(group):
+                if j == i:
+                    continue
+                before = (cols[j] < cols[i]) | (cols[j] == cols[i]) if j < i else cols[j] < cols[i]
+                rank = rank + xp.astype(before, xp.int32)
+            kept.append(rank >= n_prune)
+        mask = xp.reshape(xp.stack(kept, axis=-1), shp)
+        return xp.moveaxis(mask, -1, ax) & m
+
+    def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
+        return [one(xp, p, m) for p, m in zip(params, old)], None
+
+    return mask_rule("nm_prune", compute, schedule, None)

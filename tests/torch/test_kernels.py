@@ -1,0 +1,157 @@
+"""The core's torch kernels return exactly what the portable defaults return, in place or not."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import gradclip_core as gc
+import gradclip_core.backend as gcb
+from gradclip_core.backend import _primitives
+from gradclip_core.backend import _torch as kernels
+
+SHAPES = [(6, 4), (6,), (), (0, 3), (2, 3, 3, 3), (257, 33)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+XP = gcb.namespace(torch.ones(1))
+gcb.ensure_kernels(kernels.NAMESPACE)
+
+
+def _tensors(dtypes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(s, generator=g) * 30).to(dtypes[i % len(dtypes)]) for i, s in enumerate(SHAPES)]
+
+
+class portable:
+    """Within this block the torch namespace has no kernels: the core's portable defaults run."""
+
+    def __enter__(self):
+        self.saved = _primitives._OVERRIDES.pop(kernels.NAMESPACE)
+
+    def __exit__(self, *exc):
+        _primitives._OVERRIDES[kernels.NAMESPACE] = self.saved
+
+
+def _same(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("ord", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize("dtypes", [[d] for d in DTYPES] + [DTYPES], ids=lambda d: "-".join(str(x)[6:] for x in d))
+def test_array_norms_equal_default(ord, dtypes):
+    xs = _tensors(dtypes)
+    acc = torch.float64 if torch.float64 in dtypes else torch.float32
+    got = kernels.array_norms(None, xs, ord, acc)
+    with portable():
+        want = gcb.array_norms(XP, xs, ord, acc)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == acc and a.shape == ()
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtypes", [[d] for d in DTYPES] + [DTYPES], ids=lambda d: "-".join(str(x)[6:] for x in d))
+@pytest.mark.parametrize("shared", [True, False])
+def test_multiply_equals_default_and_leaves_inputs_alone(dtypes, shared):
+    xs = _tensors(dtypes)
+    factors = [torch.tensor(0.3137)] * len(xs) if shared else [torch.tensor(0.1 + i / 7) for i in range(len(xs))]
+    before = [x.clone() for x in xs]
+    got = kernels.multiply(None, xs, factors)
+    assert all(torch.equal(a, b) for a, b in zip(xs, before))
+    for a, x, f in zip(got, xs, factors):
+        _same(a, x * f.to(x.dtype))
+
+
+def _effects(xs):
+    """One effect of every kind (and nested ones) for the tensors ``xs``."""
+    n = len(xs)
+    shared = torch.tensor(0.3137)
+    per_array = tuple(torch.tensor(0.1 + i / 7) for i in range(n))
+    per_unit = tuple(torch.rand((x.shape[0],) + (1,) * (x.ndim - 1)) if x.ndim else torch.tensor(0.5) for x in xs)
+    masks = tuple(torch.rand(x.shape) < 0.5 for x in xs)
+    return {
+        "keep": gc.Keep(),
+        "scale-shared": gc.Scale((shared,) * n),
+        "scale-per-array": gc.Scale(per_array),
+        "scale-per-unit": gc.Scale(per_unit),
+        "divide": gc.Scale(per_array, divide=True),
+        "scale-some": gc.Scale((shared,) + (None,) * (n - 1)),
+        "mask": gc.Mask(masks),
+        "clamp": gc.Clamp(-0.5, 2.0),
+        "clamp-lo-tensor": gc.Clamp(torch.tensor(-0.25), None),
+        "zero-nonfinite": gc.ZeroNonfinite(),
+        "replace": gc.Replace(tuple(x * 2 for x in xs)),
+        "then": gc.Then((gc.ZeroNonfinite(), gc.Scale((shared,) * n), gc.Clamp(None, 1.0))),
+        "skip-yes": gc.Skip(gc.Scale((shared,) * n), torch.tensor(True)),
+        "skip-no": gc.Skip(gc.Scale((shared,) * n), torch.tensor(False)),
+    }
+
+
+@pytest.mark.parametrize("dtypes", [[d] for d in DTYPES] + [DTYPES], ids=lambda d: "-".join(str(x)[6:] for x in d))
+@pytest.mark.parametrize("kind", sorted(_effects(_tensors([torch.float32]))))
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_in_place_effects_equal_the_portable_definition(dtypes, kind, contiguous):
+    torch.manual_seed(1)
+    xs = _tensors(dtypes)
+    xs[1][0] = float("nan")
+    xs[1][1] = float("inf")
+    if not contiguous:
+        xs = [x.t() if x.ndim == 2 else x for x in xs]
+    effect = _effects(xs)[kind]
+    with portable():
+        want = gcb.apply_effect(XP, xs, effect)
+    mine = [x.clone() for x in xs]
+    storage = [m.data_ptr() for m in mine]
+    out = gcb.apply_effect(XP, mine, effect, inplace=True)
+    assert all(o is m for o, m in zip(out, mine)) and [m.data_ptr() for m in mine] == storage
+    for a, b in zip(mine, want):
+        _same(a, b)
+
+
+def test_in_place_global_scale_is_one_foreach_call_per_dtype(monkeypatch):
+    calls = []
+    real = torch._foreach_mul_
+    monkeypatch.setattr(torch, "_foreach_mul_", lambda ts, f: calls.append((len(ts), f.dtype)) or real(ts, f))
+    xs = _tensors([torch.float32, torch.bfloat16])
+    gcb.apply_effect(XP, xs, gc.Scale((torch.tensor(0.5),) * len(xs)), inplace=True)
+    assert sorted(calls, key=str) == sorted([(3, torch.float32), (3, torch.bfloat16)], key=str)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("lo, hi", [(-0.1, 0.3), (None, 0.25), (-0.7, None)])
+def test_clip_equals_default(dtype, lo, hi):
+    torch.manual_seed(0)
+    xs = [torch.randn(5, 3).to(dtype), torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype),
+          torch.zeros(0, dtype=dtype)]
+    with portable():
+        expected = gcb.clip(XP, [x.clone() for x in xs], lo, hi)
+    mine = [x.clone() for x in xs]
+    got = kernels.clip(None, mine, lo, hi)
+    assert all(torch.equal(m, x) or (m.isnan() == x.isnan()).all() for m, x in zip(mine, xs))
+    for g, e in zip(got, expected):
+        _same(g, e)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lo, hi", [(-0.1, 0.3), (-0.25, 0.25), (None, 0.25), (-0.7, None), (-0.0, 0.0)])
+def test_count_outside_equals_default(dtype, lo, hi, monkeypatch):
+    monkeypatch.setattr(kernels, "_COUNT_CHUNK", 7)  # several chunks, ragged last one
+    torch.manual_seed(0)
+    xs = [torch.randn(5, 3).to(dtype), torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.25], dtype=dtype),
+          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype)]
+    with portable():
+        expected = gcb.count_outside(XP, xs, lo, hi)
+    got = kernels.count_outside(None, xs, lo, hi)
+    assert [g.dtype for g in got] == [torch.float32] * len(xs)
+    assert [float(g) for g in got] == [float(e) for e in expected]
+    special = xs[1].tolist()  # NaN never counts, +-inf do
+    assert float(got[1]) == sum((lo is not None and v < lo) or (hi is not None and v > hi) for v in special)
+    assert kernels.count_outside(None, xs, torch.tensor(-0.1), 0.3) is NotImplemented
+
+
+def test_clip_with_tensor_bounds():
+    assert kernels.clip(None, [torch.ones(2)], torch.tensor(0.5), None)[0].tolist() == [1.0, 1.0]
+    rule = gc.clip_by_value(lo=-1.0)
+    out, _, _ = rule.update([torch.tensor([-3.0, 2.0])], gc.EmptyState())
+    assert out[0].tolist() == [-1.0, 2.0]
