@@ -23,8 +23,9 @@ class Row:
       ours_mem, native_mem: extra peak memory (bytes) of one call, ``None`` if unmeasured.
       target: the DESIGN.md target, e.g. ``"<= 1.0x"``.
       note: anything the reader must know.
-      mem_of_weights: extra peak memory as a fraction of the weights, where DESIGN.md sets
-        a memory target (global pruning).
+      mem_of_weights: extra peak memory as a fraction of the arrays the rule works on
+        (weights or gradients), where DESIGN.md sets a memory target.
+      mem_target: that target (a fraction; ``None``: global pruning's 1/4 of the weights).
       paired_ratio: the median of per-pair ``ours / native`` times of alternating calls
         (:func:`_measure.time_pair`); the reported ratio when given (steadier than the
         ratio of the two medians on a shared machine).
@@ -43,6 +44,7 @@ class Row:
     has_native: bool = True
     mem_of_weights: Optional[float] = None
     paired_ratio: Optional[float] = None
+    mem_target: Optional[float] = None
 
     @property
     def ratio(self) -> Optional[float]:

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from .backend._primitives import size, upcast
 from ._validate import is_number
 
-__all__ = ["acc_dtype", "const_like", "count", "min_ratio", "fraction", "ratio", "stack_norm"]
+__all__ = ["acc_dtype", "const_like", "count", "min_ratio", "fraction", "ratio", "stack_norm", "flat", "unflat"]
 
 
 def const_like(xp: Any, ref: Any, value: Any) -> Any:
@@ -66,3 +66,19 @@ def fraction(xp: Any, flags: Sequence[Any], counts: Sequence[int] | None = None)
     """
     counts = [size(f) for f in flags] if counts is None else counts
     return ratio(xp, [count(xp, f) for f, n in zip(flags, counts) if n], sum(counts))
+
+
+def flat(xp: Any, xs: list) -> Any:
+    """The elements of all ``xs``, concatenated into one vector."""
+    flat = [xp.reshape(x, (-1,)) for x in xs]
+    return flat[0] if len(flat) == 1 else xp.concat(flat)
+
+
+def unflat(xp: Any, v: Any, like: list) -> list:
+    """``v`` split back into arrays shaped like ``like`` (views)."""
+    out, start = [], 0
+    for x in like:
+        n = size(x)
+        out.append(xp.reshape(v[start:start + n], tuple(x.shape)))
+        start += n
+    return out

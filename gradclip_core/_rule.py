@@ -281,7 +281,7 @@ def chain(*rules: Rule) -> Rule:
     Example:
       >>> import numpy as np
       >>> import gradclip_core as gc
-      >>> rule = gc.chain(gc.clip_by_value(0.5), gc.clip_by_global_norm(0.5))
+      >>> rule = gc.chain(gc.clip_by_value(0.5, info="full"), gc.clip_by_global_norm(0.5))
       >>> g = [np.array([3.0, -4.0], np.float32)]
       >>> out, _, info = rule.update(g, rule.init(g))
       >>> sorted(info)

@@ -6,7 +6,9 @@ import math
 import numbers
 from typing import Any, Iterable
 
-__all__ = ["check_threshold", "check_choice", "check_ord", "is_number"]
+__all__ = ["check_threshold", "check_choice", "check_ord", "check_info", "is_number", "INFO_LEVELS"]
+
+INFO_LEVELS = ("basic", "full")
 
 
 def is_number(value: Any) -> bool:
@@ -70,3 +72,9 @@ def check_ord(value: Any) -> float:
     if is_number(value) and float(value) in (1.0, 2.0, math.inf):
         return float(value)
     raise ValueError(f"ord must be 1, 2 or inf, got {value!r}")
+
+
+def check_info(value: Any) -> str:
+    """``info=``: ``"basic"`` (what the rule computes anyway, no extra pass) or ``"full"``
+    (also statistics that cost a pass over the arrays, e.g. a value clip's ``clipped_fraction``)."""
+    return check_choice("info", value, INFO_LEVELS)

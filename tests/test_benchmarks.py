@@ -26,8 +26,12 @@ def test_run_quick_tiny_torch_and_optax():
     table = out.stdout
     assert "clip_grad_norm_(foreach=True)" in table and "optax.clip_by_global_norm" in table
     rows, verdicts = table.split("DESIGN.md targets:")
-    assert rows.count("clip_by_global_norm(1.0") == 6  # torch: 2 rules x (apply_, attach); optax: 2 rules
-    assert sum(line.startswith(("holds", "MISSED")) for line in verdicts.splitlines()) == 6
+    # torch: 2 rules x (apply_, attach) + the fused-AdamW row; optax: 2 rules
+    assert rows.count("clip_by_global_norm(1.0") == 7
+    assert "AdamW(fused=True)" in rows
+    lines = [line for line in verdicts.splitlines() if line.startswith(("holds", "MISSED"))]
+    assert sum("extra peak memory" not in line for line in lines) == 7  # one time verdict per row
+    assert sum("extra peak memory" in line for line in lines) == 4  # the 1% memory target of the torch clips
 
 
 def test_run_rejects_unknown_suite_and_missing_cuda():

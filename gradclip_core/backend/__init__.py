@@ -39,6 +39,7 @@ from ._primitives import (
     apply_effect,
     apply_masks,
     array_norms,
+    array_rms,
     array_sumsq,
     clip,
     cond,
@@ -48,6 +49,7 @@ from ._primitives import (
     register_primitives,
     size,
     symmetric_bounds,
+    unit_norms,
     upcast,
 )
 from ._selection import KEY_BITS, NAN_KEY, Selection, float32_scores, key_value, order_keys, register_selection, selection_for
@@ -67,6 +69,8 @@ __all__ = [
     "override",
     "array_norms",
     "array_sumsq",
+    "array_rms",
+    "unit_norms",
     "multiply",
     "clip",
     "count_outside",

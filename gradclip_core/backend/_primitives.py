@@ -30,6 +30,8 @@ __all__ = [
     "override",
     "array_norms",
     "array_sumsq",
+    "array_rms",
+    "unit_norms",
     "multiply",
     "clip",
     "count_outside",
@@ -42,8 +44,8 @@ __all__ = [
 ]
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
-PRIMITIVES = ("array_norms", "array_sumsq", "multiply", "clip", "count_outside", "order_keys", "apply_masks", "cond",
-              "apply_effect_")
+PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
+              "order_keys", "apply_masks", "cond", "apply_effect_")
 
 
 def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
@@ -121,6 +123,45 @@ def array_sumsq(xp: Any, xs: Sequence[Any], dtype: Any) -> list[Any]:
     for x in xs:
         xc = upcast(xp, x, dtype)
         out.append(xp.sum(xc * xc))
+    return out
+
+
+def array_rms(xp: Any, xs: Sequence[Any], dtype: Any) -> list[Any]:
+    """Per-array root mean square, ``sqrt(sum(x * x) / n)`` in ``dtype`` (optax's order); size-0 arrays: 0.
+
+    Overrides may compute it as ``norm / sqrt(n)`` from a fused norm kernel (torch), which
+    differs from this order by about an ulp.
+
+    Returns:
+      a list of 0-d arrays of ``dtype``.
+    """
+    fast = override(xp, "array_rms")
+    if fast is not None:
+        res = fast(xp, xs, dtype)
+        if res is not NotImplemented:
+            return res
+    return [xp.sqrt(s / float(max(size(x), 1))) for x, s in zip(xs, array_sumsq(xp, xs, dtype))]
+
+
+def unit_norms(xp: Any, xs: Sequence[Any], axes: Sequence[Any], dtypes: Sequence[Any]) -> list[Any]:
+    """Per array, the L2 norm of each unit: ``sqrt(sum(x * x))`` over ``axes[i]`` (kept as size-1
+    dims; ``None``: the whole array), accumulated in ``dtypes[i]``.
+
+    The default builds ``x * x``; overrides reduce without a full-size temporary
+    (torch's ``linalg.vector_norm(dim=...)``), equal up to the summation order.
+
+    Returns:
+      a list of arrays, each broadcastable to its input.
+    """
+    fast = override(xp, "unit_norms")
+    if fast is not None:
+        res = fast(xp, xs, axes, dtypes)
+        if res is not NotImplemented:
+            return res
+    out = []
+    for x, ax, dt in zip(xs, axes, dtypes):
+        xc = upcast(xp, x, dt)
+        out.append(xp.sqrt(xp.sum(xc * xc, axis=ax, keepdims=True)))
     return out
 
 

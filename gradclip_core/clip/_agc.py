@@ -6,7 +6,7 @@ from typing import Any
 
 from .._effect import Scale
 from .._nonfinite import check_policy
-from .._numerics import const_like, count, fraction
+from .._numerics import acc_dtype, count, flat, fraction, unflat
 from .._rule import Rule, factory
 from .._stateless import stateless_rule
 from .._validate import check_threshold
@@ -14,6 +14,7 @@ from ..backend._collective import active, all_reduce, static_total
 from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE, AxisSpec, check_axis, reduce_axes
 from ..backend._namespace import namespace_name
 from ..backend._primitives import size, upcast
+from ..backend._primitives import unit_norms as _unit_norms
 
 __all__ = ["adaptive_clip", "unit_norms"]
 
@@ -21,9 +22,16 @@ _DIV_EPS = 1e-6
 
 
 def unit_norms(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
-    """L2 norm of each unit of ``x`` (``sqrt(sum(x**2))`` over ``axes``, kept as size-1 dims)."""
-    xc = upcast(xp, x, dtype)
-    return xp.sqrt(xp.sum(xc * xc, axis=axes, keepdims=True))
+    """L2 norm of each unit of ``x`` (``sqrt(sum(x**2))`` over ``axes``, kept as size-1 dims).
+
+    Example:
+      >>> import numpy as np
+      >>> from gradclip_core.backend import namespace
+      >>> x = np.array([[3.0, 4.0], [0.0, 1.0]], np.float32)
+      >>> unit_norms(namespace(x), x, (1,), np.float32).tolist()
+      [[5.0], [1.0]]
+    """
+    return _unit_norms(xp, [x], [axes], [dtype])[0]
 
 
 def _unit_sumsq(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
@@ -149,23 +157,28 @@ def adaptive_clip(
     check_policy(nonfinite)
 
     def clip(xp: Any, grads: list, params: list) -> tuple[Scale, dict]:
-        factors, flags = [], []
         sharded = active()
         split = _sharded_unit_norms(xp, grads, params, axis) if sharded else {}
-        for i, (g, p) in enumerate(zip(grads, params)):
-            axes = _unit_axes(xp, axis, tuple(g.shape))
-            dt = xp.float64 if g.dtype == xp.float64 else xp.float32
-            if i in split:
-                g_norm, p_norm = split[i]
-            else:
-                g_norm, p_norm = unit_norms(xp, g, axes, dt), unit_norms(xp, p, axes, dt)
-            max_norm = clipping * xp.maximum(p_norm, const_like(xp, g_norm, eps))
-            trigger = g_norm < max_norm
-            ratio = max_norm / xp.maximum(g_norm, const_like(xp, g_norm, _DIV_EPS))
-            factors.append(xp.where(trigger, xp.ones_like(ratio), ratio))
-            flags.append(xp.logical_not(trigger))
+        axes = [_unit_axes(xp, axis, tuple(g.shape)) for g in grads]
+        dt = acc_dtype(xp, grads)  # float64 when any array is float64, else float32
+        local = [i for i in range(len(grads)) if i not in split]
+        g_local = _unit_norms(xp, [grads[i] for i in local], [axes[i] for i in local], [dt] * len(local))
+        p_local = _unit_norms(xp, [params[i] for i in local], [axes[i] for i in local], [dt] * len(local))
+        g_norms: list = [None] * len(grads)
+        p_norms: list = [None] * len(grads)
+        for i, gn, pn in zip(local, g_local, p_local):
+            g_norms[i], p_norms[i] = gn, pn
+        for i, (gn, pn) in split.items():
+            g_norms[i], p_norms[i] = upcast(xp, gn, dt), upcast(xp, pn, dt)
+        # Every unit of every array as one vector: a few operations in all, not a few per array.
+        gv, pv = flat(xp, g_norms), flat(xp, p_norms)
+        max_norm = clipping * xp.clip(pv, min=eps)
+        trigger = gv < max_norm
+        ratio = max_norm / xp.clip(gv, min=_DIV_EPS)
+        factors = unflat(xp, xp.where(trigger, xp.ones_like(ratio), ratio), g_norms)
         if sharded:
+            flags = unflat(xp, xp.logical_not(trigger), g_norms)
             return Scale(tuple(factors)), {"clipped_fraction": _sharded_fraction(xp, flags, split)}
-        return Scale(tuple(factors)), {"clipped_fraction": fraction(xp, flags)}
+        return Scale(tuple(factors)), {"clipped_fraction": fraction(xp, [xp.logical_not(trigger)])}
 
     return stateless_rule("adaptive_clip", clip, nonfinite, needs_params=True)

@@ -189,8 +189,8 @@ def _per_array(xp: Any, grads: list, max_norm: Any, ord: float, sem: str) -> tup
     dtype = acc_dtype(xp, grads)
     if sem in ("canonical", "torch"):
         norms = norms_over_shards(xp, grads, ord, dtype)
-        scales = [_multiplier(xp, sem, max_norm, n) for n in norms]
-        return Scale(tuple(scales)), norms, [s < 1 for s in scales]
+        scales = _multiplier(xp, sem, max_norm, xp.stack(norms))  # all arrays at once: a few ops, not a few per array
+        return Scale(tuple(_unstack(xp, scales, len(norms)))), norms, [scales < 1]
     if sem == "optax":
         norms = [xp.sqrt(s) for s in sumsq_over_shards(xp, grads, dtype)]
         out, flags = [], []
@@ -261,7 +261,8 @@ def clip_by_norm(
             norm = stack_norm(xp, norms_over_shards(xp, grads, ord_, acc_dtype(xp, grads)), ord_)
             return Keep(), {"norm": norm, "clipped_fraction": xp.zeros((), dtype=xp.float32)}
         effect, norms, flags = _per_array(xp, grads, max_norm, ord_, sem)
-        return effect, {"norm": stack_norm(xp, norms, ord_), "clipped_fraction": fraction(xp, flags, [1] * len(flags))}
+        counts = [1] * len(flags) if len(flags) == len(grads) else [len(grads)]
+        return effect, {"norm": stack_norm(xp, norms, ord_), "clipped_fraction": fraction(xp, flags, counts)}
 
     return stateless_rule("clip_by_norm", clip, nonfinite)
 

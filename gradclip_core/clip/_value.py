@@ -9,7 +9,7 @@ from .._nonfinite import check_policy
 from .._numerics import ratio
 from .._rule import Rule, factory
 from .._stateless import stateless_rule
-from .._validate import check_bounds
+from .._validate import check_bounds, check_info
 from ..backend._primitives import count_outside, size
 
 __all__ = ["clip_by_value"]
@@ -22,6 +22,7 @@ def clip_by_value(
     lo: float | None = None,
     hi: float | None = None,
     nonfinite: str = "propagate",
+    info: str = "basic",
 ) -> Rule:
     """Clip every element to ``[-clip_value, clip_value]`` or to ``[lo, hi]``.
 
@@ -34,15 +35,17 @@ def clip_by_value(
       lo: lower bound, or ``None`` for none.
       hi: upper bound, or ``None`` for none; ``lo <= hi``.
       nonfinite: ``"propagate" | "zero" | "skip" | "raise"`` (see :mod:`gradclip_core`).
+      info: ``"basic"`` (default: no statistics, the rule is one clamp pass, as fast as
+        ``clip_grad_value_``) or ``"full"``: also ``clipped_fraction``, the fraction of
+        elements outside the bounds (one more read of the gradients to count them).
 
     Returns:
-      A stateless :class:`Rule` whose info has ``clipped_fraction`` (fraction of
-      elements that were outside the bounds).
+      A stateless :class:`Rule` (info ``clipped_fraction`` with ``info="full"``).
 
     Example:
       >>> import numpy as np
       >>> import gradclip_core as gc
-      >>> rule = gc.clip_by_value(1.0)
+      >>> rule = gc.clip_by_value(1.0, info="full")
       >>> g = [np.array([-3.0, 0.5, 2.0], np.float32)]
       >>> out, _, info = rule.update(g, rule.init(g))
       >>> out[0].tolist(), float(info["clipped_fraction"])
@@ -50,8 +53,11 @@ def clip_by_value(
     """
     lo_, hi_ = check_bounds("clip_by_value", clip_value, lo, hi)
     check_policy(nonfinite)
+    full = check_info(info) == "full"
 
-    def clip(xp: Any, grads: list, params: Any) -> tuple[list, dict]:
+    def clip(xp: Any, grads: list, params: Any) -> tuple[Clamp, dict]:
+        if not full:
+            return Clamp(lo_, hi_), {}
         hits = count_outside(xp, grads, lo_, hi_) if (lo_ is not None or hi_ is not None) else []
         total = sum(size(g) for g in grads)
         return Clamp(lo_, hi_), {"clipped_fraction": ratio(xp, hits, total)}

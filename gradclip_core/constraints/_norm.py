@@ -13,8 +13,9 @@ from .._effect import Scale
 from .._rule import Rule, factory
 from .._validate import check_threshold, is_number
 from ..backend._layout import AxisSpec, check_axis, reduce_axes
-from ..backend._primitives import upcast
-from ._base import KERAS_EPS, formula_dtype, project_rule
+from ..backend._primitives import unit_norms
+from .._numerics import acc_dtype, flat, unflat
+from ._base import KERAS_EPS, project_rule
 
 __all__ = ["max_norm", "min_max_norm", "unit_norm"]
 
@@ -27,13 +28,11 @@ def _norm_rule(name: str, axis: AxisSpec, eps: float, desired: Callable[[Any, An
     """
 
     def fn(xp: Any, params: list) -> tuple[Scale, dict]:
-        factors = []
-        for p in params:
-            w = upcast(xp, p, formula_dtype(xp, p))
-            axes = reduce_axes(xp, axis, tuple(p.shape))
-            norms = xp.sqrt(xp.sum(w * w, axis=axes, keepdims=True))
-            factors.append(eps + norms if desired is None else desired(xp, norms) / (eps + norms))
-        return Scale(tuple(factors), divide=desired is None), {}
+        axes = [reduce_axes(xp, axis, tuple(p.shape)) for p in params]
+        norms = unit_norms(xp, params, axes, [acc_dtype(xp, params)] * len(params))
+        n = flat(xp, norms)  # every unit of every weight as one vector: a few operations in all
+        f = eps + n if desired is None else desired(xp, n) / (eps + n)
+        return Scale(tuple(unflat(xp, f, norms)), divide=desired is None), {}
 
     return project_rule(name, fn)
 

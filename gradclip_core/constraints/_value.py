@@ -7,7 +7,7 @@ from typing import Any
 from .._effect import Clamp
 from .._numerics import count, ratio
 from .._rule import Rule, factory
-from .._validate import check_bounds
+from .._validate import check_bounds, check_info
 from ..backend._primitives import size
 from ._base import project_rule
 
@@ -15,16 +15,19 @@ __all__ = ["clip_weights", "non_neg"]
 
 
 @factory
-def clip_weights(clip_value: float | None = None, *, lo: float | None = None, hi: float | None = None) -> Rule:
+def clip_weights(clip_value: float | None = None, *, lo: float | None = None, hi: float | None = None,
+                 info: str = "basic") -> Rule:
     """Weight clipping to ``[-c, c]`` or ``[lo, hi]`` after every step (WGAN's critic: ``c = 0.01``).
 
     Element-wise, exact in every dtype (bounds rounded to the weight dtype, NaN stays NaN).
 
     Args:
       clip_value: symmetric bound ``c >= 0``; or ``lo`` / ``hi`` (either may be None).
+      info: ``"basic"`` (no statistics: one clamp pass) or ``"full"``: also
+        ``clipped_fraction`` (elements outside the bounds; one more read of the weights).
 
     Returns:
-      A project-only :class:`Rule`; info ``clipped_fraction`` (elements outside the bounds).
+      A project-only :class:`Rule`.
 
     Example:
       >>> import numpy as np
@@ -35,8 +38,11 @@ def clip_weights(clip_value: float | None = None, *, lo: float | None = None, hi
       [0.009999999776482582, -0.004999999888241291]
     """
     lo_, hi_ = check_bounds("clip_weights", clip_value, lo, hi)
+    full = check_info(info) == "full"
 
-    def fn(xp: Any, params: list) -> tuple[list, dict]:
+    def fn(xp: Any, params: list) -> tuple[Clamp, dict]:
+        if not full:
+            return Clamp(lo_, hi_), {}
         hits = []
         for p in params:
             if lo_ is not None:
@@ -50,11 +56,15 @@ def clip_weights(clip_value: float | None = None, *, lo: float | None = None, hi
 
 
 @factory
-def non_neg() -> Rule:
+def non_neg(*, info: str = "basic") -> Rule:
     """Keras ``NonNeg``: ``maximum(w, 0)`` (exact; NaN stays NaN).
 
+    Args:
+      info: ``"basic"`` (no statistics) or ``"full"``: also ``clipped_fraction``
+        (negative elements; one more read of the weights).
+
     Returns:
-      A project-only :class:`Rule`; info ``clipped_fraction`` (negative elements).
+      A project-only :class:`Rule`.
 
     Example:
       >>> import numpy as np
@@ -64,7 +74,11 @@ def non_neg() -> Rule:
       [0.0, 2.0]
     """
 
-    def fn(xp: Any, params: list) -> tuple[list, dict]:
+    full = check_info(info) == "full"
+
+    def fn(xp: Any, params: list) -> tuple[Clamp, dict]:
+        if not full:
+            return Clamp(0.0, None), {}
         hits = [count(xp, p < xp.asarray(0.0, dtype=p.dtype)) for p in params]
         return Clamp(0.0, None), {"clipped_fraction": ratio(xp, hits, sum(size(p) for p in params))}
 

@@ -30,12 +30,12 @@ def test_soft_threshold_and_mcp_formulas(xp):
 @pytest.mark.parametrize("xp", NAMESPACES)
 def test_clip_weights_and_non_neg_are_exact(xp):
     w = np.array([-0.02, -0.005, 0.5, np.nan], np.float32)
-    out, info = project(gc.clip_weights(0.01), xp, [w])
+    out, info = project(gc.clip_weights(0.01, info="full"), xp, [w])
     assert out[0][:3].tolist() == np.float32([-0.01, -0.005, 0.01]).tolist() and np.isnan(out[0][3])
     assert info["clipped_fraction"] == 0.5
     out, _ = project(gc.clip_weights(lo=0.0, hi=0.1), xp, [w])
     assert out[0][:3].tolist() == np.float32([0.0, 0.0, 0.1]).tolist()
-    out, info = project(gc.non_neg(), xp, [w])
+    out, info = project(gc.non_neg(info="full"), xp, [w])
     assert out[0][:3].tolist() == np.float32([0, 0, 0.5]).tolist() and np.isnan(out[0][3])
 
 

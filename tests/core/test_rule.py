@@ -52,7 +52,7 @@ def test_from_config_rejects_unknown():
 
 @pytest.mark.parametrize("xp", NAMESPACES)
 def test_chain_applies_in_order_and_prefixes_info(xp):
-    first, second = gc.clip_by_value(1.0), gc.clip_by_global_norm(1.0)
+    first, second = gc.clip_by_value(1.0, info="full"), gc.clip_by_global_norm(1.0)
     rule = gc.chain(first, second)
     g = to_xp(xp, [np.array([5.0, -5.0, 0.5], np.float32)])
     state = rule.init(g)
@@ -69,7 +69,7 @@ def test_chain_applies_in_order_and_prefixes_info(xp):
 
 
 def test_chain_disambiguates_repeated_names_and_needs_params():
-    rule = gc.chain(gc.clip_by_value(2.0), gc.adaptive_clip(0.1, axis="out_first"), gc.clip_by_value(1.0))
+    rule = gc.chain(gc.clip_by_value(2.0, info="full"), gc.adaptive_clip(0.1, axis="out_first"), gc.clip_by_value(1.0, info="full"))
     assert rule.needs_params
     g = [np.array([[3.0, 0.0]], np.float32)]
     _, _, info = rule.update(g, rule.init(g), g)

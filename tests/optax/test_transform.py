@@ -50,7 +50,7 @@ def test_identity_when_below_threshold_and_numpy_inputs():
 
 def test_info_structure_is_stable_under_jit_and_scan():
     params = _params()
-    rule = gc.chain(gc.clip_by_value(0.9, nonfinite="zero"), gc.clip_by_global_norm(1.0, nonfinite="skip"))
+    rule = gc.chain(gc.clip_by_value(0.9, nonfinite="zero", info="full"), gc.clip_by_global_norm(1.0, nonfinite="skip"))
     tx = optax.chain(gradclip_optax.transform(rule), optax.adam(1e-2))
     state = tx.init(params)
     assert sorted(state[0].info) == [

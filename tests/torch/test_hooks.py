@@ -88,7 +88,7 @@ def test_remove_and_context_manager():
     opt.step()
     assert handle.info == {}
     assert any(float(x.abs().max()) > 1e-3 for x in g)
-    with gradclip_torch.attach(opt, gc.clip_by_value(1e-3)) as h:
+    with gradclip_torch.attach(opt, gc.clip_by_value(1e-3, info="full")) as h:
         opt.step()
         assert "clipped_fraction" in h.info
     info = h.info
