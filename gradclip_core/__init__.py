@@ -32,7 +32,8 @@ Example:
   ([1.0, 0.0], 10.0)
 """
 
-from ._effect import Clamp, Effect, Keep, Mask, Replace, Scale, Skip, Then, ZeroNonfinite
+from ._effect import Clamp, Effect, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
+from ._params import Params, on
 from ._nonfinite import POLICIES
 from ._rule import EmptyState, Rule, chain, from_config
 from .backend._collective import Participants
@@ -88,6 +89,10 @@ __all__ = [
     "Replace",
     "Then",
     "Skip",
+    "On",
+    # which arrays a rule acts on
+    "Params",
+    "on",
     # clipping rules
     "clip_by_value",
     "clip_by_norm",

@@ -24,6 +24,9 @@ Effects (NamedTuples, so they are pytrees; ``None`` entries leave an array as it
 - :class:`Then` ``(effects)``: several effects, applied in order.
 - :class:`Skip` ``(effect, skip)``: ``effect``, then all zeros where the 0-d bool ``skip``
   is true (``nonfinite="skip"``): adapters that own the optimizer skip its step instead.
+- :class:`On` ``(indices, effect)``: ``effect`` on the arrays at ``indices`` only (its
+  per-array entries refer to those), the others unchanged (a rule restricted with
+  :func:`gradclip_core.on`).
 
 :func:`gradclip_core.backend.apply_effect` applies an effect out of place (the portable
 definition, and what ``rule.update`` does) or, where the framework allows it, in place.
@@ -40,7 +43,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
-__all__ = ["Keep", "Scale", "Mask", "Clamp", "ZeroNonfinite", "Replace", "Then", "Skip", "Effect", "then", "check_effect"]
+__all__ = ["Keep", "Scale", "Mask", "Clamp", "ZeroNonfinite", "Replace", "Then", "Skip", "On", "Effect", "then",
+           "check_effect"]
 
 
 class Keep(NamedTuple):
@@ -98,8 +102,15 @@ class Skip(NamedTuple):
     skip: Any
 
 
-Effect = Keep | Scale | Mask | Clamp | ZeroNonfinite | Replace | Then | Skip
-_KINDS = (Keep, Scale, Mask, Clamp, ZeroNonfinite, Replace, Then, Skip)
+class On(NamedTuple):
+    """``effect`` applied to the arrays at ``indices`` only (a tuple of ints, in order)."""
+
+    indices: tuple
+    effect: Any
+
+
+Effect = Keep | Scale | Mask | Clamp | ZeroNonfinite | Replace | Then | Skip | On
+_KINDS = (Keep, Scale, Mask, Clamp, ZeroNonfinite, Replace, Then, Skip, On)
 
 
 def then(*effects: Any) -> Any:
@@ -148,3 +159,7 @@ def check_effect(effect: Any, arrays: Sequence[Any], where: str) -> None:
             check_effect(e, arrays, where)
     elif isinstance(effect, Skip):
         check_effect(effect.effect, arrays, where)
+    elif isinstance(effect, On):
+        if any(not 0 <= i < n for i in effect.indices):
+            raise ValueError(f"{where}: On indices {effect.indices} out of range for {n} arrays")
+        check_effect(effect.effect, [arrays[i] for i in effect.indices], where)

@@ -136,6 +136,9 @@ class Rule:
       config: the factory name and arguments; :func:`from_config` rebuilds the rule.
       update_effect: ``update_effect(grads, state, params=None) -> (effect, state, info)``.
       project_effect: ``project_effect(params, state) -> (effect, state, info)``.
+      parts: the rules this one is made of (a chain's rules; the rule a :func:`~gradclip_core.on`
+        restriction wraps).
+      params: the selection of a restricted rule (:class:`~gradclip_core.Params`), else ``None``.
 
     Example:
       >>> import numpy as np
@@ -161,6 +164,8 @@ class Rule:
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     update_effect: Callable[..., tuple] | None = None
     project_effect: Callable[..., tuple] | None = None
+    parts: tuple = ()
+    params: Any = None
 
     def __post_init__(self) -> None:
         for field in ("init", "update", "project"):
@@ -205,6 +210,8 @@ def describe(config: Mapping[str, Any]) -> str:
     name = kwargs.pop("rule", "rule")
     if name == "chain":
         return "chain(" + ", ".join(describe(c) for c in kwargs.get("rules", [])) + ")"
+    if name == "on":
+        return f"on({describe(kwargs['rule_config'])}, {kwargs['params']!r})"
     return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
 
 
@@ -247,6 +254,10 @@ def from_config(config: Mapping[str, Any]) -> Rule:
     name = kwargs.pop("rule")
     if name == "chain":
         return chain(*(from_config(c) for c in kwargs["rules"]))
+    if name == "on":
+        from ._params import on
+
+        return on(from_config(kwargs["rule_config"]), kwargs["params"])
     if name not in _FACTORIES:
         raise ValueError(f"unknown rule {name!r} in config; known: {sorted(_FACTORIES) + ['chain']}")
     return _FACTORIES[name](**kwargs)
@@ -329,6 +340,7 @@ def chain(*rules: Rule) -> Rule:
         needs_params=any(r.needs_params for r in rules),
         config={"rule": "chain", "rules": [dict(r.config) for r in rules]},
         update_effect=update_effect,
+        parts=rules,
         # Keep "no project part" recognisable (Rule.has_project): adapters such as
         # gradclip_optax.transform() must know whether a rule needs the weights after the step.
         project_effect=project_effect if has_project else None,

@@ -32,6 +32,7 @@ Example:
 """
 
 from .._effect import check_effect
+from .._params import array_names, selected
 from ._collective import Participants, Reducer, active, all_gather, all_reduce, collective, participant_index, static_total
 from ._layout import LAYOUTS, AxisSpec, check_axis, layout_override, reduce_axes, register_layout
 from ._namespace import device_kw, ensure_kernels, namespace, namespace_name, register_namespace, registered_namespaces, state_namespace
@@ -64,6 +65,8 @@ __all__ = [
     "ensure_kernels",
     "device_kw",
     "state_namespace",
+    "array_names",
+    "selected",
     # primitives and effects
     "register_primitives",
     "override",

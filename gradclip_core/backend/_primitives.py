@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-from .._effect import Clamp, Keep, Mask, Replace, Scale, Skip, Then, ZeroNonfinite
+from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
 from ._namespace import ensure_kernels, namespace_name
 
 __all__ = [
@@ -293,6 +293,9 @@ def _portable(xp: Any, xs: list, effect: Any) -> list:
     elif isinstance(effect, Skip):
         out = _portable(xp, xs, effect.effect)
         return [xp.where(effect.skip, xp.zeros_like(o), o) for o in out]
+    elif isinstance(effect, On):
+        idx = list(effect.indices)
+        new = _portable(xp, [xs[i] for i in idx], effect.effect)
     else:
         raise ValueError(f"not a gradclip effect: {type(effect).__name__}")
     out = list(xs)

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .._effect import Clamp, Keep, Mask, Replace, Scale, Skip, Then, ZeroNonfinite
+from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
 from ._primitives import register_primitives, symmetric_bounds
 from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
 
@@ -368,6 +368,8 @@ def apply_effect_(xp: Any, xs: list[torch.Tensor], effect: Any) -> list[torch.Te
         apply_effect_(xp, xs, effect.effect)
         for x in xs:
             x.masked_fill_(effect.skip.to(x.device), 0)
+    elif isinstance(effect, On):
+        apply_effect_(xp, [xs[i] for i in effect.indices], effect.effect)
     else:
         return NotImplemented
     return xs

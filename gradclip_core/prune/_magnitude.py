@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._params import on
 from .._rule import Rule, factory
 from .._validate import check_threshold
 from ..backend._collective import active, all_reduce, static_total
@@ -36,6 +37,7 @@ def magnitude_prune(
     threshold: float | None = None,
     schedule: Any = None,
     rounding: str = "prune",
+    params: Any = "weights",
 ) -> Rule:
     """Per-array magnitude pruning: in each array prune the ``amount`` smallest ``|w|``, or ``|w| < threshold``.
 
@@ -51,6 +53,8 @@ def magnitude_prune(
       threshold: fixed magnitude threshold ``>= 0`` (instead of ``amount``).
       schedule: ``None`` (:func:`one_shot` at step 0), or a schedule preset.
       rounding: ``"prune"`` (torch) or ``"keep"`` (tfmot / jaxpruner).
+      params: which arrays are pruned: ``"weights"`` (default: rank >= 2, not biases or
+        norm scales), ``"all"``, or a :class:`gradclip_core.Params` (names, rank).
 
     Returns:
       A :class:`Rule` with :class:`PruneState`; info ``sparsity``, ``sparsity/<i>``.
@@ -59,11 +63,11 @@ def magnitude_prune(
       >>> import numpy as np
       >>> import gradclip_core as gc
       >>> rule = gc.magnitude_prune(0.5)
-      >>> w = [np.array([0.3, -0.1, 2.0, 0.2], np.float32)]
+      >>> w = [np.array([[0.5, -0.1], [2.0, 0.25]], np.float32), np.array([0.01, 3.0], np.float32)]
       >>> state = rule.init(w)
       >>> w, state, info = rule.project(w, state)
-      >>> w[0].tolist(), state.masks[0].tolist(), float(info["sparsity"])
-      ([0.30000001192092896, 0.0, 2.0, 0.0], [True, False, True, False], 0.5)
+      >>> w[0].tolist(), w[1].tolist(), float(info["sparsity"])   # the bias (rank 1) is not pruned
+      ([[0.5, 0.0], [2.0, 0.0]], [0.009999999776482582, 3.0], 0.5)
     """
     amount, threshold = _amount_or_threshold(amount, threshold)
     schedule = check_schedule(schedule)
@@ -83,7 +87,7 @@ def magnitude_prune(
                 masks.append(keep[0])
         return masks, None
 
-    return mask_rule("magnitude_prune", compute, schedule, amount)
+    return on(mask_rule("magnitude_prune", compute, schedule, amount), params)
 
 
 @factory
@@ -93,6 +97,7 @@ def global_magnitude_prune(
     normalize: bool = False,
     schedule: Any = None,
     rounding: str = "prune",
+    params: Any = "weights",
 ) -> Rule:
     """Global magnitude pruning: prune the ``amount`` smallest ``|w|`` of all arrays together.
 
@@ -114,6 +119,8 @@ def global_magnitude_prune(
         cases have none). ``normalize=False`` masks are bit-identical everywhere.
       schedule: ``None`` (one-shot at step 0), or a schedule preset.
       rounding: ``"prune"`` (torch) or ``"keep"`` (tfmot / jaxpruner).
+      params: which arrays are pruned: ``"weights"`` (default: rank >= 2, not biases or
+        norm scales), ``"all"``, or a :class:`gradclip_core.Params` (names, rank).
 
     Returns:
       A :class:`Rule` with :class:`PruneState`; info ``sparsity``, ``sparsity/<i>``,
@@ -123,10 +130,10 @@ def global_magnitude_prune(
       >>> import numpy as np
       >>> import gradclip_core as gc
       >>> rule = gc.global_magnitude_prune(0.5)
-      >>> w = [np.array([0.3, -0.1], np.float32), np.array([2.0, 0.2], np.float32)]
+      >>> w = [np.array([[0.3, -0.1]], np.float32), np.array([[2.0], [0.2]], np.float32)]
       >>> w, state, info = rule.project(w, rule.init(w))
       >>> [m.tolist() for m in state.masks], round(float(info["threshold"]), 6)
-      ([[True, False], [True, False]], 0.2)
+      ([[[True, False]], [[True], [False]]], 0.2)
     """
     amount = check_amount(amount)
     if not isinstance(normalize, bool):
@@ -148,6 +155,6 @@ def global_magnitude_prune(
             ]
         return prune_smallest(xp, params, prune_count(xp, target, n, rounding), old, divisors)
 
-    return mask_rule("global_magnitude_prune", compute, schedule, amount, threshold_info=True)
+    return on(mask_rule("global_magnitude_prune", compute, schedule, amount, threshold_info=True), params)
 
 

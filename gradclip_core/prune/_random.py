@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._hash import hash_keys
+from .._params import on
 from .._rule import Rule, factory
 from .._validate import check_choice
 from ..backend._primitives import size
@@ -23,6 +24,7 @@ def random_prune(
     scope: str = "array",
     schedule: Any = None,
     rounding: str = "prune",
+    params: Any = "weights",
 ) -> Rule:
     """Random pruning with a counter-based hash: the same ``seed`` gives the same masks everywhere.
 
@@ -38,6 +40,8 @@ def random_prune(
       scope: ``"array"`` (``k_i`` per array) or ``"global"``.
       schedule: ``None`` (one-shot at step 0), or a schedule preset.
       rounding: ``"prune"`` or ``"keep"``.
+      params: which arrays are pruned: ``"weights"`` (default: rank >= 2), ``"all"``, or a
+        :class:`gradclip_core.Params`.
 
     Returns:
       A :class:`Rule` with :class:`PruneState`; info ``sparsity``, ``sparsity/<i>``.
@@ -71,4 +75,4 @@ def random_prune(
                 masks.append(prune_smallest(xp, [s], prune_count(xp, target, size(s), rounding), [m])[0][0])
         return masks, None
 
-    return mask_rule("random_prune", compute, schedule, amount)
+    return on(mask_rule("random_prune", compute, schedule, amount), params)

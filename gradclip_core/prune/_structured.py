@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._params import on
 from .._rule import Rule, factory
 from .._validate import check_ord
 from ..backend._layout import AxisSpec, check_axis, reduce_axes
@@ -24,6 +25,7 @@ def ln_structured_prune(
     axis: AxisSpec = None,
     schedule: Any = None,
     rounding: str = "prune",
+    params: Any = "weights",
 ) -> Rule:
     """Prune whole units (rows / output channels) with the smallest L_n norm, per array.
 
@@ -43,6 +45,8 @@ def ln_structured_prune(
         ``None``: the framework's native layout (explicit for NumPy).
       schedule: ``None`` (one-shot at step 0) or a schedule preset.
       rounding: ``"prune"`` or ``"keep"``.
+      params: which arrays are pruned: ``"weights"`` (default: rank >= 2), ``"all"``, or a
+        :class:`gradclip_core.Params`.
 
     Returns:
       A :class:`Rule` with ``PruneState``; info ``sparsity``, ``sparsity/<i>``.
@@ -76,11 +80,11 @@ def ln_structured_prune(
             masks.append(xp.broadcast_to(keep[0], tuple(p.shape)) & m)
         return masks, None
 
-    return mask_rule("ln_structured_prune", compute, schedule, amount)
+    return on(mask_rule("ln_structured_prune", compute, schedule, amount), params)
 
 
 @factory
-def nm_prune(keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None) -> Rule:
+def nm_prune(keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None, params: Any = "weights") -> Rule:
     """N:M semi-structured sparsity: in every ``group`` consecutive weights along ``axis``, keep the ``keep`` largest.
 
     2:4 (``keep=2, group=4``) is what sparse tensor cores accelerate. Groups run along
@@ -95,6 +99,8 @@ def nm_prune(keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None) 
       group: M, the group size, ``>= 2``.
       axis: the group axis (an int, required: layouts differ between frameworks).
       schedule: ``None`` (one-shot at step 0) or a schedule preset.
+      params: which arrays are pruned: ``"weights"`` (default: rank >= 2), ``"all"``, or a
+        :class:`gradclip_core.Params`.
 
     Returns:
       A :class:`Rule` with ``PruneState``; info ``sparsity``, ``sparsity/<i>``.
@@ -144,4 +150,4 @@ def nm_prune(keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None) 
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
         return [one(xp, p, m) for p, m in zip(params, old)], None
 
-    return mask_rule("nm_prune", compute, schedule, None)
+    return on(mask_rule("nm_prune", compute, schedule, None), params)

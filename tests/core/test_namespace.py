@@ -98,7 +98,7 @@ def test_kernels_load_on_first_use_and_only_then():
         "import sys, numpy as np, gradclip_core as gc\n"
         "from gradclip_core.backend import _namespace\n"
         "print(sorted(_namespace._LOADED))\n"
-        "r = gc.global_magnitude_prune(0.5); w = [np.ones(4, np.float32)]; r.project(w, r.init(w))\n"
+        "r = gc.global_magnitude_prune(0.5); w = [np.ones((2, 2), np.float32)]; r.project(w, r.init(w))\n"
         "print(sorted(_namespace._LOADED), 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")

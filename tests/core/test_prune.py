@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gradclip_core as gc
+import gradclip_core.backend as gcb
 from gradclip_core._hash import array_bases, fmix32_int, hash_keys
 from gradclip_core.backend import _numpy as np_kernels
 from gradclip_core.backend import _selection
@@ -115,7 +116,7 @@ def test_every_selection_path_gives_the_portable_masks_and_threshold(numpy_selec
                     elements=st.floats(-4, 4, width=32)),
        amount=st.floats(0, 1))
 def test_magnitude_prune_count_is_round_half_even(xp, w, amount):
-    out, state, info = project(gc.magnitude_prune(amount), xp, [w])
+    out, state, info = project(gc.magnitude_prune(amount, params="all"), xp, [w])
     k = int(np.round(amount * w.size))
     assert int((~np.asarray(state.masks[0])).sum()) == k
     np.testing.assert_array_equal(np.asarray(state.masks[0]).ravel(), expected_keep([w], k))
@@ -126,22 +127,22 @@ def test_magnitude_prune_count_is_round_half_even(xp, w, amount):
 @pytest.mark.parametrize("xp", NAMESPACES)
 def test_keep_rounding_preset_keeps_at_least_one(xp):
     w = [np.arange(1, 6, dtype=np.float32)]
-    _, s, _ = project(gc.magnitude_prune(0.99, rounding="keep"), xp, w)
+    _, s, _ = project(gc.magnitude_prune(0.99, rounding="keep", params="all"), xp, w)
     assert np.asarray(s.masks[0]).tolist() == [False, False, False, False, True]
-    _, s, _ = project(gc.magnitude_prune(0.5, rounding="keep"), xp, w)  # kept = round(2.5) = 2
+    _, s, _ = project(gc.magnitude_prune(0.5, rounding="keep", params="all"), xp, w)  # kept = round(2.5) = 2
     assert int(np.asarray(s.masks[0]).sum()) == 2
-    _, s, _ = project(gc.magnitude_prune(0.5), xp, w)  # pruned = round(2.5) = 2
+    _, s, _ = project(gc.magnitude_prune(0.5, params="all"), xp, w)  # pruned = round(2.5) = 2
     assert int(np.asarray(s.masks[0]).sum()) == 3
 
 
 @pytest.mark.parametrize("xp", NAMESPACES)
 def test_ties_prune_lower_global_index_first_and_nan_last(xp):
     w = [np.full((2, 2), 0.5, np.float32), np.array([np.nan, 0.5, np.inf], np.float32)]
-    _, s, info = project(gc.global_magnitude_prune(5 / 7), xp, w)
+    _, s, info = project(gc.global_magnitude_prune(5 / 7, params="all"), xp, w)
     assert np.asarray(s.masks[0]).ravel().tolist() == [False] * 4
     assert np.asarray(s.masks[1]).tolist() == [True, False, True]
     assert info["threshold"] == 0.5
-    _, s, info = project(gc.global_magnitude_prune(1.0), xp, w)
+    _, s, info = project(gc.global_magnitude_prune(1.0, params="all"), xp, w)
     assert np.isnan(info["threshold"]) and not np.asarray(s.masks[1]).any()
 
 
@@ -183,7 +184,7 @@ def test_masks_never_revive_under_a_schedule(xp):
 
 @pytest.mark.parametrize("xp", NAMESPACES)
 def test_one_shot_at_a_later_step_and_fixed_threshold(xp):
-    rule = gc.magnitude_prune(threshold=0.5, schedule=gc.one_shot(1))
+    rule = gc.magnitude_prune(threshold=0.5, schedule=gc.one_shot(1), params="all")
     w = [np.array([0.1, -0.7, np.nan, -0.4], np.float32)]
     out, s, info = project(rule, xp, w)
     assert info["sparsity"] == 0.0
@@ -201,8 +202,8 @@ def test_random_prune_hash_matches_python_reference_and_is_exact_count():
     assert np.asarray(hash_keys(xs, (n,), seed, i)).tolist() == ref
     w = [np.ones((10, 10), np.float32), np.ones((7,), np.float32)]
     for scope in ("array", "global"):
-        _, s1, _ = project(gc.random_prune(0.3, seed=5, scope=scope), compat_np, w)
-        _, s2, _ = project(gc.random_prune(0.3, seed=5, scope=scope), xs, w)
+        _, s1, _ = project(gc.random_prune(0.3, seed=5, scope=scope, params="all"), compat_np, w)
+        _, s2, _ = project(gc.random_prune(0.3, seed=5, scope=scope, params="all"), xs, w)
         for a, b in zip(s1.masks, s2.masks):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         total = sum(int((~np.asarray(m)).sum()) for m in s1.masks)
@@ -286,3 +287,25 @@ def test_state_mismatch_is_reported():
     rule = gc.magnitude_prune(0.5)
     with pytest.raises(ValueError, match="masks for 2 arrays"):
         rule.update([np.ones(2), np.ones(2)], rule.init([np.ones(2)]))
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_pruning_acts_on_weights_by_default_and_params_chooses(xp):
+    """Default ``params="weights"``: rank >= 2 only; biases get a 0-d all-True mask and keep their values."""
+    w = [np.array([[0.1, -2.0], [0.3, 4.0]], np.float32), np.array([0.01, -3.0], np.float32), np.float32(0.5)]
+    out, s, info = project(gc.global_magnitude_prune(0.5), xp, w)
+    assert np.asarray(s.masks[0]).tolist() == [[False, True], [False, True]]
+    assert [np.asarray(m).shape for m in s.masks] == [(2, 2), (), ()] and all(bool(np.asarray(m)) for m in s.masks[1:])
+    np.testing.assert_array_equal(out[1], w[1])
+    assert info["sparsity"] == 0.5 and set(info) >= {"sparsity/0"}  # of the pruned arrays
+    _, s, _ = project(gc.global_magnitude_prune(0.5, params="all"), xp, w)
+    assert sum(int((~np.asarray(m)).sum()) for m in s.masks) == round(0.5 * 7)
+    by_name = gc.on(gc.magnitude_prune(0.5), gc.Params(include=["b*"]))  # names: see gc.backend.array_names
+    with gcb.array_names(["w", "b", "s"]):
+        _, s, info = project(by_name, xp, w)
+    assert np.asarray(s.masks[1]).tolist() == [False, True] and np.asarray(s.masks[0]).shape == ()
+    assert "sparsity/1" in info and "sparsity/0" not in info  # per-array keys keep the arrays' positions
+    assert gc.from_config(by_name.config).config == by_name.config
+    assert "params=" in repr(by_name)
+    with pytest.raises(ValueError, match="params must be 'all', 'weights'"):
+        gc.magnitude_prune(0.5, params="kernels")

@@ -128,17 +128,18 @@ def test_attach_keeps_pruned_weights_zero_under_momentum_and_checkpoints():
 
 
 def test_attach_with_a_plain_handle_and_strip_handle():
-    w = torch.nn.Parameter(torch.tensor([0.1, -2.0, 0.3, 4.0]))
-    opt = torch.optim.SGD([w], lr=0.5, momentum=0.9)
+    w = torch.nn.Parameter(torch.tensor([[0.1, -2.0], [0.3, 4.0]]))
+    b = torch.nn.Parameter(torch.tensor([0.01, 0.02]))  # rank 1: not pruned by default
+    opt = torch.optim.SGD([w, b], lr=0.5, momentum=0.9)
     handle = gradclip_torch.attach(opt, gc.magnitude_prune(0.5))
     for _ in range(3):
-        w.grad = torch.ones(4)
+        w.grad, b.grad = torch.ones(2, 2), torch.ones(2)
         opt.step()
-    assert w[0] == 0 and w[2] == 0
+    assert w[0, 0] == 0 and w[1, 0] == 0 and bool((b != 0).all())
     sd = handle.state_dict()
-    other = gradclip_torch.attach(torch.optim.SGD([w], lr=0.5), gc.magnitude_prune(0.5))
+    other = gradclip_torch.attach(torch.optim.SGD([w, b], lr=0.5), gc.magnitude_prune(0.5))
     other.load_state_dict(sd)
-    w.grad = torch.ones(4)
+    w.grad, b.grad = torch.ones(2, 2), torch.ones(2)
     other.optimizer.step()
     assert torch.equal(other.state.masks[0], handle.state.masks[0])
     gradclip_torch.strip(handle)
