@@ -177,8 +177,14 @@ def prune_smallest(
         before = before + ties
         running[i] = running[i] + ties
     if masks is not None:
-        keep = [m & o for m, o in zip(keep, masks)]
+        _and_old(keep, masks)
     return keep, sel.value(xp, T)
+
+
+def _and_old(keep: list, masks: Sequence[Any]) -> None:
+    """``keep[i] &= masks[i]``: in place where arrays are mutable (no second set of masks), else rebound."""
+    for i, o in enumerate(masks):
+        keep[i] &= o
 
 
 def _finish_compact(xp: Any, sel: Selection, keep: list, flat_keep: dict, chunks: Callable, shift: int, b1: Any,
@@ -208,5 +214,5 @@ def _finish_compact(xp: Any, sel: Selection, keep: list, flat_keep: dict, chunks
         if r_ > 0:
             thr = sel.value(xp, xp.astype(ck[order[r_ - 1]], xp.int32))
     if masks is not None:
-        keep = [m & o for m, o in zip(keep, masks)]
+        _and_old(keep, masks)
     return keep, thr
