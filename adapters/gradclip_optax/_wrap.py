@@ -52,16 +52,30 @@ def wrap(
         g, rule_state, info  = rule.update(grads, rule_state, params)   # clip / mask grads
         u, inner_state       = inner.update(g, inner_state, params)     # the optimizer
         new_p, rule_state, _ = rule.project(params + u, rule_state)     # constrain / prune
-        return new_p - params                                           # the update
+        return where(new_p == params + u, u, new_p - params)            # the update
 
-    Why ``new_p - params``: optax never hands the weights *after* the step to a
+    Why not just ``u``: optax never hands the weights *after* the step to a
     transformation, it only returns updates that the user applies with
-    ``optax.apply_updates(params, updates)``. Returning ``proj(p + u) - p`` makes
-    ``apply_updates`` land on the projected weights: ``p + (proj(p + u) - p)`` equals
-    ``proj(p + u)`` up to one rounding of the subtraction. It is exact when the
-    projected weight is 0 (pruned weights stay exactly 0) or within a factor 2 of
-    ``p`` (Sterbenz), and otherwise within 1 ulp. For bit-exact projected weights,
-    apply ``rule.project`` yourself after ``optax.apply_updates``.
+    ``optax.apply_updates(params, updates)``. So where the projection changes a weight,
+    the update is ``proj(p + u) - p``, and ``apply_updates`` lands on the projected
+    weight; where it leaves the weight as it is, the update is the inner optimizer's
+    ``u`` itself. The resulting weights:
+
+    - weights the rule leaves unchanged: exactly ``p + u``, what ``apply_updates``
+      makes of the unwrapped optimizer's update (``wrap(non_neg(), optax.sgd(lr))``
+      equals ``optax.chain(optax.sgd(lr), optax.keep_params_nonnegative())`` bit for
+      bit under ``jax.jit``, ``tests/optax/test_wrap.py``);
+    - weights the rule sets to 0 (pruning, ``non_neg``): exactly 0 (``p + (-p)``);
+    - weights the rule moves elsewhere (clipped, shrunk, renormalised): ``proj(p + u)``
+      up to the two roundings of ``(q - p)`` and ``p + (q - p)``: within 2 ulp *of the
+      operands* ``max(|p|, |u|)`` (exact when ``q`` and ``p`` are within a factor 2,
+      Sterbenz), not of the result. Under ``jax.jit`` XLA may also evaluate
+      ``p + u`` with a fused multiply-add (``p - lr * g`` without rounding ``lr * g``),
+      in the rule and in your ``apply_updates`` alike, so where ``p + u`` nearly
+      cancels, the result can differ from an eager ``rule.project(apply_updates(p, u))``
+      by many ulp of itself (the parity suite allows 2 ulp of the operands on top of
+      the rule's tolerance). For bit-exact projected weights, apply ``rule.project``
+      yourself after ``optax.apply_updates``.
 
     For a rule without a ``project`` part (the clipping rules) the round trip is
     skipped and ``wrap(rule, inner)`` returns exactly the updates of
@@ -110,7 +124,9 @@ def wrap(
         if project:
             moved = [jnp.asarray(pi + ui).astype(pi.dtype) for pi, ui in zip(p, u)]  # optax.apply_updates
             new_p, rule_state, pinfo = rule.project(moved, rule_state)
-            u = [(q - pi).astype(ui.dtype) for q, pi, ui in zip(new_p, p, u)]
+            # Unchanged weights keep the inner update itself (apply_updates then computes exactly
+            # p + u, as without the rule); only the weights the rule moved get proj(p + u) - p.
+            u = [jnp.where(q == m, ui, (q - pi).astype(ui.dtype)) for q, m, pi, ui in zip(new_p, moved, p, u)]
             info = {**info, **pinfo}
         return u, rule_state, inner_state, info
 

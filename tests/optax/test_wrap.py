@@ -146,3 +146,39 @@ def test_wrap_under_multisteps_and_grad():
     g = jax.jit(jax.grad(meta))(params)
     np.testing.assert_allclose(np.asarray(g["w"]), 2 * np.asarray(jax.tree.map(lambda p, u: p + u, params,
                                inner.update(_grads(3.0), inner.init(params), params)[0])["w"]), rtol=1e-6)
+
+
+def _ulp_distance(a, b) -> int:
+    ia, ib = (np.asarray(x, np.float32).view(np.int32).astype(np.int64) for x in (a, b))
+    ia, ib = (np.where(i < 0, -(2**31) - i, i) for i in (ia, ib))
+    return int(np.abs(ia - ib).max())
+
+
+@pytest.mark.parametrize("lr", [0.1, 0.37])
+def test_non_neg_equals_optax_keep_params_nonnegative_bitwise_under_jit(lr):
+    # Issue 16: returning proj(p + u) - p for every weight was 16-32 ulp from optax's own
+    # transform under jit (XLA fuses p - lr * g differently in the rule and in apply_updates).
+    rng = np.random.default_rng(0)
+    ours = gradclip_optax.wrap(gc.non_neg(), optax.sgd(lr))
+    native = optax.chain(optax.sgd(lr), optax.keep_params_nonnegative())
+    p0 = {"w": jnp.asarray(rng.uniform(0, 1, (4096,)).astype(np.float32))}
+    grads = [{"w": jnp.asarray(rng.normal(0, 1, (4096,)).astype(np.float32))} for _ in range(5)]
+    p_ours, _ = _run(ours, p0, grads)
+    p_native, _ = _run(native, p0, grads)
+    assert np.asarray(p_ours["w"]).min() >= 0 and (np.asarray(p_ours["w"]) == 0).any()
+    assert _ulp_distance(p_ours["w"], p_native["w"]) == 0
+
+
+def test_moved_weights_within_two_ulp_of_the_operands():
+    # The documented bound for weights the projection moves (clipped): 2 ulp of max(|p|, |u|).
+    rng = np.random.default_rng(1)
+    lr, rule = 0.37, gc.clip_weights(0.5)
+    p = {"w": jnp.asarray(rng.uniform(-1, 1, (64, 64)).astype(np.float32))}
+    g = {"w": jnp.asarray(rng.normal(0, 1, (64, 64)).astype(np.float32))}
+    got, _ = _run(gradclip_optax.wrap(rule, optax.sgd(lr)), p, [g])
+    moved = (np.asarray(p["w"], np.float64) - lr * np.asarray(g["w"], np.float64)).astype(np.float32)
+    expected = np.clip(moved, -0.5, 0.5)
+    scale = np.maximum(np.abs(np.asarray(p["w"])), np.abs(lr * np.asarray(g["w"]))).astype(np.float32)
+    err = np.abs(np.asarray(got["w"], np.float64) - expected) / np.spacing(scale)
+    assert err.max() <= 2.0
+    assert np.abs(np.asarray(got["w"])).max() <= 0.5
