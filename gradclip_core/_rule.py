@@ -184,6 +184,15 @@ class Rule:
             set_("project", _from_effect(self.project_effect, project=True))
 
     @property
+    def has_update(self) -> bool:
+        """Whether the rule acts on the gradients before the step (clipping, gradient masks).
+
+        False for weight-only rules (constraints, proximal shrinkage); adapters use it to
+        tell where a rule cannot see the gradients it is meant for.
+        """
+        return self.update_effect is not _keep_update
+
+    @property
     def has_project(self) -> bool:
         """Whether the rule acts on the weights after the step (constraints, pruning).
 
@@ -334,12 +343,13 @@ def chain(*rules: Rule) -> Rule:
         return run(list(params), state, lambda r, p, s: r.project_effect(p, s))
 
     has_project = any(r.has_project for r in rules)
+    has_update = any(r.has_update for r in rules)
     return Rule(
         init=init,
         name="chain",
         needs_params=any(r.needs_params for r in rules),
         config={"rule": "chain", "rules": [dict(r.config) for r in rules]},
-        update_effect=update_effect,
+        update_effect=update_effect if has_update else None,
         parts=rules,
         # Keep "no project part" recognisable (Rule.has_project): adapters such as
         # gradclip_optax.transform() must know whether a rule needs the weights after the step.

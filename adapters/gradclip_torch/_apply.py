@@ -102,8 +102,8 @@ def run_update(
     """
     scale = skip = None
     with torch.no_grad(), localize([params, grads], process_group) as (params, grads):
-        if not grads:
-            return (rule.init([]) if state is None else state), {}, None, None
+        if not grads:  # nothing to clip: no state is made from zero arrays (it would be NumPy's)
+            return state, {}, None, None
         views = [p.detach() for p in params] if (rule.needs_params or state is None) else None
         if state is None:
             state = rule.init(views)
@@ -119,10 +119,10 @@ def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, proce
     """``rule.project_effect`` on the weights ``params``, applied in place; returns ``(state, info)``."""
     with torch.no_grad(), localize([params], process_group) as (params,):
         views = [p.detach() for p in params]
+        if not views:  # (a state is only ever made from real tensors, on their device)
+            return state, {}
         if state is None:
             state = rule.init(views)
-        if not views:
-            return state, {}
         effect, new_state, info = rule.project_effect(views, state)
         check_effect(effect, views, "gradclip_torch")
         apply_effect(namespace(*views), views, effect, inplace=True)
@@ -143,6 +143,9 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_gro
       rule: a gradclip rule, e.g. ``gradclip_core.clip_by_global_norm(1.0)``.
       state: the rule state returned by the previous call, or ``None`` to start from
         ``rule.init`` of the parameters that have a gradient (stateless rules need none).
+        A call where no parameter has a gradient changes nothing and returns ``state``
+        as given (``None`` stays ``None``: the state is made at the first call with
+        gradients, on their device).
       process_group: for plain tensors that are each rank's shard (block of rows) of the
         full arrays: reduce the rule's global quantities over this group. Not needed for
         DDP (replicated gradients) nor for FSDP2 (DTensors are detected, their mesh's

@@ -16,8 +16,9 @@ sync. See :mod:`gradclip_torch._fused` for the rounding (``fold=False`` or
 AMP: with ``torch.amp.GradScaler`` call ``scaler.step(optimizer)`` as usual. For an
 unfused optimizer it unscales the gradients (if ``scaler.unscale_`` was not called
 already) and then calls ``optimizer.step()`` only when they are finite, so the rule sees
-unscaled gradients, and a step skipped by the scaler skips the rule too (its state and
-``info`` stay those of the last real step). For a fused optimizer GradScaler leaves the
+unscaled gradients, and a step skipped by the scaler skips the rule too: its state stays
+that of the last real step, and ``handle.info`` reports that step's values with
+``info["skipped"] = 1`` (see :attr:`Handle.info`). For a fused optimizer GradScaler leaves the
 gradients scaled and hands the loss scale to the kernel: the hook then divides the
 gradients by it first (exact: GradScaler's scales are powers of two), so the rule still
 sees the true gradients; on a step GradScaler skips (inf/NaN) the rule's state is kept
@@ -35,6 +36,8 @@ optimizer (``found_inf``, above), or check that flag yourself (one sync) and do 
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from typing import Any, Mapping
 
 import torch
@@ -43,13 +46,15 @@ from gradclip_core import Rule
 from gradclip_core.backend import tree_where
 
 from ._apply import _check_devices, check_rule, collect, project_params, run_update
-from ._distributed import local
+from ._distributed import is_dtensor, local
 from ._fused import resolve_fold
 from ._state import check_leaves, flatten, structure, unflatten
 
 __all__ = ["attach", "Handle"]
 
 _FORMAT = 1
+# The live handles of each optimizer (attaching twice is almost always a mistake: warn).
+_LIVE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, list[Handle]]" = weakref.WeakKeyDictionary()
 
 
 class Handle:
@@ -81,12 +86,14 @@ class Handle:
         self.optimizer = optimizer
         self.fold = resolve_fold(fold, optimizer, rule)
         self._own_attrs: list[str] = []
-        self.info: dict[str, torch.Tensor] = {}
+        self._info: dict[str, torch.Tensor] = {}
+        self._fresh: Any = None  # (param, its grad, the grad's version) after the last step: see info
         self._state: Any = None
         self._pending: list[torch.Tensor] | None = None
         self._params: list[torch.Tensor] = []
         self._pre = optimizer.register_step_pre_hook(self._pre_hook)
         self._post = optimizer.register_step_post_hook(self._post_hook)
+        _LIVE.setdefault(optimizer, []).append(self)
 
     # --------------------------------------------------------------------- hooks
 
@@ -107,7 +114,7 @@ class Handle:
         params, grads = collect(params)
         if self.rule.needs_params:
             _check_devices(list(params) + list(grads), "the parameters and their gradients")
-        if self._state is None:
+        if self._state is None and params:  # a step without gradients (LBFGS before its closure) makes none
             self._materialize(params)
         loss_scale = getattr(optimizer, "grad_scale", None)  # GradScaler + fused optimizer: grads still scaled
         scaler_inf = getattr(optimizer, "found_inf", None)
@@ -143,13 +150,59 @@ class Handle:
         for name in self._own_attrs:  # (GradScaler deletes the ones it set after step())
             vars(optimizer).pop(name, None)
         self._own_attrs = []
+        self._mark_fresh()
         if not self.rule.has_project:  # clipping rules: nothing to do after the step
             return
         self._state, info = project_params(self.rule, self._params, self._state, self.process_group)
         if info:
             self.info = {**self.info, **info}
 
+    def _mark_fresh(self) -> None:
+        """Remember which gradient the last step ran on (one tensor: its identity and version)."""
+        self._fresh = None
+        if torch.compiler.is_compiling():
+            return
+        for p in self._params:
+            g = p.grad
+            if g is not None and not is_dtensor(g):
+                self._fresh = (weakref.ref(p), weakref.ref(g), g._version)
+                return
+
+    def _gradients_since(self) -> bool:
+        """Whether new gradients were made since the last step that ran the rule (no host sync)."""
+        if self._fresh is None:
+            return False
+        p = self._fresh[0]()
+        g = None if p is None else p.grad
+        return g is not None and (self._fresh[1]() is not g or g._version != self._fresh[2])
+
     # --------------------------------------------------------------------- public
+
+    @property
+    def info(self) -> dict:
+        """The info of the last ``optimizer.step()`` that ran the rule (0-d tensors, no host sync).
+
+        A step that never reaches the hooks leaves nothing to report: ``GradScaler.step``
+        skips ``optimizer.step()`` altogether on inf/NaN gradients (unfused optimizers).
+        So when the gradients have changed since the last step that ran the rule (a new
+        ``backward()``, or ``GradScaler``'s unscaling) ``info`` is the last step's values
+        with ``info["skipped"] = 1``: read it after ``step()``, as usual, and a skipped
+        step shows as skipped. (Read between ``backward()`` and ``step()`` it says the
+        same, since no step has run on those gradients yet; ``zero_grad(set_to_none=False)``
+        also counts as a change. Not tracked under ``torch.compile`` nor for DTensors.)
+        """
+        if self._gradients_since():
+            return {**self._info, "skipped": torch.ones((), dtype=torch.int32, device=self._device())}
+        return self._info
+
+    @info.setter
+    def info(self, value: dict) -> None:
+        self._info = value
+
+    def _device(self) -> torch.device:
+        for v in self._info.values():
+            return v.device
+        return self._params[0].device if self._params else torch.device("cpu")
 
     @property
     def state(self) -> Any:
@@ -164,6 +217,9 @@ class Handle:
         """Remove both hooks; the optimizer steps without the rule afterwards."""
         self._pre.remove()
         self._post.remove()
+        live = _LIVE.get(self.optimizer, [])
+        if self in live:
+            live.remove(self)
 
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint of the rule's state: tensors, strings and tuples only.
@@ -261,4 +317,34 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
     check_rule(rule, "attach")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    warn_attach(optimizer, rule, Handle)
     return Handle(optimizer, rule, process_group, fold)
+
+
+def warn_attach(optimizer: torch.optim.Optimizer, rule: Rule, kind: type) -> None:
+    """Warn about attachments that silently do something else than intended.
+
+    - a second handle of the same kind on one optimizer: both rules run, in attach order
+      (a :class:`Handle` next to a ``Pruner.attach`` handle is the documented way to clip
+      and prune, and is not warned about);
+    - a rule with an update part on ``torch.optim.LBFGS``: its step pre-hook runs before
+      ``step(closure)`` computes the gradients, so the rule would act on stale ones.
+    """
+    others = [h for h in _LIVE.get(optimizer, []) if type(h) is kind]
+    if others:
+        warnings.warn(
+            f"attach: this {type(optimizer).__name__} already has a gradclip rule attached ({others[0]!r}); both "
+            "rules now run in every step(), in attach order. Attach one gradclip_core.chain(rule_a, rule_b) "
+            "instead, or call handle.remove() on the old handle first.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if isinstance(optimizer, torch.optim.LBFGS) and rule.has_update:
+        warnings.warn(
+            f"attach: torch.optim.LBFGS computes its gradients inside step(closure), after the step pre-hook, "
+            f"so the gradient part of {rule.name!r} (clipping, gradient masks) would act on stale gradients "
+            "and not on the ones LBFGS uses. Call gradclip_torch.apply_(params, rule, state) inside your closure, "
+            "after backward(); weight rules (constraints, the re-masking of pruned weights) work with attach.",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -25,7 +25,7 @@ import gradclip_core as gc
 from gradclip_core.backend import find_masks
 
 from ._apply import check_rule, project_params
-from ._hooks import Handle
+from ._hooks import Handle, warn_attach
 from ._state import flatten, unflatten
 
 __all__ = ["prune", "strip", "Pruner"]
@@ -131,6 +131,7 @@ class Pruner:
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Handle:
         """Run the rule in every ``optimizer.step()``, its state kept in the module buffers."""
+        warn_attach(optimizer, self.rule, _PrunerHandle)
         handle = _PrunerHandle(optimizer, self)
         _HANDLES.setdefault(self.module, []).append(handle)
         return handle

@@ -108,3 +108,11 @@ def test_has_project_tells_clipping_rules_from_weight_rules():
     weight_rule = gc.Rule(project=clamp, name="clamp")
     assert weight_rule.has_project
     assert gc.chain(gc.clip_by_value(1.0), weight_rule).has_project
+
+
+def test_has_update_and_has_project():
+    assert gc.clip_by_global_norm(1.0).has_update and not gc.clip_by_global_norm(1.0).has_project
+    assert not gc.non_neg().has_update and gc.non_neg().has_project
+    assert gc.magnitude_prune(0.5).has_update and gc.magnitude_prune(0.5).has_project
+    assert not gc.chain(gc.non_neg(), gc.max_norm(1.0, axis=0)).has_update
+    assert gc.chain(gc.non_neg(), gc.clip_by_value(1.0)).has_update

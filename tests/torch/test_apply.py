@@ -214,3 +214,19 @@ def test_inplace_scaling_equals_pure_update(rule):
         assert torch.equal(torch.nan_to_num(p.grad), torch.nan_to_num(w))
         assert torch.equal(torch.isnan(p.grad), torch.isnan(w))
     assert set(info) == set(want_info)
+
+
+def test_no_grads_then_grads_makes_a_torch_state():
+    # Issue 16: a first call without gradients returned a NumPy state (rule.init([])), and
+    # the next call raised TypeError in where().
+    model = mlp()
+    rule = gc.zclip(warmup_steps=2)
+    state, info = gradclip_torch.apply_(model.parameters(), rule)
+    assert state is None and info == {}
+    set_grads(model.parameters(), 0)
+    state, info = gradclip_torch.apply_(model.parameters(), rule, state)
+    assert isinstance(state.count, torch.Tensor) and int(state.count) == 1
+    state, _ = gradclip_torch.apply_(model.parameters(), rule, state)
+    assert int(state.count) == 2
+    state, _ = gradclip_torch.project_([], gc.magnitude_prune(0.5))
+    assert state is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 import io
 
 import pytest
@@ -229,15 +230,25 @@ def test_grad_scaler_order():
         assert float(handle.info["norm"]) > 0.5 >= float(norm) * (1 - 1e-6)  # clipped, unscaled grads
         for a, b in zip(model.parameters(), ref.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    # an overflowing step: the scaler skips optimizer.step(), so the hook does not run
-    info, before = handle.info, _params(model)
+    assert "skipped" not in handle.info
+    # an overflowing step: the scaler skips optimizer.step(), so the hook does not run;
+    # info keeps the last step's values but says the step was skipped (issue 16)
+    info, state, before = handle.info, handle.state, _params(model)
     opt.zero_grad()
     scaler.scale(loss_fn(model, 9) * float("inf")).backward()
     scaler.step(opt)
     scaler.update()
-    assert handle.info is info
+    assert int(handle.info["skipped"]) == 1
+    assert {k: v for k, v in handle.info.items() if k != "skipped"} == info
+    assert handle.state is state
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert scaler.get_scale() < 1024.0
+    # the next finite step runs the rule again: skipped is gone
+    opt.zero_grad()
+    scaler.scale(loss_fn(model, 3)).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert "skipped" not in handle.info and float(handle.info["norm"]) > 0
 
 
 def test_apply_with_grad_scaler_unscale_first():
@@ -365,3 +376,61 @@ def test_cuda_mixed_devices_rejected():
     b.grad = torch.ones(2)
     with pytest.raises(ValueError, match="several devices"):
         gradclip_torch.apply_([a, b], gc.clip_by_global_norm(1.0))
+
+
+# ------------------------------------------------------------------ issue 16
+
+
+def test_first_step_without_gradients_builds_no_numpy_state():
+    # Issue 16: attach + opt.step() before any backward built the state with NumPy, and the
+    # next step raised TypeError in where(); handle.state_dict() failed too.
+    model = mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = gradclip_torch.attach(opt, gc.zclip(warmup_steps=2))
+    opt.step()
+    assert handle.state is None and handle.info == {}
+    assert handle.state_dict() == {"format": 1, "state": [], "structure": None}
+    for step in range(3):
+        opt.zero_grad()
+        loss_fn(model, step).backward()
+        opt.step()
+    leaves = handle.state_dict()["state"]
+    assert leaves and all(isinstance(t, torch.Tensor) for t in leaves)
+    assert int(handle.state.count) == 2 and float(handle.info["norm"]) > 0
+
+
+def test_lbfgs_hook_before_the_closure_and_its_warning():
+    model = mlp(0)
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
+    with pytest.warns(UserWarning, match="LBFGS computes its gradients inside step"):
+        handle = gradclip_torch.attach(opt, gc.chain(gc.zclip(warmup_steps=2), gc.max_norm(1.0, axis="out_first")))
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(model, 0)
+        loss.backward()
+        return loss
+
+    for _ in range(3):  # the first pre-hook sees no gradients; later ones the last closure's
+        opt.step(closure)
+    assert all(isinstance(t, torch.Tensor) for t in handle.state_dict()["state"])
+    for w in (model[0].weight, model[2].weight):  # the project part works with LBFGS
+        assert float(torch.linalg.vector_norm(w.detach(), dim=1).max()) <= 1.0 + 1e-6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # weight-only rules: nothing to warn about
+        gradclip_torch.attach(torch.optim.LBFGS(mlp(1).parameters()), gc.max_norm(1.0, axis="out_first"))
+
+
+def test_attaching_twice_warns_and_remove_clears_it():
+    model = mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = gradclip_torch.attach(opt, gc.clip_by_global_norm(1.0))
+    with pytest.warns(UserWarning, match="already has a gradclip rule attached"):
+        second = gradclip_torch.attach(opt, gc.clip_by_value(0.1))
+    second.remove()
+    first.remove()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gradclip_torch.attach(opt, gc.clip_by_value(0.1))  # nothing live any more
+        # a Pruner's handle next to a clipping handle is the documented combination
+        gradclip_torch.prune(model, gc.magnitude_prune(0.5)).attach(opt)
