@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from ._effect import Skip, ZeroNonfinite, then
 from .backend._collective import active, all_reduce
+from .backend._names import array_label
 from .backend._namespace import namespace
 from .backend._tree import tree_where
 
@@ -80,10 +81,9 @@ def guard_update(update: Callable[..., tuple], policy: str) -> Callable[..., tup
                     "jax.jit, tf.function or torch.compile; use nonfinite='skip' or 'zero' there"
                 ) from err
             if not ok:
-                bad = [i for i, g in enumerate(grads) if not bool(xp.all(xp.isfinite(g)))]
+                bad = [array_label(i) for i, g in enumerate(grads) if not bool(xp.all(xp.isfinite(g)))]
                 raise FloatingPointError(
-                    f"non-finite values (NaN or Inf) in input arrays at positions {bad}; "
-                    "nothing was changed (nonfinite='raise')"
+                    f"non-finite values (NaN or Inf) in {', '.join(bad)}; nothing was changed (nonfinite='raise')"
                 )
             effect, new_state, info = update(grads, state, params)
             info = dict(info)

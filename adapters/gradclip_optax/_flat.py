@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["flatten", "params_like", "NO_PARAMS_MSG"]
+__all__ = ["flatten", "params_like", "leaf_names", "NO_PARAMS_MSG"]
 
 # optax's own NO_PARAMS_MSG (optax._src.base, not exported), plus what to do.
 NO_PARAMS_MSG = (
@@ -38,6 +38,28 @@ def flatten(tree: Any) -> tuple[list[jax.Array], Any]:
     """
     leaves, treedef = jax.tree.flatten(tree)
     return [jnp.asarray(x) for x in leaves], treedef
+
+
+def _key(k: Any) -> str:
+    for attr in ("key", "idx", "name"):  # DictKey, SequenceKey / FlattenedIndexKey, GetAttrKey
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def leaf_names(tree: Any) -> list[str]:
+    """A name for each leaf of ``tree`` (``jax.tree.flatten`` order): its path, keys joined by ``/``.
+
+    A list of arrays gives ``"0"``, ``"1"``, ... (the positions); a dict
+    ``{"params": {"dense": {"kernel": ...}}}`` gives ``"params/dense/kernel"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> leaf_names({"b": jnp.ones(2), "a": {"w": jnp.zeros(1)}, "c": [jnp.ones(1)]})
+      ['a/w', 'b', 'c/0']
+    """
+    paths, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return ["/".join(_key(k) for k in path) or str(i) for i, (path, _) in enumerate(paths)]
 
 
 def params_like(treedef: Any, params: Any, name: str, required: bool) -> list[jax.Array] | None:

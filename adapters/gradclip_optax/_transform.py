@@ -8,9 +8,10 @@ import jax
 import optax
 
 import gradclip_core as gc
+from gradclip_core.backend import array_names, name_info
 
 from ._axis import axis_collective, check_axis_name
-from ._flat import flatten, params_like
+from ._flat import flatten, leaf_names, params_like
 from ._state import TransformState, info_like, match_info
 
 __all__ = ["transform", "check_rule"]
@@ -45,7 +46,9 @@ def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransfor
 
     The state is a :class:`TransformState`; ``state.info`` holds the info of the last
     update for logging (``state.info["norm"]``; zeros after ``init``), see also
-    :func:`gradclip_optax.get_info`.
+    :func:`gradclip_optax.get_info`. Per-array info keys name the leaf by its tree path
+    (``sparsity/params/dense/kernel``; a list of arrays gives ``sparsity/0``, ...), and
+    ``nonfinite="raise"`` (eager only) names the paths of the non-finite leaves.
 
     ``nonfinite="skip"`` here only zeroes the updates (``info["skipped"] = 1``): the
     optimizers after it in the chain still take a step with zero updates (Adam's
@@ -98,14 +101,16 @@ def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransfor
     def init_fn(params: Any) -> TransformState:
         leaves, _ = flatten(params)
         rule_state = rule.init(leaves)
-        info = info_like(lambda: rule.update(leaves, rule_state, leaves)[2])
-        return TransformState(rule_state=rule_state, info=info)
+        with array_names(lambda: leaf_names(params)):
+            info = info_like(lambda: rule.update(leaves, rule_state, leaves)[2])
+        return TransformState(rule_state=rule_state, info=name_info(info, lambda: leaf_names(params)))
 
     def update_fn(updates: Any, state: TransformState, params: Any = None) -> tuple[Any, TransformState]:
         leaves, treedef = flatten(updates)
         p = params_like(treedef, params, rule.name, rule.needs_params)
-        with axis_collective(axis_name):
+        with axis_collective(axis_name), array_names(lambda: leaf_names(updates)):
             out, rule_state, info = rule.update(leaves, state.rule_state, p)
+        info = name_info(info, lambda: leaf_names(updates))
         return jax.tree.unflatten(treedef, out), TransformState(rule_state, match_info(info, state.info))
 
     return optax.GradientTransformation(init_fn, update_fn)

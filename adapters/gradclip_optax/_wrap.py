@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import optax
 
 import gradclip_core as gc
+from gradclip_core.backend import array_names, name_info
 
 from ._axis import axis_collective, check_axis_name
-from ._flat import flatten, params_like
+from ._flat import flatten, leaf_names, params_like
 from ._state import WrapState, info_like, match_info
 from ._transform import check_rule
 
@@ -36,6 +37,27 @@ def skipped(info: dict) -> jax.Array | None:
     for f in flags[1:]:
         out = jnp.logical_or(out, f != 0)
     return out
+
+
+def check_inner(inner: Any) -> None:
+    """``inner`` must be an optax ``GradientTransformation`` (an object with ``init`` and ``update``).
+
+    Example:
+      >>> check_inner(optax.adam)
+      Traceback (most recent call last):
+      TypeError: wrap: inner must be an optax GradientTransformation, got the function optax.adam: call it first, e.g. optax.adam(1e-3)
+    """
+    if callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None)):
+        return
+    if callable(inner):
+        module = getattr(inner, "__module__", "") or ""
+        qual = getattr(inner, "__qualname__", getattr(inner, "__name__", repr(inner)))
+        where = "optax." if module.startswith("optax") else (module + "." if module else "")
+        raise TypeError(
+            f"wrap: inner must be an optax GradientTransformation, got the function {where}{qual}: "
+            f"call it first, e.g. {where}{qual}(1e-3)"
+        )
+    raise TypeError(f"wrap: inner must be an optax GradientTransformation (e.g. optax.adam(1e-3)), got {type(inner).__name__}")
 
 
 def _keep_if(skip: jax.Array, old: Any, new: Any) -> Any:
@@ -98,7 +120,13 @@ def wrap(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`WrapState`
-      (``state.info``: info of the last step, ``update`` and ``project`` merged).
+      (``state.info``: info of the last step, ``update`` and ``project`` merged;
+      per-array keys by tree path, ``sparsity/params/dense/kernel``).
+
+    Raises:
+      TypeError: ``rule`` is not a gradclip rule, or ``inner`` is not an optax
+        ``GradientTransformation`` (e.g. the factory ``optax.adam`` instead of
+        ``optax.adam(1e-3)``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -113,6 +141,7 @@ def wrap(
       ([1.0, 2.0], 1)
     """
     check_rule(rule)
+    check_inner(inner)
     axis_name = check_axis_name(axis_name)
     inner = optax.with_extra_args_support(inner)
     project = rule.has_project
@@ -135,14 +164,17 @@ def wrap(
         rule_state = rule.init(leaves)
         inner_state = inner.init(params)
         probe = WrapState(rule_state, inner_state, {})
-        info = info_like(lambda: step(leaves, treedef, probe, leaves, params)[3])
+        with array_names(lambda: leaf_names(params)):
+            info = info_like(lambda: step(leaves, treedef, probe, leaves, params)[3])
+        info = name_info(info, lambda: leaf_names(params))
         return WrapState(rule_state=rule_state, inner_state=inner_state, info=info)
 
     def update_fn(updates: Any, state: WrapState, params: Any = None, **extra: Any) -> tuple[Any, WrapState]:
         leaves, treedef = flatten(updates)
         p = params_like(treedef, params, rule.name, required=True)
-        with axis_collective(axis_name):
+        with axis_collective(axis_name), array_names(lambda: leaf_names(updates)):
             u, rule_state, inner_state, info = step(leaves, treedef, state, p, params, **extra)
+        info = name_info(info, lambda: leaf_names(updates))
         skip = skipped(info)
         if skip is not None:
             u = [jnp.where(skip, jnp.zeros_like(x), x) for x in u]

@@ -9,19 +9,21 @@ global scale costs what ``clip_grad_norm_`` costs: one ``_foreach_mul_`` per dty
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from typing import Any, Iterable, Sequence
 
 import torch
 
 from gradclip_core import Rule
-from gradclip_core.backend import apply_effect, check_effect, namespace
+from gradclip_core.backend import apply_effect, array_names, check_effect, flatten_state, name_info, namespace
 
 from ._distributed import localize
 from ._fused import split_fold
 
-__all__ = ["apply_", "project_", "collect", "update_grads", "run_update", "project_params", "check_rule"]
+__all__ = ["apply_", "project_", "collect", "update_grads", "run_update", "project_params", "check_rule", "split_named"]
 
-Parameters = torch.Tensor | Iterable[torch.Tensor]
+Parameters = torch.Tensor | Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
 
 def check_rule(rule: Any, where: str) -> None:
@@ -31,9 +33,23 @@ def check_rule(rule: Any, where: str) -> None:
 
 
 def _as_list(parameters: Parameters) -> list[torch.Tensor]:
+    return split_named(parameters)[0]
+
+
+def split_named(parameters: Parameters) -> tuple[list[torch.Tensor], list[str] | None]:
+    """The tensors of ``parameters`` and their names (``named_parameters()`` pairs), or ``None``.
+
+    Example:
+      >>> lin = torch.nn.Linear(2, 1)
+      >>> split_named(lin.named_parameters())[1], split_named(lin.parameters())[1]
+      (['weight', 'bias'], None)
+    """
     if isinstance(parameters, torch.Tensor):
-        return [parameters]
-    return list(parameters)
+        return [parameters], None
+    items = list(parameters)
+    if items and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in items):
+        return [t for _, t in items], [n for n, _ in items]
+    return items, None
 
 
 def _check_devices(tensors: Sequence[torch.Tensor], what: str) -> None:
@@ -139,10 +155,15 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_gro
     ``GradScaler.unscale_(optimizer)`` under AMP) and before ``optimizer.step()``.
 
     Args:
-      parameters: a tensor or an iterable of tensors (e.g. ``model.parameters()``).
+      parameters: a tensor or an iterable of tensors (e.g. ``model.parameters()``), or
+        of ``(name, tensor)`` pairs (``model.named_parameters()``): then errors name
+        the parameters and per-array info keys use the names (``sparsity/0.weight``).
       rule: a gradclip rule, e.g. ``gradclip_core.clip_by_global_norm(1.0)``.
       state: the rule state returned by the previous call, or ``None`` to start from
         ``rule.init`` of the parameters that have a gradient (stateless rules need none).
+        Stateful rules (AutoClip, ZClip, ``record_norms``, pruning) need the returned
+        state passed back at every call: calling again with ``None`` on the same
+        parameters warns (the rule would start over every time).
         A call where no parameter has a gradient changes nothing and returns ``state``
         as given (``None`` stays ``None``: the state is made at the first call with
         gradients, on their device).
@@ -170,10 +191,17 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_gro
       ([0.6000000238418579, 0.800000011920929], 5.0)
     """
     check_rule(rule, "apply_")
-    params, grads = collect(parameters)
+    tensors, names = split_named(parameters)
+    params, grads = collect(tensors)
+    if names is not None:
+        names = [n for n, t in zip(names, tensors) if t.grad is not None]
     if rule.needs_params:
         _check_devices(list(params) + list(grads), "the parameters and their gradients")
-    return update_grads(rule, params, grads, state, process_group)
+    _warn_dropped_state(rule, state, params)
+    with array_names(names):
+        new_state, info = update_grads(rule, params, grads, state, process_group)
+    _remember(rule, state, new_state, params)
+    return new_state, name_info(info, names)
 
 
 def project_(parameters: Parameters, rule: Rule, state: Any = None, *, process_group: Any = None) -> tuple[Any, dict]:
@@ -182,7 +210,8 @@ def project_(parameters: Parameters, rule: Rule, state: Any = None, *, process_g
     Clipping rules do nothing here; constraints and pruning re-project the weights.
 
     Args:
-      parameters: a tensor or an iterable of tensors.
+      parameters: a tensor or an iterable of tensors, or of ``(name, tensor)`` pairs
+        (``model.named_parameters()``), as in :func:`apply_`.
       rule: a gradclip rule.
       state: the rule state (as returned by :func:`apply_`), or ``None`` for ``rule.init``.
       process_group: as in :func:`apply_` (sharded plain tensors).
@@ -200,6 +229,32 @@ def project_(parameters: Parameters, rule: Rule, state: Any = None, *, process_g
       ([1.0, 1.0], {})
     """
     check_rule(rule, "project_")
-    params = _as_list(parameters)
+    params, names = split_named(parameters)
     _check_devices(params, "the parameters")
-    return project_params(rule, params, state, process_group)
+    with array_names(names):
+        new_state, info = project_params(rule, params, state, process_group)
+    return new_state, name_info(info, names)
+
+
+# Stateful rules whose state apply_ made from None, and for which parameters (the id of the
+# first one): a second call on them with None again means the caller dropped the state
+# (ZClip / AutoClip would stay in warm-up forever). (project_ is not checked: a one-shot
+# pruning or constraint call without keeping the state is a normal use.)
+_STARTED: "weakref.WeakKeyDictionary[Rule, set[int]]" = weakref.WeakKeyDictionary()
+
+
+def _remember(rule: Rule, given: Any, new_state: Any, params: Sequence[torch.Tensor]) -> None:
+    if given is None and params and new_state is not None and flatten_state(new_state)[0]:
+        _STARTED.setdefault(rule, set()).add(id(params[0]))
+
+
+def _warn_dropped_state(rule: Rule, state: Any, params: Sequence[torch.Tensor]) -> None:
+    if state is None and params and id(params[0]) in _STARTED.get(rule, ()):
+        warnings.warn(
+            f"{rule.name} keeps a state (step counts, norm history, masks) but was called again with "
+            "state=None, so it starts over at every call (AutoClip/ZClip never leave their warm-up, "
+            "pruning schedules never advance). Pass the returned state back: "
+            "state, info = gradclip_torch.apply_(params, rule, state).",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -43,7 +43,7 @@ from typing import Any, Mapping
 import torch
 
 from gradclip_core import Rule
-from gradclip_core.backend import tree_where
+from gradclip_core.backend import array_names, name_info, tree_where
 
 from ._apply import _check_devices, check_rule, collect, project_params, run_update
 from ._distributed import is_dtensor, local
@@ -64,7 +64,9 @@ class Handle:
       rule: the attached rule.
       optimizer: the optimizer it is attached to.
       info: dict of 0-d tensors from the last step (update and project info merged),
-        left on the device (no host sync); empty before the first step.
+        left on the device (no host sync); empty before the first step. With an
+        optimizer built from ``model.named_parameters()``, per-array keys use the
+        parameter names (``sparsity/0.weight``) and errors name the parameters.
 
     Example:
       >>> import torch
@@ -91,6 +93,7 @@ class Handle:
         self._state: Any = None
         self._pending: list[torch.Tensor] | None = None
         self._params: list[torch.Tensor] = []
+        self._names: list[str] | None = None
         self._pre = optimizer.register_step_pre_hook(self._pre_hook)
         self._post = optimizer.register_step_post_hook(self._post_hook)
         _LIVE.setdefault(optimizer, []).append(self)
@@ -110,8 +113,11 @@ class Handle:
         self._state = template
 
     def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        params, grads = collect(params)
+        every = [p for group in optimizer.param_groups for p in group["params"]]
+        names = optimizer_names(optimizer)
+        params, grads = collect(every)
+        if names is not None:
+            names = [n for n, p in zip(names, every) if p.grad is not None]
         if self.rule.needs_params:
             _check_devices(list(params) + list(grads), "the parameters and their gradients")
         if self._state is None and params:  # a step without gradients (LBFGS before its closure) makes none
@@ -123,8 +129,10 @@ class Handle:
                 torch._foreach_div_([local(g) for g in grads], local(loss_scale).to(grads[0].dtype))
             optimizer.grad_scale = None
         old_state = self._state
-        self._state, info, scale, skip = run_update(self.rule, params, grads, self._state, self.process_group,
-                                                    fold=self.fold)
+        with array_names(names):
+            self._state, info, scale, skip = run_update(self.rule, params, grads, self._state, self.process_group,
+                                                        fold=self.fold)
+        info = name_info(info, names)
         if scaler_inf is not None and grads:  # a step GradScaler skips: the rule's state stays too
             skipped = local(scaler_inf) > 0
             with torch.no_grad():
@@ -137,7 +145,7 @@ class Handle:
         if skip is not None:
             found = skip.to(torch.float32)
             self._set(optimizer, "found_inf", found if scaler_inf is None else torch.maximum(found, scaler_inf))
-        self._params = params
+        self._params, self._names = params, names
         self.info = info
 
     def _set(self, optimizer: torch.optim.Optimizer, name: str, value: torch.Tensor) -> None:
@@ -153,9 +161,10 @@ class Handle:
         self._mark_fresh()
         if not self.rule.has_project:  # clipping rules: nothing to do after the step
             return
-        self._state, info = project_params(self.rule, self._params, self._state, self.process_group)
+        with array_names(self._names):
+            self._state, info = project_params(self.rule, self._params, self._state, self.process_group)
         if info:
-            self.info = {**self.info, **info}
+            self.info = {**self._info, **name_info(info, self._names)}
 
     def _mark_fresh(self) -> None:
         """Remember which gradient the last step ran on (one tensor: its identity and version)."""
@@ -319,6 +328,20 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     warn_attach(optimizer, rule, Handle)
     return Handle(optimizer, rule, process_group, fold)
+
+
+def optimizer_names(optimizer: torch.optim.Optimizer) -> list[str] | None:
+    """The parameter names of an optimizer built from ``model.named_parameters()`` (torch >= 2.6), else ``None``.
+
+    Example:
+      >>> lin = torch.nn.Linear(2, 1)
+      >>> optimizer_names(torch.optim.SGD(lin.named_parameters(), lr=0.1))
+      ['weight', 'bias']
+    """
+    groups = optimizer.param_groups
+    if not groups or any("param_names" not in g for g in groups):
+        return None
+    return [n for g in groups for n in g["param_names"]]
 
 
 def warn_attach(optimizer: torch.optim.Optimizer, rule: Rule, kind: type) -> None:

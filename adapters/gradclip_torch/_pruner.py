@@ -2,8 +2,9 @@
 
 :func:`prune` ``(module, rule)`` registers the rule's state on the module: each mask
 as a bool buffer ``<param>_mask`` on the submodule owning the parameter (a second
-pruning rule in a chain gets ``<param>_mask_1``...), every other state tensor (the
-int32 step counter) as a buffer ``_gradclip_<i>`` of ``module``. So the masks are in
+pruning rule in a chain gets ``<param>_mask_1``...), every other state tensor as a
+buffer of ``module`` named after the rule and the state field, e.g. the int32 step
+counter of ``global_magnitude_prune`` as ``_gradclip_global_magnitude_prune_count``. So the masks are in
 ``module.state_dict()``, come back with ``load_state_dict``, are copied by
 ``copy.deepcopy`` and ``torch.save(module)``; :meth:`Pruner.attach` runs the rule
 inside ``optimizer.step()`` with its state read from and written to those buffers.
@@ -22,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 import gradclip_core as gc
-from gradclip_core.backend import find_masks
+from gradclip_core.backend import array_names, find_masks, is_namedtuple, name_info
 
 from ._apply import check_rule, project_params
 from ._hooks import Handle, warn_attach
@@ -60,6 +61,50 @@ def _mask_positions(tree: Any, n: int) -> list[int | None]:
     return out
 
 
+def _has_masks(tree: Any) -> bool:
+    """Whether a state tree holds a pruning state (a NamedTuple with a ``masks`` field)."""
+    if _is_mask_holder(tree):
+        return True
+    return isinstance(tree, (tuple, list)) and any(_has_masks(v) for v in tree)
+
+
+def _leaf_paths(config: Any, name: str, state: Any) -> list[str]:
+    """For each state leaf (flatten order): ``<rule>_<field>`` (chains: each rule's own name)."""
+    out: list[str] = []
+
+    def walk(node: Any, path: list[str]) -> None:
+        if is_namedtuple(node):
+            for f, v in zip(node._fields, node):
+                walk(v, path + [f])
+        elif isinstance(node, (tuple, list)):
+            for i, v in enumerate(node):
+                walk(v, path + [str(i)])
+        elif node is not None:
+            out.append("_".join(path))
+
+    def rule(cfg: Any, rule_name: str, sub: Any, path: list[str]) -> None:
+        if isinstance(cfg, dict) and cfg.get("rule") == "chain" and isinstance(sub, tuple) and not is_namedtuple(sub):
+            names = [c.get("rule", f"rule{i}") if isinstance(c, dict) else f"rule{i}" for i, c in enumerate(cfg["rules"])]
+            for i, (c, n, s) in enumerate(zip(cfg["rules"], names, sub)):
+                rule(c, n, s, path + [n if names.count(n) == 1 else f"{n}_{i}"])
+        else:
+            walk(sub, path or [rule_name])
+
+    rule(dict(config) if config else {}, name, state, [])
+    return out
+
+
+def _stripped(module: torch.nn.Module) -> ValueError:
+    again = getattr(module, _ATTR, None) is not None
+    return ValueError(
+        "this Pruner's module was stripped with gradclip_torch.strip: pruning is permanent now (the pruned "
+        "weights are exact zeros) and the masks and rule state are gone"
+        + ("; the module was pruned again since: use the Pruner that gradclip_torch.prune returned then "
+           "(or Pruner.from_module(module))" if again else
+           "; read gradclip_torch.masks(module) before strip, or use (param != 0) as the mask")
+    )
+
+
 def _template(rule: gc.Rule, params: Sequence[torch.Tensor]) -> Any:
     """``rule.init`` of ``params``' shapes on the meta device (no memory); on real tensors if that fails."""
     with torch.no_grad():
@@ -82,6 +127,7 @@ class Pruner:
     def __init__(self, module: torch.nn.Module, rule: gc.Rule, names: Sequence[str], slots: Sequence[tuple[str, str]]):
         self.module, self.rule, self.names = module, rule, list(names)
         self._slots = [tuple(s) for s in slots]
+        self._meta = getattr(module, _ATTR, None)  # strip() removes it: this pruner is then dead
         # Only the tree structure of the state is needed: a state made on the meta device
         # costs no memory or time (a real rule.init fills a full set of masks, 1 byte per weight).
         self._template = _template(rule, self.parameters)
@@ -98,9 +144,19 @@ class Pruner:
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.module.get_parameter(n) for n in self.names]
 
+    def _check_live(self) -> None:
+        """Raise a clear error once the module was stripped (its buffers are gone)."""
+        if getattr(self.module, _ATTR, None) is not self._meta:
+            raise _stripped(self.module)
+
     @property
     def state(self) -> Any:
-        """The rule state, rebuilt from the module's buffers."""
+        """The rule state, rebuilt from the module's buffers.
+
+        Raises:
+          ValueError: the module was stripped (:func:`strip`).
+        """
+        self._check_live()
         leaves = [self.module.get_submodule(sub)._buffers[name] for sub, name in self._slots]
         return unflatten(self._template, leaves)
 
@@ -108,6 +164,7 @@ class Pruner:
     def state(self, value: Any) -> None:
         if value is None:
             return
+        self._check_live()
         for (sub, name), t in zip(self._slots, flatten(value)):
             self.module.get_submodule(sub)._buffers[name] = t
 
@@ -124,13 +181,18 @@ class Pruner:
         return dict(zip(self.names, keep))
 
     def project(self) -> dict:
-        """Run ``rule.project`` on the weights now (one step of the schedule); returns info."""
-        state, info = project_params(self.rule, self.parameters, self.state)
+        """Run ``rule.project`` on the weights now (one step of the schedule); returns info.
+
+        Info keys per parameter use the parameter names (``sparsity/0.weight``).
+        """
+        with array_names(self.names):
+            state, info = project_params(self.rule, self.parameters, self.state)
         self.state = state
-        return info
+        return name_info(info, self.names)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Handle:
         """Run the rule in every ``optimizer.step()``, its state kept in the module buffers."""
+        self._check_live()
         warn_attach(optimizer, self.rule, _PrunerHandle)
         handle = _PrunerHandle(optimizer, self)
         _HANDLES.setdefault(self.module, []).append(handle)
@@ -155,10 +217,12 @@ class _PrunerHandle(Handle):
     def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         from ._apply import update_grads
 
-        params = self._pruner.parameters
+        params, names = self._pruner.parameters, self._pruner.names
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        self._state, self.info = update_grads(self.rule, params, grads, self._state)
-        self._params = params
+        with array_names(names):
+            self._state, info = update_grads(self.rule, params, grads, self._state)
+        self.info = name_info(info, names)
+        self._params, self._names = params, names
 
 
 def _select(module: torch.nn.Module, parameters: Any) -> list[str]:
@@ -204,25 +268,43 @@ def prune(module: torch.nn.Module, rule: gc.Rule, parameters: str | Iterable[str
       ['0.bias', '0.weight', '2.bias', '2.weight']
     """
     check_rule(rule, "prune")
+    if not rule.has_project:
+        raise ValueError(
+            f"prune: {rule!r} has no pruning part (it only acts on the gradients). gradclip_torch.prune takes a "
+            "pruning rule, e.g. gradclip_core.global_magnitude_prune(0.5), or a chain with one; to clip "
+            "gradients use gradclip_torch.attach(optimizer, rule) or gradclip_torch.apply_"
+        )
     if getattr(module, _ATTR, None) is not None:
         raise ValueError("module is already pruned by gradclip_torch.prune; call gradclip_torch.strip(module) first")
     names = _select(module, parameters)
+    if not names:
+        raise ValueError(
+            "prune: no parameter to prune (parameters=None selects the parameters of rank >= 2, and this module "
+            "has none); pass parameters=[names] explicitly"
+        )
     params = [module.get_parameter(n) for n in names]
     with torch.no_grad():
         state = rule.init([p.detach() for p in params])
+    if not _has_masks(state):
+        raise ValueError(
+            f"prune: {rule!r} has no pruning part (its state holds no masks). gradclip_torch.prune takes a pruning "
+            "rule, e.g. gradclip_core.magnitude_prune(0.5), or a chain with one; for weight constraints use "
+            "gradclip_torch.attach(optimizer, rule) or gradclip_torch.project_"
+        )
     leaves = flatten(state)
     positions = _mask_positions(state, len(params))
+    paths = _leaf_paths(rule.config, rule.name, state)
     slots: list[tuple[str, str]] = []
     used: dict[tuple[str, str], int] = {}
-    for j, (leaf, pos) in enumerate(zip(leaves, positions)):
+    for j, (leaf, pos, path) in enumerate(zip(leaves, positions, paths)):
         if pos is not None and leaf.dtype == torch.bool:
             sub, _, pname = names[pos].rpartition(".")
             base = f"{pname}_mask"
-            c = used.get((sub, base), 0)
-            used[(sub, base)] = c + 1
-            slot = (sub, base if c == 0 else f"{base}_{c}")
-        else:
-            slot = ("", f"_gradclip_{j}")
+        else:  # e.g. _gradclip_global_magnitude_prune_count
+            sub, base = "", "_gradclip_" + path.replace("#", "_")
+        c = used.get((sub, base), 0)
+        used[(sub, base)] = c + 1
+        slot = (sub, base if c == 0 else f"{base}_{c}")
         module.get_submodule(slot[0]).register_buffer(slot[1], leaf)
         slots.append(slot)
     setattr(module, _ATTR, {"rule": dict(rule.config), "params": names, "slots": slots})

@@ -16,7 +16,10 @@ framework use only the names here:
 - **collectives** for rules on shards: :func:`collective`, :func:`all_reduce`,
   :class:`Participants`;
 - **state trees**: :func:`flatten_state` / :func:`unflatten_state` (torch ``state_dict`` s and
-  Keras variables), :func:`find_masks` (pruning masks anywhere in a state).
+  Keras variables), :func:`find_masks` (pruning masks anywhere in a state);
+- **array names**: :func:`array_names` (adapters name the arrays, so the core's errors say
+  ``'encoder.0.weight'`` rather than a position), :func:`array_label`, :func:`name_info`
+  (per-array info keys by name).
 
 Per-framework kernels live in one module each (``_torch``, ``_jax``, ``_tensorflow``,
 ``_numpy``) and are imported the first time an array of that framework is seen, so
@@ -35,6 +38,7 @@ from .._effect import check_effect
 from .._params import array_names, selected
 from ._collective import Participants, Reducer, active, all_gather, all_reduce, collective, participant_index, static_total
 from ._layout import LAYOUTS, AxisSpec, check_axis, layout_override, reduce_axes, register_layout
+from ._names import array_label, array_names, name_info
 from ._namespace import device_kw, ensure_kernels, namespace, namespace_name, register_namespace, registered_namespaces, state_namespace
 from ._primitives import (
     apply_effect,
@@ -116,4 +120,8 @@ __all__ = [
     "is_namedtuple",
     "find_masks",
     "tree_where",
+    # array names
+    "array_names",
+    "array_label",
+    "name_info",
 ]

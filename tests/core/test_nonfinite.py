@@ -81,9 +81,12 @@ def test_raise_names_the_positions_and_changes_nothing(xp, name):
     xg = to_xp(xp, g)
     rule = FACTORIES[name]("raise")
     p = to_xp(xp, params())
-    with pytest.raises(FloatingPointError, match=r"positions \[0, 1\]"):
+    with pytest.raises(FloatingPointError, match=r"in array 0, array 1; nothing was changed"):
         rule.update(xg, rule.init(p), p)
     assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(to_np(xg), g))
+    names = [f"layer{i}.weight" for i in range(len(g))]
+    with gcb.array_names(lambda: names), pytest.raises(FloatingPointError, match="'layer0.weight', 'layer1.weight'"):
+        rule.update(xg, rule.init(p), p)
 
 
 def test_raise_under_tracing_says_why():

@@ -36,6 +36,13 @@ def test_wrap_prunes_masks_momentum_and_strips_under_jit():
     stripped = gradclip_optax.strip(params, state)
     assert jax.tree.structure(stripped) == jax.tree.structure(params)
     assert int(state.rule_state.count) == 6
+    # per-array info keys name the leaf by its tree path (issue 16), not its position
+    assert set(state.info) == {"sparsity", "sparsity/a", "sparsity/b", "threshold"}
+    nested = {"enc": {"kernel": params["a"]}, "head": [params["b"]]}
+    tx2 = optax.chain(gradclip_optax.transform(gc.record_norms(2)), gradclip_optax.wrap(gc.magnitude_prune(0.5), optax.sgd(0.1)))
+    state2 = tx2.init(nested)
+    _, state2 = jax.jit(tx2.update)(jax.tree.map(jnp.ones_like, nested), state2, nested)
+    assert set(state2[1].info) == {"sparsity", "sparsity/enc/kernel", "sparsity/head/0"}
 
 
 def test_jax_bitcast_keys_equal_portable_keys():

@@ -229,3 +229,18 @@ def test_raise_policy_eager_only():
     bad = jax.tree.map(lambda g: g * jnp.nan, _grads())
     with pytest.raises(FloatingPointError):
         tx.update(bad, state)
+
+
+def test_raise_names_tree_paths_and_wrap_refuses_an_uncalled_factory():
+    # Issue 16: nonfinite="raise" named flat positions; wrap(rule, optax.adam) gave an AttributeError.
+    params = {"encoder": {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, "head": [jnp.ones(3)]}
+    tx = gradclip_optax.transform(gc.clip_by_global_norm(1.0, nonfinite="raise"))
+    state = tx.init(params)
+    bad = jax.tree.map(jnp.ones_like, params)
+    bad["encoder"]["b"] = bad["encoder"]["b"].at[0].set(jnp.inf)
+    with pytest.raises(FloatingPointError, match=r"in 'encoder/b'; nothing was changed"):
+        tx.update(bad, state)
+    for inner, match in ((optax.adam, r"got the function optax\.adam: call it first, e.g. optax\.adam\(1e-3\)"),
+                         (0.1, "must be an optax GradientTransformation")):
+        with pytest.raises(TypeError, match=match):
+            gradclip_optax.wrap(gc.clip_by_global_norm(1.0), inner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -230,3 +231,38 @@ def test_no_grads_then_grads_makes_a_torch_state():
     assert int(state.count) == 2
     state, _ = gradclip_torch.project_([], gc.magnitude_prune(0.5))
     assert state is None
+
+
+def test_raise_names_the_parameters():
+    # Issue 16: nonfinite="raise" named flat positions; torch knows the parameter names.
+    model = mlp()
+    set_grads(model.parameters(), 0)
+    model[2].bias.grad[1] = float("nan")
+    rule = gc.clip_by_global_norm(1.0, nonfinite="raise")
+    with pytest.raises(FloatingPointError, match=r"in '2\.bias'; nothing was changed"):
+        gradclip_torch.apply_(model.named_parameters(), rule)
+    with pytest.raises(FloatingPointError, match=r"in array 3;"):  # plain parameters: positions
+        gradclip_torch.apply_(model.parameters(), rule)
+    opt = torch.optim.SGD(model.named_parameters(), lr=0.1)
+    gradclip_torch.attach(opt, rule)
+    with pytest.raises(FloatingPointError, match=r"in '2\.bias'"):
+        opt.step()
+
+
+def test_stateful_rule_without_its_state_warns():
+    # Issue 16: apply_(params, zclip()) with the state dropped stayed in warm-up forever, silently.
+    model = mlp()
+    rule = gc.zclip(warmup_steps=2)
+    set_grads(model.parameters(), 0)
+    gradclip_torch.apply_(model.parameters(), rule)
+    with pytest.warns(UserWarning, match="Pass the returned state back"):
+        gradclip_torch.apply_(model.parameters(), rule)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state, _ = gradclip_torch.apply_(model.parameters(), gc.zclip(warmup_steps=2))  # a fresh rule
+        gradclip_torch.apply_(model.parameters(), gc.zclip(warmup_steps=2), state)
+        other = mlp(1)
+        set_grads(other.parameters(), 1)
+        gradclip_torch.apply_(other.parameters(), rule)  # other parameters: their own first call
+        for _ in range(2):  # stateless rules need no state
+            gradclip_torch.apply_(model.parameters(), gc.clip_by_global_norm(1.0))

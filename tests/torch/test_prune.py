@@ -92,7 +92,7 @@ def test_masks_are_buffers_that_survive_state_dict_and_deepcopy():
     m = model(3)
     gradclip_torch.prune(m, gc.global_magnitude_prune(0.5))
     sd = m.state_dict()
-    assert sd["0.weight_mask"].dtype == torch.bool and "_gradclip_0" in sd
+    assert sd["0.weight_mask"].dtype == torch.bool and sd["_gradclip_global_magnitude_prune_count"].dtype == torch.int32
     clone = copy.deepcopy(m)
     assert torch.equal(clone[0].weight_mask, m[0].weight_mask)
     fresh = model(4)
@@ -193,3 +193,63 @@ def test_masking_is_bitwise_where(dtype, inplace, contiguous, monkeypatch):
         (got,) = kernels.apply_masks(None, [x], [m])
         assert torch.equal(x.contiguous().view(bits), before.contiguous().view(bits))  # caller's tensor untouched
     assert torch.equal(got.contiguous().view(bits), want.contiguous().view(bits))
+
+
+# ------------------------------------------------------------------ issue 16
+
+
+def test_pruner_after_strip_says_so():
+    # Issue 16: masks / state / project() / handle.state_dict() raised KeyError '_gradclip_0'.
+    m = model(1)
+    pruner = gradclip_torch.prune(m, gc.global_magnitude_prune(0.5))
+    handle = pruner.attach(torch.optim.SGD(m.parameters(), lr=0.1))
+    masks = {k: v.clone() for k, v in pruner.masks.items()}
+    gradclip_torch.strip(m)
+    for use in (lambda: pruner.masks, lambda: pruner.state, pruner.project, handle.state_dict,
+                lambda: gradclip_torch.masks(handle), lambda: pruner.attach(torch.optim.SGD(m.parameters(), lr=0.1))):
+        with pytest.raises(ValueError, match="module was stripped with gradclip_torch.strip"):
+            use()
+    assert all(torch.equal(m.get_parameter(k) != 0, v) for k, v in masks.items())  # what the message suggests
+    again = gradclip_torch.prune(m, gc.magnitude_prune(0.2))
+    with pytest.raises(ValueError, match="pruned again since"):
+        pruner.masks
+    assert set(again.masks) == {"0.weight", "2.weight", "4.weight"}
+
+
+def test_prune_refuses_rules_without_a_pruning_part():
+    # Issue 16: prune(module, clip_by_global_norm(1.0)) was accepted and returned a Pruner.
+    for rule, match in ((gc.clip_by_global_norm(1.0), "only acts on the gradients"),
+                        (gc.max_norm(1.0, axis="out_first"), "its state holds no masks")):
+        m = model()
+        with pytest.raises(ValueError, match=match):
+            gradclip_torch.prune(m, rule)
+        assert not any(k.startswith("_gradclip") or k.endswith("_mask") for k in m.state_dict())  # nothing registered
+    with pytest.raises(ValueError, match="no parameter to prune"):
+        gradclip_torch.prune(torch.nn.Sequential(torch.nn.LayerNorm(4)), gc.magnitude_prune(0.5))
+    gradclip_torch.prune(model(), gc.chain(gc.clip_by_global_norm(1.0), gc.magnitude_prune(0.5)))  # a chain with one
+
+
+def test_state_buffers_and_info_are_named():
+    m = model(2)
+    pruner = gradclip_torch.prune(m, gc.chain(gc.global_magnitude_prune(0.5), gc.magnitude_prune(0.2)), apply=False)
+    assert {k for k in m.state_dict() if "gradclip" in k} == {
+        "_gradclip_global_magnitude_prune_count", "_gradclip_magnitude_prune_count"}
+    info = pruner.project()
+    assert {k for k in info if "/sparsity/" in k} == {
+        f"{r}/sparsity/{n}" for r in ("global_magnitude_prune", "magnitude_prune") for n in ("0.weight", "2.weight", "4.weight")}
+    handle = pruner.attach(torch.optim.SGD(m.parameters(), lr=0.1))
+    for p in m.parameters():
+        p.grad = torch.ones_like(p)
+    handle.optimizer.step()
+    assert "magnitude_prune/sparsity/4.weight" in handle.info
+    # attach and apply_/project_ name per-array keys where torch knows the names
+    lin = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(lin.named_parameters(), lr=0.1)
+    h = gradclip_torch.attach(opt, gc.magnitude_prune(0.5))
+    lin.weight.grad, lin.bias.grad = torch.ones(3, 4), torch.ones(3)
+    opt.step()
+    assert set(h.info) == {"sparsity", "sparsity/weight", "sparsity/bias"}
+    _, info = gradclip_torch.project_(lin.named_parameters(), gc.magnitude_prune(0.5))
+    assert set(info) == {"sparsity", "sparsity/weight", "sparsity/bias"}
+    _, info = gradclip_torch.project_(lin.parameters(), gc.magnitude_prune(0.5))
+    assert set(info) == {"sparsity", "sparsity/0", "sparsity/1"}

@@ -1,0 +1,106 @@
+"""Names of the arrays a rule runs on, for error messages and per-array info keys.
+
+The core sees flat lists of arrays; only the adapter knows what they are (torch
+parameter names, optax tree paths, Keras variable paths). An adapter that knows them
+runs the rule inside :func:`array_names`, and the core's errors then name the array
+(``'encoder.0.weight'``) instead of its position; :func:`name_info` renames per-array info
+keys (``sparsity/3`` -> ``sparsity/encoder.0.weight``) the same way.
+
+Names may be given lazily (a function returning them), so naming costs nothing unless an
+error is raised: an adapter can pass, e.g., a function that computes tree paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+__all__ = ["array_names", "array_label", "name_info"]
+
+_NAMES: contextvars.ContextVar[Any] = contextvars.ContextVar("gradclip_array_names", default=None)
+_PER_ARRAY = re.compile(r"^(.*?(?:^|/)sparsity)/(\d+)$")  # the per-array info keys of the core
+
+
+class _Lazy:
+    """Names resolved once, on first use."""
+
+    def __init__(self, fn: Callable[[], Sequence[str]]) -> None:
+        self._fn, self._names = fn, None
+
+    def get(self) -> Sequence[str]:
+        if self._names is None:
+            self._names = [str(n) for n in self._fn()]
+        return self._names
+
+
+@contextlib.contextmanager
+def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None) -> Iterator[None]:
+    """Name the arrays of the rule calls made inside (position ``i`` is called ``names[i]``).
+
+    Args:
+      names: a sequence of names, one per array in the order the rule sees them, a
+        function returning one (called at most once, only when a name is needed), or
+        ``None`` (positions).
+
+    Example:
+      >>> with array_names(["w", "b"]):
+      ...     array_label(1)
+      "'b'"
+      >>> array_label(1)
+      'array 1'
+    """
+    value = _Lazy(names) if callable(names) else (None if names is None else list(names))
+    token = _NAMES.set(value)
+    try:
+        yield
+    finally:
+        _NAMES.reset(token)
+
+
+def _current() -> Sequence[str] | None:
+    value = _NAMES.get()
+    return value.get() if isinstance(value, _Lazy) else value
+
+
+def array_label(i: int) -> str:
+    """How an error message refers to array ``i``: its quoted name, or ``array i``.
+
+    Example:
+      >>> array_label(3)
+      'array 3'
+    """
+    names = _current()
+    if names is not None and 0 <= i < len(names):
+        return repr(names[i])
+    return f"array {i}"
+
+
+def name_info(info: Mapping[str, Any], names: Sequence[str] | Callable[[], Sequence[str]] | None) -> dict:
+    """``info`` with per-array keys (``sparsity/<i>``, also inside a chain's prefix) named.
+
+    Args:
+      info: a rule's info dict.
+      names: one name per array, or a function returning them (called only when
+        ``info`` has a per-array key), or ``None`` (``info`` unchanged).
+
+    Returns:
+      A new dict, same values and order, ``.../sparsity/<i>`` renamed ``.../sparsity/<names[i]>``.
+
+    Example:
+      >>> name_info({"sparsity": 0.5, "prune/sparsity/1": 0.25}, ["w", "b"])
+      {'sparsity': 0.5, 'prune/sparsity/b': 0.25}
+    """
+    if names is None:
+        return dict(info)
+    out = {}
+    for k, v in info.items():
+        m = _PER_ARRAY.match(k)
+        if m is not None:
+            if callable(names):
+                names = [str(n) for n in names()]
+            if int(m.group(2)) < len(names):
+                k = f"{m.group(1)}/{names[int(m.group(2))]}"
+        out[k] = v
+    return out
