@@ -54,11 +54,18 @@ Example:
   True
 """
 
-from ._apply import apply_, project_
-from ._hooks import Handle, attach
-from ._inspect import get_info, masks
-from ._per_example import clip_per_example
-from ._pruner import Pruner, prune, strip
+from gradclip_core.backend import ensure_kernels
+
+# The core loads its torch kernels on the first torch tensor it sees; loading them now
+# (torch is imported anyway) keeps that import out of a step torch.compile may be tracing
+# (an import there is a graph break that makes dynamo run the whole optimizer step eagerly).
+ensure_kernels("array_api_compat.torch")
+
+from ._apply import apply_, project_  # noqa: E402
+from ._hooks import Handle, attach  # noqa: E402
+from ._inspect import get_info, masks  # noqa: E402
+from ._per_example import clip_per_example  # noqa: E402
+from ._pruner import Pruner, prune, strip  # noqa: E402
 
 __version__ = "0.2.0"
 

@@ -129,10 +129,9 @@ class Handle:
                 torch._foreach_div_([local(g) for g in grads], local(loss_scale).to(grads[0].dtype))
             optimizer.grad_scale = None
         old_state = self._state
-        with array_names(names):
+        with array_names(_for_errors(names)):
             self._state, info, scale, skip = run_update(self.rule, params, grads, self._state, self.process_group,
                                                         fold=self.fold)
-        info = name_info(info, names)
         if scaler_inf is not None and grads:  # a step GradScaler skips: the rule's state stays too
             skipped = local(scaler_inf) > 0
             with torch.no_grad():
@@ -161,10 +160,10 @@ class Handle:
         self._mark_fresh()
         if not self.rule.has_project:  # clipping rules: nothing to do after the step
             return
-        with array_names(self._names):
+        with array_names(_for_errors(self._names)):
             self._state, info = project_params(self.rule, self._params, self._state, self.process_group)
         if info:
-            self.info = {**self._info, **name_info(info, self._names)}
+            self.info = {**self._info, **info}
 
     def _mark_fresh(self) -> None:
         """Remember which gradient the last step ran on (one tensor: its identity and version)."""
@@ -200,9 +199,10 @@ class Handle:
         same, since no step has run on those gradients yet; ``zero_grad(set_to_none=False)``
         also counts as a change. Not tracked under ``torch.compile`` nor for DTensors.)
         """
-        if self._gradients_since():
-            return {**self._info, "skipped": torch.ones((), dtype=torch.int32, device=self._device())}
-        return self._info
+        info = self._info if self._names is None else name_info(self._info, self._names)  # (named here, not in
+        if self._gradients_since():                                                        # a compiled step)
+            return {**info, "skipped": torch.ones((), dtype=torch.int32, device=self._device())}
+        return info
 
     @info.setter
     def info(self, value: dict) -> None:
@@ -328,6 +328,11 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     warn_attach(optimizer, rule, Handle)
     return Handle(optimizer, rule, process_group, fold)
+
+
+def _for_errors(names: list[str] | None) -> list[str] | None:
+    """The names for the core's error messages; none under ``torch.compile`` (no context to trace)."""
+    return None if torch.compiler.is_compiling() else names
 
 
 def optimizer_names(optimizer: torch.optim.Optimizer) -> list[str] | None:

@@ -56,6 +56,14 @@ Reducer = Callable[[Any, Any, str], Any]
 """``reducer(xp, x, op) -> x``: ``x`` reduced over all participants, ``op`` in ``OPS``."""
 
 _REDUCER: contextvars.ContextVar[Reducer | None] = contextvars.ContextVar("gradclip_collective", default=None)
+# How many collective() blocks are open in any thread. While none is, the reducer is None
+# without reading the ContextVar: torch.compile cannot trace ContextVar.get (a graph break
+# in every rule call), but reads a module global (with a guard on its value).
+_OPEN = [0]
+
+
+def _reducer() -> Reducer | None:
+    return None if _OPEN[0] == 0 else _REDUCER.get()
 
 
 class Participants:
@@ -88,7 +96,7 @@ class Participants:
 
 
 def _need(attr: str, what: str) -> Any:
-    reducer = _REDUCER.get()
+    reducer = _reducer()
     value = getattr(reducer, attr, None)
     if value is None:
         raise ValueError(
@@ -107,7 +115,7 @@ def all_reduce(xp: Any, x: Any, op: str = "sum") -> Any:
     """
     if op not in OPS:
         raise ValueError(f"op must be one of {list(OPS)}, got {op!r}")
-    reducer = _REDUCER.get()
+    reducer = _reducer()
     return x if reducer is None else reducer(xp, x, op)
 
 
@@ -117,7 +125,7 @@ def all_gather(xp: Any, x: Any) -> Any:
     One ``"sum"`` collective of ``x`` placed in this participant's row of zeros. Without
     an active reducer: ``x[None]``.
     """
-    if _REDUCER.get() is None:
+    if _reducer() is None:
         return xp.expand_dims(x, axis=0)
     size = _need("size", "all_gather")
     index = _need("index", "all_gather")(xp)
@@ -132,7 +140,7 @@ def static_total(n: int) -> int:
 
     Used for element counts, which are static shapes in a single process.
     """
-    if _REDUCER.get() is None:
+    if _reducer() is None:
         return n
     return int(_need("total", "a global element count")(int(n)))
 
@@ -144,14 +152,16 @@ def participant_index(xp: Any, what: str = "exact pruning ties") -> Any:
 
 def active() -> bool:
     """Whether a reducer is active (the rule runs on shards)."""
-    return _REDUCER.get() is not None
+    return _reducer() is not None
 
 
 @contextlib.contextmanager
 def collective(reducer: Reducer | None) -> Iterator[None]:
     """Within this block, :func:`all_reduce` calls ``reducer`` (``None``: identity)."""
     token = _REDUCER.set(reducer)
+    _OPEN[0] += 1
     try:
         yield
     finally:
+        _OPEN[0] -= 1
         _REDUCER.reset(token)

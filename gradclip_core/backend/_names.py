@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 __all__ = ["array_names", "array_label", "name_info"]
 
 _NAMES: contextvars.ContextVar[Any] = contextvars.ContextVar("gradclip_array_names", default=None)
+_OPEN = [0]  # array_names() blocks open with names (torch.compile cannot trace ContextVar.get)
 _PER_ARRAY = re.compile(r"^(.*?(?:^|/)sparsity)/(\d+)$")  # the per-array info keys of the core
 
 
@@ -51,16 +52,21 @@ def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None) -> It
       >>> array_label(1)
       'array 1'
     """
+    if names is None and _OPEN[0] == 0:  # nothing to name, nothing named: touch no ContextVar
+        yield
+        return
     value = _Lazy(names) if callable(names) else (None if names is None else list(names))
     token = _NAMES.set(value)
+    _OPEN[0] += 1
     try:
         yield
     finally:
+        _OPEN[0] -= 1
         _NAMES.reset(token)
 
 
 def _current() -> Sequence[str] | None:
-    value = _NAMES.get()
+    value = None if _OPEN[0] == 0 else _NAMES.get()
     return value.get() if isinstance(value, _Lazy) else value
 
 

@@ -102,6 +102,23 @@ def _is_tensorflow(x: Any) -> bool:
     return "tensorflow" in sys.modules and type(x).__module__.startswith("tensorflow.")
 
 
+def _torch_tensors(arrs: list) -> bool:
+    """All ``arrs`` are torch tensors (``nn.Parameter`` included), told without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and all(isinstance(a, torch.Tensor) for a in arrs)
+
+
+def _torch_namespace() -> Any:
+    """``array_api_compat.torch``, resolved without array-api-compat's ``lru_cache``-d type checks.
+
+    Under ``torch.compile`` dynamo traces through whatever resolves the namespace, and
+    warns about every ``functools.lru_cache`` it meets there (array-api-compat's type
+    predicates): for torch tensors the answer is known, so nothing is traced.
+    """
+    xp = sys.modules.get("array_api_compat.torch")
+    return xp if xp is not None else importlib.import_module("array_api_compat.torch")
+
+
 def namespace(*arrays: Any) -> Any:
     """Return the Array API namespace of ``arrays``.
 
@@ -137,6 +154,8 @@ def namespace(*arrays: Any) -> Any:
         xp = _BY_TYPE.get(next(iter(types)))
         if xp is not None:
             return xp
+    if _torch_tensors(arrs):
+        return _torch_namespace()
     if _is_tensorflow(arrs[0]):
         ensure_kernels("tensorflow")  # registers the TensorFlow namespace
         return namespace(*arrs)
@@ -172,6 +191,8 @@ def device_kw(arrays: Any) -> dict:
     """
     if not arrays:
         return {}
+    if _torch_tensors(arrays[:1]):  # (no array-api-compat type checks to trace under torch.compile)
+        return {"device": arrays[0].device}
     try:
         device = array_api_compat.device(arrays[0])
     except Exception:  # a namespace array-api-compat does not know (e.g. TensorFlow)

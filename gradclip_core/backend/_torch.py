@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import array_api_compat.torch  # noqa: F401  (imported here, so namespace() never imports it inside a compiled step)
 import torch
 
 from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
@@ -124,16 +125,22 @@ def unit_norms(xp: Any, xs: Sequence[torch.Tensor], axes: Sequence[Any], dtypes:
 
 
 class _Cast:
-    """Factors cast to a dtype once each (a global factor is shared by every tensor)."""
+    """Factors cast to a dtype once each (a global factor is shared by every tensor).
+
+    Looked up by identity (``is``), not ``id()``: under ``torch.compile`` an ``id()`` of a
+    tensor becomes a guard on that object, and every step's new factor recompiled.
+    """
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        self._seen: list[tuple[torch.Tensor, torch.dtype, torch.Tensor]] = []
 
     def __call__(self, f: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        key = (id(f), dtype)
-        if key not in self._seen:
-            self._seen[key] = f if f.dtype == dtype else f.to(dtype)
-        return self._seen[key]
+        for g, dt, cast in self._seen:
+            if g is f and dt == dtype:
+                return cast
+        cast = f if f.dtype == dtype else f.to(dtype)
+        self._seen.append((f, dtype, cast))
+        return cast
 
 
 def _scale(xs: list[torch.Tensor], factors: list[Any], inplace: bool, divide: bool = False) -> list[torch.Tensor]:

@@ -140,8 +140,11 @@ def zclip(
         params = list(params)
         xp = state_namespace(params)
         kw = device_kw(params)
-        zero = xp.zeros((), dtype=xp.float32, **kw)
-        return ZClipState(xp.zeros((), dtype=xp.int32, **kw), xp.zeros((W,), dtype=xp.float32, **kw), zero, zero)
+        # One tensor per leaf: a shared zero for mean and var made torch.compile guard on
+        # `state.var is state.mean` (and recompile once they differ), and a torch Pruner
+        # would register one tensor under two buffer names.
+        return ZClipState(xp.zeros((), dtype=xp.int32, **kw), xp.zeros((W,), dtype=xp.float32, **kw),
+                          xp.zeros((), dtype=xp.float32, **kw), xp.zeros((), dtype=xp.float32, **kw))
 
     def update(grads: Sequence[Any], state: ZClipState, params: Sequence[Any] | None = None):
         del params

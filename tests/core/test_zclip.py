@@ -140,3 +140,11 @@ def test_skip_policy_keeps_state():
 def test_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         gc.zclip(**kwargs)
+
+
+def test_state_leaves_are_distinct_arrays():
+    # Issue 16: mean and var shared one zero array; torch.compile then guarded on
+    # `state.var is state.mean` and recompiled once they differed.
+    state = gc.zclip().init([np.zeros(3, np.float32)])
+    leaves = [state.count, state.warmup, state.mean, state.var]
+    assert len({id(x) for x in leaves}) == len(leaves)
