@@ -18,8 +18,12 @@ def const_like(xp: Any, ref: Any, value: Any) -> Any:
 
 
 def acc_dtype(xp: Any, xs: Sequence[Any]) -> Any:
-    """Accumulation dtype: float64 if any array is float64, else float32 (bf16/fp16 upcast)."""
-    return xp.float64 if any(x.dtype == xp.float64 for x in xs) else xp.float32
+    """Accumulation dtype: float64 if any array is float64 (or complex128), else float32 (bf16/fp16 upcast).
+
+    Always a real dtype: the norms of complex arrays are norms of ``|z|``.
+    """
+    c128 = getattr(xp, "complex128", None)
+    return xp.float64 if any(x.dtype == xp.float64 or (c128 is not None and x.dtype == c128) for x in xs) else xp.float32
 
 
 def min_ratio(xp: Any, bound: Any, value: Any) -> Any:

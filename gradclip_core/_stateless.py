@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 from ._effect import Keep
 from ._nonfinite import guard_update
 from ._rule import EmptyState, Rule
+from ._validate import check_real
 from .backend._namespace import namespace
 
 __all__ = ["stateless_rule", "check_params", "NO_PARAMS_MSG"]
@@ -33,12 +34,14 @@ def check_params(name: str, grads: Sequence[Any], params: Sequence[Any] | None) 
     return params
 
 
-def stateless_rule(name: str, fn: UpdateFn, nonfinite: str, *, needs_params: bool = False) -> Rule:
+def stateless_rule(name: str, fn: UpdateFn, nonfinite: str, *, needs_params: bool = False,
+                   real_only: str | None = None) -> Rule:
     """A :class:`Rule` with empty state whose ``update_effect`` is ``fn`` under a non-finite policy.
 
     ``fn(xp, grads, params) -> (effect, info)`` is called only with a non-empty list of
     gradients, their namespace ``xp`` and the params (checked against the gradients when
-    ``needs_params``, else as given).
+    ``needs_params``, else as given). ``real_only``: the rule refuses complex gradients
+    (:func:`~gradclip_core._validate.check_real`), the text says what it does to values.
     """
 
     def update_effect(grads: Sequence[Any], state: EmptyState, params: Sequence[Any] | None = None):
@@ -47,6 +50,8 @@ def stateless_rule(name: str, fn: UpdateFn, nonfinite: str, *, needs_params: boo
             params = check_params(name, grads, params)
         if not grads:
             return Keep(), state, {}
+        if real_only is not None:
+            check_real(name, grads, real_only)
         effect, info = fn(namespace(*grads), grads, params)
         return effect, state, info
 

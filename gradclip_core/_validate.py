@@ -6,7 +6,7 @@ import math
 import numbers
 from typing import Any, Iterable
 
-__all__ = ["check_threshold", "check_choice", "check_ord", "check_info", "is_number", "INFO_LEVELS"]
+__all__ = ["check_threshold", "check_choice", "check_ord", "check_info", "check_real", "is_number", "INFO_LEVELS"]
 
 INFO_LEVELS = ("basic", "full")
 
@@ -78,3 +78,27 @@ def check_info(value: Any) -> str:
     """``info=``: ``"basic"`` (what the rule computes anyway, no extra pass) or ``"full"``
     (also statistics that cost a pass over the arrays, e.g. a value clip's ``clipped_fraction``)."""
     return check_choice("info", value, INFO_LEVELS)
+
+
+def check_real(rule: str, arrays: Iterable[Any], what: str) -> None:
+    """Refuse complex arrays in a rule defined on real numbers only, naming the array.
+
+    Norm-based rules support complex arrays (they use ``|z|``); rules that compare,
+    clamp, rank or threshold the values themselves (``what``) do not, and would
+    otherwise silently drop the imaginary parts on the way to float32.
+
+    Raises:
+      TypeError: an array is complex; the message names it (the adapter's name for it,
+        see :func:`gradclip_core.backend.array_names`) and its dtype.
+    """
+    from .backend._names import array_label
+    from .backend._primitives import is_complex
+
+    for i, x in enumerate(arrays):
+        if is_complex(x):
+            raise TypeError(
+                f"{rule}: {array_label(i)} is {x.dtype}, but {rule} {what}, so it is defined for real arrays "
+                "only. The norm-based rules (clip_by_global_norm, clip_by_norm, "
+                "clip_by_block_rms, clip_update_rms, adaptive_clip, autoclip, zclip, record_norms, max_norm, "
+                "min_max_norm, unit_norm) support complex arrays, using |z|."
+            )

@@ -307,10 +307,21 @@ def prune(module: torch.nn.Module, rule: gc.Rule, parameters: str | Iterable[str
         module.get_submodule(slot[0]).register_buffer(slot[1], leaf)
         slots.append(slot)
     setattr(module, _ATTR, {"rule": dict(rule.config), "params": names, "slots": slots})
-    pruner = Pruner(module, rule, names, slots)  # its template is a meta-device state: no second set of masks
-    if apply:
-        pruner.project()
+    try:
+        pruner = Pruner(module, rule, names, slots)  # its template is a meta-device state: no second set of masks
+        if apply:
+            pruner.project()
+    except BaseException:  # e.g. a rule refusing these weights: leave the module as it was
+        _unregister(module, slots)
+        raise
     return pruner
+
+
+def _unregister(module: torch.nn.Module, slots: Sequence[tuple[str, str]]) -> None:
+    for sub, name in slots:
+        module.get_submodule(sub)._buffers.pop(name, None)
+    if hasattr(module, _ATTR):
+        delattr(module, _ATTR)
 
 
 def strip(obj: Any) -> None:
@@ -347,9 +358,7 @@ def strip(obj: Any) -> None:
     pruner = Pruner.from_module(obj)
     with torch.no_grad():
         _apply_all_masks(pruner.parameters, pruner.state)
-    for sub, name in meta["slots"]:
-        del obj.get_submodule(sub)._buffers[name]
-    delattr(obj, _ATTR)
+    _unregister(obj, meta["slots"])
 
 
 def _apply_all_masks(params: Sequence[torch.Tensor], state: Any) -> None:

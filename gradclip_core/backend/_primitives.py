@@ -40,6 +40,8 @@ __all__ = [
     "apply_effect",
     "size",
     "upcast",
+    "is_complex",
+    "magnitude",
     "symmetric_bounds",
 ]
 
@@ -90,10 +92,42 @@ def upcast(xp: Any, x: Any, dtype: Any) -> Any:
     return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
+def is_complex(x: Any) -> bool:
+    """Whether ``x`` holds complex numbers (told by its dtype's name: every framework's dtypes say it).
+
+    Example:
+      >>> import numpy as np
+      >>> is_complex(np.ones(2, np.complex64)), is_complex(np.ones(2, np.float32))
+      (True, False)
+    """
+    return "complex" in str(x.dtype)
+
+
+def _complex_of(xp: Any, dtype: Any) -> Any:
+    """The complex dtype whose parts are ``dtype`` (float64 -> complex128, else complex64), or ``None``."""
+    return getattr(xp, "complex128" if dtype == xp.float64 else "complex64", None)
+
+
+def magnitude(xp: Any, x: Any, dtype: Any) -> Any:
+    """``|x|`` as the real ``dtype``: for complex ``x`` the modulus ``|z|``, computed at ``dtype``'s precision.
+
+    Example:
+      >>> import numpy as np
+      >>> import array_api_compat.numpy as xp
+      >>> magnitude(xp, np.array([3 + 4j], np.complex64), xp.float32).tolist()
+      [5.0]
+    """
+    if not is_complex(x):
+        return xp.abs(upcast(xp, x, dtype))
+    cdt = _complex_of(xp, dtype)
+    return upcast(xp, xp.abs(x if cdt is None else upcast(xp, x, cdt)), dtype)
+
+
 def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> list[Any]:
     """Per-array vector norms of order ``ord`` (1, 2 or inf), accumulated in ``dtype``.
 
-    Size-0 arrays have norm 0 for every order.
+    Size-0 arrays have norm 0 for every order. Complex arrays: the norm of ``|z|``
+    (``dtype`` is then the real accumulation dtype).
 
     Returns:
       a list of 0-d arrays of ``dtype``, one per input array.
@@ -105,6 +139,8 @@ def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> list[Any]
     for x in xs:
         if size(x) == 0:
             out.append(xp.zeros((), dtype=dtype))
+        elif is_complex(x):
+            out.append(xp.linalg.vector_norm(magnitude(xp, x, dtype), ord=ord))
         else:
             out.append(xp.linalg.vector_norm(upcast(xp, x, dtype), ord=ord))
     return out
@@ -112,6 +148,9 @@ def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> list[Any]
 
 def array_sumsq(xp: Any, xs: Sequence[Any], dtype: Any) -> list[Any]:
     """Per-array sums of squares ``sum(x * x)``, accumulated in ``dtype``.
+
+    Complex arrays: ``sum(real(conj(z) * z))``, i.e. ``sum(|z|**2)`` in optax's
+    ``abs_sq`` order, at ``dtype``'s precision.
 
     Returns:
       a list of 0-d arrays of ``dtype``.
@@ -121,6 +160,11 @@ def array_sumsq(xp: Any, xs: Sequence[Any], dtype: Any) -> list[Any]:
         return fast(xp, xs, dtype)
     out = []
     for x in xs:
+        if is_complex(x):
+            cdt = _complex_of(xp, dtype)
+            zc = x if cdt is None else upcast(xp, x, cdt)
+            out.append(upcast(xp, xp.sum(xp.real(xp.conj(zc) * zc)), dtype))
+            continue
         xc = upcast(xp, x, dtype)
         out.append(xp.sum(xc * xc))
     return out
@@ -160,7 +204,7 @@ def unit_norms(xp: Any, xs: Sequence[Any], axes: Sequence[Any], dtypes: Sequence
             return res
     out = []
     for x, ax, dt in zip(xs, axes, dtypes):
-        xc = upcast(xp, x, dt)
+        xc = magnitude(xp, x, dt) if is_complex(x) else upcast(xp, x, dt)
         out.append(xp.sqrt(xp.sum(xc * xc, axis=ax, keepdims=True)))
     return out
 

@@ -81,14 +81,22 @@ def array_norms(xp: Any, xs: Sequence[torch.Tensor], ord: float, dtype: torch.dt
     live = [i for i, x in enumerate(xs) if out[i] is None]
     for (device, xdtype), idx in _groups([xs[i] for i in live]).items():
         group = [xs[live[j]] for j in idx]
+        # Complex tensors: torch's norms are norms of |z|, accumulated in a complex dtype
+        # (complex64 for float32 results): what clip_grad_norm_ computes on complex grads.
+        want = _complex_acc(dtype) if xdtype.is_complex else dtype
         if _has_foreach(device):
             # dtype=None when no upcast is needed: the very call clip_grad_norm_ makes.
-            norms = torch._foreach_norm(group, ord, dtype=None if xdtype == dtype else dtype)
+            norms = torch._foreach_norm(group, ord, dtype=None if xdtype == want else want)
         else:
-            norms = [torch.linalg.vector_norm(x.to(dtype), ord=ord) for x in group]
+            norms = [torch.linalg.vector_norm(x, ord=ord, dtype=want) for x in group]
         for j, n in zip(idx, norms):
             out[live[j]] = n
     return out
+
+
+def _complex_acc(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype torch accumulates the norm of complex tensors in, for a real result ``dtype``."""
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def array_rms(xp: Any, xs: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -117,10 +125,11 @@ def unit_norms(xp: Any, xs: Sequence[torch.Tensor], axes: Sequence[Any], dtypes:
     out = []
     for x, ax, dt in zip(xs, axes, dtypes):
         if x.numel() == 0 or (ax is not None and len(ax) == 0):
-            xc = x if x.dtype == dt else x.to(dt)
+            xc = x.to(_complex_acc(dt)).abs() if x.is_complex() else x if x.dtype == dt else x.to(dt)
             out.append(torch.sqrt(torch.sum(xc * xc, dim=ax, keepdim=True)) if x.ndim else torch.abs(xc))
             continue
-        out.append(torch.linalg.vector_norm(x, 2, dim=None if ax is None else tuple(ax), keepdim=True, dtype=dt))
+        want = _complex_acc(dt) if x.is_complex() else dt  # complex: the norm of |z|, a real result
+        out.append(torch.linalg.vector_norm(x, 2, dim=None if ax is None else tuple(ax), keepdim=True, dtype=want))
     return out
 
 

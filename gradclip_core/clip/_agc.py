@@ -13,7 +13,7 @@ from .._validate import check_threshold
 from ..backend._collective import active, all_reduce, static_total
 from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE, AxisSpec, check_axis, reduce_axes
 from ..backend._namespace import namespace_name
-from ..backend._primitives import size, upcast
+from ..backend._primitives import is_complex, magnitude, size, upcast
 from ..backend._primitives import unit_norms as _unit_norms
 
 __all__ = ["adaptive_clip", "unit_norms"]
@@ -35,7 +35,7 @@ def unit_norms(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
 
 
 def _unit_sumsq(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
-    xc = upcast(xp, x, dtype)
+    xc = magnitude(xp, x, dtype) if is_complex(x) else upcast(xp, x, dtype)  # complex: |z|
     return xp.sum(xc * xc, axis=axes, keepdims=True)
 
 
@@ -71,7 +71,7 @@ def _sharded_unit_norms(xp: Any, grads: list, params: list, axis: Any) -> dict:
     for i, (g, p) in enumerate(zip(grads, params)):
         axes = _unit_axes(xp, axis, tuple(g.shape))
         if _split(axes, g.ndim):
-            dt = xp.float64 if g.dtype == xp.float64 else xp.float32
+            dt = acc_dtype(xp, [g])
             idx.append(i)
             parts += [_unit_sumsq(xp, g, axes, dt), _unit_sumsq(xp, p, axes, dt)]
     if not idx:

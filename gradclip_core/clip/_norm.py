@@ -15,7 +15,10 @@ keras         Keras 3: global ``g * (c * min(1/norm, 1/c) + (norm - norm))`` (Na
 ============  ==========================================================================
 
 Norms accumulate in float32 at least (bf16/fp16 are upcast), so an fp16 gradient of
-300s has a finite norm here while native optax and Keras overflow to inf. Scales are
+300s has a finite norm here while native optax and Keras overflow to inf. Complex
+arrays count with their modulus ``|z|`` (the norm of ``[3+4j, 0]`` is 5, as in
+``torch.nn.utils.clip_grad_norm_`` and ``optax.clip_by_global_norm``), and are scaled by
+the real factor. Scales are
 cast back to each array's dtype; the optax and Keras presets divide by the norm, so
 for low-precision arrays they do that arithmetic in float32 and cast the result.
 """
@@ -31,7 +34,7 @@ from .._rule import Rule, factory
 from .._stateless import stateless_rule
 from .._validate import check_choice, check_ord, check_threshold, is_number
 from ..backend._collective import active, all_reduce
-from ..backend._primitives import array_norms, array_sumsq, upcast
+from ..backend._primitives import array_norms, array_sumsq, is_complex, upcast
 
 __all__ = ["clip_by_global_norm", "clip_by_norm", "SEMANTICS"]
 
@@ -48,6 +51,9 @@ def _check_semantics(semantics: str | None, ord: float) -> str:
 
 
 def _elem_dtype(xp: Any, x: Any) -> Any:
+    """The dtype the optax / Keras formulas divide in: float32 at least, complex kept complex."""
+    if is_complex(x):
+        return x.dtype if x.dtype in (getattr(xp, "complex64", None), getattr(xp, "complex128", None)) else xp.complex64
     return xp.float64 if x.dtype == xp.float64 else xp.float32
 
 

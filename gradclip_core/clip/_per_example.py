@@ -32,7 +32,7 @@ import math
 from typing import Any, Callable, Sequence
 
 from .._numerics import acc_dtype, min_ratio
-from .._validate import check_choice, check_threshold, is_number
+from .._validate import check_choice, check_real, check_threshold, is_number
 from ..backend._namespace import namespace
 from ..backend._primitives import upcast
 from ._noise import gaussian
@@ -132,6 +132,7 @@ def clip_per_example(
             if tuple(z.shape) != tuple(g.shape[1:]):
                 raise ValueError(f"noise[{i}] has shape {tuple(z.shape)}, expected {tuple(g.shape[1:])}")
 
+    check_real("clip_per_example", grads, "adds real Gaussian noise to the clipped sum")
     xp = namespace(*grads)
     dt = acc_dtype(xp, grads)
     rows = -1 if B is None else B  # None: a batch size known only at run time (a TF graph)

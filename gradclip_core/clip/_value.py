@@ -62,4 +62,4 @@ def clip_by_value(
         total = sum(size(g) for g in grads)
         return Clamp(lo_, hi_), {"clipped_fraction": ratio(xp, hits, total)}
 
-    return stateless_rule("clip_by_value", clip, nonfinite)
+    return stateless_rule("clip_by_value", clip, nonfinite, real_only="clamps values to [lo, hi] (complex numbers have no order)")

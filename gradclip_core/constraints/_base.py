@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 
 from .._effect import Keep
 from .._rule import Rule, _identity_init
+from .._validate import check_real
 from ..backend._namespace import namespace
 from ..prune._state import sparsity_info
 
@@ -19,13 +20,18 @@ def formula_dtype(xp: Any, x: Any) -> Any:
     return xp.float64 if x.dtype == xp.float64 else xp.float32
 
 
-def project_rule(name: str, fn: Callable[[Any, list], "tuple[Any, dict]"]) -> Rule:
-    """A stateless :class:`Rule` whose ``project_effect`` is ``fn(xp, params) -> (effect, info)``."""
+def project_rule(name: str, fn: Callable[[Any, list], "tuple[Any, dict]"], *, real_only: str | None = None) -> Rule:
+    """A stateless :class:`Rule` whose ``project_effect`` is ``fn(xp, params) -> (effect, info)``.
+
+    ``real_only``: the rule refuses complex weights (what it does to values, for the error).
+    """
 
     def project(params: Sequence[Any], state: Any):
         params = list(params)
         if not params:
             return Keep(), state, {}
+        if real_only is not None:
+            check_real(name, params, real_only)
         effect, info = fn(namespace(*params), params)
         return effect, state, info
 

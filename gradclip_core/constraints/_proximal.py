@@ -52,7 +52,7 @@ def soft_threshold(threshold: float) -> Rule:
             out.append(upcast(xp, w - xp.minimum(xp.maximum(w, lo_), hi_), p.dtype))
         return Replace(tuple(out)), zeros_info(xp, out)
 
-    return project_rule("soft_threshold", fn)
+    return project_rule("soft_threshold", fn, real_only="shrinks each value towards 0 by its sign (complex numbers have none)")
 
 
 @factory
@@ -99,6 +99,6 @@ def mcp_threshold(threshold: float, gamma: float = 3.0) -> Rule:
             out.append(upcast(xp, xp.where(xp.abs(w) > xp.asarray(upper, dtype=dt), w, soft), p.dtype))
         return Replace(tuple(out)), zeros_info(xp, out)
 
-    return project_rule("mcp_threshold", fn)
+    return project_rule("mcp_threshold", fn, real_only="shrinks each value towards 0 by its sign (complex numbers have none)")
 
 

@@ -52,7 +52,7 @@ def clip_weights(clip_value: float | None = None, *, lo: float | None = None, hi
         total = sum(size(p) for p in params)
         return Clamp(lo_, hi_), {"clipped_fraction": ratio(xp, hits, total)}
 
-    return project_rule("clip_weights", fn)
+    return project_rule("clip_weights", fn, real_only="clamps values to [lo, hi] (complex numbers have no order)")
 
 
 @factory
@@ -82,4 +82,4 @@ def non_neg(*, info: str = "basic") -> Rule:
         hits = [count(xp, p < xp.asarray(0.0, dtype=p.dtype)) for p in params]
         return Clamp(0.0, None), {"clipped_fraction": ratio(xp, hits, sum(size(p) for p in params))}
 
-    return project_rule("non_neg", fn)
+    return project_rule("non_neg", fn, real_only="keeps values >= 0 (complex numbers have no order)")

@@ -33,6 +33,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from .._effect import Keep, Mask
 from .._rule import Rule
+from .._validate import check_real
 from ..backend._collective import active, all_reduce
 from ..backend._namespace import device_kw, namespace
 from ..backend._primitives import cond, size
@@ -112,6 +113,8 @@ def _check_masks(name: str, arrays: Sequence[Any], state: PruneState) -> None:
             raise ValueError(f"{name}: array {i} has shape {tuple(a.shape)} but its mask {tuple(m.shape)}")
 
 
+_RANKS = "ranks the weights by a real float32 score (complex weights are not supported)"  # (complex weights are refused, see check_real)
+
 # compute(xp, params, old_masks, target) -> (new keep masks (already ANDed with old), threshold or None)
 ComputeFn = Callable[[Any, list, list, Any], "tuple[list, Any]"]
 
@@ -124,6 +127,7 @@ def mask_rule(name: str, compute: ComputeFn, schedule: Schedule, amount: float |
         _check_masks(name, grads, state)
         if not grads:
             return Keep(), state, {}
+        check_real(name, grads, _RANKS)
         return Mask(tuple(state.masks)), state, {}
 
     def project(params: Sequence[Any], state: PruneState):
@@ -131,6 +135,7 @@ def mask_rule(name: str, compute: ComputeFn, schedule: Schedule, amount: float |
         _check_masks(name, params, state)
         if not params:
             return Keep(), state, {}
+        check_real(name, params, _RANKS)
         xp = namespace(*params)
         t = state.count
         old = list(state.masks)

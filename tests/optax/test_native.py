@@ -101,3 +101,57 @@ def test_clip_by_value_matches_optax(seed, dtype):
     ours = _apply(gradclip_optax.transform(gc.clip_by_value(0.75)), grads, grads)
     native = _apply(optax.clip(0.75), grads, grads)
     _assert_bitwise(ours, native)
+
+
+def _complex_tree(seed: int, shapes, scale: float = 1.0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {f"p{i}": jnp.asarray((rng.normal(0, scale, s) + 1j * rng.normal(0, scale, s)).astype(np.complex64))
+            for i, s in enumerate(shapes)}
+
+
+def test_complex_issue_example():
+    # Issue 16: [3+4j, 0] had norm 3.0 (the real part) and a "clipped" gradient of norm 1.67.
+    grads = {"w": jnp.array([3 + 4j, 0], jnp.complex64)}
+    for semantics in (None, "optax", "torch", "keras"):
+        tx = gradclip_optax.transform(gc.clip_by_global_norm(1.0, semantics=semantics))
+        state = tx.init(grads)
+        out, state = jax.jit(tx.update)(grads, state)
+        assert float(state.info["norm"]) == 5.0
+        np.testing.assert_allclose(np.asarray(out["w"]), [0.6 + 0.8j, 0], rtol=2e-6)
+
+
+@pytest.mark.parametrize("shapes", SHAPE_SETS[:2])
+def test_complex_global_norm_and_block_rms_match_optax(shapes):
+    for seed in range(3):
+        for scale in (0.01, 30.0):
+            grads = _complex_tree(seed, shapes, scale)
+            ours = _apply(gradclip_optax.transform(gc.clip_by_global_norm(1.0, semantics="optax")), grads, grads)
+            _assert_bitwise_complex(ours, _apply(optax.clip_by_global_norm(1.0), grads, grads))
+            ours = _apply(gradclip_optax.transform(gc.clip_by_block_rms(0.5)), grads, grads)
+            _assert_bitwise_complex(ours, _apply(optax.clip_by_block_rms(0.5), grads, grads))
+
+
+def test_complex_adaptive_clip_matches_optax():
+    shapes = [(6, 4), (6,), (3, 6, 2), (1, 5)]
+    params, grads = _complex_tree(0, shapes), _complex_tree(100, shapes, 0.2)
+    ours = _apply(gradclip_optax.transform(gc.adaptive_clip(0.05)), grads, params)
+    native = _apply(optax.adaptive_grad_clip(0.05), grads, params)
+    for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(native)):
+        assert x.dtype == y.dtype == jnp.complex64
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=4e-7, atol=0)
+    assert any(np.any(np.asarray(x) != np.asarray(g)) for x, g in zip(jax.tree.leaves(ours), jax.tree.leaves(grads)))
+
+
+def _assert_bitwise_complex(a, b) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype == jnp.complex64
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_complex_refused_by_value_rules_naming_the_path():
+    params = {"enc": {"w": jnp.ones((2, 2), jnp.complex64)}}
+    with pytest.raises(TypeError, match=r"clip_by_value: 'enc/w' is complex64, but clip_by_value clamps values"):
+        gradclip_optax.transform(gc.clip_by_value(1.0)).update(params, gradclip_optax.transform(gc.clip_by_value(1.0)).init(params))
+    tx = gradclip_optax.wrap(gc.magnitude_prune(0.5), optax.sgd(0.1))
+    with pytest.raises(TypeError, match=r"magnitude_prune: 'enc/w' is complex64"):
+        tx.init(params)

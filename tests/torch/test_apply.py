@@ -266,3 +266,71 @@ def test_stateful_rule_without_its_state_warns():
         gradclip_torch.apply_(other.parameters(), rule)  # other parameters: their own first call
         for _ in range(2):  # stateless rules need no state
             gradclip_torch.apply_(model.parameters(), gc.clip_by_global_norm(1.0))
+
+
+def _complex_pair(dtype, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(5, 3), (7,), (2, 2, 2)]
+    a = [torch.nn.Parameter(torch.zeros(s, dtype=dtype)) for s in shapes]
+    b = [torch.nn.Parameter(torch.zeros(s, dtype=dtype)) for s in shapes]
+    for p, q in zip(a, b):
+        p.grad = torch.randn(p.shape, dtype=dtype, generator=g) * scale
+        q.grad = p.grad.clone()
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, math.inf])
+def test_complex_grads_equal_clip_grad_norm(dtype, norm_type):
+    # Issue 16: apply_ failed with linalg.vector_norm's dtype error on complex gradients.
+    ours, native = _complex_pair(dtype)
+    total = torch.nn.utils.clip_grad_norm_(native, 1.0, norm_type=norm_type)
+    _, info = gradclip_torch.apply_(ours, gc.clip_by_global_norm(1.0, ord=norm_type, semantics="torch"))
+    assert torch.equal(info["norm"], total) and float(info["scale"]) < 1
+    assert all(torch.equal(p.grad, q.grad) and p.grad.dtype == dtype for p, q in zip(ours, native))
+    canonical, _ = _complex_pair(dtype)
+    gradclip_torch.apply_(canonical, gc.clip_by_global_norm(1.0, ord=norm_type))
+    for p, q in zip(canonical, native):
+        torch.testing.assert_close(p.grad, q.grad, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("rule", [
+    gc.clip_by_norm(1.0), gc.clip_by_block_rms(0.5), gc.clip_update_rms(0.5), gc.adaptive_clip(0.01),
+    gc.autoclip(50.0, 4), gc.zclip(warmup_steps=1, max_norm=1.0), gc.record_norms(2),
+], ids=lambda r: r.name)
+def test_complex_norm_rules_scale_by_the_modulus(rule):
+    # Every norm-based rule on complex gradients: the factors it applies to z are the ones it
+    # applies to |z| (real gradients), so the norms are of |z| and the phase is kept.
+    ours, _ = _complex_pair(torch.complex64, scale=10.0)
+    mods = [torch.nn.Parameter(torch.zeros(p.shape)) for p in ours]
+    for p, m in zip(ours, mods):
+        m.grad = p.grad.abs()
+        p.data, m.data = p.grad.detach().clone() * 0.1, p.grad.abs() * 0.1  # AGC reads the weights: |w| too
+    before = [p.grad.clone() for p in ours]
+    _, info_c = gradclip_torch.apply_(ours, rule)
+    _, info_r = gradclip_torch.apply_(mods, rule)
+    assert set(info_c) == set(info_r)
+    for k in info_c:
+        torch.testing.assert_close(info_c[k], info_r[k], rtol=1e-5, atol=0)
+    for z, out, m in zip(before, ours, mods):
+        factor = m.grad / z.abs()
+        torch.testing.assert_close(out.grad, z * factor, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")
+def test_complex_refused_by_value_rules_naming_the_parameter():
+    lin = torch.nn.Linear(2, 2).to(torch.complex64)
+    lin.weight.grad = torch.ones(2, 2, dtype=torch.complex64)
+    lin.bias.grad = torch.ones(2, dtype=torch.complex64)
+    with pytest.raises(TypeError, match=r"clip_by_value: 'weight' is torch.complex64, but clip_by_value clamps"):
+        gradclip_torch.apply_(lin.named_parameters(), gc.clip_by_value(1.0))
+    assert torch.equal(lin.weight.grad, torch.ones(2, 2, dtype=torch.complex64))  # nothing changed
+    for rule in (gc.non_neg(), gc.soft_threshold(0.1), gc.magnitude_prune(0.5)):
+        with pytest.raises(TypeError, match="defined for real arrays only"):
+            gradclip_torch.project_(lin.parameters(), rule)
+    model = torch.nn.Sequential(lin)
+    with pytest.raises(TypeError, match="magnitude_prune: '0.weight' is torch.complex64"):
+        gradclip_torch.prune(model, gc.magnitude_prune(0.5))
+    assert sorted(model.state_dict()) == ["0.bias", "0.weight"]  # nothing left half-registered
+    with pytest.raises(ValueError, match="not pruned"):
+        gradclip_torch.masks(model)
