@@ -20,16 +20,13 @@ for the others, so a state holds one mask per array whatever the selection), and
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import fnmatch
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ._effect import Keep, On
 
-__all__ = ["Params", "on", "array_names", "resolve_params", "selected"]
+__all__ = ["Params", "on", "resolve_params", "selected"]
 
-_NAMES: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("gradclip_array_names", default=None)
 
 
 class Params(NamedTuple):
@@ -95,33 +92,11 @@ def config_of(params: Params) -> Any:
             "min_ndim": params.min_ndim}
 
 
-@contextlib.contextmanager
-def array_names(names: Sequence[str] | None) -> Iterator[None]:
-    """Within this block, the arrays rules are called with are named ``names`` (in order).
-
-    Adapters wrap ``init`` / ``update`` / ``project`` calls with it so that
-    :class:`Params` patterns match their framework's parameter names. Names are read
-    when the rule runs (at trace time under ``jax.jit``).
-
-    Example:
-      >>> import numpy as np
-      >>> import gradclip_core as gc
-      >>> rule = gc.on(gc.clip_by_value(0.0), gc.Params(include=["w*"]))
-      >>> with array_names(["w1", "b1"]):
-      ...     out, _, _ = rule.update([np.ones(2, np.float32), np.ones(2, np.float32)], ())
-      >>> [o.tolist() for o in out]
-      [[0.0, 0.0], [1.0, 1.0]]
-    """
-    token = _NAMES.set(None if names is None else tuple(str(n) for n in names))
-    try:
-        yield
-    finally:
-        _NAMES.reset(token)
-
-
 def selected(params: Params, arrays: Sequence[Any]) -> list[int]:
     """Positions of the ``arrays`` that ``params`` selects (names from :func:`array_names`, else positions)."""
-    names = _NAMES.get()
+    from .backend._names import current_names  # (one place for the names: errors use them too)
+
+    names = current_names()
     if names is None or len(names) != len(arrays):
         names = tuple(str(i) for i in range(len(arrays)))
     return [i for i, (n, a) in enumerate(zip(names, arrays)) if params.accepts(n, tuple(a.shape))]

@@ -35,7 +35,7 @@ Example:
 """
 
 from .._effect import check_effect
-from .._params import array_names, selected
+from .._params import selected
 from ._collective import Participants, Reducer, active, all_gather, all_reduce, collective, participant_index, static_total
 from ._layout import LAYOUTS, AxisSpec, check_axis, layout_override, reduce_axes, register_layout
 from ._names import array_label, array_names, name_info
@@ -69,7 +69,6 @@ __all__ = [
     "ensure_kernels",
     "device_kw",
     "state_namespace",
-    "array_names",
     "selected",
     # primitives and effects
     "register_primitives",

@@ -2,9 +2,10 @@
 
 The core sees flat lists of arrays; only the adapter knows what they are (torch
 parameter names, optax tree paths, Keras variable paths). An adapter that knows them
-runs the rule inside :func:`array_names`, and the core's errors then name the array
-(``'encoder.0.weight'``) instead of its position; :func:`name_info` renames per-array info
-keys (``sparsity/3`` -> ``sparsity/encoder.0.weight``) the same way.
+runs the rule inside :func:`array_names`: :class:`gradclip_core.Params` patterns then
+match those names, the core's errors name the array (``'encoder.0.weight'``) instead of
+its position, and :func:`name_info` renames per-array info keys (``sparsity/3`` ->
+``sparsity/encoder.0.weight``) the same way.
 
 Names may be given lazily (a function returning them), so naming costs nothing unless an
 error is raised: an adapter can pass, e.g., a function that computes tree paths.
@@ -17,7 +18,7 @@ import contextvars
 import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-__all__ = ["array_names", "array_label", "name_info"]
+__all__ = ["array_names", "array_label", "name_info", "current_names"]
 
 _NAMES: contextvars.ContextVar[Any] = contextvars.ContextVar("gradclip_array_names", default=None)
 _OPEN = [0]  # array_names() blocks open with names (torch.compile cannot trace ContextVar.get)
@@ -65,7 +66,8 @@ def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None) -> It
         _NAMES.reset(token)
 
 
-def _current() -> Sequence[str] | None:
+def current_names() -> Sequence[str] | None:
+    """The names of the innermost :func:`array_names` block, or ``None`` (resolved if lazy)."""
     value = None if _OPEN[0] == 0 else _NAMES.get()
     return value.get() if isinstance(value, _Lazy) else value
 
@@ -77,7 +79,7 @@ def array_label(i: int) -> str:
       >>> array_label(3)
       'array 3'
     """
-    names = _current()
+    names = current_names()
     if names is not None and 0 <= i < len(names):
         return repr(names[i])
     return f"array {i}"

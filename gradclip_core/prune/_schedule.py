@@ -17,6 +17,17 @@ by every ``project`` call (one per optimizer step); step ``t`` is the ``t``-th c
   (As in tfmot, ``end_step`` itself is a pruning step only if ``end_step - begin_step``
   is a multiple of ``frequency``.)
 
+  The final sparsity is reached *at* step ``end_step``, i.e. in the ``end_step + 1``-th
+  optimizer step: after exactly ``end_step`` steps the last recomputation was at
+  ``end_step - frequency`` (``polynomial_schedule(0, 40, 10)`` to 0.8 gives 0.7875 after
+  40 steps, 0.8 after 41). That is tfmot's count too: ``UpdatePruningStep`` sets the
+  pruning step to ``optimizer.iterations`` at the start of each batch (0 for the first),
+  and ``PolynomialDecay`` prunes on ``begin_step <= step <= end_step`` with
+  ``(step - begin_step) % frequency == 0``, so 40 batches end with the mask of step 30
+  (``tests/core/test_prune.py`` replays tfmot's definition). To be at the final sparsity
+  after ``N`` steps, pass ``end_step=N - 1`` (with ``N - 1 - begin_step`` a multiple of
+  ``frequency``).
+
 The scheduled target is computed on the device in float32 (``jax.jit`` without x64
 has nothing wider): ``p = float32(t - t0) / (t1 - t0)``, ``(1 - p)`` raised by repeated
 multiplication for integer powers, then ``k = round_half_even(target * float32(n))``,
@@ -114,7 +125,18 @@ def polynomial_schedule(
 ) -> Schedule:
     """Gradual pruning (Zhu & Gupta 2017; tfmot ``PolynomialDecay``): cubic by default.
 
-    The final sparsity is the rule's ``amount``.
+    The final sparsity is the rule's ``amount``, reached at step ``end_step`` (the
+    ``end_step + 1``-th optimizer step, as in tfmot; see the module docstring).
+
+    Args:
+      begin_step: first step of the schedule (int >= 0).
+      end_step: the step at which the target reaches the final sparsity (int > begin_step).
+      frequency: recompute the masks every ``frequency`` steps from ``begin_step``.
+      initial_sparsity: the target at ``begin_step``, in ``[0, 1]``.
+      power: the exponent (> 0) of the decay.
+
+    Returns:
+      A :class:`Schedule`.
 
     Example:
       >>> polynomial_schedule(0, 1000, 100).power

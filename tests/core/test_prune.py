@@ -309,3 +309,36 @@ def test_pruning_acts_on_weights_by_default_and_params_chooses(xp):
     assert "params=" in repr(by_name)
     with pytest.raises(ValueError, match="params must be 'all', 'weights'"):
         gc.magnitude_prune(0.5, params="kernels")
+
+def _tfmot_polynomial(step, initial, final, begin, end, power, frequency):
+    """tfmot's PolynomialDecay.__call__ and PruningSchedule._should_prune_in_step, transcribed
+    (tensorflow/model-optimization, tensorflow_model_optimization/python/core/sparsity/keras/
+    pruning_schedule.py), in float32 as there."""
+    p = min(1.0, max(0.0, float(np.float32(step - begin) / np.float32(end - begin))))
+    sparsity = float(np.float32(initial - final) * np.float32(1 - p) ** power + np.float32(final))
+    should = begin <= step and (step <= end or end < 0) and (step - begin) % frequency == 0
+    return should, sparsity
+
+
+@pytest.mark.parametrize("begin, end, frequency", [(0, 40, 10), (0, 40, 1), (3, 23, 4)])
+def test_polynomial_schedule_counts_steps_as_tfmot(begin, end, frequency):
+    # Issue 16: "polynomial_schedule(0, 40, 10) is one update short after 40 steps (0.7875,
+    # not 0.8)". tfmot gives the same: UpdatePruningStep sets the pruning step to
+    # optimizer.iterations at each batch start (0 first), its pruning_impl keeps
+    # max(1, round(n * (1 - sparsity))) weights (our rounding="keep"), so after N batches
+    # the last mask is that of step N - 1 (rounded down to the frequency).
+    n = 1000
+    w = [np.random.default_rng(0).permutation(np.arange(1, n + 1)).astype(np.float32).reshape(40, 25)]
+    rule = gc.magnitude_prune(0.8, schedule=gc.polynomial_schedule(begin, end, frequency), rounding="keep")
+    state = rule.init(w)
+    expected_sparsity = 0.0
+    for step in range(end + 1):
+        w, state, info = rule.project(w, state)
+        should, sparsity = _tfmot_polynomial(step, 0.0, 0.8, begin, end, 3, frequency)
+        if should:
+            kept = int(max(np.round(np.float32(n) * (np.float32(1) - np.float32(sparsity))), 1))  # tf.math.round: half even
+            expected_sparsity = (n - kept) / n
+        assert float(info["sparsity"]) == pytest.approx(expected_sparsity, abs=1e-7), step
+        if step == end - 1 and (begin, end, frequency) == (0, 40, 10):
+            assert float(info["sparsity"]) == pytest.approx(0.7875, abs=1e-3)  # after 40 steps, as in tfmot
+    assert float(info["sparsity"]) == pytest.approx(0.8, abs=1e-7) or (end - begin) % frequency
