@@ -59,6 +59,7 @@ from .clip import (
 )
 from .constraints import clip_weights, max_norm, mcp_threshold, min_max_norm, non_neg, soft_threshold, unit_norm
 from .prune import (
+    RELATIVE,
     ROUNDINGS,
     PruneState,
     Schedule,
@@ -68,6 +69,7 @@ from .prune import (
     magnitude_prune,
     nm_prune,
     one_shot,
+    iterative_sparsity,
     polynomial_schedule,
     random_prune,
 )
@@ -125,6 +127,7 @@ __all__ = [
     "one_shot",
     "constant_schedule",
     "polynomial_schedule",
+    "iterative_sparsity",
     # proximal shrinkage and weight constraints (project only)
     "soft_threshold",
     "mcp_threshold",
@@ -141,4 +144,5 @@ __all__ = [
     "POLICIES",
     "LAYOUTS",
     "ROUNDINGS",
+    "RELATIVE",
 ]

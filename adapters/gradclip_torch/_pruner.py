@@ -18,7 +18,7 @@ zeroed weights (``torch.nn.utils.prune.remove``).
 from __future__ import annotations
 
 import weakref
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -189,6 +189,60 @@ class Pruner:
             state, info = project_params(self.rule, self.parameters, self.state)
         self.state = state
         return name_info(info, self.names)
+
+    def rewind(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Lottery-ticket rewinding: the module's values back to ``state_dict``, pruned weights 0, masks kept.
+
+        Loads ``state_dict`` (e.g. ``copy.deepcopy(model.state_dict())`` taken at
+        initialisation, or after a few steps for "late rewinding") into the module in
+        place, except the pruner's own buffers (masks, step counter), which stay as
+        they are; then sets the pruned weights to 0. The optimizer keeps pointing at the
+        same tensors (reset its state yourself if the recipe asks for it).
+
+        Iterative pruning with rewinding (Frankle & Carbin), 20% of the remaining
+        weights per round, recomputed after the last step of each round::
+
+            rule = gc.global_magnitude_prune(0.2, relative_to="remaining",
+                                             schedule=gc.constant_schedule(steps - 1, -1, steps))
+            pruner = gradclip_torch.prune(model, rule, apply=False)
+            init = copy.deepcopy(model.state_dict())
+            pruner.attach(optimizer)
+            for r in range(rounds):
+                train(model, optimizer, steps)   # masks recomputed after the last step
+                pruner.rewind(init)              # sparsity gc.iterative_sparsity(0.2, r + 1)
+
+        Args:
+          state_dict: a ``state_dict`` of this module (its pruning buffers, if any, are ignored).
+
+        Raises:
+          ValueError: the module was stripped, or ``state_dict`` lacks some of the
+            module's entries or has others.
+
+        Example:
+          >>> import copy, torch
+          >>> import gradclip_core as gc
+          >>> import gradclip_torch
+          >>> lin = torch.nn.Linear(4, 2)
+          >>> init = copy.deepcopy(lin.state_dict())
+          >>> pruner = gradclip_torch.prune(lin, gc.magnitude_prune(0.5), ["weight"])
+          >>> with torch.no_grad():
+          ...     _ = lin.weight.add_(1.0)   # training moves the weights
+          >>> pruner.rewind(init)
+          >>> bool(torch.equal(lin.weight, init["weight"] * pruner.masks["weight"]))
+          True
+        """
+        self._check_live()
+        own = {f"{sub}.{name}" if sub else name for sub, name in self._slots}
+        values = {k: v for k, v in state_dict.items() if k not in own}
+        missing, unexpected = self.module.load_state_dict(values, strict=False)
+        missing = [k for k in missing if k not in own]
+        if missing or unexpected:
+            raise ValueError(
+                f"rewind: state_dict does not fit this module: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]} (pass a state_dict of the same module)"
+            )
+        with torch.no_grad():
+            _apply_all_masks(self.parameters, self.state)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Handle:
         """Run the rule in every ``optimizer.step()``, its state kept in the module buffers."""

@@ -8,7 +8,7 @@ the weights. The public names are re-exported by :mod:`gradclip_core`.
 
 from ._magnitude import global_magnitude_prune, magnitude_prune
 from ._random import random_prune
-from ._schedule import ROUNDINGS, Schedule, constant_schedule, one_shot, polynomial_schedule
+from ._schedule import RELATIVE, ROUNDINGS, Schedule, constant_schedule, iterative_sparsity, one_shot, polynomial_schedule
 from ._select import prune_smallest
 from ._state import PruneState, sparsity_info
 from ._structured import ln_structured_prune, nm_prune
@@ -27,4 +27,6 @@ __all__ = [
     "constant_schedule",
     "polynomial_schedule",
     "ROUNDINGS",
+    "RELATIVE",
+    "iterative_sparsity",
 ]

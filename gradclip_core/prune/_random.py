@@ -9,7 +9,8 @@ from .._params import on
 from .._rule import Rule, factory
 from .._validate import check_choice
 from ..backend._primitives import size
-from ._schedule import check_amount, check_rounding, check_schedule, prune_count
+from ..backend._names import array_label
+from ._schedule import alive_counts, check_amount, check_relative, check_rounding, check_schedule, prune_count
 from ._select import prune_smallest
 from ._state import mask_rule
 
@@ -25,6 +26,7 @@ def random_prune(
     schedule: Any = None,
     rounding: str = "prune",
     params: Any = "weights",
+    relative_to: str = "all",
 ) -> Rule:
     """Random pruning with a counter-based hash: the same ``seed`` gives the same masks everywhere.
 
@@ -35,13 +37,15 @@ def random_prune(
     ``torch.nn.utils.prune.random_unstructured``, which draws from torch's RNG.)
 
     Args:
-      amount: sparsity in ``[0, 1]``.
+      amount: sparsity in ``[0, 1]``, or an int: how many elements (per array, or in all
+        with ``scope="global"``), as torch reads an int ``amount``.
       seed: a non-negative int.
       scope: ``"array"`` (``k_i`` per array) or ``"global"``.
       schedule: ``None`` (one-shot at step 0), or a schedule preset.
       rounding: ``"prune"`` or ``"keep"``.
       params: which arrays are pruned: ``"weights"`` (default: rank >= 2), ``"all"``, or a
         :class:`gradclip_core.Params`.
+      relative_to: ``"all"`` elements, or the ``"remaining"`` (unpruned) ones.
 
     Returns:
       A :class:`Rule` with :class:`PruneState`; info ``sparsity``, ``sparsity/<i>``.
@@ -55,24 +59,28 @@ def random_prune(
       >>> int((w[0] == 0).sum()), float(info["sparsity"])
       (4, 0.25)
     """
-    amount = check_amount(amount)
+    schedule = check_schedule(schedule)
+    amount = check_amount(amount, schedule=schedule)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     check_choice("scope", scope, ("array", "global"))
-    schedule = check_schedule(schedule)
     rounding = check_rounding(rounding)
+    remaining = check_relative(relative_to) == "remaining"
 
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
         scores = [xp.astype(hash_keys(xp, tuple(p.shape), seed, i), xp.float32) for i, p in enumerate(params)]
+        alive = alive_counts(xp, old) if remaining else [None] * len(old)
         if scope == "global":
-            k = prune_count(xp, target, sum(size(p) for p in params), rounding)
+            total = None if not remaining else sum(alive[1:], alive[0])
+            k = prune_count(xp, target, sum(size(p) for p in params), rounding, total)
             return prune_smallest(xp, scores, k, old)[0], None
         masks = []
-        for s, m in zip(scores, old):
+        for i, (s, m) in enumerate(zip(scores, old)):
             if size(s) == 0:
                 masks.append(m)
             else:
-                masks.append(prune_smallest(xp, [s], prune_count(xp, target, size(s), rounding), [m])[0][0])
+                k = prune_count(xp, target, size(s), rounding, alive[i], where=array_label(i))
+                masks.append(prune_smallest(xp, [s], k, [m])[0][0])
         return masks, None
 
     return on(mask_rule("random_prune", compute, schedule, amount), params)

@@ -38,9 +38,13 @@ product). Constant targets (one-shot, constant) are rounded exactly in Python.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple
+import numbers
+from typing import Any, Mapping, NamedTuple, Sequence
 
-__all__ = ["Schedule", "one_shot", "constant_schedule", "polynomial_schedule", "check_schedule", "ROUNDINGS"]
+from ..backend._collective import active, all_reduce
+
+__all__ = ["Schedule", "one_shot", "constant_schedule", "polynomial_schedule", "check_schedule", "ROUNDINGS", "RELATIVE",
+           "iterative_sparsity"]
 
 ROUNDINGS = ("prune", "keep")
 
@@ -172,9 +176,48 @@ def check_schedule(schedule: Any) -> Schedule:
     raise ValueError(f"schedule kind must be one_shot, constant or polynomial, got {schedule.kind!r}")
 
 
-def check_amount(amount: Any, name: str = "amount") -> float:
-    """A sparsity in ``[0, 1]``."""
-    return _fraction(name, amount)
+RELATIVE = ("all", "remaining")
+
+
+def check_amount(amount: Any, name: str = "amount", schedule: Schedule | None = None) -> float | int:
+    """``amount`` as torch.nn.utils.prune reads it: an int is a count, a float a fraction.
+
+    Args:
+      amount: an int ``>= 0`` (how many elements or units to prune) or a float in ``[0, 1]``
+        (which fraction of them). ``1`` prunes one element, ``1.0`` all of them.
+      name: the argument's name, for errors.
+      schedule: the rule's schedule: a count cannot follow a polynomial schedule.
+
+    Returns:
+      The count (``int``) or the fraction (``float``).
+
+    Raises:
+      ValueError: a bool, a negative int, a float outside ``[0, 1]``, or a count with a
+        polynomial schedule.
+
+    Example:
+      >>> check_amount(3), check_amount(0.25)
+      (3, 0.25)
+    """
+    if isinstance(amount, numbers.Integral) and not isinstance(amount, bool):
+        if amount < 0:
+            raise ValueError(f"{name} must be an int >= 0 (a count) or a float in [0, 1] (a fraction), got {amount!r}")
+        if schedule is not None and schedule.kind == "polynomial":
+            raise ValueError(
+                f"{name}={amount!r} is an int, i.e. a count of elements (as in torch.nn.utils.prune); a polynomial "
+                f"schedule interpolates fractions: pass the final sparsity as a float (e.g. {name}=0.8)"
+            )
+        return int(amount)
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise ValueError(f"{name} must be an int >= 0 (a count) or a float in [0, 1] (a fraction), got {amount!r}")
+    return _fraction(name, float(amount))
+
+
+def check_relative(relative_to: Any) -> str:
+    """``relative_to=``: ``"all"`` elements, or the ``"remaining"`` (unpruned) ones."""
+    if relative_to not in RELATIVE:
+        raise ValueError(f"relative_to must be one of {list(RELATIVE)}, got {relative_to!r}")
+    return relative_to
 
 
 def check_rounding(rounding: Any) -> str:
@@ -183,16 +226,55 @@ def check_rounding(rounding: Any) -> str:
     return rounding
 
 
-def prune_count(xp: Any, target: Any, n: int, rounding: str) -> Any:
-    """How many of ``n`` elements to prune for sparsity ``target``.
+def alive_counts(xp: Any, masks: Sequence[Any]) -> list:
+    """The number of kept elements of each mask (0-d integer arrays), of the full arrays under sharding."""
+    counts = [xp.count_nonzero(m) for m in masks]
+    if active() and counts:
+        v = all_reduce(xp, xp.stack(counts), "sum")
+        counts = [v[i] for i in range(len(counts))]
+    return counts
+
+
+def prune_count(xp: Any, target: Any, n: int, rounding: str, alive: Any = None, where: str = "the arrays") -> Any:
+    """How many of ``n`` elements to prune for sparsity ``target`` (a fraction) or a count ``target`` (an int).
 
     ``"prune"`` (torch.nn.utils.prune): ``k = round_half_even(target * n)``.
     ``"keep"`` (tfmot / jaxpruner): ``kept = max(1, round_half_even((1 - target) * n))``,
     ``k = n - kept`` (``k = 0`` for ``n = 0``). Python ints for constant targets
     (exact, float64 products), int32-safe 0-d arrays for scheduled (float32) ones.
+    An int ``target`` is the count itself (torch's int ``amount``; at most ``n``).
+
+    ``alive`` (``relative_to="remaining"``): the number of elements still kept (a 0-d
+    integer array); then the count applies to them, as torch's ``PruningContainer`` does
+    when a pruned tensor is pruned again: ``k = (n - alive) + round_half_even(target *
+    alive)`` (float32 product; ``"keep"``: ``alive - max(1, round((1 - target) * alive))``),
+    or ``(n - alive) + min(target, alive)`` for a count. Elements pruned before rank first
+    in the selection, so they are the first ``n - alive`` of the ``k``.
+
+    Raises:
+      ValueError: a count larger than ``n`` (torch raises too), naming ``where``.
     """
     if n == 0:
         return 0
+    if isinstance(target, int):
+        if target > n:
+            raise ValueError(
+                f"amount={target} is an int, i.e. a count (as in torch.nn.utils.prune), larger than the {n} "
+                f"elements of {where}; pass a float in [0, 1] for a fraction"
+            )
+        if alive is None:
+            return target
+        a = xp.astype(alive, xp.int64 if n >= 2**31 else xp.int32)
+        return (n - a) + xp.minimum(a, xp.full_like(a, target))
+    if alive is not None:
+        a = xp.astype(alive, xp.float32)
+        if rounding == "prune":
+            more = xp.round(target * a)
+        else:
+            kept = xp.minimum(xp.maximum(xp.round((1.0 - target) * a), xp.ones_like(a)), a)
+            more = a - kept
+        k = (float(n) - a) + more
+        return xp.astype(k, xp.int32) if n < 2**31 else xp.astype(k, xp.int64)
     if isinstance(target, float):
         if rounding == "prune":
             return min(n, int(round(target * n)))
@@ -204,3 +286,27 @@ def prune_count(xp: Any, target: Any, n: int, rounding: str) -> Any:
         kept = xp.maximum(xp.round((1.0 - target) * nf), xp.ones_like(target))
         k = nf - xp.minimum(kept, xp.full_like(target, nf))
     return xp.astype(k, xp.int32) if n < 2**31 else xp.astype(k, xp.int64)
+
+
+def iterative_sparsity(amount: float, rounds: int) -> float:
+    """The sparsity after ``rounds`` rounds that each prune ``amount`` of what remains: ``1 - (1 - amount) ** rounds``.
+
+    What ``relative_to="remaining"`` reaches (up to the rounding of each round's count):
+    a rule ``global_magnitude_prune(0.2, relative_to="remaining", schedule=...)`` that
+    recomputes its masks once per round is at ``iterative_sparsity(0.2, r)`` after ``r``
+    rounds (lottery-ticket pruning: 20%, 36%, 48.8%, ...).
+
+    Args:
+      amount: the fraction of the remaining weights pruned per round, in ``[0, 1]``.
+      rounds: the number of rounds (int >= 0).
+
+    Returns:
+      The overall sparsity, a float.
+
+    Example:
+      >>> [round(iterative_sparsity(0.2, r), 4) for r in range(4)]
+      [0.0, 0.2, 0.36, 0.488]
+    """
+    a = _fraction("amount", amount)
+    r = _int("rounds", rounds, 0)
+    return 1.0 - (1.0 - a) ** r

@@ -10,7 +10,8 @@ from .._validate import check_ord
 from ..backend._layout import AxisSpec, check_axis, reduce_axes
 from ..backend._primitives import size, upcast
 from ..backend._selection import float32_scores, order_keys
-from ._schedule import check_amount, check_rounding, check_schedule, prune_count
+from ..backend._names import array_label
+from ._schedule import check_amount, check_relative, check_rounding, check_schedule, prune_count
 from ._select import prune_smallest
 from ._state import mask_rule
 
@@ -26,6 +27,7 @@ def ln_structured_prune(
     schedule: Any = None,
     rounding: str = "prune",
     params: Any = "weights",
+    relative_to: str = "all",
 ) -> Rule:
     """Prune whole units (rows / output channels) with the smallest L_n norm, per array.
 
@@ -39,7 +41,8 @@ def ln_structured_prune(
     scalars) and size-0 arrays are left dense.
 
     Args:
-      amount: fraction of units to prune, in ``[0, 1]``.
+      amount: fraction of units to prune, in ``[0, 1]``, or an int: how many units per
+        array (torch's int ``amount``).
       ord: norm order, 1, 2 or inf.
       axis: the axes forming one unit's norm (see :mod:`gradclip_core.backend._layout`);
         ``None``: the framework's native layout (explicit for NumPy).
@@ -47,6 +50,8 @@ def ln_structured_prune(
       rounding: ``"prune"`` or ``"keep"``.
       params: which arrays are pruned: ``"weights"`` (default: rank >= 2), ``"all"``, or a
         :class:`gradclip_core.Params`.
+      relative_to: ``"all"`` units, or the ``"remaining"`` (not yet pruned) ones, as torch
+        counts when a pruned tensor is pruned again.
 
     Returns:
       A :class:`Rule` with ``PruneState``; info ``sparsity``, ``sparsity/<i>``.
@@ -60,22 +65,24 @@ def ln_structured_prune(
       >>> w[0].tolist()
       [[1.0, 1.0], [0.0, 0.0], [3.0, 0.0], [0.0, 0.0]]
     """
-    amount = check_amount(amount)
+    schedule = check_schedule(schedule)
+    amount = check_amount(amount, schedule=schedule)
     ord = check_ord(ord)
     axis = check_axis(axis)
-    schedule = check_schedule(schedule)
     rounding = check_rounding(rounding)
+    remaining = check_relative(relative_to) == "remaining"
 
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
         masks = []
-        for p, m in zip(params, old):
+        for i, (p, m) in enumerate(zip(params, old)):
             axes = reduce_axes(xp, axis, tuple(p.shape)) if p.ndim >= 2 else None
             if axes is None or size(p) == 0:
                 masks.append(m)
                 continue
             norms = xp.linalg.vector_norm(upcast(xp, p, xp.float32), axis=axes, keepdims=True, ord=ord)
             alive = xp.any(m, axis=axes, keepdims=True)
-            k = prune_count(xp, target, size(norms), rounding)
+            units = xp.count_nonzero(alive) if remaining else None
+            k = prune_count(xp, target, size(norms), rounding, units, where=f"the units of {array_label(i)}")
             keep, _ = prune_smallest(xp, [norms], k, [alive])
             masks.append(xp.broadcast_to(keep[0], tuple(p.shape)) & m)
         return masks, None

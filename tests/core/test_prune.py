@@ -342,3 +342,30 @@ def test_polynomial_schedule_counts_steps_as_tfmot(begin, end, frequency):
         if step == end - 1 and (begin, end, frequency) == (0, 40, 10):
             assert float(info["sparsity"]) == pytest.approx(0.7875, abs=1e-3)  # after 40 steps, as in tfmot
     assert float(info["sparsity"]) == pytest.approx(0.8, abs=1e-7) or (end - begin) % frequency
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_float64_weights_rank_by_float32_scores_as_documented(xp):
+    # Issue 16 asked to rank in the input's precision or say so: scores are float32 |w|
+    # (README rule table). Two float64 weights within a float32 ulp tie, and ties go by
+    # flat index, so the first is pruned although it is the larger in float64 (torch's
+    # l1_unstructured, ranking in float64, would prune the second).
+    w = to_xp(xp, [np.array([1.0 + 1e-12, 1.0, 2.0, 3.0], np.float64)])
+    rule = gc.magnitude_prune(1, params="all")
+    _, state, _ = rule.project(w, rule.init(w))
+    assert np.asarray(state.masks[0]).tolist() == [False, True, True, True]
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_int_amount_is_a_count_and_remaining_prunes_what_is_left(xp):
+    w = to_xp(xp, [np.arange(1, 11, dtype=np.float32), np.arange(1, 5, dtype=np.float32)])
+    rule = gc.magnitude_prune(1, params="all")  # an int: one element per array (a float 1.0 would prune all)
+    _, state, info = rule.project(w, rule.init(w))
+    assert [int(np.sum(~np.asarray(m))) for m in state.masks] == [1, 1]
+    rule = gc.global_magnitude_prune(0.5, relative_to="remaining", schedule=gc.constant_schedule(), params="all")
+    state = rule.init(w)
+    seen = []
+    for _ in range(3):  # kept 14 -> 7 -> 3 -> 1: each round prunes round_half_even(0.5 * kept) (7, 4, 2)
+        _, state, info = rule.project(w, state)
+        seen.append(sum(int(np.sum(np.asarray(m))) for m in state.masks))
+    assert seen == [7, 3, 1]

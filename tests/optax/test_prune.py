@@ -37,9 +37,10 @@ def test_wrap_prunes_masks_momentum_and_strips_under_jit():
     assert jax.tree.structure(stripped) == jax.tree.structure(params)
     assert int(state.rule_state.count) == 6
     # per-array info keys name the leaf by its tree path (issue 16), not its position
-    assert set(state.info) == {"sparsity", "sparsity/a", "sparsity/b", "threshold"}
+    assert set(state.info) == {"sparsity", "sparsity/a", "threshold"}  # (the bias is not pruned)
     nested = {"enc": {"kernel": params["a"]}, "head": [params["b"]]}
-    tx2 = optax.chain(gradclip_optax.transform(gc.record_norms(2)), gradclip_optax.wrap(gc.magnitude_prune(0.5), optax.sgd(0.1)))
+    tx2 = optax.chain(gradclip_optax.transform(gc.record_norms(2)),
+                      gradclip_optax.wrap(gc.magnitude_prune(0.5, params="all"), optax.sgd(0.1)))
     state2 = tx2.init(nested)
     _, state2 = jax.jit(tx2.update)(jax.tree.map(jnp.ones_like, nested), state2, nested)
     assert set(state2[1].info) == {"sparsity", "sparsity/enc/kernel", "sparsity/head/0"}
@@ -192,3 +193,22 @@ def test_radix_selection_sums_histograms_through_the_collective_hook():
     _same(got, _portable(xs, 11))  # one participant: the single-process result
     hist = [c for c in calls if c[0] == (1 << jax_kernels.DIGIT,)]
     assert len(hist) == 1 and hist[0][1] == "sum"  # the pass body is traced once (lax.fori_loop)
+
+
+def test_int_amounts_and_iterative_pruning_under_jit():
+    # Issue 16: int amounts are counts (as in torch); relative_to="remaining" prunes a
+    # fraction of what is left at each recomputation, inside a jitted step (lax.cond).
+    params = {"w": jnp.arange(1.0, 17.0).reshape(4, 4), "b": jnp.arange(1.0, 5.0)}
+    for rule, expected in (
+        (gc.magnitude_prune(3, params="all"), [6 / 20] * 3),  # 3 of each array, once
+        (gc.global_magnitude_prune(0.5, relative_to="remaining", schedule=gc.constant_schedule(0, -1, 2), params="all"),
+         [10 / 20, 10 / 20, 15 / 20]),  # kept 20 -> 10 -> 5 at steps 0 and 2
+    ):
+        tx = gradclip_optax.wrap(rule, optax.sgd(0.0))
+        state = tx.init(params)
+        step = jax.jit(lambda p, s: tx.update(jax.tree.map(jnp.zeros_like, p), s, p))
+        seen = []
+        for _ in range(3):
+            _, state = step(params, state)
+            seen.append(float(state.info["sparsity"]))
+        np.testing.assert_allclose(seen, expected, rtol=1e-6)

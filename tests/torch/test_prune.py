@@ -245,11 +245,135 @@ def test_state_buffers_and_info_are_named():
     # attach and apply_/project_ name per-array keys where torch knows the names
     lin = torch.nn.Linear(4, 3)
     opt = torch.optim.SGD(lin.named_parameters(), lr=0.1)
-    h = gradclip_torch.attach(opt, gc.magnitude_prune(0.5))
+    h = gradclip_torch.attach(opt, gc.magnitude_prune(0.5, params="all"))
     lin.weight.grad, lin.bias.grad = torch.ones(3, 4), torch.ones(3)
     opt.step()
     assert set(h.info) == {"sparsity", "sparsity/weight", "sparsity/bias"}
-    _, info = gradclip_torch.project_(lin.named_parameters(), gc.magnitude_prune(0.5))
+    _, info = gradclip_torch.project_(lin.named_parameters(), gc.magnitude_prune(0.5, params="all"))
     assert set(info) == {"sparsity", "sparsity/weight", "sparsity/bias"}
-    _, info = gradclip_torch.project_(lin.parameters(), gc.magnitude_prune(0.5))
-    assert set(info) == {"sparsity", "sparsity/0", "sparsity/1"}
+    _, info = gradclip_torch.project_(lin.parameters(), gc.magnitude_prune(0.5))  # default: the weight only
+    assert set(info) == {"sparsity", "sparsity/0"}
+    # names also choose the arrays (gc.Params patterns match the torch names)
+    _, info = gradclip_torch.project_(lin.named_parameters(), gc.magnitude_prune(0.5, params=gc.Params(include=["bias"])))
+    assert set(info) == {"sparsity", "sparsity/bias"}
+
+
+# Issue 16: an int amount was read as a fraction (amount=1 pruned everything); torch reads an
+# int as a count. And iterative pruning: torch prunes a pruned tensor's *remaining* weights.
+
+
+@pytest.mark.parametrize("amount", [0, 1, 7, 24])
+def test_int_amount_is_a_count_as_in_torch(amount):
+    ref, ours = model(3), model(3)
+    for mod, name in weights(ref):
+        tprune.l1_unstructured(mod, name, amount=amount)
+    params = [mod.weight for mod, _ in weights(ours)]
+    gradclip_torch.project_(params, gc.magnitude_prune(amount))
+    for (r, _), p in zip(weights(ref), params):
+        assert torch.equal(r.weight_mask.bool(), p != 0) and int((p == 0).sum()) == amount
+
+
+def test_int_amount_global_and_structured_as_in_torch():
+    ref, ours = model(4), model(4)
+    tprune.global_unstructured(weights(ref), pruning_method=tprune.L1Unstructured, amount=100)
+    gradclip_torch.prune(ours, gc.global_magnitude_prune(100))
+    masks = gradclip_torch.masks(ours)
+    for idx in (0, 2, 4):
+        assert torch.equal(ref[idx].weight_mask.bool(), masks[f"{idx}.weight"])
+    assert sum(int((~m).sum()) for m in masks.values()) == 100
+    ref, ours = model(5), model(5)
+    for mod, name in weights(ref):
+        tprune.ln_structured(mod, name, amount=2, n=2, dim=0)
+    params = [mod.weight for mod, _ in weights(ours)]
+    gradclip_torch.project_(params, gc.ln_structured_prune(2, axis="out_first"))
+    for (r, _), p in zip(weights(ref), params):
+        assert torch.equal(r.weight_mask.bool(), p != 0)
+
+
+def test_int_amount_errors_like_torch():
+    w = torch.nn.Parameter(torch.randn(5))
+    with pytest.raises(ValueError, match=r"amount=6 is an int, i.e. a count .* larger than the 5 elements of array 0"):
+        gradclip_torch.project_([w], gc.magnitude_prune(6, params="all"))
+    with pytest.raises(ValueError):  # torch refuses it too
+        tprune.l1_unstructured(torch.nn.Linear(5, 1), "bias", amount=6)
+    with pytest.raises(ValueError, match="a polynomial schedule interpolates fractions"):
+        gc.global_magnitude_prune(10, schedule=gc.polynomial_schedule(0, 10))
+
+
+@pytest.mark.parametrize("amount", [0.2, 0.37, 3])
+def test_iterative_pruning_of_the_remaining_weights_equals_torch(amount):
+    ref, ours = model(6), model(6)
+    for _ in range(3):  # torch: pruning a pruned tensor prunes `amount` of what remains
+        for mod, name in weights(ref):
+            tprune.l1_unstructured(mod, name, amount=amount)
+    rule = gc.magnitude_prune(amount, relative_to="remaining", schedule=gc.constant_schedule())
+    params = [mod.weight for mod, _ in weights(ours)]
+    state = None
+    for _ in range(3):
+        state, _ = gradclip_torch.project_(params, rule, state)
+    for (r, _), p in zip(weights(ref), params):
+        assert torch.equal(r.weight_mask.bool(), p != 0)
+    if isinstance(amount, float):
+        n = 240  # the first Linear: 240 -> 192 -> 154 -> 123 kept with 0.2 (torch's rounding of each round)
+        assert abs(float((params[0] == 0).float().mean()) - gc.iterative_sparsity(amount, 3)) < 3 / n
+
+
+def test_iterative_global_pruning_equals_torch():
+    ref, ours = model(7), model(7)
+    for _ in range(2):
+        tprune.global_unstructured(weights(ref), pruning_method=tprune.L1Unstructured, amount=0.3)
+    pruner = gradclip_torch.prune(ours, gc.global_magnitude_prune(0.3, relative_to="remaining",
+                                                                  schedule=gc.constant_schedule()))
+    pruner.project()  # the second round (prune() ran the first)
+    for idx in (0, 2, 4):
+        assert torch.equal(ref[idx].weight_mask.bool(), pruner.masks[f"{idx}.weight"])
+
+
+def test_lottery_ticket_rounds_with_rewinding_equal_torch_prune():
+    # Iterative magnitude pruning with rewinding (Frankle & Carbin): train, prune 20% of the
+    # remaining weights globally, rewind to the initial weights, repeat. Reference: the same
+    # loop with torch.nn.utils.prune (weight_orig reparametrisation, rewound by hand).
+    steps, rounds = 4, 3
+    data = [(torch.randn(6, 12, generator=torch.Generator().manual_seed(i)), torch.randn(6, 3)) for i in range(steps)]
+
+    def net(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+    def train(m, opt):
+        for x, y in data:
+            opt.zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            opt.step()
+
+    ref = net(0)
+    init = copy.deepcopy(ref.state_dict())
+    targets = [(ref[0], "weight"), (ref[2], "weight")]
+    for mod, name in targets:
+        tprune.identity(mod, name)
+    for _ in range(rounds):
+        train(ref, torch.optim.SGD(ref.parameters(), lr=0.1))
+        with torch.no_grad():
+            ref(data[0][0])  # torch scores `module.weight`, refreshed by the forward pre-hook only
+        tprune.global_unstructured(targets, pruning_method=tprune.L1Unstructured, amount=0.2)
+        with torch.no_grad():
+            for i in (0, 2):
+                ref[i].weight_orig.copy_(init[f"{i}.weight"])
+                ref[i].bias.copy_(init[f"{i}.bias"])
+
+    ours = net(0)
+    init = copy.deepcopy(ours.state_dict())
+    rule = gc.global_magnitude_prune(0.2, relative_to="remaining", schedule=gc.constant_schedule(steps - 1, -1, steps))
+    pruner = gradclip_torch.prune(ours, rule, apply=False)
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+    pruner.attach(opt)
+    for r in range(rounds):
+        train(ours, opt)
+        pruner.rewind(init)
+        sparsity = sum(int((~m).sum()) for m in pruner.masks.values()) / (12 * 16 + 16 * 3)
+        assert abs(sparsity - gc.iterative_sparsity(0.2, r + 1)) < 2 / 240
+    for i in (0, 2):
+        assert torch.equal(pruner.masks[f"{i}.weight"], ref[i].weight_mask.bool())
+        assert torch.equal(ours[i].weight, ref[i].weight_orig * ref[i].weight_mask)  # rewound: init * mask
+    with pytest.raises(ValueError, match="does not fit"):
+        pruner.rewind({"0.weight": init["0.weight"]})
