@@ -9,6 +9,8 @@ Two ways to apply a rule (``import gradclip_core as gc``):
   updates ``.grad`` in place (parameters whose ``grad`` is ``None`` are skipped, as torch
   does) and returns the rule state and a dict of 0-d tensors for logging;
   :func:`project_` is the same for the weights (constraints, pruning);
+  :func:`clip_grad_norm_` is a drop-in for ``torch.nn.utils.clip_grad_norm_`` (returns
+  the total norm; a number gives torch's formula bit for bit, a rule its own);
 - hooks, once::
 
       handle = gradclip_torch.attach(optimizer, gc.clip_by_global_norm(1.0))
@@ -61,7 +63,7 @@ from gradclip_core.backend import ensure_kernels
 # (an import there is a graph break that makes dynamo run the whole optimizer step eagerly).
 ensure_kernels("array_api_compat.torch")
 
-from ._apply import apply_, project_  # noqa: E402
+from ._apply import apply_, clip_grad_norm_, project_  # noqa: E402
 from ._hooks import Handle, attach  # noqa: E402
 from ._inspect import get_info, masks  # noqa: E402
 from ._per_example import clip_per_example  # noqa: E402
@@ -69,4 +71,4 @@ from ._pruner import Pruner, prune, strip  # noqa: E402
 
 __version__ = "0.2.0"
 
-__all__ = ["apply_", "project_", "attach", "Handle", "get_info", "prune", "strip", "masks", "Pruner", "clip_per_example"]
+__all__ = ["apply_", "clip_grad_norm_", "project_", "attach", "Handle", "get_info", "prune", "strip", "masks", "Pruner", "clip_per_example"]

@@ -15,13 +15,13 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from gradclip_core import Rule
+from gradclip_core import Rule, clip_by_global_norm
 from gradclip_core.backend import apply_effect, array_names, check_effect, flatten_state, name_info, namespace
 
 from ._distributed import localize
 from ._fused import split_fold
 
-__all__ = ["apply_", "project_", "collect", "update_grads", "run_update", "project_params", "check_rule", "split_named"]
+__all__ = ["apply_", "project_", "clip_grad_norm_", "collect", "update_grads", "run_update", "project_params", "check_rule", "split_named"]
 
 Parameters = torch.Tensor | Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
@@ -258,3 +258,112 @@ def _warn_dropped_state(rule: Rule, state: Any, params: Sequence[torch.Tensor]) 
             UserWarning,
             stacklevel=3,
         )
+
+
+def _norm_of(info: dict, rule: Rule) -> torch.Tensor:
+    """The total norm a rule reports: ``info["norm"]``, or the one ``.../norm`` of a chain."""
+    if "norm" in info:
+        return info["norm"]
+    found = [v for k, v in info.items() if k.endswith("/norm")]
+    if len(found) == 1:
+        return found[0]
+    raise TypeError(
+        f"clip_grad_norm_: {rule!r} reports {'no' if not found else 'several'} 'norm' in its info, and "
+        "clip_grad_norm_ returns the total norm; use a norm clip (clip_by_global_norm, clip_by_norm) or "
+        "gradclip_torch.apply_, which returns the whole info"
+    )
+
+
+def clip_grad_norm_(
+    parameters: Parameters,
+    max_norm: float | torch.Tensor | Rule,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> torch.Tensor:
+    """A drop-in for ``torch.nn.utils.clip_grad_norm_``: clips in place, returns the total norm.
+
+    With a number, it is ``clip_grad_norm_`` itself, bit for bit in float32:
+    ``gradclip_core.clip_by_global_norm(max_norm, ord=norm_type, semantics="torch")`` on
+    the gradients (the same ``_foreach_norm`` / ``_foreach_mul_`` kernels), returning
+    the total norm before clipping. With a gradclip rule instead of the number, that
+    rule runs (e.g. the canonical formula ``clip_by_global_norm(1.0)``, or
+    ``semantics="optax"``) and its reported norm is returned. Stateful rules (AutoClip,
+    ZClip, pruning) need their state carried from step to step: use :func:`attach` or
+    :func:`apply_` for them.
+
+    Differences from torch: the norm is float32 at least (torch returns it in the
+    gradients' dtype, so fp16/bf16 norms can overflow there), ``norm_type`` is 1, 2 or
+    inf, ``foreach`` is accepted and ignored (the foreach kernels are used wherever
+    torch has them), and ``error_if_nonfinite=True`` raises before anything changed
+    when an element is NaN/Inf (torch checks the total norm, so it also raises when
+    finite gradients overflow the norm), naming the parameters when
+    ``named_parameters()`` are given.
+
+    Args:
+      parameters: a tensor, an iterable of tensors, or of ``(name, tensor)`` pairs;
+        parameters without a gradient are skipped.
+      max_norm: the bound (a number, or a 0-d tensor), or a stateless gradclip rule.
+      norm_type: 1, 2 or ``inf`` (with a number ``max_norm``).
+      error_if_nonfinite: raise ``RuntimeError`` on NaN/Inf gradients (number ``max_norm``
+        only; give a rule ``nonfinite="raise"`` instead).
+      foreach: ignored (torch's argument).
+
+    Returns:
+      The total norm of the gradients before clipping, a 0-d tensor on their device
+      (``tensor(0.)`` when no parameter has a gradient, as in torch).
+
+    Raises:
+      RuntimeError: ``error_if_nonfinite`` and a NaN/Inf gradient; nothing was changed.
+      TypeError: a stateful rule, or a rule that reports no norm.
+      ValueError: a ``norm_type`` other than 1, 2 or inf, or a negative ``max_norm``.
+
+    Example:
+      >>> import torch
+      >>> import gradclip_torch
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> w.grad = torch.tensor([3.0, 4.0])
+      >>> gradclip_torch.clip_grad_norm_([w], 1.0)
+      tensor(5.)
+      >>> [round(v, 4) for v in w.grad.tolist()]
+      [0.6, 0.8]
+    """
+    del foreach
+    if isinstance(max_norm, Rule):
+        if error_if_nonfinite:
+            raise ValueError("clip_grad_norm_: with a rule, ask it for nonfinite='raise' instead of error_if_nonfinite")
+        rule = max_norm
+    else:
+        try:
+            rule = clip_by_global_norm(max_norm, ord=norm_type, semantics="torch",
+                                       nonfinite="raise" if error_if_nonfinite else "propagate")
+        except ValueError as err:
+            raise ValueError(f"clip_grad_norm_: {err} (norm_type is the ord, max_norm the bound)") from err
+    tensors, names = split_named(parameters)
+    params, grads = collect(tensors)
+    if not grads:
+        return torch.tensor(0.0)
+    if names is not None:
+        names = [n for n, t in zip(names, tensors) if t.grad is not None]
+    if rule.needs_params:
+        _check_devices(list(params) + list(grads), "the parameters and their gradients")
+    with torch.no_grad():
+        template = rule.init([p.detach() for p in params])
+    if flatten_state(template)[0]:
+        raise TypeError(
+            f"clip_grad_norm_: {rule.name} keeps a state from step to step (norm history, step counts, masks), "
+            "which clip_grad_norm_ cannot carry: use gradclip_torch.attach(optimizer, rule), or "
+            "state, info = gradclip_torch.apply_(params, rule, state)"
+        )
+    try:
+        with array_names(names):
+            _, info = update_grads(rule, params, grads, template)
+    except FloatingPointError as err:
+        if not error_if_nonfinite:
+            raise
+        raise RuntimeError(
+            f"The total norm of order {float(norm_type)} for gradients from `parameters` is non-finite, so it "
+            f"cannot be clipped ({err}). To disable this error and scale the gradients by the non-finite norm "
+            "anyway, set `error_if_nonfinite=False`"
+        ) from err
+    return _norm_of(info, rule)

@@ -334,3 +334,48 @@ def test_complex_refused_by_value_rules_naming_the_parameter():
     assert sorted(model.state_dict()) == ["0.bias", "0.weight"]  # nothing left half-registered
     with pytest.raises(ValueError, match="not pruned"):
         gradclip_torch.masks(model)
+
+
+# ------------------------------------------------------------------ clip_grad_norm_ drop-in (issue 16)
+
+
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_grad_norm_drop_in_is_torch_bit_for_bit(norm_type, max_norm):
+    ours, native = _pair(scale=10.0)
+    total = torch.nn.utils.clip_grad_norm_(native.parameters(), max_norm, norm_type=norm_type)
+    got = gradclip_torch.clip_grad_norm_(ours.parameters(), max_norm, norm_type=norm_type, foreach=True)
+    assert torch.equal(got, total)
+    assert all(torch.equal(a, b) for a, b in zip(_grads(ours), _grads(native)))
+
+
+def test_clip_grad_norm_drop_in_with_a_rule_and_edge_cases():
+    ours, native = _pair(scale=10.0)
+    total = torch.nn.utils.clip_grad_norm_(native.parameters(), 1.0)
+    got = gradclip_torch.clip_grad_norm_(ours.parameters(), gc.clip_by_global_norm(1.0))  # the canonical formula
+    torch.testing.assert_close(got, total, rtol=1e-6, atol=0)
+    for a, b in zip(_grads(ours), _grads(native)):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=0)
+    chained = gc.chain(gc.clip_by_value(100.0), gc.clip_by_global_norm(1.0))
+    assert float(gradclip_torch.clip_grad_norm_(ours.parameters(), chained)) == pytest.approx(1.0, rel=1e-5)
+    assert torch.equal(gradclip_torch.clip_grad_norm_(mlp().parameters(), 1.0), torch.nn.utils.clip_grad_norm_(mlp().parameters(), 1.0))
+    with pytest.raises(TypeError, match="keeps a state from step to step"):
+        gradclip_torch.clip_grad_norm_(ours.parameters(), gc.zclip())
+    with pytest.raises(TypeError, match="reports no 'norm'"):
+        gradclip_torch.clip_grad_norm_(ours.parameters(), gc.clip_by_value(1.0))
+    with pytest.raises(ValueError, match="clip_grad_norm_: ord must be 1, 2 or inf"):
+        gradclip_torch.clip_grad_norm_(ours.parameters(), 1.0, norm_type=3.0)
+
+
+def test_clip_grad_norm_error_if_nonfinite_like_torch_and_names_the_parameter():
+    ours, native = _pair(scale=10.0)
+    for m in (ours, native):
+        m[2].bias.grad[0] = float("inf")
+    before = [g.clone() for g in _grads(ours)]
+    with pytest.raises(RuntimeError, match="is non-finite, so it cannot be clipped"):
+        torch.nn.utils.clip_grad_norm_(native.parameters(), 1.0, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError, match=r"is non-finite, so it cannot be clipped .*'2\.bias'"):
+        gradclip_torch.clip_grad_norm_(ours.named_parameters(), 1.0, error_if_nonfinite=True)
+    assert all(torch.equal(a, b) for a, b in zip(_grads(ours), before))  # nothing changed
+    got = gradclip_torch.clip_grad_norm_(ours.parameters(), 1.0)  # without the check: torch's result
+    assert torch.equal(got, torch.nn.utils.clip_grad_norm_(native.parameters(), 1.0))
