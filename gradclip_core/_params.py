@@ -21,7 +21,8 @@ for the others, so a state holds one mask per array whatever the selection), and
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, NamedTuple, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from ._effect import Keep, On
 
@@ -202,6 +203,11 @@ def on(rule: Any, params: Any) -> Any:
     return _restrict(base, spec, new_config)
 
 
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
 def _restrict(inner: Any, spec: Params, config: Any) -> Any:
     from ._rule import Rule
 
@@ -214,8 +220,23 @@ def _restrict(inner: Any, spec: Params, config: Any) -> Any:
         return _expand(state, idx, params)
 
     def run(arrays: list, state: Any, call: Callable[[list, list, Any], tuple]) -> tuple:
+        from .backend._names import POSITIONS, array_names, current_names
+
         idx = selected(spec, arrays)
-        effect, new_state, info = call(idx, [arrays[j] for j in idx], _contract(state, idx, len(arrays), inner.name))
+        names = current_names()
+        subset = len(idx) != len(arrays)
+        # The inner rule's errors must name its arrays as the caller knows them: by their names
+        # (a nested array_names block), or, without names, by their positions among all arrays
+        # (an index map; no ContextVar is touched then, which torch.compile could not trace).
+        named = subset and names is not None and len(names) == len(arrays)
+        if subset and not named:
+            POSITIONS.append(idx)
+        try:
+            with array_names([names[j] for j in idx]) if named else _nothing():
+                effect, new_state, info = call(idx, [arrays[j] for j in idx], _contract(state, idx, len(arrays), inner.name))
+        finally:
+            if subset and not named:
+                POSITIONS.pop()
         new_state = _expand(new_state, idx, arrays)
         if not isinstance(effect, Keep) and len(idx) != len(arrays):
             effect = On(tuple(idx), effect)
@@ -235,7 +256,7 @@ def _restrict(inner: Any, spec: Params, config: Any) -> Any:
         name=inner.name,
         needs_params=inner.needs_params,
         config=config,
-        update_effect=update_effect,
+        update_effect=update_effect if inner.has_update else None,
         project_effect=project_effect if inner.has_project else None,
         parts=(inner,),
         params=spec,

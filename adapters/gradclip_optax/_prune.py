@@ -37,20 +37,24 @@ def strip(params: Any, state: Any) -> Any:
     """Make pruning permanent: ``params`` with every pruned element set to exactly 0.
 
     After ``optax.apply_updates`` the pruned weights are already 0 (``wrap`` returns
-    ``proj(p + u) - p``); ``strip`` guarantees it bit for bit and gives the final,
+    ``proj(p + u) - p`` for them); ``strip`` guarantees it bit for bit and gives the final,
     mask-free parameters to export (drop the optimizer state afterwards).
+
+    Lottery-ticket rewinding is ``strip`` of the *initial* parameters: the rewound
+    weights, pruned ones 0 (re-initialise the inner optimizer's state if the recipe
+    asks for it, and keep ``state.rule_state``: the masks).
 
     Example:
       >>> import jax.numpy as jnp
       >>> import optax
       >>> import gradclip_core as gc
       >>> import gradclip_optax
-      >>> params = {"w": jnp.array([0.1, -2.0, 0.3, 4.0])}
+      >>> params = {"w": jnp.array([[0.1, -2.0], [0.3, 4.0]])}   # (rank >= 2: pruned by default)
       >>> tx = gradclip_optax.wrap(gc.magnitude_prune(0.5), optax.sgd(0.0))
       >>> state = tx.init(params)
-      >>> updates, state = tx.update({"w": jnp.zeros(4)}, state, params)
+      >>> updates, state = tx.update({"w": jnp.zeros((2, 2))}, state, params)
       >>> gradclip_optax.strip(optax.apply_updates(params, updates), state)["w"].tolist()
-      [0.0, -2.0, 0.0, 4.0]
+      [[0.0, -2.0], [0.0, 4.0]]
     """
     m = masks(params, state)
     return jax.tree.map(lambda p, k: jnp.where(k, p, jnp.zeros_like(p)), params, m)

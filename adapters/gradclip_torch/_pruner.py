@@ -83,7 +83,10 @@ def _leaf_paths(config: Any, name: str, state: Any) -> list[str]:
             out.append("_".join(path))
 
     def rule(cfg: Any, rule_name: str, sub: Any, path: list[str]) -> None:
-        if isinstance(cfg, dict) and cfg.get("rule") == "chain" and isinstance(sub, tuple) and not is_namedtuple(sub):
+        if isinstance(cfg, dict) and cfg.get("rule") == "on":  # gc.on(rule, params): the rule's own names
+            inner = cfg.get("rule_config", {})
+            rule(inner, inner.get("rule", rule_name) if isinstance(inner, dict) else rule_name, sub, path)
+        elif isinstance(cfg, dict) and cfg.get("rule") == "chain" and isinstance(sub, tuple) and not is_namedtuple(sub):
             names = [c.get("rule", f"rule{i}") if isinstance(c, dict) else f"rule{i}" for i, c in enumerate(cfg["rules"])]
             for i, (c, n, s) in enumerate(zip(cfg["rules"], names, sub)):
                 rule(c, n, s, path + [n if names.count(n) == 1 else f"{n}_{i}"])

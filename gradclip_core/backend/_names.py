@@ -22,6 +22,9 @@ __all__ = ["array_names", "array_label", "name_info", "current_names"]
 
 _NAMES: contextvars.ContextVar[Any] = contextvars.ContextVar("gradclip_array_names", default=None)
 _OPEN = [0]  # array_names() blocks open with names (torch.compile cannot trace ContextVar.get)
+# Index maps of the restricted rules running without names (gc.on: the i-th array the inner
+# rule sees is array POSITIONS[-1][i]), for error labels only.
+POSITIONS: list = []
 _PER_ARRAY = re.compile(r"^(.*?(?:^|/)sparsity)/(\d+)$")  # the per-array info keys of the core
 
 
@@ -81,7 +84,11 @@ def array_label(i: int) -> str:
     """
     names = current_names()
     if names is not None and 0 <= i < len(names):
-        return repr(names[i])
+        name = names[i]
+        return f"array {name}" if name.isdigit() else repr(name)  # (digits: a position, e.g. in a list)
+    for positions in reversed(POSITIONS):  # a rule restricted to some arrays (gc.on): their positions
+        if 0 <= i < len(positions):
+            i = positions[i]
     return f"array {i}"
 
 

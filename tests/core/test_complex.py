@@ -129,3 +129,15 @@ def test_per_example_clipping_refuses_complex():
     g = [np.ones((3, 2), np.complex64)]
     with pytest.raises(TypeError, match="clip_per_example: array 0 is complex64"):
         gc.clip_per_example(g, 1.0)
+
+
+def test_restricted_rules_name_the_arrays_as_the_caller_knows_them():
+    # A rule restricted to some arrays (gc.on, the pruning default "weights") sees a subset:
+    # its errors still name the caller's array (position or name), not the subset position.
+    w = [np.ones(3, np.float32), np.ones(2, np.float32), np.ones((2, 2), np.complex64)]
+    rule = gc.magnitude_prune(0.5)  # acts on rank >= 2 only: the third array
+    with pytest.raises(TypeError, match="magnitude_prune: array 2 is complex64"):
+        rule.project(w, rule.init(w))
+    with gcb.array_names(["b1", "b2", "kernel"]), pytest.raises(TypeError, match="magnitude_prune: 'kernel' is"):
+        rule.project(w, rule.init(w))
+    assert not gc.on(gc.non_neg(), "weights").has_update and gc.on(gc.non_neg(), "weights").has_project
