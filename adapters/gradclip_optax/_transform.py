@@ -100,8 +100,8 @@ def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransfor
 
     def init_fn(params: Any) -> TransformState:
         leaves, _ = flatten(params)
-        rule_state = rule.init(leaves)
-        with array_names(lambda: leaf_names(params)):
+        with array_names(lambda: leaf_names(params)):  # (gc.Params patterns match the tree paths)
+            rule_state = rule.init(leaves)
             info = info_like(lambda: rule.update(leaves, rule_state, leaves)[2])
         return TransformState(rule_state=rule_state, info=name_info(info, lambda: leaf_names(params)))
 

@@ -161,10 +161,10 @@ def wrap(
 
     def init_fn(params: Any) -> WrapState:
         leaves, treedef = flatten(params)
-        rule_state = rule.init(leaves)
         inner_state = inner.init(params)
-        probe = WrapState(rule_state, inner_state, {})
-        with array_names(lambda: leaf_names(params)):
+        with array_names(lambda: leaf_names(params)):  # (gc.Params patterns match the tree paths)
+            rule_state = rule.init(leaves)
+            probe = WrapState(rule_state, inner_state, {})
             info = info_like(lambda: step(leaves, treedef, probe, leaves, params)[3])
         info = name_info(info, lambda: leaf_names(params))
         return WrapState(rule_state=rule_state, inner_state=inner_state, info=info)

@@ -347,7 +347,7 @@ def clip_grad_norm_(
         names = [n for n, t in zip(names, tensors) if t.grad is not None]
     if rule.needs_params:
         _check_devices(list(params) + list(grads), "the parameters and their gradients")
-    with torch.no_grad():
+    with torch.no_grad(), array_names(names):
         template = rule.init([p.detach() for p in params])
     if flatten_state(template)[0]:
         raise TypeError(

@@ -100,9 +100,9 @@ class Handle:
 
     # --------------------------------------------------------------------- hooks
 
-    def _materialize(self, params: list[torch.Tensor]) -> None:
+    def _materialize(self, params: list[torch.Tensor], names: list[str] | None = None) -> None:
         """Build the state on the first step: ``rule.init``, or the loaded checkpoint."""
-        with torch.no_grad():
+        with torch.no_grad(), array_names(_for_errors(names)):  # (gc.Params patterns match the names)
             template = self.rule.init([local(p.detach()) for p in params])  # DTensors: local shards
         if self._pending is not None:
             check_leaves(template, self._pending)
@@ -121,7 +121,7 @@ class Handle:
         if self.rule.needs_params:
             _check_devices(list(params) + list(grads), "the parameters and their gradients")
         if self._state is None and params:  # a step without gradients (LBFGS before its closure) makes none
-            self._materialize(params)
+            self._materialize(params, names)
         loss_scale = getattr(optimizer, "grad_scale", None)  # GradScaler + fused optimizer: grads still scaled
         scaler_inf = getattr(optimizer, "found_inf", None)
         if loss_scale is not None and grads:

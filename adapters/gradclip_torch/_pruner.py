@@ -108,9 +108,9 @@ def _stripped(module: torch.nn.Module) -> ValueError:
     )
 
 
-def _template(rule: gc.Rule, params: Sequence[torch.Tensor]) -> Any:
+def _template(rule: gc.Rule, params: Sequence[torch.Tensor], names: Sequence[str]) -> Any:
     """``rule.init`` of ``params``' shapes on the meta device (no memory); on real tensors if that fails."""
-    with torch.no_grad():
+    with torch.no_grad(), array_names(names):
         try:
             with torch.device("meta"):  # factory calls without a device (xp.ones(shape)) land on meta too
                 return rule.init([torch.empty(p.shape, dtype=p.dtype) for p in params])
@@ -133,7 +133,7 @@ class Pruner:
         self._meta = getattr(module, _ATTR, None)  # strip() removes it: this pruner is then dead
         # Only the tree structure of the state is needed: a state made on the meta device
         # costs no memory or time (a real rule.init fills a full set of masks, 1 byte per weight).
-        self._template = _template(rule, self.parameters)
+        self._template = _template(rule, self.parameters, self.names)
 
     @classmethod
     def from_module(cls, module: torch.nn.Module) -> "Pruner":
@@ -339,7 +339,7 @@ def prune(module: torch.nn.Module, rule: gc.Rule, parameters: str | Iterable[str
             "has none); pass parameters=[names] explicitly"
         )
     params = [module.get_parameter(n) for n in names]
-    with torch.no_grad():
+    with torch.no_grad(), array_names(names):  # (gc.Params patterns match the parameter names)
         state = rule.init([p.detach() for p in params])
     if not _has_masks(state):
         raise ValueError(

@@ -7,8 +7,10 @@ match those names, the core's errors name the array (``'encoder.0.weight'``) ins
 its position, and :func:`name_info` renames per-array info keys (``sparsity/3`` ->
 ``sparsity/encoder.0.weight``) the same way.
 
-Names may be given lazily (a function returning them), so naming costs nothing unless an
-error is raised: an adapter can pass, e.g., a function that computes tree paths.
+Names may be given lazily (a function returning them), computed once when first needed
+(an error message, a ``Params`` pattern): an adapter can pass, e.g., a function that
+computes tree paths. Adapters run ``init`` inside the same block as ``update`` /
+``project``, so a selection by name is the same at every call.
 """
 
 from __future__ import annotations

@@ -212,3 +212,13 @@ def test_int_amounts_and_iterative_pruning_under_jit():
             _, state = step(params, state)
             seen.append(float(state.info["sparsity"]))
         np.testing.assert_allclose(seen, expected, rtol=1e-6)
+
+
+def test_params_patterns_match_tree_paths():
+    params = {"enc": {"w": jnp.arange(1.0, 17.0).reshape(4, 4)}, "dec": {"w": jnp.arange(1.0, 17.0).reshape(4, 4)}}
+    tx = gradclip_optax.wrap(gc.magnitude_prune(0.5, params=gc.Params(include=["enc/*"])), optax.sgd(0.0))
+    state = tx.init(params)
+    _, state = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), state, params)
+    masks = gradclip_optax.masks(params, state)
+    assert int((~masks["enc"]["w"]).sum()) == 8 and bool(masks["dec"]["w"].all())
+    assert set(state.info) == {"sparsity", "sparsity/enc/w"}

@@ -377,3 +377,18 @@ def test_lottery_ticket_rounds_with_rewinding_equal_torch_prune():
         assert torch.equal(ours[i].weight, ref[i].weight_orig * ref[i].weight_mask)  # rewound: init * mask
     with pytest.raises(ValueError, match="does not fit"):
         pruner.rewind({"0.weight": init["0.weight"]})
+
+
+def test_params_patterns_match_torch_names_from_init_on():
+    # gc.Params patterns see the torch names at init too (attach with a named optimizer, prune()).
+    lin = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(lin.named_parameters(), lr=0.1)
+    handle = gradclip_torch.attach(opt, gc.magnitude_prune(1, params=gc.Params(include=["bias"])))
+    lin.weight.grad, lin.bias.grad = torch.ones(3, 4), torch.ones(3)
+    opt.step()
+    weight_mask, bias_mask = gradclip_torch.masks(handle)
+    assert bool(weight_mask.all()) and int((~bias_mask).sum()) == 1
+    assert set(handle.info) == {"sparsity", "sparsity/bias"}
+    m = model(8)
+    pruner = gradclip_torch.prune(m, gc.magnitude_prune(0.5, params=gc.Params(exclude=["4.*"])), ["0.weight", "4.weight"])
+    assert not bool(pruner.masks["0.weight"].all()) and bool(pruner.masks["4.weight"].all())
