@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from typing import Any, Callable, Iterator
 
 __all__ = ["Reducer", "Participants", "all_reduce", "all_gather", "static_total", "collective", "active", "participant_index"]
@@ -60,6 +61,7 @@ _REDUCER: contextvars.ContextVar[Reducer | None] = contextvars.ContextVar("gradc
 # without reading the ContextVar: torch.compile cannot trace ContextVar.get (a graph break
 # in every rule call), but reads a module global (with a guard on its value).
 _OPEN = [0]
+_LOCK = threading.Lock()
 
 
 def _reducer() -> Reducer | None:
@@ -159,9 +161,11 @@ def active() -> bool:
 def collective(reducer: Reducer | None) -> Iterator[None]:
     """Within this block, :func:`all_reduce` calls ``reducer`` (``None``: identity)."""
     token = _REDUCER.set(reducer)
-    _OPEN[0] += 1
+    with _LOCK:
+        _OPEN[0] += 1
     try:
         yield
     finally:
-        _OPEN[0] -= 1
+        with _LOCK:
+            _OPEN[0] -= 1
         _REDUCER.reset(token)

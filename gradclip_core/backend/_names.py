@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
+import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 __all__ = ["array_names", "array_label", "name_info", "current_names"]
 
 _NAMES: contextvars.ContextVar[Any] = contextvars.ContextVar("gradclip_array_names", default=None)
-_OPEN = [0]  # array_names() blocks open with names (torch.compile cannot trace ContextVar.get)
+_OPEN = [0]  # array_names() blocks open with names, any thread (torch.compile cannot trace ContextVar.get)
+_LOCK = threading.Lock()
 # Index maps of the restricted rules running without names (gc.on: the i-th array the inner
 # rule sees is array POSITIONS[-1][i]), for error labels only.
 POSITIONS: list = []
@@ -63,11 +65,13 @@ def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None) -> It
         return
     value = _Lazy(names) if callable(names) else (None if names is None else list(names))
     token = _NAMES.set(value)
-    _OPEN[0] += 1
+    with _LOCK:
+        _OPEN[0] += 1
     try:
         yield
     finally:
-        _OPEN[0] -= 1
+        with _LOCK:
+            _OPEN[0] -= 1
         _NAMES.reset(token)
 
 
