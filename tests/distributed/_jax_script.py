@@ -92,7 +92,8 @@ def _specs(state, sharded_leaf) -> object:
     for node in jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, gc.PruneState)):
         if isinstance(node, gc.PruneState):
             masks.update(id(m) for m in node.masks)
-    return jax.tree.map(lambda leaf: P("x") if id(leaf) in masks or sharded_leaf(leaf) else P(), state)
+    # (masks of the arrays a rule does not prune, e.g. biases under the default params="weights", are 0-d: P())
+    return jax.tree.map(lambda leaf: P("x") if (id(leaf) in masks and leaf.ndim) or sharded_leaf(leaf) else P(), state)
 
 
 def run_shard_map(name: str, mesh) -> tuple:
