@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import keras
+import numpy as np
 from keras import ops
 
 import gradclip_core as gc
@@ -28,15 +29,20 @@ class _Slots:
 
 
 def _constant(value: Any) -> Any:
-    """An initializer giving a private copy of ``value``.
+    """An initializer giving a private, unplaced copy of ``value``.
 
     A rule's ``init`` may return one array for several leaves (``z = zeros(); (z, z)``);
     Keras' torch variables adopt the initial tensor's storage, so without the copy two
-    state variables would share memory.
+    state variables would share memory. The copy goes through NumPy so that it is placed
+    like every other Keras variable: a rule's ``init`` puts its state on its params'
+    device (``device=``), which makes a JAX array *committed*, while Keras' own variables
+    are not; ``jax.jit`` keys its cache on that, and the JAX trainer's step compiled
+    three times per ``fit`` (the first step, the second, and the first of epoch 2).
     """
+    host = np.array(ops.convert_to_numpy(value))
 
     def init(shape: Any = None, dtype: Any = None) -> Any:
-        return ops.copy(value)
+        return ops.convert_to_tensor(np.array(host), dtype=dtype)
 
     return init
 

@@ -230,3 +230,21 @@ def test_stateless_apply_skip_under_jit():
     for v in opt.inner_optimizer.variables:
         np.testing.assert_array_equal(to_np(new_o[idx[id(v)]]), to_np(v))
     assert int(to_np(new_o[idx[id(opt.gradclip_info["skipped"])]])) == 1
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX trainer jit-compiles the train step; its cache is what is tested")
+@pytest.mark.parametrize("rule", ["zclip", "autoclip", "prune"])
+def test_jax_fit_compiles_the_train_step_once(rule, caplog):
+    """Stateful rules: one compilation per fit (it was three: the rule state arrived committed to a device)."""
+    import logging
+
+    import jax
+
+    rule = {"zclip": gc.zclip(), "autoclip": gc.autoclip(10, 8), "prune": gc.global_magnitude_prune(0.5)}[rule]
+    model = _model()
+    model.compile(optimizer=gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), rule), loss="mse")
+    x, y = _xy(32)
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    compiles = [r for r in caplog.records if "Compiling jit(train_step)" in r.getMessage()]
+    assert len(compiles) == 1
