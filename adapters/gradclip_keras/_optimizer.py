@@ -84,7 +84,9 @@ class Optimizer(keras.optimizers.Optimizer):
     Loss scaling: the inner optimizer's ``loss_scale_factor`` moves to this wrapper, which
     unscales before the rule (the rule must see true gradients). For dynamic loss scaling
     wrap this optimizer: ``keras.optimizers.LossScaleOptimizer(gradclip_keras.Optimizer(...))``
-    unscales first and skips non-finite steps. Inner optimizers with
+    unscales first and skips non-finite steps; the other order,
+    ``gradclip_keras.Optimizer(LossScaleOptimizer(inner), rule)``, is refused (the loss
+    would never be scaled, but the gradients divided by the scale). Inner optimizers with
     ``gradient_accumulation_steps`` are refused: the rule would clip each micro-batch.
 
     Distribution: under ``tf.distribute`` Keras' own ``clipnorm`` / ``global_clipnorm`` run
@@ -119,6 +121,13 @@ class Optimizer(keras.optimizers.Optimizer):
         check_rule(rule, "gradclip_keras.Optimizer")
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
             raise TypeError(f"inner_optimizer must be a keras.optimizers.Optimizer, got {type(inner_optimizer).__name__}")
+        if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError(
+                "inner_optimizer is a LossScaleOptimizer: inside gradclip_keras.Optimizer the loss is never scaled "
+                "but LossScaleOptimizer still divides the gradients by its scale, so the model does not train. "
+                "Put the loss scaling outside: keras.optimizers.LossScaleOptimizer(gradclip_keras.Optimizer(inner, rule)) "
+                "(it unscales before the rule and skips non-finite steps)"
+            )
         if inner_optimizer.gradient_accumulation_steps:
             raise ValueError(
                 "the inner optimizer uses gradient_accumulation_steps: the rule would run on each micro-batch "

@@ -248,3 +248,22 @@ def test_jax_fit_compiles_the_train_step_once(rule, caplog):
         model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     compiles = [r for r in caplog.records if "Compiling jit(train_step)" in r.getMessage()]
     assert len(compiles) == 1
+
+
+def test_loss_scale_optimizer_inside_is_refused_and_outside_trains():
+    """``Optimizer(LossScaleOptimizer(inner))`` never scaled the loss but divided by 32768: it did not train."""
+    with pytest.raises(ValueError, match=r"LossScaleOptimizer\(gradclip_keras.Optimizer\(inner, rule\)\)"):
+        gradclip_keras.Optimizer(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)), gc.clip_by_global_norm(1e6))
+    x, y = _xy(8)
+    moved = {}
+    for name, opt in [("plain", keras.optimizers.SGD(0.01)),
+                      ("wrapped", keras.optimizers.LossScaleOptimizer(
+                          gradclip_keras.Optimizer(keras.optimizers.SGD(0.01), gc.clip_by_global_norm(1e6))))]:
+        model = _model()
+        before = [to_np(w) for w in model.trainable_weights]
+        model.compile(optimizer=opt, loss="mse")
+        model.fit(x, y, batch_size=8, verbose=0)
+        moved[name] = [to_np(w) - b for w, b in zip(model.trainable_weights, before)]
+    assert np.abs(moved["plain"][0]).max() > 1e-2
+    for a, b in zip(moved["wrapped"], moved["plain"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
