@@ -281,6 +281,8 @@ class Optimizer(keras.optimizers.Optimizer):
                 self.build(trainable_variables)
             self.built = True
         variables = list(self._trainable_variables if trainable_variables is None else trainable_variables)
+        if trainable_variables is not None:
+            self._check_variables_are_known(variables)  # Keras' "Unknown variable ... recreate a new optimizer"
         grads = list(grads)
         if len(grads) != len(variables):
             raise ValueError(f"got {len(grads)} gradients for {len(variables)} variables")

@@ -267,3 +267,28 @@ def test_loss_scale_optimizer_inside_is_refused_and_outside_trains():
     assert np.abs(moved["plain"][0]).max() > 1e-2
     for a, b in zip(moved["wrapped"], moved["plain"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_reuse_on_a_second_model_behaves_like_keras():
+    """A wrapper built for one model, compiled into another: Keras' own error (was a raw KeyError)."""
+    x, y = _xy(8)
+    outcome = {}
+    for name, make in [("keras", lambda: keras.optimizers.SGD(0.1)),
+                       ("wrapper", lambda: gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0)))]:
+        opt = make()
+        first = _model()
+        first.compile(optimizer=opt, loss="mse")
+        first.fit(x, y, verbose=0)
+        second = _model(1)
+        second.compile(optimizer=opt, loss="mse")
+        before = [to_np(w) for w in second.trainable_weights]
+        try:
+            second.fit(x, y, verbose=0)
+            outcome[name] = "trained"
+        except ValueError as e:
+            outcome[name] = str(e).split(":")[0]
+            assert "recreate a new optimizer instance" in str(e)
+            for w, b in zip(second.trainable_weights, before):  # nothing half-applied
+                np.testing.assert_array_equal(to_np(w), b)
+    assert outcome["wrapper"] == outcome["keras"]
+    assert outcome["keras"] == ("trained" if BACKEND == "jax" else "Unknown variable")  # JAX maps values by position
