@@ -11,6 +11,7 @@ from keras import ops
 import gradclip_core as gc
 
 from ._backend import backend, rule_scope, run_unless, snapshot, storage_precision, to_tensor
+from ._registry import rule_config, rule_from_config, serializable
 from ._state import check_rule, flatten, has_project, sanitize, skipped, unflatten
 
 __all__ = ["Optimizer"]
@@ -47,7 +48,7 @@ def _constant(value: Any) -> Any:
     return init
 
 
-@keras.saving.register_keras_serializable(package="gradclip")
+@serializable("Optimizer")
 class Optimizer(keras.optimizers.Optimizer):
     """A Keras optimizer that runs a gradclip rule around an inner optimizer.
 
@@ -117,7 +118,7 @@ class Optimizer(keras.optimizers.Optimizer):
         if kwargs:
             raise ValueError(f"gradclip_keras.Optimizer takes (inner_optimizer, rule, name=None); unknown arguments {sorted(kwargs)}")
         if isinstance(rule, Mapping):
-            rule = gc.from_config(rule)
+            rule = rule_from_config(rule)
         check_rule(rule, "gradclip_keras.Optimizer")
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
             raise TypeError(f"inner_optimizer must be a keras.optimizers.Optimizer, got {type(inner_optimizer).__name__}")
@@ -332,16 +333,21 @@ class Optimizer(keras.optimizers.Optimizer):
     # -------------------------------------------------------------------- config
 
     def get_config(self) -> dict:
-        """``{"name", "inner_optimizer", "rule"}``; ``rule`` is ``rule.config`` (JSON-able for core rules)."""
+        """``{"name", "inner_optimizer", "rule"}``; ``rule`` is ``rule.config``.
+
+        Raises:
+          ValueError: the rule has no config (a ``gc.Rule`` built by hand): register its
+            factory with :func:`gradclip_keras.register_rule` to save it.
+        """
         return {
             "name": self.name,
             "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
-            "rule": dict(self.rule.config),
+            "rule": rule_config(self.rule, "gradclip_keras.Optimizer"),
         }
 
     @classmethod
     def from_config(cls, config: Mapping, custom_objects: Any = None) -> "Optimizer":
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
-        rule = gc.from_config(config.pop("rule"))
+        rule = rule_from_config(config.pop("rule"), custom_objects)
         return cls(inner, rule, **config)

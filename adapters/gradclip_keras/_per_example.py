@@ -20,6 +20,7 @@ from keras import ops, tree
 import gradclip_core as gc
 
 from ._backend import backend, rule_scope, to_tensor
+from ._registry import serializable
 
 __all__ = ["PerExampleModel", "clip_per_example"]
 
@@ -58,7 +59,7 @@ def _vmap_grad(fn: Callable, tv: list, batch: Any) -> tuple[list, Any]:
     raise ValueError(f"PerExampleModel supports the jax, torch and tensorflow backends, not {name!r}")
 
 
-@keras.saving.register_keras_serializable(package="gradclip")
+@serializable("PerExampleModel")
 class PerExampleModel(keras.Model):
     """A Keras model trained with per-example (DP-SGD) clipping: wrap, compile, ``fit``.
 

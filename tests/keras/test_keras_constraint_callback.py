@@ -88,3 +88,15 @@ def test_callback_arguments():
         gradclip_keras.Callback(_zero_small_rule(), every=0)
     with pytest.raises(ValueError, match="on must be"):
         gradclip_keras.Callback(_zero_small_rule(), on="step")
+
+
+def test_max_norm_axes_against_keras_max_norm_on_conv2d():
+    """Keras' MaxNorm defaults to axis=0; gc.max_norm's default unit is one output (axes 0, 1, 2 of a Conv2D kernel)."""
+    w = np.random.default_rng(0).normal(size=(3, 3, 2, 4)).astype(np.float32)
+    v = keras.Variable(w)
+    for ours, keras_constraint in [(gc.max_norm(1.5, axis=0), keras.constraints.MaxNorm(1.5)),
+                                   (gc.max_norm(1.5), keras.constraints.MaxNorm(1.5, axis=[0, 1, 2])),
+                                   (gc.unit_norm(axis=0), keras.constraints.UnitNorm()),
+                                   (gc.min_max_norm(0.5, 1.5, axis=0), keras.constraints.MinMaxNorm(0.5, 1.5))]:
+        np.testing.assert_allclose(to_np(gradclip_keras.Constraint(ours)(v)), to_np(keras_constraint(v)), rtol=2e-6, atol=1e-7)
+    assert not np.allclose(to_np(gradclip_keras.Constraint(gc.max_norm(1.5))(v)), to_np(keras.constraints.MaxNorm(1.5)(v)))
