@@ -8,8 +8,8 @@ import keras
 
 import gradclip_core as gc
 
-from ._backend import rule_scope, snapshot, to_tensor
-from ._state import check_rule, has_project
+from ._backend import backend, rule_scope, snapshot, to_tensor
+from ._state import check_rule, flatten, has_project, name_info
 
 __all__ = ["Callback", "LogInfo"]
 
@@ -29,30 +29,46 @@ class Callback(keras.callbacks.Callback):
     """Apply ``rule.project`` to the model's weights on a schedule during ``fit``.
 
     Like tfmot's ``UpdatePruningStep``, for Keras 3 and any gradclip rule with a
-    ``project`` part: every ``every`` training batches (``on="batch"``) or epochs
+    ``project`` part: after every ``every`` optimizer steps (``on="batch"``) or epochs
     (``on="epoch"``), from the ``start``-th on, it runs::
 
         weights, state, info = rule.project(weights, state)
 
     on ``model.trainable_variables`` (or ``variables(model)``), assigns the weights, keeps
-    the rule state in the callback (``callback.state``, initialised by ``rule.init`` at
-    ``on_train_begin``) and writes the info, as floats prefixed ``"gradclip/"``, into the
-    batch or epoch logs (``callback.info`` keeps the last values). It runs eagerly
-    between steps (on JAX it first syncs the trainer's state into the variables).
-    ``axis=None`` in unit-wise rules means Keras' ``"out_last"`` layout.
+    the rule state in the callback (``callback.state``) and writes the info, as floats
+    prefixed ``"gradclip/"``, into the batch and epoch logs (``callback.info`` keeps the
+    last values; per-array keys are named by the variable's path,
+    ``"gradclip/sparsity/sequential/dense/kernel"``). ``axis=None`` in unit-wise rules
+    means Keras' ``"out_last"`` layout.
 
-    For rules that must also act on the gradients every step (pruning masks), use
-    :class:`gradclip_keras.Optimizer` instead, which runs ``update`` and ``project``.
-    With ``every=1`` (the default) a pruning rule here re-masks the weights after every
-    batch, so pruned weights are 0 between batches, but momentum may still hold
-    updates for them. The schedule counts ``project`` calls, i.e. callback runs.
+    **The rule's step is the optimizer's step.** A rule with state (a pruning schedule
+    counts its ``project`` calls) is brought up to ``optimizer.iterations`` each time the
+    callback runs: one ``project`` per optimizer step since its last run, in a row on the
+    current weights (a pruning rule recomputes its masks only on its schedule's steps and
+    otherwise just re-applies them). So the schedule counts optimizer steps with
+    ``steps_per_execution > 1``, ``every > 1`` or ``on="epoch"`` too, and a run resumed from
+    a saved model continues it: the callback needs no state of its own in the checkpoint,
+    since the step is the optimizer's ``iterations`` (saved with the model) and, at the
+    start of ``fit``, the masks are rebuilt by replaying the schedule on the saved
+    weights, whose pruned entries are 0 (exact when the checkpoint was written after a
+    run of the callback, e.g. ``on="batch"``, ``every=1``, and no kept weight is exactly 0).
+    A state-free rule (a constraint) runs once per run.
+
+    Cost: the weights are read and written once per run. On JAX ``project`` is compiled
+    once (``jax.jit``); on TensorFlow and torch it runs eagerly, and a pruning rule's
+    selection runs only on its schedule's steps. Masks are kept on the weights between
+    runs, not on the gradients: for pruning during every step (momentum never revives a
+    pruned weight) use :class:`gradclip_keras.Optimizer`, which runs ``update`` and
+    ``project`` inside the train step. List this callback before callbacks that read the
+    logs or the weights at the same hook (``TensorBoard``, ``ModelCheckpoint``).
     :func:`gradclip_keras.strip` ``(callback)`` zeroes the pruned weights for good.
 
     Args:
       rule: a :class:`gradclip_core.Rule` with a ``project`` part.
-      every: run every ``every`` batches or epochs (>= 1).
+      every: run every ``every`` optimizer steps (``on="batch"``: at the first batch end
+        at least ``every`` steps after the last run) or epochs (>= 1).
       on: ``"batch"`` (at ``on_train_batch_end``) or ``"epoch"`` (at ``on_epoch_end``).
-      start: first batch/epoch count (1-based, counted across epochs for batches) to run at.
+      start: first optimizer step (1-based) or epoch to run at.
       variables: optional ``model -> list of variables`` choosing the weights.
       prefix: prefix of the info keys in the logs.
 
@@ -66,7 +82,7 @@ class Callback(keras.callbacks.Callback):
       (10, 'batch')
 
       Gradual pruning to 80% sparsity during ``fit`` (polynomial schedule over the first
-      20 batches, masks recomputed every 4), the sparsity logged from the info:
+      20 optimizer steps, masks recomputed every 4), the sparsity logged from the info:
 
       >>> import numpy as np, keras
       >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
@@ -100,6 +116,8 @@ class Callback(keras.callbacks.Callback):
             raise ValueError(f"on must be 'batch' or 'epoch', got {on!r}")
         if not isinstance(start, int) or isinstance(start, bool) or start < 1:
             raise ValueError(f"start must be an int >= 1, got {start!r}")
+        if variables is not None and not callable(variables):
+            raise ValueError(f"variables must be a function model -> list of variables, got {variables!r}")
         self.rule = rule
         self.every = every
         self.on = on
@@ -108,45 +126,109 @@ class Callback(keras.callbacks.Callback):
         self._select = variables
         self.state: Any = None
         self.info: dict = {}
-        self._count = 0
+        self._steps = 0  # rule steps applied so far (= optimizer iterations after each run)
+        self._next = start  # on="batch": the first optimizer step at which to run next
+        self._shapes: list | None = None
+        self._compiled: Any = None
+
+    @property
+    def steps(self) -> int:
+        """How many rule steps (``project`` calls of a rule with state) have been applied."""
+        return self._steps
 
     def _variables(self) -> list:
         return list(self._select(self.model) if self._select is not None else self.model.trainable_variables)
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self._count = 0
-        if self.state is None:
-            _sync(self.model)
-            with rule_scope():
-                self.state = self.rule.init([to_tensor(v) for v in self._variables()])
+    def _iterations(self) -> int:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return self._steps
+        return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
-    def project(self) -> dict:
-        """Run ``rule.project`` on the weights now; returns the info as floats."""
+    def _stateful(self) -> bool:
+        return bool(flatten(self.state))
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        _sync(self.model)
+        variables = self._variables()
+        shapes = [tuple(v.shape) for v in variables]
+        if self.state is None or shapes != self._shapes:
+            with rule_scope():
+                self.state = self.rule.init([to_tensor(v) for v in variables])
+            self._shapes, self._steps, self._next, self._compiled = shapes, 0, self.start, None
+        iterations = self._iterations()
+        if iterations > self._steps and self._stateful():
+            # A model that trained before (a resumed checkpoint, another fit): replay the
+            # rule's steps on its weights now, before training moves the pruned ones.
+            self._advance(iterations - self._steps)
+        self._steps = max(self._steps, iterations)
+        self._next = max(self._next, iterations + 1)
+
+    def _project_fn(self) -> Callable:
+        """``project(values, state)``: compiled once on JAX; eager on TensorFlow and torch."""
+        if self._compiled is None:
+            rule = self.rule
+            if backend() == "jax":
+                import jax
+
+                jitted = jax.jit(lambda values, state: rule.project(values, state))
+
+                def run(values: list, state: Any) -> tuple:
+                    # Every argument committed to where it is: the weights arrive uncommitted
+                    # or not, depending on the trainer's last step, and jit keys its cache on it.
+                    values, state = jax.tree.map(lambda a: jax.device_put(a, a.sharding), (values, state))
+                    with rule_scope():
+                        return jitted(values, state)
+
+                self._compiled = run
+            else:
+
+                def run(values: list, state: Any) -> tuple:
+                    with rule_scope():
+                        return rule.project(values, state)
+
+                self._compiled = run
+        return self._compiled
+
+    def _advance(self, steps: int) -> dict:
+        """``steps`` project calls (one for a state-free rule) on the weights; assign them once."""
         _sync(self.model)
         variables = self._variables()
         values = [snapshot(v) for v in variables]
-        with rule_scope():
-            out, self.state, info = self.rule.project(values, self.state)
-        for var, value in zip(variables, out):
+        project = self._project_fn()
+        calls = max(1, steps) if self._stateful() else 1
+        info: dict = {}
+        for _ in range(calls):
+            values, self.state, info = project(list(values), self.state)
+        for var, value in zip(variables, values):
             var.assign(keras.ops.cast(value, var.dtype))
-        self.info = _floats(info, self.prefix)
+        if self._stateful():
+            self._steps += calls
+        names = name_info(list(info), variables)
+        self.info = _floats({names[k]: v for k, v in info.items()}, self.prefix)
         return self.info
 
-    def _tick(self, logs: dict | None) -> None:
-        self._count += 1
-        if self._count >= self.start and (self._count - self.start) % self.every == 0:
-            self.project()
-        if logs is not None:
-            logs.update(self.info)
+    def project(self) -> dict:
+        """Run one ``rule.project`` on the weights now (one rule step); returns the info as floats."""
+        return self._advance(1)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.on == "batch":
-            self._tick(logs)
+            _sync(self.model)
+            iterations = self._iterations()
+            if iterations >= self._next:
+                self._advance(iterations - self._steps)
+                self._steps = max(self._steps, iterations)
+                self._next = iterations + self.every
+        if logs is not None:
+            logs.update(self.info)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.on == "epoch":
-            self._tick(logs)
-        elif logs is not None:
+        if self.on == "epoch" and epoch + 1 >= self.start and (epoch + 1 - self.start) % self.every == 0:
+            iterations = self._iterations()
+            self._advance(iterations - self._steps)
+            self._steps = max(self._steps, iterations)
+        if logs is not None:
             logs.update(self.info)
 
 

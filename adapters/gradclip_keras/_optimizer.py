@@ -10,9 +10,9 @@ from keras import ops
 
 import gradclip_core as gc
 
-from ._backend import backend, rule_scope, run_unless, snapshot, storage_precision, to_tensor
+from ._backend import backend, is_symbolic, rule_scope, run_unless, snapshot, storage_precision, to_tensor
 from ._registry import rule_config, rule_from_config, serializable
-from ._state import check_rule, flatten, has_project, sanitize, skipped, unflatten
+from ._state import check_rule, flatten, has_project, name_info, sanitize, skipped, unflatten
 
 __all__ = ["Optimizer"]
 
@@ -25,8 +25,9 @@ class _Slots:
         self.project = has_project(rule)
         self.treedef: Any = None
         self.state: list = []  # keras.Variable per state leaf
-        self.info: dict[str, Any] = {}  # info key -> keras.Variable
+        self.info: dict[str, Any] = {}  # shown info key -> keras.Variable
         self.update_keys: tuple = ()
+        self.names: dict[str, str] = {}  # the rule's info key -> shown key (per-array keys by variable path)
 
 
 def _constant(value: Any) -> Any:
@@ -34,18 +35,24 @@ def _constant(value: Any) -> Any:
 
     A rule's ``init`` may return one array for several leaves (``z = zeros(); (z, z)``);
     Keras' torch variables adopt the initial tensor's storage, so without the copy two
-    state variables would share memory. The copy goes through NumPy so that it is placed
-    like every other Keras variable: a rule's ``init`` puts its state on its params'
+    state variables would share memory. On JAX the copy goes through NumPy so that it is
+    placed like every other Keras variable: a rule's ``init`` puts its state on its params'
     device (``device=``), which makes a JAX array *committed*, while Keras' own variables
     are not; ``jax.jit`` keys its cache on that, and the JAX trainer's step compiled
     three times per ``fit`` (the first step, the second, and the first of epoch 2).
     """
-    host = np.array(ops.convert_to_numpy(value))
+    if backend() == "jax" and not is_symbolic(value):
+        host = np.array(ops.convert_to_numpy(value))
 
-    def init(shape: Any = None, dtype: Any = None) -> Any:
-        return ops.convert_to_tensor(np.array(host), dtype=dtype)
+        def init(shape: Any = None, dtype: Any = None) -> Any:
+            return ops.convert_to_tensor(np.array(host), dtype=dtype)
 
-    return init
+        return init
+
+    def copy(shape: Any = None, dtype: Any = None) -> Any:  # TF may build inside a traced step
+        return ops.copy(value)
+
+    return copy
 
 
 @serializable("Optimizer")
@@ -68,7 +75,9 @@ class Optimizer(keras.optimizers.Optimizer):
 
     - ``optimizer.gradclip_info``: dict info key -> variable, updated every step
       (``float(optimizer.gradclip_info["norm"])``); ``optimizer.info`` gives the values;
-      :class:`gradclip_keras.LogInfo` puts them in ``fit``'s logs;
+      :class:`gradclip_keras.LogInfo` puts them in ``fit``'s logs. Per-array keys are
+      named by the variable's path: ``"sparsity/sequential/dense/kernel"`` (the core's
+      ``"sparsity/<i>"``);
     - ``optimizer.gradclip_state``: the rule state's variables.
 
     ``nonfinite="skip"`` rules: on a step whose gradients hold NaN/Inf the inner optimizer
@@ -200,6 +209,7 @@ class Optimizer(keras.optimizers.Optimizer):
             pinfo = rule.project(values, state1)[2] if slots.project else {}
         slots.treedef = state
         slots.update_keys = tuple(info)
+        slots.names = name_info([*info, *pinfo], var_list)
         with keras.name_scope(self.name, caller=self):
             for i, leaf in enumerate(flatten(state)):
                 leaf = ops.convert_to_tensor(leaf)
@@ -213,6 +223,7 @@ class Optimizer(keras.optimizers.Optimizer):
                 )
             for key, value in {**info, **pinfo}.items():
                 value = ops.convert_to_tensor(value)
+                key = slots.names[key]
                 slots.info[key] = self.add_variable(
                     shape=tuple(value.shape),
                     initializer="zeros",
@@ -298,7 +309,8 @@ class Optimizer(keras.optimizers.Optimizer):
         for var, value in zip(slots.state, new_state):
             var.assign(self._cast_like(value, var))
         for key in slots.update_keys:
-            slots.info[key].assign(self._cast_like(info[key], slots.info[key]))
+            var = slots.info[slots.names[key]]
+            var.assign(self._cast_like(info[key], var))
         inner_grads = [None if g is None else out[i] for g, i in zip(grads, pos)]
         if replicas != 1.0:
             inner_grads = [None if g is None else g / ops.cast(replicas, g.dtype) for g in inner_grads]
@@ -313,7 +325,8 @@ class Optimizer(keras.optimizers.Optimizer):
                 for var, value in zip(slots.state, pstate):
                     var.assign(self._cast_like(value, var))
                 for key, value in pinfo.items():
-                    slots.info[key].assign(self._cast_like(value, slots.info[key]))
+                    var = slots.info[slots.names[key]]
+                    var.assign(self._cast_like(value, var))
 
         restore = list(built) + list(self.inner_optimizer.variables) + list(slots.state) + list(slots.info.values())
         run_unless(skipped(info), step, restore)

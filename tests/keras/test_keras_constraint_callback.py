@@ -65,15 +65,25 @@ def _zero_small_rule():
     return gc.Rule(init=init, project=project, name="zero_small")
 
 
-@pytest.mark.parametrize("on, every, expected_calls", [("batch", 2, 4), ("epoch", 1, 2)])
-def test_callback_projects_on_schedule_and_logs(on, every, expected_calls):
+@pytest.mark.parametrize("on, every, runs_at", [("batch", 2, [1, 3, 5, 7]), ("epoch", 1, [4, 8])])
+def test_callback_projects_on_schedule_and_logs(on, every, runs_at):
+    """The callback runs every `every` steps/epochs; a rule with state then takes one step per optimizer step."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     cb = gradclip_keras.Callback(_zero_small_rule(), every=every, on=on)
-    history = model.fit(np.ones((16, 3), np.float32), np.ones((16, 4), np.float32), batch_size=4, epochs=2, verbose=0, callbacks=[cb])
-    assert int(to_np(cb.state.count)) == expected_calls
-    assert cb.info["gradclip/calls"] == expected_calls
+    seen = []
+
+    class Runs(keras.callbacks.Callback):  # records the rule step after each batch end
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(cb.steps)
+
+    history = model.fit(np.ones((16, 3), np.float32), np.ones((16, 4), np.float32), batch_size=4, epochs=2, verbose=0,
+                        callbacks=[cb, Runs()])
+    if on == "batch":
+        assert sorted(set(seen) - {0}) == runs_at  # after each run the rule is at the optimizer's step
+    assert int(to_np(cb.state.count)) == runs_at[-1] == cb.steps
+    assert cb.info["gradclip/calls"] == runs_at[-1]
     assert history.history["gradclip/sparsity"][-1] == cb.info["gradclip/sparsity"] > 0
     if on == "epoch":  # projected after the last step: nothing small is left
         for w in model.trainable_weights:
