@@ -235,25 +235,39 @@ class Callback(keras.callbacks.Callback):
 class LogInfo(keras.callbacks.Callback):
     """Put the info of the model's :class:`gradclip_keras.Optimizer` into ``fit``'s logs.
 
-    At every epoch end (and, with ``every_batch=True``, every batch end: one host sync
-    per batch) it adds ``{prefix + key: float}`` for the last step's info, so it shows
-    in the progress bar, ``History`` and TensorBoard. ``LossScaleOptimizer`` around the
-    wrapper is looked through.
+    Every step's logs get ``{prefix + key: value}`` for the wrapper's info (per-array keys
+    named by variable path: ``"gradclip/sparsity/sequential/dense/kernel"``), so it shows in
+    the progress bar, ``History`` (the epoch's last step) and TensorBoard, whatever the
+    order of the callbacks: at ``on_train_begin`` it wraps ``model.train_function`` so the
+    values are in the logs the train step returns, before any callback reads them (a
+    callback that only added them at its own hook came too late for a ``TensorBoard``
+    listed before it). The values stay tensors until Keras converts the logs, as it does
+    for the loss; ``on_train_end`` restores the train function. ``LossScaleOptimizer``
+    around the wrapper is looked through.
 
     Args:
       prefix: prefix of the keys in the logs.
-      every_batch: also log at every batch end.
+      every_batch: kept for compatibility; the info is in every step's logs.
+
+    Raises:
+      ValueError: (at the start of ``fit``) the model's optimizer is not, and does not
+        wrap, a :class:`gradclip_keras.Optimizer`.
 
     Example:
-      >>> import gradclip_keras
-      >>> gradclip_keras.LogInfo().prefix
-      'gradclip/'
+      >>> import numpy as np, keras
+      >>> import gradclip_core as gc, gradclip_keras
+      >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+      >>> model.compile(optimizer=gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0)), loss="mse")
+      >>> logs = model.fit(np.ones((8, 3)), np.full((8, 1), 9.0), verbose=0, callbacks=[gradclip_keras.LogInfo()]).history
+      >>> sorted(logs), logs["gradclip/norm"][0] > 1
+      (['gradclip/norm', 'gradclip/scale', 'loss'], True)
     """
 
-    def __init__(self, prefix: str = "gradclip/", every_batch: bool = False) -> None:
+    def __init__(self, prefix: str = "gradclip/", every_batch: bool = True) -> None:
         super().__init__()
         self.prefix = prefix
         self.every_batch = every_batch
+        self._wrapped: tuple | None = None
 
     def _optimizer(self) -> Any:
         from ._optimizer import Optimizer
@@ -265,15 +279,40 @@ class LogInfo(keras.callbacks.Callback):
             raise ValueError("LogInfo: the model's optimizer is not (and does not wrap) a gradclip_keras.Optimizer")
         return opt
 
-    def _log(self, logs: dict | None) -> None:
-        if logs is None:
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        opt = self._optimizer()
+        model = self.model
+        original = model.train_function
+        if original is None or getattr(original, "_gradclip_log_info", None) is self:
             return
-        _sync(self.model)
-        logs.update(_floats(self._optimizer().info, self.prefix))
+        prefix = self.prefix
+        # The optimizer may build in the first step (TensorFlow): look its info up then.
+        if backend() == "jax":
+            # The JAX trainer threads the optimizer variables through the step as values:
+            # read the info from the new state, not from the (not yet synced) variables.
+            where: dict = {}
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.every_batch:
-            self._log(logs)
+            def train_function(state: Any, data: Any) -> Any:
+                step_logs, state = original(state, data)
+                if not where:
+                    index = {id(v): i for i, v in enumerate(model.optimizer.variables)}
+                    where.update({prefix + k: index[id(v)] for k, v in opt.gradclip_info.items()})
+                values = state[2]
+                return {**step_logs, **{k: values[i] for k, i in where.items()}}, state
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._log(logs)
+        else:
+
+            def train_function(*args: Any, **kwargs: Any) -> Any:
+                step_logs = original(*args, **kwargs)
+                return {**step_logs, **{prefix + k: snapshot(v) for k, v in opt.gradclip_info.items()}}
+
+        train_function._gradclip_log_info = self  # type: ignore[attr-defined]
+        model.train_function = train_function
+        self._wrapped = (model, original, train_function)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._wrapped is not None:
+            model, original, wrapped = self._wrapped
+            if model.train_function is wrapped:
+                model.train_function = original
+            self._wrapped = None

@@ -292,3 +292,28 @@ def test_reuse_on_a_second_model_behaves_like_keras():
                 np.testing.assert_array_equal(to_np(w), b)
     assert outcome["wrapper"] == outcome["keras"]
     assert outcome["keras"] == ("trained" if BACKEND == "jax" else "Unknown variable")  # JAX maps values by position
+
+
+@pytest.mark.parametrize("loss_scale", [False, True])
+def test_log_info_reaches_callbacks_listed_before_it(loss_scale):
+    """A callback before LogInfo (TensorBoard's place in the issue) saw no gradclip values; now the step's logs hold them."""
+    batch_logs, epoch_logs = [], []
+
+    class Reader(keras.callbacks.Callback):  # reads the logs where TensorBoard does
+        def on_train_batch_end(self, batch, logs=None):
+            batch_logs.append(dict(logs))
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_logs.append(dict(logs))
+
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.01), gc.clip_by_global_norm(1.0))
+    model = _model()
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(opt) if loss_scale else opt, loss="mse")
+    x, y = _xy(16)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[Reader(), gradclip_keras.LogInfo()])
+    norms = [logs["gradclip/norm"] for logs in batch_logs]
+    assert len(norms) == 4 and len(set(norms)) == 4 and all(n > 1 for n in norms)
+    assert [logs["gradclip/norm"] for logs in epoch_logs] == [norms[1], norms[3]]  # each epoch's last step
+    assert norms[-1] == pytest.approx(float(to_np(opt.info["norm"])))
+    assert all(logs["loss"] > 0 for logs in epoch_logs)
+    assert not hasattr(model.train_function, "_gradclip_log_info")  # restored after fit
