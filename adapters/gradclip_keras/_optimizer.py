@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import keras
@@ -55,6 +56,34 @@ def _constant(value: Any) -> Any:
     return copy
 
 
+_INNER_CLIPPING = ("clipnorm", "global_clipnorm", "clipvalue")
+
+
+def _raises_on_nonfinite(config: Mapping) -> bool:
+    """Whether a rule config (a chain's included) uses ``nonfinite="raise"``."""
+    if config.get("rule") == "chain":
+        return any(_raises_on_nonfinite(c) for c in config.get("rules", ()))
+    return config.get("nonfinite") == "raise"
+
+
+def _describe(optimizer: Any) -> str:
+    """``SGD(learning_rate=0.1, weight_decay=0.01)``: a Keras optimizer's class and main settings."""
+    lr = optimizer.learning_rate
+    if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        lr_text = type(optimizer._learning_rate).__name__
+    else:
+        try:
+            lr_text = f"{float(keras.ops.convert_to_numpy(lr)):g}"
+        except Exception:  # a traced value
+            lr_text = "?"
+    parts = [f"learning_rate={lr_text}"]
+    for key in ("weight_decay", *_INNER_CLIPPING):
+        value = getattr(optimizer, key, None)
+        if value:
+            parts.append(f"{key}={value:g}" if isinstance(value, (int, float)) else f"{key}={value!r}")
+    return f"{type(optimizer).__name__}({', '.join(parts)})"
+
+
 @serializable("Optimizer")
 class Optimizer(keras.optimizers.Optimizer):
     """A Keras optimizer that runs a gradclip rule around an inner optimizer.
@@ -84,7 +113,13 @@ class Optimizer(keras.optimizers.Optimizer):
     step (and ``project``) is skipped entirely, as ``LossScaleOptimizer`` does, so weights,
     the inner optimizer's variables and iteration count stay unchanged; ``info["skipped"]``
     is 1. On torch and eager JAX this is a Python branch (one host sync), on TensorFlow a
-    ``tf.cond``, in ``stateless_apply`` a branch-free select.
+    ``tf.cond``, in ``stateless_apply`` a branch-free select. ``nonfinite="raise"`` reads
+    the gradients on the host: in ``fit`` on JAX and TensorFlow compile the model with
+    ``run_eagerly=True`` (the compiled step raises a ``RuntimeError`` saying so).
+
+    The inner optimizer's ``learning_rate``, ``iterations`` and ``weight_decay`` are the
+    wrapper's. Its own ``clipnorm`` / ``global_clipnorm`` / ``clipvalue`` would clip a
+    second time, after the rule: a ``UserWarning`` says so at construction.
 
     ``None`` gradients count as zeros for the rule and stay ``None`` for the inner
     optimizer (which skips those variables, as Keras does); ``tf.IndexedSlices`` are
@@ -112,6 +147,11 @@ class Optimizer(keras.optimizers.Optimizer):
       inner_optimizer: the Keras optimizer to wrap (``keras.optimizers.SGD(0.1)``, ...).
       rule: a :class:`gradclip_core.Rule` (or its ``config`` dict, as ``from_config`` does).
       name: optional name.
+
+    Raises:
+      TypeError: ``rule`` is not a rule, or ``inner_optimizer`` not a Keras optimizer.
+      ValueError: ``inner_optimizer`` is a ``LossScaleOptimizer`` or uses
+        ``gradient_accumulation_steps``; unknown keyword arguments.
 
     Example:
       >>> import numpy as np, keras
@@ -142,6 +182,16 @@ class Optimizer(keras.optimizers.Optimizer):
             raise ValueError(
                 "the inner optimizer uses gradient_accumulation_steps: the rule would run on each micro-batch "
                 "gradient, not on the accumulated one; accumulate gradients before gradclip_keras.Optimizer instead"
+            )
+        clipping = [k for k in _INNER_CLIPPING if getattr(inner_optimizer, k, None)]
+        if clipping:
+            warnings.warn(
+                f"gradclip_keras.Optimizer: the inner optimizer also clips ({', '.join(f'{k}={getattr(inner_optimizer, k)}' for k in clipping)}), "
+                "so the gradients are clipped twice: by the rule, then by Keras. Drop the option from the inner optimizer "
+                "and express it in the rule (global_clipnorm=c is gc.clip_by_global_norm(c, semantics='keras'), clipnorm=c "
+                "gc.clip_by_norm(c, semantics='keras'), clipvalue=c gc.clip_by_value(c))",
+                UserWarning,
+                stacklevel=2,
             )
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
@@ -186,6 +236,21 @@ class Optimizer(keras.optimizers.Optimizer):
     @property
     def iterations(self) -> Any:
         return self.inner_optimizer.iterations
+
+    @property
+    def weight_decay(self) -> Any:
+        """The inner optimizer's ``weight_decay`` (the wrapper has none of its own)."""
+        inner = getattr(self, "inner_optimizer", None)
+        return None if inner is None else inner.weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value: Any) -> None:
+        inner = getattr(self, "inner_optimizer", None)
+        if inner is not None:  # (Keras' base __init__ sets None before the inner optimizer exists)
+            inner.weight_decay = value
+
+    def __repr__(self) -> str:
+        return f"gradclip_keras.Optimizer({_describe(self.inner_optimizer)}, {self.rule!r})"
 
     def scale_loss(self, loss: Any) -> Any:
         if self._loss_scale is not None:
@@ -288,6 +353,14 @@ class Optimizer(keras.optimizers.Optimizer):
           grads: one gradient (or ``None``) per variable.
           trainable_variables: the variables; ``None`` means those the optimizer was built with.
         """
+        first = next((g for g in grads if g is not None), None)
+        if first is not None and is_symbolic(first) and _raises_on_nonfinite(self.rule.config):
+            raise RuntimeError(
+                "gradclip_keras.Optimizer: the rule uses nonfinite='raise', which reads the gradients on the host and "
+                "cannot run in a compiled train step (jax.jit / tf.function); in fit, compile the model with "
+                "run_eagerly=True (model.compile(..., run_eagerly=True)), or use nonfinite='skip' (skips the step "
+                "inside the compiled step) or nonfinite='zero'"
+            )
         if not self.built:
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
@@ -302,6 +375,7 @@ class Optimizer(keras.optimizers.Optimizer):
             return
         slots = self._gradclip
         full, pos = self._full_grads(grads, variables)
+
         full, replicas = self._cross_replica(full)
         built = self._trainable_variables
         params = [snapshot(v) for v in built] if slots.rule.needs_params else None

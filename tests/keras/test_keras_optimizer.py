@@ -317,3 +317,43 @@ def test_log_info_reaches_callbacks_listed_before_it(loss_scale):
     assert norms[-1] == pytest.approx(float(to_np(opt.info["norm"])))
     assert all(logs["loss"] > 0 for logs in epoch_logs)
     assert not hasattr(model.train_function, "_gradclip_log_info")  # restored after fit
+
+
+def test_inner_clipping_options_warn_weight_decay_and_repr():
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"clipped twice.*global_clipnorm=c is gc.clip_by_global_norm"):
+        gradclip_keras.Optimizer(keras.optimizers.SGD(0.1, global_clipnorm=1.0), gc.clip_by_global_norm(1.0))
+    for option in ("clipnorm", "clipvalue"):
+        with pytest.warns(UserWarning, match=f"{option}=0.5"):
+            gradclip_keras.Optimizer(keras.optimizers.SGD(0.1, **{option: 0.5}), gc.clip_by_value(1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = gradclip_keras.Optimizer(keras.optimizers.AdamW(1e-3, weight_decay=0.01), gc.clip_by_global_norm(1.0))
+    assert opt.weight_decay == 0.01  # was None: the wrapper's own
+    opt.weight_decay = 0.02
+    assert opt.inner_optimizer.weight_decay == 0.02
+    assert repr(opt) == ("gradclip_keras.Optimizer(AdamW(learning_rate=0.001, weight_decay=0.02), "
+                         "clip_by_global_norm(max_norm=1.0, ord=2, semantics=None, nonfinite='propagate'))")
+
+
+def test_nonfinite_raise_in_fit_says_run_eagerly():
+    x, y = _xy(8)
+    y[0, 0] = np.nan
+
+    def fit(run_eagerly):
+        model = _model()
+        opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0, nonfinite="raise"))
+        model.compile(optimizer=opt, loss="mse", run_eagerly=run_eagerly)
+        before = [to_np(w) for w in model.trainable_weights]
+        with pytest.raises((RuntimeError, FloatingPointError)) as err:
+            model.fit(x, y, batch_size=8, verbose=0)
+        if BACKEND != "jax":  # (Keras' JAX trainer leaves the model's variables purged after any failed step)
+            for w, b in zip(model.trainable_weights, before):  # nothing applied
+                np.testing.assert_array_equal(to_np(w), b)
+        return err.value
+
+    if BACKEND != "torch":  # torch's fit runs eagerly by default
+        err = fit(False)
+        assert isinstance(err, RuntimeError) and "run_eagerly=True" in str(err)
+    assert isinstance(fit(True), FloatingPointError)
