@@ -8,7 +8,7 @@ import keras
 
 import gradclip_core as gc
 
-from ._backend import rule_scope, to_tensor
+from ._backend import prepare_namespaces, rule_scope, to_tensor
 from ._registry import rule_config, rule_from_config, serializable
 from ._state import check_rule, flatten, has_project
 
@@ -83,6 +83,7 @@ class GradclipConstraint(keras.constraints.Constraint):
                 "gradient rules go in gradclip_keras.Optimizer(inner, rule)"
             )
         self.rule = rule
+        prepare_namespaces()
 
     def __call__(self, w: Any) -> Any:
         value = to_tensor(w)

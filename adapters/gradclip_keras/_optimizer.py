@@ -11,7 +11,7 @@ from keras import ops
 
 import gradclip_core as gc
 
-from ._backend import backend, is_symbolic, rule_scope, run_unless, snapshot, storage_precision, to_tensor
+from ._backend import backend, is_symbolic, prepare_namespaces, rule_scope, run_unless, snapshot, storage_precision, to_tensor
 from ._registry import rule_config, rule_from_config, serializable
 from ._state import check_rule, flatten, has_project, name_info, sanitize, skipped, unflatten
 
@@ -193,6 +193,7 @@ class Optimizer(keras.optimizers.Optimizer):
                 UserWarning,
                 stacklevel=2,
             )
+        prepare_namespaces()
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
         self._loss_scale = inner_optimizer.loss_scale_factor

@@ -21,7 +21,7 @@ from keras import ops, tree
 
 import gradclip_core as gc
 
-from ._backend import backend, rule_scope, to_tensor
+from ._backend import backend, prepare_namespaces, rule_scope, to_tensor
 from ._registry import serializable
 
 __all__ = ["PerExampleModel", "clip_per_example"]
@@ -223,6 +223,7 @@ class PerExampleModel(keras.Model):
         )
         gc.clip_per_example([np.zeros((1, 1), np.float32)], max_norm, **self._options)  # check the arguments now
         _check_per_example_layers(model)
+        prepare_namespaces()
         super().__init__(name=name, **kwargs)
         self.model = model
         self.max_norm = max_norm

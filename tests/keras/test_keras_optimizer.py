@@ -357,3 +357,31 @@ def test_nonfinite_raise_in_fit_says_run_eagerly():
         err = fit(False)
         assert isinstance(err, RuntimeError) and "run_eagerly=True" in str(err)
     assert isinstance(fit(True), FloatingPointError)
+
+
+_COMPILED_RULE = """
+import warnings
+import keras, torch
+import gradclip_core as gc, gradclip_keras
+gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.zclip())  # what compile(optimizer=...) does first
+rule = gc.chain(gc.zclip(), gc.clip_by_global_norm(1.0))
+state = rule.init([torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))])  # Keras' variables
+step = torch.compile(lambda g, s: rule.update(g, s))  # as in a jit_compile=True train step
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    step([torch.full((3,), 2.0), torch.ones(2)], state)
+print(sum("lru_cache" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile (jit_compile=True) only")
+def test_torch_compiled_step_has_no_dynamo_lru_cache_warnings():
+    """The first namespace lookup for gradient tensors ran inside torch.compile: five dynamo warnings."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    out = subprocess.run([sys.executable, "-c", _COMPILED_RULE], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "0"
