@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 
@@ -23,6 +23,48 @@ def _sync(model: Any) -> None:
 
 def _floats(info: dict, prefix: str) -> dict:
     return {f"{prefix}{k}": float(keras.ops.convert_to_numpy(v)) for k, v in info.items()}
+
+
+_MISSING = object()
+
+
+def _schedule(value: Any) -> gc.Schedule:
+    """A pruning rule's ``schedule`` argument as a :class:`gradclip_core.Schedule` (``None``: one-shot at 0)."""
+    if value is None:
+        return gc.one_shot(0)
+    if isinstance(value, gc.Schedule):
+        return value
+    return gc.Schedule(**value) if isinstance(value, Mapping) else gc.Schedule(*value)
+
+
+def _prune_schedules(config: Mapping, state: Any) -> list | None:
+    """The schedule of every pruning state in ``state`` (a rule's or a chain's), or ``None``.
+
+    ``None`` when the state holds anything besides :class:`gradclip_core.PruneState` s of
+    rules whose config names their schedule (a custom rule, a stateful clipping rule):
+    those must see every step.
+    """
+    if isinstance(state, gc.PruneState):
+        schedule = config.get("schedule", _MISSING) if config else _MISSING
+        return None if schedule is _MISSING else [_schedule(schedule)]
+    if config and config.get("rule") == "chain" and isinstance(state, tuple) and len(state) == len(config["rules"]):
+        out: list = []
+        for c, s in zip(config["rules"], state):
+            found = _prune_schedules(c, s)
+            if found is None:
+                return None
+            out += found
+        return out
+    return [] if not flatten(state) else None
+
+
+def _with_count(state: Any, count: Any) -> Any:
+    """``state`` with the step counter of every pruning state set to ``count``."""
+    if isinstance(state, gc.PruneState):
+        return state._replace(count=keras.ops.cast(keras.ops.convert_to_tensor(count), "int32"))
+    if isinstance(state, tuple) and not hasattr(state, "_fields"):
+        return tuple(_with_count(s, count) for s in state)
+    return state
 
 
 class Callback(keras.callbacks.Callback):
@@ -52,7 +94,9 @@ class Callback(keras.callbacks.Callback):
     start of ``fit``, the masks are rebuilt by replaying the schedule on the saved
     weights, whose pruned entries are 0 (exact when the checkpoint was written after a
     run of the callback, e.g. ``on="batch"``, ``every=1``, and no kept weight is exactly 0).
-    A state-free rule (a constraint) runs once per run.
+    A state-free rule (a constraint) runs once per run. For the core's pruning rules the
+    catch-up jumps to the steps where a schedule recomputes (the others only re-apply the
+    masks), so resuming at step 100 000 costs one call per recomputation.
 
     Cost: the weights are read and written once per run. On JAX ``project`` is compiled
     once (``jax.jit``); on TensorFlow and torch it runs eagerly, and a pruning rule's
@@ -191,15 +235,33 @@ class Callback(keras.callbacks.Callback):
         return self._compiled
 
     def _advance(self, steps: int) -> dict:
-        """``steps`` project calls (one for a state-free rule) on the weights; assign them once."""
+        """``steps`` rule steps (one call for a state-free rule) on the weights; assign them once.
+
+        Pruning rules (every stateful part a :class:`gradclip_core.PruneState` with its
+        schedule in the config) jump over the steps where no schedule recomputes: on fixed
+        weights those only re-apply the masks, and a recomputation selects in one fixed
+        order (pruned elements first), so the masks after the last recomputation of the
+        span are those of the step-by-step replay. A resume at step 100 000 then costs a
+        call per recomputation, not 100 000 calls.
+        """
         _sync(self.model)
         variables = self._variables()
         values = [snapshot(v) for v in variables]
         project = self._project_fn()
         calls = max(1, steps) if self._stateful() else 1
         info: dict = {}
-        for _ in range(calls):
-            values, self.state, info = project(list(values), self.state)
+        schedules = _prune_schedules(self.rule.config, self.state) if calls > 1 else None
+        if schedules:
+            import numpy as np
+
+            span = np.arange(self._steps, self._steps + calls, dtype=np.int64)
+            active = sorted({int(t) for sch in schedules for t in span[np.asarray(sch.active(np, span), bool)]})
+            last = self._steps + calls - 1
+            for t in [*active, last] if not active or active[-1] != last else active:
+                values, self.state, info = project(list(values), _with_count(self.state, t))
+        else:
+            for _ in range(calls):
+                values, self.state, info = project(list(values), self.state)
         for var, value in zip(variables, values):
             var.assign(keras.ops.cast(value, var.dtype))
         if self._stateful():

@@ -182,3 +182,48 @@ def test_callback_is_compiled_once_on_jax_and_logs_sparsity_by_variable_path():
     kernel = model.get_layer("hidden").kernel.path
     assert f"gradclip/sparsity/{kernel}" in logs and "gradclip/sparsity/0" not in logs
     assert logs[f"gradclip/sparsity/{kernel}"][-1] == pytest.approx(float((to_np(model.get_layer("hidden").kernel) == 0).mean()))
+
+
+class _Counting(gradclip_keras.Callback):
+    """Counts the project calls the callback makes."""
+
+    def _project_fn(self):
+        fn = super()._project_fn()
+
+        def counted(values, state):
+            self.calls += 1
+            return fn(values, state)
+
+        return counted
+
+
+def _ticks():
+    """A stateful rule that changes nothing: a chain with it must be replayed step by step."""
+    from typing import NamedTuple
+
+    class Ticks(NamedTuple):
+        n: object
+
+    return gc.Rule(init=lambda p: Ticks(keras.ops.zeros((), "int32")), project=lambda p, s: (p, Ticks(s.n + 1), {}),
+                   name="ticks")
+
+
+def test_callback_catch_up_jumps_to_schedule_steps_and_equals_the_step_by_step_replay():
+    """Resuming at step 40 costs a call per recomputation (+1), not 40, with the same masks and weights."""
+    prune = [gc.global_magnitude_prune(0.8, schedule=gc.polynomial_schedule(0, 30, frequency=10, initial_sparsity=0.2)),
+             gc.magnitude_prune(0.3, schedule=gc.constant_schedule(5, 25, 10))]
+    out = {}
+    for name, rule in [("jump", gc.chain(*prune)), ("replay", gc.chain(*prune, _ticks()))]:
+        model = _model(2)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        model.optimizer.iterations.assign(40)  # as a reloaded checkpoint
+        cb = _Counting(rule)
+        cb.calls = 0
+        cb.set_model(model)
+        cb.on_train_begin()
+        assert cb.steps == 40 and [int(to_np(s.count)) for s in cb.state[:2]] == [40, 40]
+        out[name] = (cb.calls, [to_np(v) for v in model.trainable_variables], [to_np(m) for m in gradclip_keras.masks(cb)])
+    assert out["jump"][0] == 8 and out["replay"][0] == 40  # recomputations at 0, 5, 10, 15, 20, 25, 30, then step 39
+    for a, b in zip(out["jump"][1] + out["jump"][2], out["replay"][1] + out["replay"][2]):
+        np.testing.assert_array_equal(a, b)
