@@ -354,6 +354,7 @@ class Optimizer(keras.optimizers.Optimizer):
           grads: one gradient (or ``None``) per variable.
           trainable_variables: the variables; ``None`` means those the optimizer was built with.
         """
+        grads = list(grads)
         first = next((g for g in grads if g is not None), None)
         if first is not None and is_symbolic(first) and _raises_on_nonfinite(self.rule.config):
             raise RuntimeError(
@@ -369,14 +370,12 @@ class Optimizer(keras.optimizers.Optimizer):
         variables = list(self._trainable_variables if trainable_variables is None else trainable_variables)
         if trainable_variables is not None:
             self._check_variables_are_known(variables)  # Keras' "Unknown variable ... recreate a new optimizer"
-        grads = list(grads)
         if len(grads) != len(variables):
             raise ValueError(f"got {len(grads)} gradients for {len(variables)} variables")
         if not grads:
             return
         slots = self._gradclip
         full, pos = self._full_grads(grads, variables)
-
         full, replicas = self._cross_replica(full)
         built = self._trainable_variables
         params = [snapshot(v) for v in built] if slots.rule.needs_params else None

@@ -294,6 +294,7 @@ class PerExampleModel(keras.Model):
 
     def train_step(self, *args: Any) -> Any:
         """Keras' train step with per-example clipping (``(state, data)`` on JAX, ``(data)`` elsewhere)."""
+        _check_per_example_layers(self.model)  # again: a layer may have been unfrozen since
         if backend() == "jax":
             return self._stateless_train_step(*args)
         return self._stateful_train_step(*args)
