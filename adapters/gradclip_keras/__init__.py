@@ -16,6 +16,8 @@ Three entry points (``import gradclip_core as gc``):
   weights exactly 0; a model is re-compiled with the inner optimizer, so it saves
   without gradclip state); :func:`masks` gives the keep-masks, :func:`get_info` the
   last info;
+- :func:`register_rule`: decorate the factory of a custom rule so that a model using
+  it saves and reloads (``model.save``, ``ModelCheckpoint``); the core's rules need nothing;
 - :func:`clip_per_example` ``(model, max_norm, noise_multiplier=, seed=)``: DP-SGD
   training in ``fit`` (a :class:`PerExampleModel`: per-example gradients clipped by
   :func:`gradclip_core.clip_per_example`, optional seeded noise).
@@ -47,8 +49,9 @@ from ._constraint import Constraint
 from ._optimizer import Optimizer
 from ._per_example import PerExampleModel, clip_per_example
 from ._prune import get_info, masks, strip
+from ._registry import register_rule
 
 __version__ = "0.2.0"
 
 __all__ = ["Optimizer", "Constraint", "Callback", "LogInfo", "PerExampleModel", "clip_per_example", "strip", "masks",
-           "get_info"]
+           "get_info", "register_rule"]

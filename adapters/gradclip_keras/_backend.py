@@ -15,8 +15,10 @@ import keras
 from keras import ops
 
 import gradclip_core as gc
+from gradclip_core.backend import ensure_kernels, namespace, namespace_name
 
-__all__ = ["LAYOUT", "backend", "to_tensor", "snapshot", "rule_scope", "run_unless", "is_symbolic", "storage_precision"]
+__all__ = ["LAYOUT", "backend", "to_tensor", "snapshot", "rule_scope", "run_unless", "is_symbolic", "storage_precision",
+           "prepare_namespaces"]
 
 LAYOUT = "out_last"  # Keras kernels are (..., in, out) on every backend
 
@@ -124,3 +126,20 @@ def storage_precision(x: Any) -> Any:
 
     fi = jnp.finfo(x.dtype)
     return jax.lax.reduce_precision(x, exponent_bits=fi.nexp, mantissa_bits=fi.nmant)
+
+
+def prepare_namespaces() -> None:
+    """torch: resolve the namespace of torch tensors and load the core's torch kernels now, eagerly.
+
+    The core caches the namespace of each array type after its first lookup (through
+    array-api-compat) and loads its torch kernels on first use. With ``jit_compile=True``
+    the first lookup for plain tensors (the gradients; the variables are ``Parameter`` s)
+    happened inside the compiled train step, and ``torch.compile`` warned five times
+    about array-api-compat's ``lru_cache``. Called when a gradclip object is made.
+    """
+    if backend() != "torch":
+        return
+    import torch
+
+    for x in (torch.zeros(()), torch.nn.Parameter(torch.zeros(()), requires_grad=False)):
+        ensure_kernels(namespace_name(namespace(x)))

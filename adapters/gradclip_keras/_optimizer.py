@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import keras
+import numpy as np
 from keras import ops
 
 import gradclip_core as gc
 
-from ._backend import backend, rule_scope, run_unless, snapshot, storage_precision, to_tensor
-from ._state import check_rule, flatten, has_project, sanitize, skipped, unflatten
+from ._backend import backend, is_symbolic, prepare_namespaces, rule_scope, run_unless, snapshot, storage_precision, to_tensor
+from ._registry import rule_config, rule_from_config, serializable
+from ._state import check_rule, flatten, has_project, name_info, sanitize, skipped, unflatten
 
 __all__ = ["Optimizer"]
 
@@ -23,25 +26,65 @@ class _Slots:
         self.project = has_project(rule)
         self.treedef: Any = None
         self.state: list = []  # keras.Variable per state leaf
-        self.info: dict[str, Any] = {}  # info key -> keras.Variable
+        self.info: dict[str, Any] = {}  # shown info key -> keras.Variable
         self.update_keys: tuple = ()
+        self.names: dict[str, str] = {}  # the rule's info key -> shown key (per-array keys by variable path)
 
 
 def _constant(value: Any) -> Any:
-    """An initializer giving a private copy of ``value``.
+    """An initializer giving a private, unplaced copy of ``value``.
 
     A rule's ``init`` may return one array for several leaves (``z = zeros(); (z, z)``);
     Keras' torch variables adopt the initial tensor's storage, so without the copy two
-    state variables would share memory.
+    state variables would share memory. On JAX the copy goes through NumPy so that it is
+    placed like every other Keras variable: a rule's ``init`` puts its state on its params'
+    device (``device=``), which makes a JAX array *committed*, while Keras' own variables
+    are not; ``jax.jit`` keys its cache on that, and the JAX trainer's step compiled
+    three times per ``fit`` (the first step, the second, and the first of epoch 2).
     """
+    if backend() == "jax" and not is_symbolic(value):
+        host = np.array(ops.convert_to_numpy(value))
 
-    def init(shape: Any = None, dtype: Any = None) -> Any:
+        def init(shape: Any = None, dtype: Any = None) -> Any:
+            return ops.convert_to_tensor(np.array(host), dtype=dtype)
+
+        return init
+
+    def copy(shape: Any = None, dtype: Any = None) -> Any:  # TF may build inside a traced step
         return ops.copy(value)
 
-    return init
+    return copy
 
 
-@keras.saving.register_keras_serializable(package="gradclip")
+_INNER_CLIPPING = ("clipnorm", "global_clipnorm", "clipvalue")
+
+
+def _raises_on_nonfinite(config: Mapping) -> bool:
+    """Whether a rule config (a chain's included) uses ``nonfinite="raise"``."""
+    if config.get("rule") == "chain":
+        return any(_raises_on_nonfinite(c) for c in config.get("rules", ()))
+    return config.get("nonfinite") == "raise"
+
+
+def _describe(optimizer: Any) -> str:
+    """``SGD(learning_rate=0.1, weight_decay=0.01)``: a Keras optimizer's class and main settings."""
+    lr = optimizer.learning_rate
+    if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        lr_text = type(optimizer._learning_rate).__name__
+    else:
+        try:
+            lr_text = f"{float(keras.ops.convert_to_numpy(lr)):g}"
+        except Exception:  # a traced value
+            lr_text = "?"
+    parts = [f"learning_rate={lr_text}"]
+    for key in ("weight_decay", *_INNER_CLIPPING):
+        value = getattr(optimizer, key, None)
+        if value:
+            parts.append(f"{key}={value:g}" if isinstance(value, (int, float)) else f"{key}={value!r}")
+    return f"{type(optimizer).__name__}({', '.join(parts)})"
+
+
+@serializable("Optimizer")
 class Optimizer(keras.optimizers.Optimizer):
     """A Keras optimizer that runs a gradclip rule around an inner optimizer.
 
@@ -61,14 +104,22 @@ class Optimizer(keras.optimizers.Optimizer):
 
     - ``optimizer.gradclip_info``: dict info key -> variable, updated every step
       (``float(optimizer.gradclip_info["norm"])``); ``optimizer.info`` gives the values;
-      :class:`gradclip_keras.LogInfo` puts them in ``fit``'s logs;
+      :class:`gradclip_keras.LogInfo` puts them in ``fit``'s logs. Per-array keys are
+      named by the variable's path: ``"sparsity/sequential/dense/kernel"`` (the core's
+      ``"sparsity/<i>"``);
     - ``optimizer.gradclip_state``: the rule state's variables.
 
     ``nonfinite="skip"`` rules: on a step whose gradients hold NaN/Inf the inner optimizer
     step (and ``project``) is skipped entirely, as ``LossScaleOptimizer`` does, so weights,
     the inner optimizer's variables and iteration count stay unchanged; ``info["skipped"]``
     is 1. On torch and eager JAX this is a Python branch (one host sync), on TensorFlow a
-    ``tf.cond``, in ``stateless_apply`` a branch-free select.
+    ``tf.cond``, in ``stateless_apply`` a branch-free select. ``nonfinite="raise"`` reads
+    the gradients on the host: in ``fit`` on JAX and TensorFlow compile the model with
+    ``run_eagerly=True`` (the compiled step raises a ``RuntimeError`` saying so).
+
+    The inner optimizer's ``learning_rate``, ``iterations`` and ``weight_decay`` are the
+    wrapper's. Its own ``clipnorm`` / ``global_clipnorm`` / ``clipvalue`` would clip a
+    second time, after the rule: a ``UserWarning`` says so at construction.
 
     ``None`` gradients count as zeros for the rule and stay ``None`` for the inner
     optimizer (which skips those variables, as Keras does); ``tf.IndexedSlices`` are
@@ -78,7 +129,9 @@ class Optimizer(keras.optimizers.Optimizer):
     Loss scaling: the inner optimizer's ``loss_scale_factor`` moves to this wrapper, which
     unscales before the rule (the rule must see true gradients). For dynamic loss scaling
     wrap this optimizer: ``keras.optimizers.LossScaleOptimizer(gradclip_keras.Optimizer(...))``
-    unscales first and skips non-finite steps. Inner optimizers with
+    unscales first and skips non-finite steps; the other order,
+    ``gradclip_keras.Optimizer(LossScaleOptimizer(inner), rule)``, is refused (the loss
+    would never be scaled, but the gradients divided by the scale). Inner optimizers with
     ``gradient_accumulation_steps`` are refused: the rule would clip each micro-batch.
 
     Distribution: under ``tf.distribute`` Keras' own ``clipnorm`` / ``global_clipnorm`` run
@@ -95,6 +148,11 @@ class Optimizer(keras.optimizers.Optimizer):
       rule: a :class:`gradclip_core.Rule` (or its ``config`` dict, as ``from_config`` does).
       name: optional name.
 
+    Raises:
+      TypeError: ``rule`` is not a rule, or ``inner_optimizer`` not a Keras optimizer.
+      ValueError: ``inner_optimizer`` is a ``LossScaleOptimizer`` or uses
+        ``gradient_accumulation_steps``; unknown keyword arguments.
+
     Example:
       >>> import numpy as np, keras
       >>> import gradclip_core as gc, gradclip_keras
@@ -109,15 +167,33 @@ class Optimizer(keras.optimizers.Optimizer):
         if kwargs:
             raise ValueError(f"gradclip_keras.Optimizer takes (inner_optimizer, rule, name=None); unknown arguments {sorted(kwargs)}")
         if isinstance(rule, Mapping):
-            rule = gc.from_config(rule)
+            rule = rule_from_config(rule)
         check_rule(rule, "gradclip_keras.Optimizer")
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
             raise TypeError(f"inner_optimizer must be a keras.optimizers.Optimizer, got {type(inner_optimizer).__name__}")
+        if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError(
+                "inner_optimizer is a LossScaleOptimizer: inside gradclip_keras.Optimizer the loss is never scaled "
+                "but LossScaleOptimizer still divides the gradients by its scale, so the model does not train. "
+                "Put the loss scaling outside: keras.optimizers.LossScaleOptimizer(gradclip_keras.Optimizer(inner, rule)) "
+                "(it unscales before the rule and skips non-finite steps)"
+            )
         if inner_optimizer.gradient_accumulation_steps:
             raise ValueError(
                 "the inner optimizer uses gradient_accumulation_steps: the rule would run on each micro-batch "
                 "gradient, not on the accumulated one; accumulate gradients before gradclip_keras.Optimizer instead"
             )
+        clipping = [k for k in _INNER_CLIPPING if getattr(inner_optimizer, k, None)]
+        if clipping:
+            warnings.warn(
+                f"gradclip_keras.Optimizer: the inner optimizer also clips ({', '.join(f'{k}={getattr(inner_optimizer, k)}' for k in clipping)}), "
+                "so the gradients are clipped twice: by the rule, then by Keras. Drop the option from the inner optimizer "
+                "and express it in the rule (global_clipnorm=c is gc.clip_by_global_norm(c, semantics='keras'), clipnorm=c "
+                "gc.clip_by_norm(c, semantics='keras'), clipvalue=c gc.clip_by_value(c))",
+                UserWarning,
+                stacklevel=2,
+            )
+        prepare_namespaces()
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
         self._loss_scale = inner_optimizer.loss_scale_factor
@@ -162,6 +238,21 @@ class Optimizer(keras.optimizers.Optimizer):
     def iterations(self) -> Any:
         return self.inner_optimizer.iterations
 
+    @property
+    def weight_decay(self) -> Any:
+        """The inner optimizer's ``weight_decay`` (the wrapper has none of its own)."""
+        inner = getattr(self, "inner_optimizer", None)
+        return None if inner is None else inner.weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value: Any) -> None:
+        inner = getattr(self, "inner_optimizer", None)
+        if inner is not None:  # (Keras' base __init__ sets None before the inner optimizer exists)
+            inner.weight_decay = value
+
+    def __repr__(self) -> str:
+        return f"gradclip_keras.Optimizer({_describe(self.inner_optimizer)}, {self.rule!r})"
+
     def scale_loss(self, loss: Any) -> Any:
         if self._loss_scale is not None:
             return loss * self._loss_scale
@@ -184,6 +275,7 @@ class Optimizer(keras.optimizers.Optimizer):
             pinfo = rule.project(values, state1)[2] if slots.project else {}
         slots.treedef = state
         slots.update_keys = tuple(info)
+        slots.names = name_info([*info, *pinfo], var_list)
         with keras.name_scope(self.name, caller=self):
             for i, leaf in enumerate(flatten(state)):
                 leaf = ops.convert_to_tensor(leaf)
@@ -197,6 +289,7 @@ class Optimizer(keras.optimizers.Optimizer):
                 )
             for key, value in {**info, **pinfo}.items():
                 value = ops.convert_to_tensor(value)
+                key = slots.names[key]
                 slots.info[key] = self.add_variable(
                     shape=tuple(value.shape),
                     initializer="zeros",
@@ -261,12 +354,22 @@ class Optimizer(keras.optimizers.Optimizer):
           grads: one gradient (or ``None``) per variable.
           trainable_variables: the variables; ``None`` means those the optimizer was built with.
         """
+        grads = list(grads)
+        first = next((g for g in grads if g is not None), None)
+        if first is not None and is_symbolic(first) and _raises_on_nonfinite(self.rule.config):
+            raise RuntimeError(
+                "gradclip_keras.Optimizer: the rule uses nonfinite='raise', which reads the gradients on the host and "
+                "cannot run in a compiled train step (jax.jit / tf.function); in fit, compile the model with "
+                "run_eagerly=True (model.compile(..., run_eagerly=True)), or use nonfinite='skip' (skips the step "
+                "inside the compiled step) or nonfinite='zero'"
+            )
         if not self.built:
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
         variables = list(self._trainable_variables if trainable_variables is None else trainable_variables)
-        grads = list(grads)
+        if trainable_variables is not None:
+            self._check_variables_are_known(variables)  # Keras' "Unknown variable ... recreate a new optimizer"
         if len(grads) != len(variables):
             raise ValueError(f"got {len(grads)} gradients for {len(variables)} variables")
         if not grads:
@@ -280,7 +383,8 @@ class Optimizer(keras.optimizers.Optimizer):
         for var, value in zip(slots.state, new_state):
             var.assign(self._cast_like(value, var))
         for key in slots.update_keys:
-            slots.info[key].assign(self._cast_like(info[key], slots.info[key]))
+            var = slots.info[slots.names[key]]
+            var.assign(self._cast_like(info[key], var))
         inner_grads = [None if g is None else out[i] for g, i in zip(grads, pos)]
         if replicas != 1.0:
             inner_grads = [None if g is None else g / ops.cast(replicas, g.dtype) for g in inner_grads]
@@ -295,7 +399,8 @@ class Optimizer(keras.optimizers.Optimizer):
                 for var, value in zip(slots.state, pstate):
                     var.assign(self._cast_like(value, var))
                 for key, value in pinfo.items():
-                    slots.info[key].assign(self._cast_like(value, slots.info[key]))
+                    var = slots.info[slots.names[key]]
+                    var.assign(self._cast_like(value, var))
 
         restore = list(built) + list(self.inner_optimizer.variables) + list(slots.state) + list(slots.info.values())
         run_unless(skipped(info), step, restore)
@@ -315,16 +420,21 @@ class Optimizer(keras.optimizers.Optimizer):
     # -------------------------------------------------------------------- config
 
     def get_config(self) -> dict:
-        """``{"name", "inner_optimizer", "rule"}``; ``rule`` is ``rule.config`` (JSON-able for core rules)."""
+        """``{"name", "inner_optimizer", "rule"}``; ``rule`` is ``rule.config``.
+
+        Raises:
+          ValueError: the rule has no config (a ``gc.Rule`` built by hand): register its
+            factory with :func:`gradclip_keras.register_rule` to save it.
+        """
         return {
             "name": self.name,
             "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
-            "rule": dict(self.rule.config),
+            "rule": rule_config(self.rule, "gradclip_keras.Optimizer"),
         }
 
     @classmethod
     def from_config(cls, config: Mapping, custom_objects: Any = None) -> "Optimizer":
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
-        rule = gc.from_config(config.pop("rule"))
+        rule = rule_from_config(config.pop("rule"), custom_objects)
         return cls(inner, rule, **config)

@@ -11,7 +11,9 @@ clips, sums, adds noise and averages, and the optimizer applies the result.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import logging
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
@@ -19,11 +21,13 @@ from keras import ops, tree
 
 import gradclip_core as gc
 
-from ._backend import backend, rule_scope, to_tensor
+from ._backend import backend, prepare_namespaces, rule_scope, to_tensor
+from ._registry import serializable
 
 __all__ = ["PerExampleModel", "clip_per_example"]
 
 INFO_PREFIX = "per_example/"
+_SEED_MIX = 0x9E3779B9  # odd: example i's seed is seed + i * _SEED_MIX (mod the seed dtype), distinct for every i
 
 
 def _unpack(data: Any) -> tuple[Any, Any, Any]:
@@ -32,6 +36,57 @@ def _unpack(data: Any) -> tuple[Any, Any, Any]:
 
 def _batch_of_one(example: Any) -> Any:
     return None if example is None else tree.map_structure(lambda a: ops.expand_dims(a, 0), example)
+
+
+@contextlib.contextmanager
+def _torch_vmap_memory_format() -> Iterator[None]:
+    """Keras' torch convolutions without their channels-last memory hint, inside ``torch.func.vmap``.
+
+    Keras' torch ``conv`` copies its NCHW-permuted input to ``torch.channels_last`` memory
+    (a speed hint, the numbers are the same); ``vmap`` cannot clone into that format
+    ("NYI: Tensor.clone(memory_format) inside vmap"), so any ``Conv2D`` with more than one
+    input channel failed. The hint is off for the duration of the per-example map only.
+    """
+    try:
+        from keras.src.backend.torch import nn as torch_nn
+    except ImportError:  # another Keras layout: nothing to switch off
+        yield
+        return
+    hint = getattr(torch_nn, "_maybe_convert_to_channels_last", None)
+    if hint is None:
+        yield
+        return
+    torch_nn._maybe_convert_to_channels_last = lambda tensor: tensor
+    try:
+        yield
+    finally:
+        torch_nn._maybe_convert_to_channels_last = hint
+
+
+class _DropWhileLoopNotice(logging.Filter):
+    """Drops ``tf.vectorized_map``'s notices that it falls back to a ``while_loop`` for an op.
+
+    "Conv2DBackpropFilter uses a while_loop. Fix that!" (a TODO of TensorFlow's, printed
+    for every convolution of every traced step) and "Using a while_loop for converting
+    <op>": the fallback is expected and exact. Other TensorFlow messages pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Using a while_loop for converting") or message.endswith("uses a while_loop. Fix that!"))
+
+
+@contextlib.contextmanager
+def _quiet_tf_while_loop_fallback() -> Iterator[None]:
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    notice = _DropWhileLoopNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 def _vmap_grad(fn: Callable, tv: list, batch: Any) -> tuple[list, Any]:
@@ -44,7 +99,8 @@ def _vmap_grad(fn: Callable, tv: list, batch: Any) -> tuple[list, Any]:
     if name == "torch":
         import torch.func
 
-        return torch.func.vmap(torch.func.grad(fn, has_aux=True), in_dims=(None, 0), randomness="different")(tv, batch)
+        with _torch_vmap_memory_format():
+            return torch.func.vmap(torch.func.grad(fn, has_aux=True), in_dims=(None, 0), randomness="different")(tv, batch)
     if name == "tensorflow":
         import tensorflow as tf
 
@@ -54,11 +110,43 @@ def _vmap_grad(fn: Callable, tv: list, batch: Any) -> tuple[list, Any]:
                 loss, aux = fn(tv, example)
             return tape.gradient(loss, tv, unconnected_gradients=tf.UnconnectedGradients.ZERO), aux
 
-        return tf.vectorized_map(one, batch, fallback_to_while_loop=True)
+        with _quiet_tf_while_loop_fallback():
+            return tf.vectorized_map(one, batch, fallback_to_while_loop=True)
     raise ValueError(f"PerExampleModel supports the jax, torch and tensorflow backends, not {name!r}")
 
 
-@keras.saving.register_keras_serializable(package="gradclip")
+def _layers(model: keras.Model) -> list:
+    """Every layer inside ``model`` (nested models included)."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is not None:
+        return list(flatten(include_self=False, recursive=True))
+    out, todo = [], list(getattr(model, "layers", []))
+    while todo:
+        layer = todo.pop(0)
+        out.append(layer)
+        todo.extend(getattr(layer, "layers", []))
+    return out
+
+
+def _check_per_example_layers(model: keras.Model) -> None:
+    """Refuse layers that mix the examples of a batch in training (``BatchNormalization``).
+
+    A trainable ``BatchNormalization`` normalises each example with the statistics of the
+    batch; computed one example at a time it normalises every example to zero, so the
+    model trained to chance without an error. A frozen one (``trainable=False``) runs in
+    inference mode in Keras 3, with its moving statistics: per example, allowed.
+    """
+    for layer in _layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            raise ValueError(
+                f"PerExampleModel: layer {layer.name!r} (BatchNormalization) normalises each example with the "
+                "statistics of the whole batch, so per-example gradients cannot be computed (the model would "
+                "train to chance); use GroupNormalization or LayerNormalization, or freeze it "
+                f"({layer.name}.trainable = False runs it in inference mode, with its moving statistics)"
+            )
+
+
+@serializable("PerExampleModel")
 class PerExampleModel(keras.Model):
     """A Keras model trained with per-example (DP-SGD) clipping: wrap, compile, ``fit``.
 
@@ -77,9 +165,13 @@ class PerExampleModel(keras.Model):
     The per-example clip's info (``clipped_fraction``, ``norm_mean``, ``norm_max``) is in
     ``fit``'s logs as ``"per_example/<key>"``. The logged loss is the mean per-example loss.
 
-    Limits: layers must not mix examples (no ``BatchNormalization`` in training; use
-    ``GroupNormalization`` / ``LayerNormalization``), updates of non-trainable
-    variables (e.g. seed generators) are taken from the first example, and loss scaling
+    Randomness: each example draws its own dropout mask (and other layer noise), as in a
+    batch; the seed generators then advance as in a plain ``fit``.
+
+    Limits: layers must not mix examples: a trainable ``BatchNormalization`` is refused
+    with a ``ValueError`` naming it (use ``GroupNormalization`` / ``LayerNormalization``,
+    or freeze it: ``trainable = False`` runs it with its moving statistics); other
+    updates of non-trainable variables are taken from the first example; loss scaling
     (``LossScaleOptimizer``) is not applied.
 
     Args:
@@ -93,8 +185,8 @@ class PerExampleModel(keras.Model):
       name: optional name.
 
     Raises:
-      ValueError: arguments :func:`gradclip_core.clip_per_example` refuses, or a
-        ``seed`` that is not an int.
+      ValueError: arguments :func:`gradclip_core.clip_per_example` refuses, a
+        ``seed`` that is not an int, or a trainable ``BatchNormalization`` in ``model``.
 
     Example:
       >>> import numpy as np, keras
@@ -130,6 +222,8 @@ class PerExampleModel(keras.Model):
             noise_multiplier=noise_multiplier, seed=seed, batch_size=batch_size, reduction=reduction, semantics=semantics
         )
         gc.clip_per_example([np.zeros((1, 1), np.float32)], max_norm, **self._options)  # check the arguments now
+        _check_per_example_layers(model)
+        prepare_namespaces()
         super().__init__(name=name, **kwargs)
         self.model = model
         self.max_norm = max_norm
@@ -141,12 +235,34 @@ class PerExampleModel(keras.Model):
 
     # ------------------------------------------------------------ per-example part
 
-    def _example_fn(self, ntv: list, mv: list) -> Callable:
-        """``fn(tv, (x, y, sw)) -> (loss, (loss, y_pred, ntv))`` for ONE example (no batch axis)."""
+    def _seed_positions(self) -> list[int]:
+        """Positions of the ``SeedGenerator`` states among the non-trainable variables (Dropout, noise layers)."""
+        return [
+            i for i, v in enumerate(self.non_trainable_variables)
+            if v.name == "seed_generator_state" and tuple(v.shape) == (2,)
+        ]
+
+    def _example_fn(self, ntv: list, mv: list, seeds: list[int]) -> Callable:
+        """``fn(tv, (x, y, sw, index)) -> (loss, (loss, y_pred, ntv))`` for ONE example (no batch axis).
+
+        With ``seeds`` (JAX, TensorFlow), example ``index`` draws its random numbers from
+        the seed states ``[seed + index * _SEED_MIX, counter]``: one dropout mask per
+        example, as a batch draws one per row (torch's ``vmap(randomness="different")``
+        does that by itself). Example 0 keeps the seeds, so the states after the step (taken
+        from example 0) advance exactly as in a plain model.
+        """
 
         def fn(tv: list, example: tuple) -> tuple[Any, tuple]:
+            example_ntv = ntv
+            if seeds:
+                example, index = example[:-1], example[-1]
+                example_ntv = list(ntv)
+                for i in seeds:
+                    state = ntv[i]
+                    offset = ops.cast(index, state.dtype) * ops.cast(_SEED_MIX, state.dtype)
+                    example_ntv[i] = state + ops.stack([offset, ops.zeros_like(offset)])
             x, y, sw = (_batch_of_one(e) for e in example + (None,) * (3 - len(example)))
-            y_pred, new_ntv, losses = self.stateless_call(tv, ntv, x, training=True, return_losses=True)
+            y_pred, new_ntv, losses = self.stateless_call(tv, example_ntv, x, training=True, return_losses=True)
             if losses:
                 self._losses_override = losses
             loss, _ = self.stateless_compute_loss(tv, new_ntv, mv, x=x, y=y, y_pred=y_pred, sample_weight=sw)
@@ -164,7 +280,11 @@ class PerExampleModel(keras.Model):
             batch = batch[:-1]
         if any(e is None for e in batch):
             raise ValueError("PerExampleModel: sample_weight without targets y is not supported")
-        grads, (losses, y_pred, new_ntv) = _vmap_grad(self._example_fn(ntv, mv), list(tv), batch)
+        seeds = self._seed_positions() if backend() in ("jax", "tensorflow") else []
+        if seeds:
+            size = ops.shape(tree.flatten(batch[0])[0])[0]
+            batch = batch + (ops.arange(size, dtype="int32"),)
+        grads, (losses, y_pred, new_ntv) = _vmap_grad(self._example_fn(ntv, mv, seeds), list(tv), batch)
         with rule_scope():
             grads, info = gc.clip_per_example(list(grads), self.max_norm, counter=counter, **self._options)
         new_ntv = [v[0] for v in new_ntv]
@@ -174,6 +294,7 @@ class PerExampleModel(keras.Model):
 
     def train_step(self, *args: Any) -> Any:
         """Keras' train step with per-example clipping (``(state, data)`` on JAX, ``(data)`` elsewhere)."""
+        _check_per_example_layers(self.model)  # again: a layer may have been unfrozen since
         if backend() == "jax":
             return self._stateless_train_step(*args)
         return self._stateful_train_step(*args)

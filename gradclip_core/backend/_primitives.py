@@ -294,7 +294,7 @@ def cond(xp: Any, pred: Any, true_fn: Callable[[], Any], false_fn: Callable[[], 
     """``true_fn() if pred else false_fn()`` for a 0-d bool array, branch-free by default.
 
     The default computes both and selects with ``where`` (fixed cost every call).
-    Overrides: JAX uses ``lax.cond``, torch and NumPy a Python branch in eager mode
+    Overrides: JAX uses ``lax.cond``, TensorFlow ``tf.cond``, torch and NumPy a Python branch in eager mode
     (one host read of ``pred``; the default under ``torch.compile``), so the expensive
     branch (a global threshold) only runs on the steps that need it. Both branches
     return tuples of arrays of the same shapes and dtypes.

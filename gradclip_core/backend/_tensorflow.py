@@ -402,10 +402,23 @@ class TFNamespace:
 xp = TFNamespace()
 
 
+def cond(xp: Any, pred: Any, true_fn: Any, false_fn: Any) -> Any:
+    """``tf.cond(pred, true_fn, false_fn)``: one branch runs (eager: a Python branch; in a graph, a conditional).
+
+    So a pruning rule recomputes its masks only on its schedule's steps under
+    ``tf.function`` too (the default computes both branches and selects).
+    """
+    del xp
+    return tf.cond(_t(pred, tf.bool), true_fn, false_fn)
+
+
 def register() -> None:
-    """Register this namespace for TensorFlow tensors (done on first use).
+    """Register this namespace for TensorFlow tensors (done on first use), with its ``cond``.
 
     Example:
       >>> register()
     """
+    from ._primitives import register_primitives
+
     register_namespace(NAME, is_tf_array, xp)
+    register_primitives(NAME, cond=cond)

@@ -22,9 +22,9 @@ Counts (DESIGN.md): ``rounding="prune"`` (default, ``torch.nn.utils.prune``) pru
 index ascending (jaxpruner prunes the *last* of equal scores and tfmot keeps all
 ties; torch's is unspecified), NaN scores rank above +inf (see
 :mod:`gradclip_core.prune._select`). The recomputation runs under the ``cond`` primitive:
-``lax.cond`` in JAX, a Python branch in eager torch / NumPy, so non-schedule steps
-only apply the masks; elsewhere (array-api-strict, ``torch.compile``) both branches
-are computed and selected with ``where``.
+``lax.cond`` in JAX, ``tf.cond`` in TensorFlow, a Python branch in eager torch / NumPy,
+so non-schedule steps only apply the masks; elsewhere (array-api-strict,
+``torch.compile``) both branches are computed and selected with ``where``.
 """
 
 from __future__ import annotations

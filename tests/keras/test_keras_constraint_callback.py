@@ -65,15 +65,25 @@ def _zero_small_rule():
     return gc.Rule(init=init, project=project, name="zero_small")
 
 
-@pytest.mark.parametrize("on, every, expected_calls", [("batch", 2, 4), ("epoch", 1, 2)])
-def test_callback_projects_on_schedule_and_logs(on, every, expected_calls):
+@pytest.mark.parametrize("on, every, runs_at", [("batch", 2, [1, 3, 5, 7]), ("epoch", 1, [4, 8])])
+def test_callback_projects_on_schedule_and_logs(on, every, runs_at):
+    """The callback runs every `every` steps/epochs; a rule with state then takes one step per optimizer step."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     cb = gradclip_keras.Callback(_zero_small_rule(), every=every, on=on)
-    history = model.fit(np.ones((16, 3), np.float32), np.ones((16, 4), np.float32), batch_size=4, epochs=2, verbose=0, callbacks=[cb])
-    assert int(to_np(cb.state.count)) == expected_calls
-    assert cb.info["gradclip/calls"] == expected_calls
+    seen = []
+
+    class Runs(keras.callbacks.Callback):  # records the rule step after each batch end
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(cb.steps)
+
+    history = model.fit(np.ones((16, 3), np.float32), np.ones((16, 4), np.float32), batch_size=4, epochs=2, verbose=0,
+                        callbacks=[cb, Runs()])
+    if on == "batch":
+        assert sorted(set(seen) - {0}) == runs_at  # after each run the rule is at the optimizer's step
+    assert int(to_np(cb.state.count)) == runs_at[-1] == cb.steps
+    assert cb.info["gradclip/calls"] == runs_at[-1]
     assert history.history["gradclip/sparsity"][-1] == cb.info["gradclip/sparsity"] > 0
     if on == "epoch":  # projected after the last step: nothing small is left
         for w in model.trainable_weights:
@@ -88,3 +98,15 @@ def test_callback_arguments():
         gradclip_keras.Callback(_zero_small_rule(), every=0)
     with pytest.raises(ValueError, match="on must be"):
         gradclip_keras.Callback(_zero_small_rule(), on="step")
+
+
+def test_max_norm_axes_against_keras_max_norm_on_conv2d():
+    """Keras' MaxNorm defaults to axis=0; gc.max_norm's default unit is one output (axes 0, 1, 2 of a Conv2D kernel)."""
+    w = np.random.default_rng(0).normal(size=(3, 3, 2, 4)).astype(np.float32)
+    v = keras.Variable(w)
+    for ours, keras_constraint in [(gc.max_norm(1.5, axis=0), keras.constraints.MaxNorm(1.5)),
+                                   (gc.max_norm(1.5), keras.constraints.MaxNorm(1.5, axis=[0, 1, 2])),
+                                   (gc.unit_norm(axis=0), keras.constraints.UnitNorm()),
+                                   (gc.min_max_norm(0.5, 1.5, axis=0), keras.constraints.MinMaxNorm(0.5, 1.5))]:
+        np.testing.assert_allclose(to_np(gradclip_keras.Constraint(ours)(v)), to_np(keras_constraint(v)), rtol=2e-6, atol=1e-7)
+    assert not np.allclose(to_np(gradclip_keras.Constraint(gc.max_norm(1.5))(v)), to_np(keras.constraints.MaxNorm(1.5)(v)))

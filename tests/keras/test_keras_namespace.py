@@ -190,3 +190,29 @@ def test_more_functions():
     for fn in ("bitwise_and", "bitwise_xor", "bitwise_or", "bitwise_right_shift", "bitwise_left_shift"):
         same(getattr(xp, fn)(tf.constant(h), 3), getattr(xs, fn)(xs.asarray(h), 3))
     np.testing.assert_array_equal(((tf.constant(h) * 0x5BD1E995) ^ 1).numpy(), (h * np.int32(0x5BD1E995)) ^ 1)  # wraps
+
+
+def test_cond_runs_one_branch_eagerly_and_in_a_graph():
+    """TensorFlow's cond primitive is tf.cond: a pruning rule's selection runs only on its schedule's steps.
+
+    (The default computes both branches and selects, so every eager Callback call paid a full selection.)
+    """
+    calls = []
+
+    def branch(name, value):
+        def fn():
+            calls.append(name)
+            return (tf.fill((2,), value),)
+        return fn
+
+    x = tf.ones((2,))
+    for pred, want in [(False, 0.0), (True, 1.0)]:
+        calls.clear()
+        (out,) = gcb.cond(gcb.namespace(x), tf.constant(pred), branch("true", 1.0), branch("false", 0.0))
+        assert calls == (["true"] if pred else ["false"]) and float(out[0]) == want
+
+    @tf.function
+    def graph(p):
+        return gcb.cond(gcb.namespace(x), p, lambda: (tf.fill((2,), 1.0),), lambda: (tf.fill((2,), 0.0),))[0]
+
+    assert float(graph(tf.constant(True))[0]) == 1.0 and float(graph(tf.constant(False))[0]) == 0.0

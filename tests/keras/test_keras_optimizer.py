@@ -230,3 +230,158 @@ def test_stateless_apply_skip_under_jit():
     for v in opt.inner_optimizer.variables:
         np.testing.assert_array_equal(to_np(new_o[idx[id(v)]]), to_np(v))
     assert int(to_np(new_o[idx[id(opt.gradclip_info["skipped"])]])) == 1
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX trainer jit-compiles the train step; its cache is what is tested")
+@pytest.mark.parametrize("rule", ["zclip", "autoclip", "prune"])
+def test_jax_fit_compiles_the_train_step_once(rule, caplog):
+    """Stateful rules: one compilation per fit (it was three: the rule state arrived committed to a device)."""
+    import logging
+
+    import jax
+
+    rule = {"zclip": gc.zclip(), "autoclip": gc.autoclip(10, 8), "prune": gc.global_magnitude_prune(0.5)}[rule]
+    model = _model()
+    model.compile(optimizer=gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), rule), loss="mse")
+    x, y = _xy(32)
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    compiles = [r for r in caplog.records if "Compiling jit(train_step)" in r.getMessage()]
+    assert len(compiles) == 1
+
+
+def test_loss_scale_optimizer_inside_is_refused_and_outside_trains():
+    """``Optimizer(LossScaleOptimizer(inner))`` never scaled the loss but divided by 32768: it did not train."""
+    with pytest.raises(ValueError, match=r"LossScaleOptimizer\(gradclip_keras.Optimizer\(inner, rule\)\)"):
+        gradclip_keras.Optimizer(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)), gc.clip_by_global_norm(1e6))
+    x, y = _xy(8)
+    moved = {}
+    for name, opt in [("plain", keras.optimizers.SGD(0.01)),
+                      ("wrapped", keras.optimizers.LossScaleOptimizer(
+                          gradclip_keras.Optimizer(keras.optimizers.SGD(0.01), gc.clip_by_global_norm(1e6))))]:
+        model = _model()
+        before = [to_np(w) for w in model.trainable_weights]
+        model.compile(optimizer=opt, loss="mse")
+        model.fit(x, y, batch_size=8, verbose=0)
+        moved[name] = [to_np(w) - b for w, b in zip(model.trainable_weights, before)]
+    assert np.abs(moved["plain"][0]).max() > 1e-2
+    for a, b in zip(moved["wrapped"], moved["plain"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_reuse_on_a_second_model_behaves_like_keras():
+    """A wrapper built for one model, compiled into another: Keras' own error (was a raw KeyError)."""
+    x, y = _xy(8)
+    outcome = {}
+    for name, make in [("keras", lambda: keras.optimizers.SGD(0.1)),
+                       ("wrapper", lambda: gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0)))]:
+        opt = make()
+        first = _model()
+        first.compile(optimizer=opt, loss="mse")
+        first.fit(x, y, verbose=0)
+        second = _model(1)
+        second.compile(optimizer=opt, loss="mse")
+        before = [to_np(w) for w in second.trainable_weights]
+        try:
+            second.fit(x, y, verbose=0)
+            outcome[name] = "trained"
+        except ValueError as e:
+            outcome[name] = str(e).split(":")[0]
+            assert "recreate a new optimizer instance" in str(e)
+            for w, b in zip(second.trainable_weights, before):  # nothing half-applied
+                np.testing.assert_array_equal(to_np(w), b)
+    assert outcome["wrapper"] == outcome["keras"]
+    assert outcome["keras"] == ("trained" if BACKEND == "jax" else "Unknown variable")  # JAX maps values by position
+
+
+@pytest.mark.parametrize("loss_scale", [False, True])
+def test_log_info_reaches_callbacks_listed_before_it(loss_scale):
+    """A callback before LogInfo (TensorBoard's place in the issue) saw no gradclip values; now the step's logs hold them."""
+    batch_logs, epoch_logs = [], []
+
+    class Reader(keras.callbacks.Callback):  # reads the logs where TensorBoard does
+        def on_train_batch_end(self, batch, logs=None):
+            batch_logs.append(dict(logs))
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_logs.append(dict(logs))
+
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.01), gc.clip_by_global_norm(1.0))
+    model = _model()
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(opt) if loss_scale else opt, loss="mse")
+    x, y = _xy(16)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[Reader(), gradclip_keras.LogInfo()])
+    norms = [logs["gradclip/norm"] for logs in batch_logs]
+    assert len(norms) == 4 and len(set(norms)) == 4 and all(n > 1 for n in norms)
+    assert [logs["gradclip/norm"] for logs in epoch_logs] == [norms[1], norms[3]]  # each epoch's last step
+    assert norms[-1] == pytest.approx(float(to_np(opt.info["norm"])))
+    assert all(logs["loss"] > 0 for logs in epoch_logs)
+    assert not hasattr(model.train_function, "_gradclip_log_info")  # restored after fit
+
+
+def test_inner_clipping_options_warn_weight_decay_and_repr():
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"clipped twice.*global_clipnorm=c is gc.clip_by_global_norm"):
+        gradclip_keras.Optimizer(keras.optimizers.SGD(0.1, global_clipnorm=1.0), gc.clip_by_global_norm(1.0))
+    for option in ("clipnorm", "clipvalue"):
+        with pytest.warns(UserWarning, match=f"{option}=0.5"):
+            gradclip_keras.Optimizer(keras.optimizers.SGD(0.1, **{option: 0.5}), gc.clip_by_value(1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = gradclip_keras.Optimizer(keras.optimizers.AdamW(1e-3, weight_decay=0.01), gc.clip_by_global_norm(1.0))
+    assert opt.weight_decay == 0.01  # was None: the wrapper's own
+    opt.weight_decay = 0.02
+    assert opt.inner_optimizer.weight_decay == 0.02
+    assert repr(opt) == ("gradclip_keras.Optimizer(AdamW(learning_rate=0.001, weight_decay=0.02), "
+                         "clip_by_global_norm(max_norm=1.0, ord=2, semantics=None, nonfinite='propagate'))")
+
+
+def test_nonfinite_raise_in_fit_says_run_eagerly():
+    x, y = _xy(8)
+    y[0, 0] = np.nan
+
+    def fit(run_eagerly):
+        model = _model()
+        opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0, nonfinite="raise"))
+        model.compile(optimizer=opt, loss="mse", run_eagerly=run_eagerly)
+        before = [to_np(w) for w in model.trainable_weights]
+        with pytest.raises((RuntimeError, FloatingPointError)) as err:
+            model.fit(x, y, batch_size=8, verbose=0)
+        if BACKEND != "jax":  # (Keras' JAX trainer leaves the model's variables purged after any failed step)
+            for w, b in zip(model.trainable_weights, before):  # nothing applied
+                np.testing.assert_array_equal(to_np(w), b)
+        return err.value
+
+    if BACKEND != "torch":  # torch's fit runs eagerly by default
+        err = fit(False)
+        assert isinstance(err, RuntimeError) and "run_eagerly=True" in str(err)
+    assert isinstance(fit(True), FloatingPointError)
+
+
+_COMPILED_RULE = """
+import warnings
+import keras, torch
+import gradclip_core as gc, gradclip_keras
+gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.zclip())  # what compile(optimizer=...) does first
+rule = gc.chain(gc.zclip(), gc.clip_by_global_norm(1.0))
+state = rule.init([torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))])  # Keras' variables
+step = torch.compile(lambda g, s: rule.update(g, s))  # as in a jit_compile=True train step
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    step([torch.full((3,), 2.0), torch.ones(2)], state)
+print(sum("lru_cache" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile (jit_compile=True) only")
+def test_torch_compiled_step_has_no_dynamo_lru_cache_warnings():
+    """The first namespace lookup for gradient tensors ran inside torch.compile: five dynamo warnings."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    out = subprocess.run([sys.executable, "-c", _COMPILED_RULE], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "0"

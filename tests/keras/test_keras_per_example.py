@@ -159,3 +159,88 @@ def test_bad_arguments():
         gradclip_keras.PerExampleModel(inner, max_norm=1.0, reduction="max")
     with pytest.raises(ValueError, match="model must be a keras.Model"):
         gradclip_keras.PerExampleModel(keras.layers.Dense(2), max_norm=1.0)
+
+
+def _conv_model():
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([keras.Input((5, 5, 3)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(2)])
+
+
+def test_conv2d_with_several_input_channels_equals_keras_one_example_steps():
+    """torch failed on any Conv2D with > 1 input channel (channels-last clone inside vmap); TF logged while_loop notices."""
+    import logging
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 5, 5, 3)).astype(np.float32), rng.normal(size=(4, 2)).astype(np.float32)
+    ref = _conv_model()
+    w0 = ref.get_weights()
+    ref.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    per = []
+    for i in range(len(x)):  # Keras itself, one example per step: w0 - w1 is that example's gradient
+        ref.set_weights(w0)
+        ref.train_on_batch(x[i:i + 1], y[i:i + 1])
+        per.append([a - b for a, b in zip(w0, ref.get_weights())])
+    per = [np.stack(g) for g in zip(*per)]
+    want, info = gc.clip_per_example(per, 0.5)
+    assert 0 < float(info["clipped_fraction"])
+
+    inner = _conv_model()
+    inner.set_weights(w0)
+    model = gradclip_keras.PerExampleModel(inner, max_norm=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    notices = []
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        handler = logging.Handler()
+        handler.emit = notices.append
+        tf.get_logger().addHandler(handler)
+    try:
+        model.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    finally:
+        if keras.backend.backend() == "tensorflow":
+            tf.get_logger().removeHandler(handler)
+    for got, w, b in zip(inner.get_weights(), w0, want):
+        np.testing.assert_allclose(w - got, b, rtol=1e-4, atol=2e-6)
+    assert not [r for r in notices if "while_loop" in r.getMessage()]
+
+
+def test_batch_normalization_is_refused_naming_the_layer_and_frozen_one_trains():
+    """Per-example BatchNormalization normalised every example to zero: training went to chance, silently."""
+    def make():
+        keras.utils.set_random_seed(0)
+        block = keras.Sequential([keras.layers.Dense(4), keras.layers.BatchNormalization(name="inner_bn")], name="block")
+        return keras.Sequential([keras.Input((D_IN,)), block, keras.layers.Dense(D_OUT)])
+
+    with pytest.raises(ValueError, match=r"layer 'inner_bn' \(BatchNormalization\)"):
+        gradclip_keras.PerExampleModel(make(), max_norm=C)
+    x, y = _data(6)
+    after = []
+    for per_example in (False, True):
+        inner = make()
+        inner.get_layer("block").get_layer("inner_bn").trainable = False  # inference mode: per example
+        model = gradclip_keras.PerExampleModel(inner, max_norm=1e6) if per_example else inner
+        model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+        _fit(model, x, y)
+        after.append(inner.get_weights())
+    for a, b in zip(*after):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_draws_one_mask_per_example():
+    """TF and JAX drew one mask for the batch (identical examples had identical norms); torch one per example."""
+    def make():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((D_IN,)), keras.layers.Dense(16), keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+
+    x, y = np.ones((2 * B, D_IN), np.float32), np.ones((2 * B, 1), np.float32)  # B identical examples per batch
+    inner = make()
+    model = gradclip_keras.PerExampleModel(inner, max_norm=1e6)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    logs = _fit(model, x, y)
+    assert logs["per_example/norm_max"][0] > 1.01 * logs["per_example/norm_mean"][0]
+    plain = make()
+    plain.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    _fit(plain, x, y)
+    for a, b in zip(inner.non_trainable_variables, plain.non_trainable_variables):  # seed states advance as in a plain fit
+        np.testing.assert_array_equal(to_np(a), to_np(b))

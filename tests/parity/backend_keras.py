@@ -162,6 +162,19 @@ def _setup(make_rule, case: Case):
     return variables, opt, step
 
 
+def _positional(info: dict, variables: list) -> dict:
+    """Keras names per-array info by variable path (``sparsity/p3``); the reference numbers it (``sparsity/3``)."""
+    out = {}
+    for key, value in info.items():
+        for i, var in enumerate(variables):
+            suffix = f"sparsity/{var.path}"
+            if key.endswith(suffix):
+                key = f"{key[:-len(suffix)]}sparsity/{i}"
+                break
+        out[key] = value
+    return out
+
+
 def run(make_rule, case: Case) -> list[Step]:
     import keras
 
@@ -171,7 +184,7 @@ def run(make_rule, case: Case) -> list[Step]:
         step([_tensor(g, case.dtype) for g in grads])
         params = [_np(v.value, ref) for v, ref in zip(variables, case.params)]
         updates = [_np(s.value, ref) for s, ref in zip(opt.inner_optimizer.seen, case.params)]
-        info = {k: float(keras.ops.convert_to_numpy(v)) for k, v in opt.info.items()}
+        info = _positional({k: float(keras.ops.convert_to_numpy(v)) for k, v in opt.info.items()}, variables)
         # pruning masks: the bool leaves of the rule state, depth first (as reference.masks_of)
         masks = [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in opt.gradclip_state if v.dtype == "bool"]
         out.append(Step(params, info, updates, masks))
