@@ -15,14 +15,7 @@ from .reference import Step, leaves_of, masks_of, skipped
 NAME = "array_api_strict"
 DTYPES = ("float32",)
 OPTIMIZERS = {"sgd": "true"}
-
-
-def available() -> bool:
-    try:
-        import array_api_strict  # noqa: F401
-    except ImportError:
-        return False
-    return True
+REQUIRES = ("array_api_strict",)
 
 
 def run(make_rule, case: Case, optimizer: str = "sgd", resume_at: int | None = None) -> list[Step]:

@@ -40,27 +40,17 @@ _BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 NAME = f"keras_{_BACKEND}"
 DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = {"sgd": "true", "momentum": "true"}
-
-
-def available() -> bool:
-    if os.environ.get("GRADCLIP_KERAS_RUN") != "1":
-        return False
-    try:
-        import keras  # noqa: F401
-
-        import gradclip_keras  # noqa: F401
-    except ImportError:
-        return False
-    return True
+REQUIRES = ("keras", "gradclip_keras")
+ENABLED = os.environ.get("GRADCLIP_KERAS_RUN") == "1"  # the main pytest process never imports Keras
 
 
 _CLASSES: dict = {}
 
 
-def _classes():
+def _classes() -> dict:
     """The Keras classes of this backend, registered once (``load_model`` finds them by name)."""
     if _CLASSES:
-        return _CLASSES["model"], _CLASSES["sgd"]
+        return _CLASSES
     import keras
 
     @keras.saving.register_keras_serializable(package="gradclip_parity")
@@ -78,7 +68,7 @@ def _classes():
 
     @keras.saving.register_keras_serializable(package="gradclip_parity")
     class Params(keras.Model):
-        """A model that is just the case's arrays as weights (``shapes``, ``dtype``)."""
+        """A model that is just the case's arrays as weights (``shapes``, ``param_dtype``)."""
 
         def __init__(self, shapes, param_dtype, **kwargs):
             super().__init__(**kwargs)
@@ -93,31 +83,14 @@ def _classes():
         def get_config(self):
             return {"name": self.name, "shapes": self.shapes, "param_dtype": self.param_dtype}
 
-    _CLASSES.update(model=Params, sgd=RecordingSGD)
-    return _classes()
-
-
-def _optimizer(make_rule, name: str):
-    import gradclip_keras
-
-    sgd = _classes()[1]
-    return gradclip_keras.Optimizer(sgd(LR, momentum={"sgd": 0.0, "momentum": 0.5}[name]), make_rule())
+    _CLASSES.update(Params=Params, RecordingSGD=RecordingSGD)
+    return _CLASSES
 
 
 def _np(x, like: np.ndarray) -> np.ndarray:
     from keras import ops
 
     return np.asarray(ops.convert_to_numpy(ops.cast(x, "float32"))).astype(like.dtype)
-
-
-def _value(v) -> np.ndarray:
-    """A variable's value as NumPy, dtype kept (bf16 through float32, exact)."""
-    from keras import ops
-
-    x = v.value
-    if "bfloat16" in str(x.dtype):
-        return np.asarray(ops.convert_to_numpy(ops.cast(x, "float32")))
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def _step_tf(opt, variables):
@@ -203,11 +176,14 @@ def _setup(make_rule, case: Case, optimizer: str):
 
     key = (make_rule, optimizer, case.dtype, tuple(p.shape for p in case.params))
     if key not in _CACHE:
-        model = _classes()[0]([p.shape for p in case.params], case.dtype)
-        model.compile(optimizer=_optimizer(make_rule, optimizer))
+        import gradclip_keras
+
+        classes = _classes()
+        model = classes["Params"]([p.shape for p in case.params], case.dtype)
+        inner = classes["RecordingSGD"](LR, momentum={"sgd": 0.0, "momentum": 0.5}[optimizer])
+        model.compile(optimizer=gradclip_keras.Optimizer(inner, make_rule()))
         model.optimizer.build(model.ps)
-        initial = [keras.ops.copy(v.value) for v in model.optimizer.variables]
-        _CACHE[key] = (model, initial, _compiled_step(model))
+        _CACHE[key] = (model, [keras.ops.copy(v.value) for v in model.optimizer.variables], _compiled_step(model))
     model, initial, step = _CACHE[key]
     for v, p in zip(model.ps, case.params):
         v.assign(_tensor(p, case.dtype))
@@ -246,10 +222,10 @@ def run(make_rule, case: Case, optimizer: str = "sgd", resume_at: int | None = N
         params = [_np(v.value, ref) for v, ref in zip(model.ps, case.params)]
         updates = [_np(s.value, ref) for s, ref in zip(opt.inner_optimizer.seen, case.params)]
         info = {k: float(keras.ops.convert_to_numpy(v)) for k, v in opt.info.items()}
-        state = [_value(v) for v in opt.gradclip_state]
-        # pruning masks: the bool leaves of the rule state, depth first (as reference.masks_of)
-        masks = [x for x in state if x.dtype == np.bool_]
+        state = [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in opt.gradclip_state]
+        masks = [x for x in state if x.dtype == np.bool_]  # pruning masks, depth first (as reference.masks_of)
         seen = {id(s) for s in opt.inner_optimizer.seen}
-        opt_state = [_value(v) for v in opt.inner_optimizer.variables if id(v) not in seen]
+        opt_state = [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in opt.inner_optimizer.variables
+                     if id(v) not in seen]
         out.append(Step(params, info, updates, masks, state, opt_state))
     return out

@@ -28,18 +28,9 @@ from .reference import Step, leaves_of, masks_of
 NAME = "optax"
 DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = {"sgd": "true", "momentum": "true", "adam": "true", "momentum-chain": "zero"}
+REQUIRES = ("jax", "optax", "gradclip_optax")
 
 _STEPS: dict[tuple, tuple[Any, Callable]] = {}
-
-
-def available() -> bool:
-    try:
-        import gradclip_optax  # noqa: F401
-        import jax  # noqa: F401
-        import optax  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _make(make_rule, optimizer: str):

@@ -29,16 +29,7 @@ NAME = "torch"
 DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = {"sgd": "true", "momentum": "zero", "adam": "zero",
               "momentum-fused": "true", "adam-fused": "true", "adamw-fused": "true"}
-
-
-def available() -> bool:
-    try:
-        import torch  # noqa: F401
-
-        import gradclip_torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+REQUIRES = ("torch", "gradclip_torch")
 
 
 def _optimizer(name: str, params):

@@ -8,7 +8,8 @@ A backend is a ``backend_*.py`` module beside this file with:
   ``"true"`` (weights and optimizer state unchanged) or ``"zero"`` (the optimizer steps on
   the rule's all-zero output); ``"sgd"`` is plain SGD(LR), the parity suite's optimizer,
   ``"momentum"`` SGD(LR, momentum 0.5), ``"adam"`` Adam; others are the backend's own;
-- ``available()``: whether its framework can run in this process;
+- ``REQUIRES``: the modules it needs (and ``ENABLED``, default true: Keras runs only in
+  the Keras processes): :func:`available` tells whether it runs in this process;
 - ``run(make_rule, case, optimizer="sgd", resume_at=None) -> list[Step]``: the rule
   through the framework's real integration path, one :class:`~.reference.Step` per step;
   with ``resume_at=k`` the first ``k`` steps are checkpointed through the framework's
@@ -35,9 +36,17 @@ TOLERANCE = {"float32": 4, "bfloat16": 1, "float16": 1}
 WORST: dict[tuple[str, str, str], float] = {}
 
 
+def available(backend) -> bool:
+    """Whether ``backend`` is enabled and its modules import in this process."""
+    try:
+        return getattr(backend, "ENABLED", True) and all(importlib.import_module(m) for m in backend.REQUIRES)
+    except ImportError:
+        return False
+
+
 def param(backend, *values, id: str):
     """A pytest parameter for ``backend``, skipped where its framework is not in this process."""
-    marks = [] if backend.available() else [pytest.mark.skip(
+    marks = [] if available(backend) else [pytest.mark.skip(
         reason=f"{backend.NAME} not available in this process (Keras backends run in their own processes via scripts/dev.sh)")]
     return pytest.param(backend, *values, id=f"{backend.NAME}-{id}", marks=marks)
 
