@@ -10,7 +10,7 @@ from keras import ops
 import gradclip_core as gc
 import gradclip_keras
 
-from .util import tensor, to_np
+from .util import dense_model, tensor, to_np
 
 
 def _box_rule():
@@ -67,8 +67,7 @@ def _zero_small_rule():
 
 @pytest.mark.parametrize("on, every, expected_calls", [("batch", 2, 4), ("epoch", 1, 2)])
 def test_callback_projects_on_schedule_and_logs(on, every, expected_calls):
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    model = dense_model(0, (3, 4))
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     cb = gradclip_keras.Callback(_zero_small_rule(), every=every, on=on)
     history = model.fit(np.ones((16, 3), np.float32), np.ones((16, 4), np.float32), batch_size=4, epochs=2, verbose=0, callbacks=[cb])

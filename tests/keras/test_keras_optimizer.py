@@ -12,19 +12,14 @@ import pytest
 import gradclip_core as gc
 import gradclip_keras
 
-from .util import tensor, to_np
+from ..fixtures import regression
+from .util import dense_model, keras_variables, tensor, to_np
 
 BACKEND = keras.backend.backend()
 
 
-def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(2)])
-
-
 def _xy(n=32):
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(n, 4)).astype(np.float32), (rng.normal(size=(n, 2)) * 50).astype(np.float32)
+    return regression(0, n, 4, 2, y_scale=50.0)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +27,7 @@ def fitted():
     """One compiled-and-fitted model for the module (compiling is the slow part)."""
     rule = gc.chain(gc.clip_by_value(5.0, info="full"), gc.clip_by_global_norm(1.0, semantics="keras"))
     opt = gradclip_keras.Optimizer(keras.optimizers.Adam(1e-2), rule)
-    model = _model()
+    model = dense_model()
     model.compile(optimizer=opt, loss="mse")
     x, y = _xy()
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[gradclip_keras.LogInfo()])
@@ -79,17 +74,12 @@ def test_config_round_trip():
     assert again.inner_optimizer.get_config()["momentum"] == 0.9
 
 
-def _vars(shapes=((3, 2), (2,))):
-    rng = np.random.default_rng(3)
-    return [keras.Variable(rng.normal(size=s).astype(np.float32)) for s in shapes]
-
-
 def _grads(values):
     return [tensor(v) for v in values]
 
 
 def test_nonfinite_skip_inside_fit():
-    model = _model()
+    model = dense_model()
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0, nonfinite="skip"))
     model.compile(optimizer=opt, loss="mse")
     x, y = _xy(8)
@@ -120,7 +110,7 @@ def _halve_rule():
 
 
 def test_project_runs_after_inner_step_with_state_in_variables():
-    variables = _vars()
+    variables = keras_variables()
     start = [to_np(v) for v in variables]
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.5), _halve_rule())
     g = [np.full((3, 2), 2.0, np.float32), np.full(2, 2.0, np.float32)]
@@ -133,7 +123,7 @@ def test_project_runs_after_inner_step_with_state_in_variables():
 
 
 def test_none_gradients_and_subsets():
-    variables = _vars(((2,), (2,), (2,)))
+    variables = keras_variables(((2,), (2,), (2,)))
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(1.0), gc.clip_by_global_norm(1.0))
     opt.build(variables)
     before = to_np(variables[1])
@@ -178,7 +168,7 @@ def test_bad_arguments():
 
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="Keras has no stateless_apply on the TensorFlow backend")
 def test_stateless_apply_threads_rule_state_and_info():
-    variables = _vars()
+    variables = keras_variables()
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.5), gc.chain(gc.clip_by_global_norm(1.0), _halve_rule()))
     opt.build(variables)
     before = to_np(variables[0])

@@ -17,22 +17,9 @@ import pytest
 import gradclip_core as gc
 import gradclip_optax
 
+from . import util
+
 STEPS = 12
-
-
-def params0():
-    k1, k2 = jax.random.split(jax.random.key(0))
-    return {"w": jax.random.normal(k1, (4, 3)), "b": jax.random.normal(k2, (3,))}
-
-
-def loss(params, x, y):
-    return jnp.sum((x @ params["w"] + params["b"] - y) ** 2)
-
-
-def batch(step):
-    k1, k2 = jax.random.split(jax.random.key(100 + step))
-    scale = 30.0 if step in (4, 8) else 1.0  # spikes
-    return jax.random.normal(k1, (8, 4)) * scale, jax.random.normal(k2, (8, 3))
 
 
 TXS = {
@@ -44,32 +31,14 @@ TXS = {
 }
 
 
-def to_numpy(state):
-    leaves, treedef = jax.tree.flatten(state)
-    return [np.asarray(x) for x in leaves], treedef
-
-
-_COMPILED: dict = {}
-
-
-def _step_fn(tx):
-    """One jitted train step per transformation (both runs of a test share the compilation)."""
-    if id(tx) not in _COMPILED:
-
-        @jax.jit
-        def step_fn(params, state, x, y):
-            grads = jax.grad(loss)(params, x, y)
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-
-        _COMPILED[id(tx)] = (tx, step_fn)
-    return _COMPILED[id(tx)][1]
+def batch(step):
+    return util.batch(step, x_scale=30.0 if step in (4, 8) else 1.0)  # spikes
 
 
 def train(tx):
-    params = params0()
+    params = util.mlp_params()
     state = tx.init(params)
-    step_fn = _step_fn(tx)
+    step_fn = util.train_step(tx, util.mlp_loss)
     for step in range(STEPS):
         params, state = step_fn(params, state, *batch(step))
     return params, state
@@ -95,18 +64,18 @@ def test_suggest_threshold_on_whole_optax_state():
 
 def test_per_example_clip_resume_continues_the_noise():
     tx = optax.chain(gradclip_optax.clip_per_example_transform(1.0, 1.1, seed=3), optax.sgd(0.1))
-    per_example_grad = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))
+    per_example_grad = jax.vmap(jax.grad(util.mlp_loss), in_axes=(None, 0, 0))
 
     step_fn = jax.jit(lambda p, s, x, y: tx.update(per_example_grad(p, x, y), s, p))
 
     def run(cut=None):
-        params = params0()
+        params = util.mlp_params()
         state = tx.init(params)
         out = []
         for step in range(6):
-            if step == cut:
-                leaves, _ = to_numpy(state)
-                state = jax.tree.unflatten(jax.tree.structure(tx.init(params0())), [jnp.asarray(x) for x in leaves])
+            if step == cut:  # to NumPy and back into the structure of a fresh init
+                leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+                state = jax.tree.unflatten(jax.tree.structure(tx.init(util.mlp_params())), [jnp.asarray(x) for x in leaves])
             updates, state = step_fn(params, state, *batch(step))
             params = optax.apply_updates(params, updates)
             out.append(params)

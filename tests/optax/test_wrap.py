@@ -13,13 +13,15 @@ import pytest
 import gradclip_core as gc
 import gradclip_optax
 
+from . import util
+
 
 def _params():
-    return {"w": jnp.array([[0.5, -1.5, 0.05], [2.0, 0.2, -0.3]]), "b": jnp.array([0.1, -0.02])}
+    return util.mlp_params(0, (3, 2))
 
 
 def _grads(scale=1.0):
-    return {"w": scale * jnp.array([[1.0, -2.0, 0.5], [0.3, 4.0, -1.0]]), "b": scale * jnp.array([0.5, 0.25])}
+    return util.grads_like(_params(), 1, 2.0 * scale)
 
 
 def _clamp(bound: float) -> gc.Rule:
@@ -55,13 +57,7 @@ def _prune_small(threshold: float) -> gc.Rule:
 
 
 def _run(tx, params, grads_seq):
-    state = tx.init(params)
-
-    @jax.jit
-    def step(p, s, g):
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
+    state, step = tx.init(params), util.train_step(tx)
     for g in grads_seq:
         params, state = step(params, state, g)
     return params, state
@@ -123,8 +119,8 @@ def test_wrap_under_multisteps_and_grad():
 
     def meta(p):
         u, _ = inner.update(_grads(3.0), inner.init(p), p)
-        return jnp.sum(optax.apply_updates(p, u)["w"] ** 2)
+        return jnp.sum(optax.apply_updates(p, u)["w0"] ** 2)
 
     g = jax.jit(jax.grad(meta))(params)
-    np.testing.assert_allclose(np.asarray(g["w"]), 2 * np.asarray(jax.tree.map(lambda p, u: p + u, params,
-                               inner.update(_grads(3.0), inner.init(params), params)[0])["w"]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g["w0"]), 2 * np.asarray(jax.tree.map(lambda p, u: p + u, params,
+                               inner.update(_grads(3.0), inner.init(params), params)[0])["w0"]), rtol=1e-6)

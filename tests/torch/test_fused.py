@@ -13,7 +13,7 @@ import gradclip_core as gc
 import gradclip_torch
 from gradclip_torch._fused import fusable, split_fold
 
-from .util import loss_fn, mlp
+from .util import loss_fn, mlp, train
 
 STEPS = 6
 OPTIMIZERS = {
@@ -34,21 +34,8 @@ def _train(make_opt, rule, fused, fold="auto", scaler=None, spike_at=None):
     model = mlp(0)
     opt = make_opt(model.parameters(), fused)
     handle = gradclip_torch.attach(opt, rule, fold=fold)
-    infos = []
-    for step in range(STEPS):
-        opt.zero_grad()
-        loss = loss_fn(model, step)
-        if step == spike_at:
-            loss = loss * float("nan")
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        infos.append({k: v.clone() for k, v in handle.info.items()})
-    return model, opt, handle, infos
+    loss = lambda m, step: loss_fn(m, step) * (float("nan") if step == spike_at else 1.0)  # noqa: E731
+    return model, opt, handle, train(model, opt, STEPS, handle, loss, scaler)
 
 
 def _close(a, b, rtol):

@@ -14,17 +14,13 @@ import torch
 import gradclip_core as gc
 import gradclip_torch
 
-from .util import batch, ema_clip, loss_fn, mlp
+from .util import batch, ema_clip, loss_fn, mlp, train
 
 OPTIMIZERS = {
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05),
     "sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-2),
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
 }
-
-
-def _params(model):
-    return [p.detach().clone() for p in model.parameters()]
 
 
 def _train_manual(rule, make_opt, steps, seed=0):
@@ -54,15 +50,11 @@ def test_attach_equals_manual_apply(opt_name, rule_name):
     ref, ref_infos = _train_manual(make_rule(), make_opt, 4)
     model = mlp(0)
     opt = make_opt(model.parameters())
-    handle = gradclip_torch.attach(opt, make_rule())
-    for step in range(4):
-        opt.zero_grad()
-        loss_fn(model, step).backward()
-        opt.step()
-        assert set(handle.info) == set(ref_infos[step])
-        for k, v in handle.info.items():
+    for info, ref_info in zip(train(model, opt, 4, gradclip_torch.attach(opt, make_rule())), ref_infos, strict=True):
+        assert set(info) == set(ref_info)
+        for k, v in info.items():
             assert isinstance(v, torch.Tensor) and v.shape == ()
-            assert torch.equal(v, ref_infos[step][k])
+            assert torch.equal(v, ref_info[k])
     for a, b in zip(model.parameters(), ref.parameters()):
         assert torch.equal(a, b)
 
@@ -158,7 +150,7 @@ def test_grad_scaler_order():
         for a, b in zip(model.parameters(), ref.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     # an overflowing step: the scaler skips optimizer.step(), so the hook does not run
-    info, before = handle.info, _params(model)
+    info, before = handle.info, [p.detach().clone() for p in model.parameters()]
     opt.zero_grad()
     scaler.scale(loss_fn(model, 9) * float("inf")).backward()
     scaler.step(opt)
