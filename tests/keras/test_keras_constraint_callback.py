@@ -10,6 +10,7 @@ from keras import ops
 import gradclip_core as gc
 import gradclip_keras
 
+from ..fixtures import rand_arrays
 from .util import dense_model, tensor, to_np
 
 
@@ -32,6 +33,20 @@ def test_constraint_in_fit():
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
     model.fit(np.ones((8, 3), np.float32), np.full((8, 4), 100.0, np.float32), verbose=0)
     assert np.abs(to_np(model.layers[0].kernel)).max() <= np.float32(0.1)
+
+
+def test_norm_constraints_equal_keras_constraints_in_float32():
+    """The core's constraints (on NumPy) against Keras' own; here: the main test process never imports Keras."""
+    w = rand_arrays(1, [(4, 6)], 2.0)
+    pairs = [
+        (gc.max_norm(1.5, axis=0), keras.constraints.MaxNorm(1.5, axis=0)),
+        (gc.min_max_norm(0.5, 1.0, 0.7, axis=0), keras.constraints.MinMaxNorm(0.5, 1.0, 0.7, axis=0)),
+        (gc.unit_norm(axis=0), keras.constraints.UnitNorm(axis=0)),
+        (gc.non_neg(), keras.constraints.NonNeg()),
+    ]
+    for rule, native in pairs:
+        out, _, _ = rule.project(w, rule.init(w))
+        np.testing.assert_allclose(out[0], to_np(native(ops.convert_to_tensor(w[0]))), rtol=2e-6, atol=0)
 
 
 def test_constraint_refuses_gradient_rules_and_state():
