@@ -37,22 +37,19 @@ def spiky_loss(model, step):
     return loss_fn(model, step) * (40.0 if step in (6, 9) else 1.0)
 
 
-def train(rule_or_ref, steps=STEPS):
-    """Norm/grad trajectory of a gradclip rule (attach) or a reference object with .step()."""
-    model = mlp(0)
+def train(rule_or_ref, steps=STEPS, model=None):
+    """Grad trajectory of a gradclip rule (attached) or a reference object with ``.step`` (on ``model``)."""
+    model = mlp(0) if model is None else model
     opt = frozen(model.parameters())
     handle = gradclip_torch.attach(opt, rule_or_ref) if isinstance(rule_or_ref, gc.Rule) else None
     grads = []
     for step in range(steps):
         opt.zero_grad()
         spiky_loss(model, step).backward()
-        if handle is None:
+        if handle is None:  # ZClip.step(model), QuantileClip.step()
             rule_or_ref.step(model) if hasattr(rule_or_ref, "warmup_steps") else rule_or_ref.step()
-            grads.append([p.grad.clone() for p in model.parameters()])
-            opt.step()
-        else:
-            opt.step()
-            grads.append([p.grad.clone() for p in model.parameters()])
+        opt.step()  # lr 0: the gradients stay as the rule left them
+        grads.append([p.grad.clone() for p in model.parameters()])
     return model, grads, handle
 
 
@@ -72,7 +69,6 @@ def test_zclip_matches_reference_package(cfg):
     ref = zclip.ZClip(max_grad_norm=max_norm, **cfg)
     _, want, _ = train(ref)
     _, got, handle = train(gc.zclip(max_norm=max_norm, **cfg))
-    spikes = 0
     for step, (a, b) in enumerate(zip(got, want)):
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=5e-6, atol=1e-6, msg=f"step {step}")
@@ -92,15 +88,8 @@ def test_autoclip_matches_quantileclip_package(quantile, history):
     from autoclip.torch import QuantileClip
 
     model = mlp(0)
-    ref = QuantileClip(model.parameters(), quantile=quantile, history_length=history, global_threshold=True)
-    opt = frozen(model.parameters())
-    want = []
-    for step in range(STEPS):
-        opt.zero_grad()
-        spiky_loss(model, step).backward()
-        ref.step()
-        want.append([p.grad.clone() for p in model.parameters()])
-        opt.step()
+    _, want, _ = train(QuantileClip(model.parameters(), quantile=quantile, history_length=history, global_threshold=True),
+                       model=model)
     rule = gc.autoclip(100 * quantile, history, include_current=False, semantics="torch")
     _, got, _ = train(rule)
     for step, (a, b) in enumerate(zip(got, want)):
