@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gradclip_core as gc  # noqa: E402
 import gradclip_torch  # noqa: E402
-from _measure import peak_extra, repeats_for, time_one, time_pair  # noqa: E402
+from _measure import peak_extra, repeats_for, time_pair  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
 

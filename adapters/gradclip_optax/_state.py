@@ -7,7 +7,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-import gradclip_core as gc
 
 __all__ = ["TransformState", "WrapState", "info_like", "match_info"]
 

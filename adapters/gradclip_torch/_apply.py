@@ -127,6 +127,9 @@ def run_update(
         check_effect(effect, grads, "gradclip_torch")
         if fold:
             effect, scale, skip = split_fold(effect)
+            # a skip inside a chain is baked into the chain's arrays; its flag in info still tells
+            for flag in (v != 0 for k, v in info.items() if k == "skipped" or k.endswith("/skipped")):
+                skip = flag if skip is None else torch.logical_or(skip, flag)
         apply_effect(namespace(*grads), grads, effect, inplace=True)
     return new_state, dict(info), scale, skip
 

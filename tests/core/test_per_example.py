@@ -11,13 +11,13 @@
 The real optax and Opacus functions are compared in tests/parity/test_per_example.py.
 """
 
-import math
 
 import numpy as np
 import pytest
 
 import gradclip_core as gc
 
+from ..fixtures import clip_per_example_reference as ref
 from .util import NAMESPACES, to_np, to_xp
 
 SHAPES = [(3, 4), (5,), (), (0, 2)]
@@ -31,25 +31,6 @@ def per_example(seed, B, scales):
         g = g * np.asarray(scales).reshape((B,) + (1,) * len(s))
         out.append(g.astype(np.float32))
     return out
-
-
-def ref(grads, C, sem, noise=None, sigma=0.0, denom=None):
-    g64 = [np.asarray(g, np.float64) for g in grads]
-    B = g64[0].shape[0]
-    norms = np.sqrt(sum(np.sum(g.reshape(B, -1) ** 2, axis=1) for g in g64))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if sem == "opacus":
-            f = np.minimum(C / (norms + 1e-6), 1.0)
-        elif sem == "optax":
-            f = np.nan_to_num(np.minimum(C / norms, 1.0), nan=1.0)
-        else:
-            f = np.where(norms > C, C / np.where(norms > C, norms, 1), 1.0)
-    sums = [np.tensordot(f, g, axes=1) for g in g64]
-    if noise is not None:
-        sums = [s + sigma * C * np.asarray(z, np.float64) for s, z in zip(sums, noise)]
-    if denom is not None:
-        sums = [s / denom for s in sums]
-    return sums, f
 
 
 @pytest.mark.parametrize("xp", NAMESPACES)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from array_api_compat import numpy as compat_np
 
+from ..fixtures import rand_arrays  # noqa: F401  (the core tests' seeded arrays)
+
 # Every core rule runs on both: NumPy (through array-api-compat) and array-api-strict,
 # which rejects anything outside the standard.
 NAMESPACES = [pytest.param(compat_np, id="numpy"), pytest.param(array_api_strict, id="strict")]
@@ -29,11 +31,6 @@ def run_update(rule, xp, grads, params=None):
     state = rule.init(p)
     out, state, info = rule.update(g, state, p if params is not None else None)
     return to_np(out), state, {k: float(v) for k, v in info.items()}
-
-
-def rand_arrays(seed, shapes, scale=1.0, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    return [(rng.normal(0.0, scale, s)).astype(dtype) for s in shapes]
 
 
 SHAPES = [(5, 3), (7,), (), (0, 4), (2, 3, 2)]

@@ -28,25 +28,23 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 import gradclip_core as gc  # noqa: E402
 import gradclip_optax  # noqa: E402
 
+from tests.optax.util import batch, mlp_loss, mlp_params  # noqa: E402
+
 STEPS = 4
-SHAPES = {"w1": (8, 6), "b1": (8,), "w2": (4, 8), "b2": (4,)}  # leading dims divisible by 4
+SIZES = (6, 8, 4)  # w0 (8, 6), b0 (8,), w1 (4, 8), b1 (4,): leading dims divisible by 4
+SHAPES = {tuple(v.shape) for v in mlp_params(0, SIZES).values()}
 
 
 def params0() -> dict:
-    rng = np.random.default_rng(0)
-    return {k: jnp.asarray(rng.standard_normal(s).astype(np.float32) * 0.5) for k, s in SHAPES.items()}
+    return mlp_params(0, SIZES)
 
 
 def data(step: int) -> tuple:
-    rng = np.random.default_rng(100 + step)
-    x = rng.standard_normal((16, 6)).astype(np.float32)
-    y = rng.standard_normal((16, 4)).astype(np.float32) * (30.0 if step == 2 else 1.0)
-    return jnp.asarray(x), jnp.asarray(y)
+    return batch(step, 16, SIZES, y_scale=30.0 if step == 2 else 1.0)
 
 
 def loss(p: dict, x: jax.Array, y: jax.Array) -> jax.Array:
-    h = jnp.tanh(x @ p["w1"].T + p["b1"])
-    return jnp.mean((h @ p["w2"].T + p["b2"] - y) ** 2)
+    return mlp_loss(p, x, y, jnp.mean)
 
 
 RULES = {
@@ -101,8 +99,7 @@ def run_shard_map(name: str, mesh) -> tuple:
     params = params0()
     state = tx.init(params)
     # optimizer moments (momentum traces) are shaped like the params: shards too
-    shapes = {tuple(s) for s in SHAPES.values()}
-    state_specs = _specs(state, lambda leaf: tuple(getattr(leaf, "shape", ())) in shapes and getattr(leaf, "ndim", 0) >= 1)
+    state_specs = _specs(state, lambda leaf: tuple(getattr(leaf, "shape", ())) in SHAPES and getattr(leaf, "ndim", 0) >= 1)
     pspec = jax.tree.map(lambda _: P("x"), params)
 
     def local_update(g, state, params):

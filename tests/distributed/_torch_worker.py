@@ -7,9 +7,7 @@ the same computation, and records what differs. Rank 0 writes the results as JSO
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import sys
 
 import torch
@@ -17,25 +15,20 @@ import torch.distributed as dist
 
 import gradclip_core as gc
 import gradclip_torch
+from tests.torch.util import batch, mlp
 
 STEPS = 4
 BATCH = 16
 
 
 def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
     # Linear(6, 1): its weight (1, 6) and bias (1,) leave rank 1 with empty shards;
     # the bias of 3 shards unevenly.
-    return torch.nn.Sequential(
-        torch.nn.Linear(8, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)
-    )
+    return mlp(0, sizes=(8, 6, 3, 1))
 
 
 def _data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(100 + step)
-    x = torch.randn(BATCH, 8, generator=g)
-    y = torch.randn(BATCH, 1, generator=g) * (30.0 if step == 2 else 1.0)  # a spike at step 2
-    return x, y
+    return batch(step, n=BATCH, sizes=(8, 1), x_scale=1.0, y_scale=30.0 if step == 2 else 1.0)  # a spike at step 2
 
 
 RULES = {

@@ -10,7 +10,8 @@ from keras import ops
 import gradclip_core as gc
 import gradclip_keras
 
-from .util import tensor, to_np
+from ..fixtures import rand_arrays
+from .util import dense_model, tensor, to_np
 
 
 def _box_rule():
@@ -32,6 +33,20 @@ def test_constraint_in_fit():
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
     model.fit(np.ones((8, 3), np.float32), np.full((8, 4), 100.0, np.float32), verbose=0)
     assert np.abs(to_np(model.layers[0].kernel)).max() <= np.float32(0.1)
+
+
+def test_norm_constraints_equal_keras_constraints_in_float32():
+    """The core's constraints (on NumPy) against Keras' own; here: the main test process never imports Keras."""
+    w = rand_arrays(1, [(4, 6)], 2.0)
+    pairs = [
+        (gc.max_norm(1.5, axis=0), keras.constraints.MaxNorm(1.5, axis=0)),
+        (gc.min_max_norm(0.5, 1.0, 0.7, axis=0), keras.constraints.MinMaxNorm(0.5, 1.0, 0.7, axis=0)),
+        (gc.unit_norm(axis=0), keras.constraints.UnitNorm(axis=0)),
+        (gc.non_neg(), keras.constraints.NonNeg()),
+    ]
+    for rule, native in pairs:
+        out, _, _ = rule.project(w, rule.init(w))
+        np.testing.assert_allclose(out[0], to_np(native(ops.convert_to_tensor(w[0]))), rtol=2e-6, atol=0)
 
 
 def test_constraint_refuses_gradient_rules_and_state():
@@ -68,8 +83,7 @@ def _zero_small_rule():
 @pytest.mark.parametrize("on, every, runs_at", [("batch", 2, [1, 3, 5, 7]), ("epoch", 1, [4, 8])])
 def test_callback_projects_on_schedule_and_logs(on, every, runs_at):
     """The callback runs every `every` steps/epochs; a rule with state then takes one step per optimizer step."""
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    model = dense_model(0, (3, 4))
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     cb = gradclip_keras.Callback(_zero_small_rule(), every=every, on=on)
     seen = []

@@ -1,8 +1,9 @@
 """keras.distribution.DataParallel (JAX backend, 4 host devices): fit equals the one-device fit.
 
 A fresh process (``XLA_FLAGS`` must give JAX 4 CPU devices before it starts) fits the
-same model twice, 3 epochs of 4 batches (a batch with 30x targets makes the clips act),
-with ``gradclip_keras.Optimizer(SGD(momentum), rule)``: once on one device, once under
+same model twice, 3 epochs of 4 batches (the last batch of each epoch, whose info is
+compared, has 30x targets: the clips act), with
+``gradclip_keras.Optimizer(SGD(momentum), rule)``: once on one device, once under
 ``keras.distribution.DataParallel`` over 4 devices (each batch split 4 ways; the JAX
 trainer's gradient is the global one, so the rule sees the same gradients). Final
 weights must agree to 1e-6 relative (summation order of the sharded batch), info to 1e-5.
@@ -27,6 +28,8 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import json, numpy as np, jax, keras
 import gradclip_core as gc, gradclip_keras
+from tests.fixtures import regression
+from tests.keras.util import dense_model
 assert len(jax.devices()) == 4
 
 RULES = {
@@ -35,14 +38,11 @@ RULES = {
     "agc": lambda: gc.adaptive_clip(0.05),
     "zclip": lambda: gc.zclip(alpha=0.5, z_thresh=1.0, warmup_steps=2),
 }
-rng = np.random.default_rng(0)
-x = rng.standard_normal((64, 6)).astype("float32")
-y = rng.standard_normal((64, 2)).astype("float32")
-y[32:48] *= 30.0
+x, y = regression(0, 64, 6, 2)
+y[48:] *= 30.0  # the last batch of each epoch, whose info is recorded
 
 def fit(name):
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)])
+    model = dense_model(0, (6, 8, 2))
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.05, momentum=0.9), RULES[name]())
     model.compile(optimizer=opt, loss="mse")
     infos = []

@@ -1,4 +1,9 @@
-"""``gradclip_keras.Optimizer``: fit, info, saving, stateless_apply, skip, project, layout."""
+"""``gradclip_keras.Optimizer``: fit, info, saving, stateless_apply, skip in fit, project, layout.
+
+Resume from a ``.keras`` file and the true skip of ``apply`` / ``stateless_apply`` under
+jit are the contract of every integration path: tests/parity/test_contract.py (its
+``keras_<backend>`` ids run in the Keras processes).
+"""
 
 import keras
 import numpy as np
@@ -7,19 +12,14 @@ import pytest
 import gradclip_core as gc
 import gradclip_keras
 
-from .util import tensor, to_np
+from ..fixtures import regression
+from .util import dense_model, keras_variables, tensor, to_np
 
 BACKEND = keras.backend.backend()
 
 
-def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(2)])
-
-
 def _xy(n=32):
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(n, 4)).astype(np.float32), (rng.normal(size=(n, 2)) * 50).astype(np.float32)
+    return regression(0, n, 4, 2, y_scale=50.0)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def fitted():
     """One compiled-and-fitted model for the module (compiling is the slow part)."""
     rule = gc.chain(gc.clip_by_value(5.0, info="full"), gc.clip_by_global_norm(1.0, semantics="keras"))
     opt = gradclip_keras.Optimizer(keras.optimizers.Adam(1e-2), rule)
-    model = _model()
+    model = dense_model()
     model.compile(optimizer=opt, loss="mse")
     x, y = _xy()
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[gradclip_keras.LogInfo()])
@@ -74,35 +74,12 @@ def test_config_round_trip():
     assert again.inner_optimizer.get_config()["momentum"] == 0.9
 
 
-def _vars(shapes=((3, 2), (2,))):
-    rng = np.random.default_rng(3)
-    return [keras.Variable(rng.normal(size=s).astype(np.float32)) for s in shapes]
-
-
 def _grads(values):
     return [tensor(v) for v in values]
 
 
-def test_nonfinite_skip_leaves_weights_and_optimizer_state_unchanged():
-    variables = _vars()
-    opt = gradclip_keras.Optimizer(keras.optimizers.Adam(0.1), gc.clip_by_global_norm(1.0, nonfinite="skip"))
-    good = _grads([np.ones((3, 2)), np.ones(2)])
-    opt.apply(good, variables)
-    before_w = [to_np(v) for v in variables]
-    before_o = [to_np(v) for v in opt.inner_optimizer.variables]
-    bad = _grads([np.full((3, 2), np.nan), np.ones(2)])
-    opt.apply(bad, variables)
-    for a, b in zip(variables, before_w):
-        np.testing.assert_array_equal(to_np(a), b)
-    for a, b in zip(opt.inner_optimizer.variables, before_o):  # moments and iteration count
-        np.testing.assert_array_equal(to_np(a), b)
-    assert int(to_np(opt.info["skipped"])) == 1 and int(to_np(opt.iterations)) == 1
-    opt.apply(good, variables)
-    assert int(to_np(opt.info["skipped"])) == 0 and int(to_np(opt.iterations)) == 2
-
-
 def test_nonfinite_skip_inside_fit():
-    model = _model()
+    model = dense_model()
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0, nonfinite="skip"))
     model.compile(optimizer=opt, loss="mse")
     x, y = _xy(8)
@@ -133,7 +110,7 @@ def _halve_rule():
 
 
 def test_project_runs_after_inner_step_with_state_in_variables():
-    variables = _vars()
+    variables = keras_variables()
     start = [to_np(v) for v in variables]
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.5), _halve_rule())
     g = [np.full((3, 2), 2.0, np.float32), np.full(2, 2.0, np.float32)]
@@ -146,7 +123,7 @@ def test_project_runs_after_inner_step_with_state_in_variables():
 
 
 def test_none_gradients_and_subsets():
-    variables = _vars(((2,), (2,), (2,)))
+    variables = keras_variables(((2,), (2,), (2,)))
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(1.0), gc.clip_by_global_norm(1.0))
     opt.build(variables)
     before = to_np(variables[1])
@@ -191,7 +168,7 @@ def test_bad_arguments():
 
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="Keras has no stateless_apply on the TensorFlow backend")
 def test_stateless_apply_threads_rule_state_and_info():
-    variables = _vars()
+    variables = keras_variables()
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.5), gc.chain(gc.clip_by_global_norm(1.0), _halve_rule()))
     opt.build(variables)
     before = to_np(variables[0])
@@ -213,25 +190,6 @@ def test_stateless_apply_threads_rule_state_and_info():
     assert int(to_np(opt.info["halve/count"])) == 1
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="the JAX trainer is the one that calls stateless_apply in fit")
-def test_stateless_apply_skip_under_jit():
-    import jax
-
-    variables = _vars()
-    opt = gradclip_keras.Optimizer(keras.optimizers.Adam(0.1), gc.clip_by_global_norm(1.0, nonfinite="skip"))
-    opt.build(variables)
-    tvs = [v.value for v in variables]
-    ovs = [v.value for v in opt.variables]
-    bad = _grads([np.full((3, 2), np.inf), np.ones(2)])
-    new_t, new_o = jax.jit(opt.stateless_apply)(ovs, bad, tvs)
-    for a, b in zip(new_t, tvs):
-        np.testing.assert_array_equal(to_np(a), to_np(b))
-    idx = {id(v): i for i, v in enumerate(opt.variables)}
-    for v in opt.inner_optimizer.variables:
-        np.testing.assert_array_equal(to_np(new_o[idx[id(v)]]), to_np(v))
-    assert int(to_np(new_o[idx[id(opt.gradclip_info["skipped"])]])) == 1
-
-
 @pytest.mark.skipif(BACKEND != "jax", reason="the JAX trainer jit-compiles the train step; its cache is what is tested")
 @pytest.mark.parametrize("rule", ["zclip", "autoclip", "prune"])
 def test_jax_fit_compiles_the_train_step_once(rule, caplog):
@@ -241,7 +199,7 @@ def test_jax_fit_compiles_the_train_step_once(rule, caplog):
     import jax
 
     rule = {"zclip": gc.zclip(), "autoclip": gc.autoclip(10, 8), "prune": gc.global_magnitude_prune(0.5)}[rule]
-    model = _model()
+    model = dense_model()
     model.compile(optimizer=gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), rule), loss="mse")
     x, y = _xy(32)
     with caplog.at_level(logging.WARNING), jax.log_compiles(True):
@@ -259,7 +217,7 @@ def test_loss_scale_optimizer_inside_is_refused_and_outside_trains():
     for name, opt in [("plain", keras.optimizers.SGD(0.01)),
                       ("wrapped", keras.optimizers.LossScaleOptimizer(
                           gradclip_keras.Optimizer(keras.optimizers.SGD(0.01), gc.clip_by_global_norm(1e6))))]:
-        model = _model()
+        model = dense_model()
         before = [to_np(w) for w in model.trainable_weights]
         model.compile(optimizer=opt, loss="mse")
         model.fit(x, y, batch_size=8, verbose=0)
@@ -276,10 +234,10 @@ def test_reuse_on_a_second_model_behaves_like_keras():
     for name, make in [("keras", lambda: keras.optimizers.SGD(0.1)),
                        ("wrapper", lambda: gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0)))]:
         opt = make()
-        first = _model()
+        first = dense_model()
         first.compile(optimizer=opt, loss="mse")
         first.fit(x, y, verbose=0)
-        second = _model(1)
+        second = dense_model(1)
         second.compile(optimizer=opt, loss="mse")
         before = [to_np(w) for w in second.trainable_weights]
         try:
@@ -307,7 +265,7 @@ def test_log_info_reaches_callbacks_listed_before_it(loss_scale):
             epoch_logs.append(dict(logs))
 
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.01), gc.clip_by_global_norm(1.0))
-    model = _model()
+    model = dense_model()
     model.compile(optimizer=keras.optimizers.LossScaleOptimizer(opt) if loss_scale else opt, loss="mse")
     x, y = _xy(16)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[Reader(), gradclip_keras.LogInfo()])
@@ -342,7 +300,7 @@ def test_nonfinite_raise_in_fit_says_run_eagerly():
     y[0, 0] = np.nan
 
     def fit(run_eagerly):
-        model = _model()
+        model = dense_model()
         opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clip_by_global_norm(1.0, nonfinite="raise"))
         model.compile(optimizer=opt, loss="mse", run_eagerly=run_eagerly)
         before = [to_np(w) for w in model.trainable_weights]

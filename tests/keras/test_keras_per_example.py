@@ -20,6 +20,7 @@ import pytest
 import gradclip_core as gc
 import gradclip_keras
 
+from ..fixtures import clip_per_example_reference
 from .util import to_np
 
 B, D_IN, D_OUT = 8, 3, 2
@@ -86,11 +87,8 @@ def test_sgd_steps_equal_numpy_dp_sgd_loop():
     W, c = (w.astype(np.float64) for w in _weights())
     for s in range(steps):
         xb, yb = x[s * B:(s + 1) * B], y[s * B:(s + 1) * B]
-        gW, gc_ = _per_example_grads(W, c, xb, yb)
-        norms = np.sqrt(np.sum(gW.reshape(len(xb), -1) ** 2, 1) + np.sum(gc_**2, 1))
-        f = np.minimum(1.0, C / norms)
-        W = W - LR * np.tensordot(f, gW, 1) / len(xb)
-        c = c - LR * np.tensordot(f, gc_, 1) / len(xb)
+        (dW, dc), _ = clip_per_example_reference(_per_example_grads(W, c, xb, yb), C, denom=len(xb))
+        W, c = W - LR * dW, c - LR * dc
     for got, want in zip(model.model.weights, (W, c)):
         np.testing.assert_allclose(to_np(got), want, rtol=1e-5, atol=1e-6)
     assert int(to_np(model.optimizer.iterations)) == steps

@@ -10,17 +10,16 @@ import pytest
 import gradclip_core as gc
 import gradclip_keras
 
-from .util import to_np
+from ..fixtures import regression
+from .util import dense_model, to_np
 
 
 def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="hidden"), keras.layers.Dense(2, name="out")])
+    return dense_model(seed, (8, 16, 2))
 
 
 def _data(n=64):
-    rng = np.random.default_rng(1)
-    return rng.normal(size=(n, 8)).astype(np.float32), rng.normal(size=(n, 2)).astype(np.float32)
+    return regression(1, n, 8, 2)
 
 
 def _weight_names(path):

@@ -15,29 +15,16 @@ import pytest
 import gradclip_core as gc
 import gradclip_keras
 
-from .util import to_np
+from ..fixtures import rand_arrays, regression
+from .util import dense_model, to_np
 
 STEPS = 4
 
 
-def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3), keras.layers.Dense(2)]
-    )
-
-
-def _data():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(STEPS * 4, 5)).astype(np.float32)
-    y = (rng.normal(size=(STEPS * 4, 2)) * 30).astype(np.float32)  # big targets: gradients get clipped
-    return x, y
-
-
 def _train(optimizer):
-    model = _model()
+    model = dense_model(0, (5, 8, 3, 2))
     model.compile(optimizer=optimizer, loss="mse")
-    x, y = _data()
+    x, y = regression(1, STEPS * 4, 5, 2, y_scale=30.0)  # big targets: gradients get clipped
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     return [to_np(w) for w in model.trainable_weights], model
 
@@ -66,8 +53,7 @@ def test_wrapper_equals_native_option_bit_for_bit(native, rule):
 def test_global_norm_info_equals_keras_global_norm():
     from keras.src.optimizers.base_optimizer import global_norm
 
-    rng = np.random.default_rng(0)
-    grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype(np.float32) * 10) for s in [(4, 3), (3,), ()]]
+    grads = [keras.ops.convert_to_tensor(g) for g in rand_arrays(0, [(4, 3), (3,), ()], 10.0)]
     variables = [keras.Variable(np.zeros(tuple(g.shape), np.float32)) for g in grads]
     opt = gradclip_keras.Optimizer(keras.optimizers.SGD(1.0), gc.clip_by_global_norm(1.0, semantics="keras"))
     opt.apply(grads, variables)

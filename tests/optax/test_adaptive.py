@@ -1,9 +1,9 @@
-"""Stateful adaptive clipping and DP aggregation in optax: jit, checkpoint/resume, suggest_threshold.
+"""Stateful adaptive clipping and DP aggregation in optax: jit, state dtypes, suggest_threshold, DP resume.
 
-Checkpoint/resume: the whole optimizer state is converted to NumPy arrays mid-run
-(what a checkpoint library stores), rebuilt with ``jax.tree.unflatten`` into the
-structure of a fresh ``tx.init``, and training continues; it must equal the
-uninterrupted run bit for bit (weights, states and info).
+Checkpoint/resume of the rules' state (the whole optimizer state to NumPy and back
+into the structure of a fresh ``tx.init``, bit for bit) is the contract of every
+integration path: tests/parity/test_contract.py. The DP aggregation here is not a rule,
+so its resume (the noise counter) is tested below.
 """
 
 from __future__ import annotations
@@ -12,27 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 import gradclip_core as gc
 import gradclip_optax
 
-STEPS, CUT = 12, 5
+from . import util
 
-
-def params0():
-    k1, k2 = jax.random.split(jax.random.key(0))
-    return {"w": jax.random.normal(k1, (4, 3)), "b": jax.random.normal(k2, (3,))}
-
-
-def loss(params, x, y):
-    return jnp.sum((x @ params["w"] + params["b"] - y) ** 2)
-
-
-def batch(step):
-    k1, k2 = jax.random.split(jax.random.key(100 + step))
-    scale = 30.0 if step in (4, 8) else 1.0  # spikes
-    return jax.random.normal(k1, (8, 4)) * scale, jax.random.normal(k2, (8, 3))
+STEPS = 12
 
 
 TXS = {
@@ -44,51 +30,17 @@ TXS = {
 }
 
 
-def to_numpy(state):
-    leaves, treedef = jax.tree.flatten(state)
-    return [np.asarray(x) for x in leaves], treedef
+def batch(step):
+    return util.batch(step, x_scale=30.0 if step in (4, 8) else 1.0)  # spikes
 
 
-_COMPILED: dict = {}
-
-
-def _step_fn(tx):
-    """One jitted train step per transformation (both runs of a test share the compilation)."""
-    if id(tx) not in _COMPILED:
-
-        @jax.jit
-        def step_fn(params, state, x, y):
-            grads = jax.grad(loss)(params, x, y)
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-
-        _COMPILED[id(tx)] = (tx, step_fn)
-    return _COMPILED[id(tx)][1]
-
-
-def train(tx, cut=None):
-    params = params0()
+def train(tx):
+    params = util.mlp_params()
     state = tx.init(params)
-    step_fn = _step_fn(tx)
-
+    step_fn = util.train_step(tx, util.mlp_loss)
     for step in range(STEPS):
-        if step == cut:
-            saved_p, _ = to_numpy(params)
-            saved_s, _ = to_numpy(state)
-            fresh = tx.init(params0())  # a new process: only the structure comes from init
-            state = jax.tree.unflatten(jax.tree.structure(fresh), [jnp.asarray(x) for x in saved_s])
-            params = jax.tree.unflatten(jax.tree.structure(params0()), [jnp.asarray(x) for x in saved_p])
         params, state = step_fn(params, state, *batch(step))
     return params, state
-
-
-@pytest.mark.parametrize("name", sorted(TXS))
-def test_checkpoint_resume_is_exact(name):
-    tx = TXS[name]()
-    p1, s1 = train(tx)
-    p2, s2 = train(tx, cut=CUT)
-    for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2))):
-        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
 
 
 def test_state_dtypes_and_clipping_happens():
@@ -111,18 +63,18 @@ def test_suggest_threshold_on_whole_optax_state():
 
 def test_per_example_clip_resume_continues_the_noise():
     tx = optax.chain(gradclip_optax.clip_per_example_transform(1.0, 1.1, seed=3), optax.sgd(0.1))
-    per_example_grad = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))
+    per_example_grad = jax.vmap(jax.grad(util.mlp_loss), in_axes=(None, 0, 0))
 
     step_fn = jax.jit(lambda p, s, x, y: tx.update(per_example_grad(p, x, y), s, p))
 
     def run(cut=None):
-        params = params0()
+        params = util.mlp_params()
         state = tx.init(params)
         out = []
         for step in range(6):
-            if step == cut:
-                leaves, _ = to_numpy(state)
-                state = jax.tree.unflatten(jax.tree.structure(tx.init(params0())), [jnp.asarray(x) for x in leaves])
+            if step == cut:  # to NumPy and back into the structure of a fresh init
+                leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+                state = jax.tree.unflatten(jax.tree.structure(tx.init(util.mlp_params())), [jnp.asarray(x) for x in leaves])
             updates, state = step_fn(params, state, *batch(step))
             params = optax.apply_updates(params, updates)
             out.append(params)

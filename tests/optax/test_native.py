@@ -15,16 +15,13 @@ import pytest
 import gradclip_core as gc
 import gradclip_optax
 
+from .util import tree
+
 SHAPE_SETS = [
     [(6, 4), (6,), (3, 6), ()],
     [(2, 3, 3, 5), (5,), (7, 1, 2)],
     [(128,), (32, 64), (4, 4, 4, 4, 2)],
 ]
-
-
-def _tree(seed: int, shapes, scale: float = 1.0) -> dict:
-    rng = np.random.default_rng(seed)
-    return {f"p{i}": jnp.asarray(rng.normal(0, scale, s).astype(np.float32)) for i, s in enumerate(shapes)}
 
 
 def _jitted(tx: optax.GradientTransformation):
@@ -53,7 +50,7 @@ def test_global_norm_optax_semantics_bitwise(shapes, max_norm):
     native = _jitted(optax.clip_by_global_norm(max_norm))
     for seed in range(4):
         for scale in (0.01, 1.0, 30.0):  # below and above the threshold
-            grads = _tree(seed, shapes, scale)
+            grads = tree(seed, shapes, scale)
             _assert_bitwise(ours(grads, grads), native(grads, grads))
 
 
@@ -72,8 +69,8 @@ def test_global_norm_optax_semantics_nan_case():
 @pytest.mark.parametrize("axis", [None, "optax"])
 def test_adaptive_clip_matches_optax(seed, axis):
     shapes = [(6, 4), (6,), (3, 6, 2), (), (2, 3, 3, 5), (2, 2, 2, 3, 4), (1, 5)]
-    params = _tree(seed, shapes)
-    grads = _tree(seed + 100, shapes, 0.2)
+    params = tree(seed, shapes)
+    grads = tree(seed + 100, shapes, 0.2)
     ours = _apply(gradclip_optax.transform(gc.adaptive_clip(0.05, axis=axis)), grads, params)
     native = _apply(optax.adaptive_grad_clip(0.05), grads, params)
     for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(native)):
@@ -87,7 +84,7 @@ def test_adaptive_clip_matches_optax(seed, axis):
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("threshold", [0.05, 0.5, 10.0])
 def test_block_rms_matches_optax(seed, threshold):
-    grads = _tree(seed, SHAPE_SETS[0] + SHAPE_SETS[1])
+    grads = tree(seed, SHAPE_SETS[0] + SHAPE_SETS[1])
     ours = _apply(gradclip_optax.transform(gc.clip_by_block_rms(threshold)), grads, grads)
     native = _apply(optax.clip_by_block_rms(threshold), grads, grads)
     _assert_bitwise(ours, native)
@@ -96,7 +93,7 @@ def test_block_rms_matches_optax(seed, threshold):
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_clip_by_value_matches_optax(seed, dtype):
-    grads = jax.tree.map(lambda x: x.astype(dtype), _tree(seed, SHAPE_SETS[0], 2.0))
+    grads = jax.tree.map(lambda x: x.astype(dtype), tree(seed, SHAPE_SETS[0], 2.0))
     grads["nan"] = jnp.array([jnp.nan, jnp.inf, -jnp.inf, 0.3], dtype)
     ours = _apply(gradclip_optax.transform(gc.clip_by_value(0.75)), grads, grads)
     native = _apply(optax.clip(0.75), grads, grads)

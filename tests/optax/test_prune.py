@@ -8,19 +8,15 @@ import optax
 import gradclip_core as gc
 import gradclip_optax
 
+from . import util
+
 
 def test_wrap_prunes_masks_momentum_and_strips_under_jit():
     rng = np.random.default_rng(0)
     params = {"a": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32), "b": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}
     rule = gc.global_magnitude_prune(0.75, schedule=gc.polynomial_schedule(0, 4, 2, initial_sparsity=0.25))
     tx = gradclip_optax.wrap(rule, optax.sgd(0.1, momentum=0.9))
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state, g):
-        updates, state = tx.update(g, state, params)
-        return optax.apply_updates(params, updates), state
-
+    state, step = tx.init(params), util.train_step(tx)
     seen = []
     for _ in range(6):
         g = jax.tree.map(lambda p: jnp.ones_like(p), params)

@@ -1,7 +1,8 @@
 """Parity backend: the core itself on array-api-strict arrays (float32 cases only).
 
 It proves the harness and that the reference loop uses nothing outside the standard;
-the framework backends (torch, optax, Keras) live beside it.
+the framework backends (torch, optax, Keras) live beside it. Resume: the rule state
+goes to NumPy and back into the structure of a fresh ``rule.init``.
 """
 
 from __future__ import annotations
@@ -9,31 +10,35 @@ from __future__ import annotations
 import numpy as np
 
 from .cases import LR, Case
-from .reference import Step, masks_of
+from .reference import Step, leaves_of, masks_of, skipped
 
 NAME = "array_api_strict"
 DTYPES = ("float32",)
+OPTIMIZERS = {"sgd": "true"}
+REQUIRES = ("array_api_strict",)
 
 
-def available() -> bool:
-    try:
-        import array_api_strict  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def run(make_rule, case: Case) -> list[Step]:
+def run(make_rule, case: Case, optimizer: str = "sgd", resume_at: int | None = None) -> list[Step]:
     import array_api_strict as xp
 
+    from gradclip_core.backend import flatten_state, unflatten_state
+
+    assert optimizer == "sgd", optimizer
     rule = make_rule()
     params = [xp.asarray(p) for p in case.params]
     state = rule.init(params)
     out = []
-    for grads in case.grads:
+    for i, grads in enumerate(case.grads):
+        if i == resume_at:
+            saved = leaves_of(state)
+            rule = make_rule()
+            state = unflatten_state(flatten_state(rule.init(params))[1], [xp.asarray(x) for x in saved])
         g, state, info = rule.update([xp.asarray(x) for x in grads], state, params)
-        params = [p - LR * u for p, u in zip(params, g)]
-        params, state, pinfo = rule.project(params, state)
-        info = {k: float(v) for k, v in {**info, **pinfo}.items()}
-        out.append(Step([np.asarray(p) for p in params], info, [np.asarray(u) for u in g], masks_of(state)))
+        if not skipped(info):
+            params = [p - LR * u for p, u in zip(params, g)]
+            params, state, pinfo = rule.project(params, state)
+            info = {**info, **pinfo}
+        info = {k: float(v) for k, v in info.items()}
+        out.append(Step([np.asarray(p) for p in params], info, [np.asarray(u) for u in g], masks_of(state),
+                        leaves_of(state), []))
     return out

@@ -14,6 +14,10 @@ import numpy as np
 
 STEPS = 3
 LR = 0.5  # a power of two: lr * g is exact, so every optimizer rounds only once
+# SGD momentum of the optimizers the reference knows (a power of two too: torch's
+# ``buf = m * buf + g; p -= lr * buf``, optax's trace and Keras' ``v = m * v - lr * g``
+# round alike); optimizers not listed (Adam) are checked against their own runs only.
+MOMENTUM = {"sgd": 0.0, "momentum": 0.5, "momentum-fused": 0.5, "momentum-chain": 0.5}
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 # (out, in) first-axis-units layout; includes a scalar, a size-0 array and a conv kernel.
@@ -68,3 +72,30 @@ KINDS = ["random", "ties", "zeros", "huge", "nonfinite"]
 
 def all_cases() -> list[Case]:
     return [make_case(k, d) for k in KINDS for d in DTYPES]
+
+
+# The contract cases (test_contract.py): longer runs with spikes, so that adaptive
+# rules clip and scheduled pruning moves on both sides of a checkpoint; "skip" has a
+# NaN and an Inf step, each followed by finite steps (a non-true skip would show there).
+CONTRACT_SCALES = [0.3, 1.0, 0.3, 10.0, 0.3, 1.0]
+RESUME_AT = 3
+NONFINITE_AT = {2: (0, (1, 2), np.nan), 4: (5, (0, 0, 0, 0), -np.inf)}
+
+
+def contract_case(kind: str, dtype: str = "float32", seed: int = 1) -> Case:
+    """``kind``: "resume" (finite) or "skip" (the same with a NaN at step 2 and an Inf at step 4)."""
+    rng = np.random.default_rng([seed, list(DTYPES).index(dtype)])
+    params = _random(rng, 1.0)
+    steps = []
+    for step, scale in enumerate(CONTRACT_SCALES):
+        g = _random(rng, scale)
+        if kind == "skip" and step in NONFINITE_AT:
+            j, index, value = NONFINITE_AT[step]
+            g[j][index] = value
+        steps.append(_cast(g, dtype))
+    return Case(f"{kind}-{dtype}", dtype, _cast(params, dtype), steps)
+
+
+def without_steps(case: Case, drop) -> Case:
+    """The same case with the steps ``drop`` left out (what a true skip must equal)."""
+    return case._replace(name=f"{case.name}-without", grads=[g for i, g in enumerate(case.grads) if i not in drop])

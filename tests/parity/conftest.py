@@ -2,7 +2,7 @@
 
 
 def pytest_terminal_summary(terminalreporter):
-    from .test_parity import WORST
+    from .harness import WORST
 
     if not WORST:
         return

@@ -89,3 +89,22 @@ WEIGHT_BUDGET = {("optax", r): 2 for r in ("soft-threshold", "mcp", "clip-weight
 # numerics contract); under XLA (optax above, Keras on JAX) a fused bf16/fp16 multiply may skip
 # that rounding (excess precision), so the projected weight can differ by an ulp of itself.
 WEIGHT_BUDGET.update({("keras_jax", r): 2 for r in ("max-norm", "min-max-norm", "unit-norm")})
+
+# The contract (test_contract.py): stateful rules whose state must survive a checkpoint
+# (ring buffer, EMA statistics, recorded norms in a chain, a pruning schedule with its
+# masks and step count, a skipping rule's state), and rules that skip non-finite steps
+# (alone, with state, and inside a chain, where the flag is "clip_by_global_norm/skipped").
+RESUME = {
+    "autoclip": RULES["autoclip"],
+    "zclip": RULES["zclip"],
+    "record-norms-chain": lambda: gc.chain(gc.record_norms(4), gc.clip_by_global_norm(1.0)),
+    "prune-scheduled": lambda: gc.global_magnitude_prune(
+        0.8, schedule=gc.polynomial_schedule(0, 4, 1, initial_sparsity=0.2)
+    ),
+    "zclip-pct-skip": RULES["zclip-pct-skip"],
+}
+SKIP = {
+    "global-skip": RULES["global-skip"],
+    "zclip-pct-skip": RULES["zclip-pct-skip"],
+    "chain-skip": lambda: gc.chain(gc.clip_by_global_norm(1.0, nonfinite="skip"), gc.clip_by_value(0.05)),
+}

@@ -18,6 +18,8 @@ import pytest
 import gradclip_core as gc
 import gradclip_core.backend as gcb
 
+from ..fixtures import clip_per_example_reference
+
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
@@ -42,15 +44,9 @@ def data(seed=0):
 def reference(W, c, x, y, noise=None, sigma=0.0):
     """Clipped mean (plus noise on the sum) of the closed-form per-example gradients, float64."""
     W, c, x, y = (np.asarray(a, np.float64) for a in (W, c, x, y))
-    r = x @ W.T + c - y  # (B, out)
-    gW = r[:, :, None] * x[:, None, :]
-    gc_ = r
-    norms = np.sqrt(np.sum(gW.reshape(B, -1) ** 2, 1) + np.sum(gc_**2, 1))
-    f = np.minimum(1.0, C / norms)
-    sums = [np.tensordot(f, gW, 1), np.tensordot(f, gc_, 1)]
-    if noise is not None:
-        sums = [s + sigma * C * np.asarray(z, np.float64) for s, z in zip(sums, noise)]
-    return [s / B for s in sums], np.mean(norms > C)
+    r = x @ W.T + c - y  # (B, out): dW = r x^T, dc = r
+    want, f = clip_per_example_reference([r[:, :, None] * x[:, None, :], r], C, noise=noise, sigma=sigma, denom=B)
+    return want, np.mean(f < 1)
 
 
 def torch_run(W, c, x, y, **kw):

@@ -1,10 +1,13 @@
-"""gradclip_torch.attach: optimizer hooks, info, checkpoints, AMP, skip, torch.compile."""
+"""gradclip_torch.attach: optimizer hooks, info, checkpoint errors, AMP, torch.compile.
+
+Checkpoint/resume and the non-finite skip of attach (plain, momentum, Adam, fused
+optimizers) are the contract every integration path keeps: tests/parity/test_contract.py.
+"""
 
 from __future__ import annotations
 
 import copy
 import warnings
-import io
 
 import pytest
 import torch
@@ -12,17 +15,13 @@ import torch
 import gradclip_core as gc
 import gradclip_torch
 
-from .util import batch, ema_clip, loss_fn, mlp
+from .util import batch, ema_clip, loss_fn, mlp, train
 
 OPTIMIZERS = {
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05),
     "sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-2),
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
 }
-
-
-def _params(model):
-    return [p.detach().clone() for p in model.parameters()]
 
 
 def _train_manual(rule, make_opt, steps, seed=0):
@@ -52,15 +51,11 @@ def test_attach_equals_manual_apply(opt_name, rule_name):
     ref, ref_infos = _train_manual(make_rule(), make_opt, 4)
     model = mlp(0)
     opt = make_opt(model.parameters())
-    handle = gradclip_torch.attach(opt, make_rule())
-    for step in range(4):
-        opt.zero_grad()
-        loss_fn(model, step).backward()
-        opt.step()
-        assert set(handle.info) == set(ref_infos[step])
-        for k, v in handle.info.items():
+    for info, ref_info in zip(train(model, opt, 4, gradclip_torch.attach(opt, make_rule())), ref_infos, strict=True):
+        assert set(info) == set(ref_info)
+        for k, v in info.items():
             assert isinstance(v, torch.Tensor) and v.shape == ()
-            assert torch.equal(v, ref_infos[step][k])
+            assert torch.equal(v, ref_info[k])
     for a, b in zip(model.parameters(), ref.parameters()):
         assert torch.equal(a, b)
 
@@ -109,60 +104,6 @@ def test_grad_none_params_skipped_and_frozen_stay():
     assert handle.state == gc.EmptyState()
 
 
-def _run_with_checkpoint(make_rule, make_opt, steps, cut):
-    """Train ``cut`` steps, checkpoint to bytes, rebuild everything fresh, train the rest."""
-    model = mlp(0)
-    opt = make_opt(model.parameters())
-    handle = gradclip_torch.attach(opt, make_rule())
-    for step in range(cut):
-        opt.zero_grad()
-        loss_fn(model, step).backward()
-        opt.step()
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "clip": handle.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
-    model2 = mlp(1)  # different init: everything must come from the checkpoint
-    model2.load_state_dict(ckpt["model"])
-    opt2 = make_opt(model2.parameters())
-    opt2.load_state_dict(ckpt["opt"])
-    handle2 = gradclip_torch.attach(opt2, make_rule())
-    handle2.load_state_dict(ckpt["clip"])
-    infos = []
-    for step in range(cut, steps):
-        opt2.zero_grad()
-        loss_fn(model2, step).backward()
-        opt2.step()
-        infos.append(dict(handle2.info))
-    return model2, handle2, infos
-
-
-@pytest.mark.parametrize("opt_name", ["sgd-momentum", "adam"])
-def test_state_dict_resumes_exactly(opt_name):
-    def make_rule():
-        return gc.chain(ema_clip(0.7), gc.clip_by_global_norm(3.0))
-
-    make_opt = OPTIMIZERS[opt_name]
-    model = mlp(0)
-    opt = make_opt(model.parameters())
-    handle = gradclip_torch.attach(opt, make_rule())
-    infos = []
-    for step in range(6):
-        opt.zero_grad()
-        loss_fn(model, step).backward()
-        opt.step()
-        infos.append(dict(handle.info))
-    resumed, handle2, infos2 = _run_with_checkpoint(make_rule, make_opt, 6, 3)
-    for a, b in zip(model.parameters(), resumed.parameters()):
-        assert torch.equal(a, b)
-    for a, b in zip(infos[3:], infos2):
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    assert int(handle2.state[0].count) == 6
-    sd = handle.state_dict()
-    assert all(torch.equal(x, y) for x, y in zip(sd["state"], handle2.state_dict()["state"]))
-    assert sd["state"][0].dtype == torch.int32
-
-
 def test_state_dict_before_first_step_and_errors():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -189,27 +130,6 @@ def test_state_dict_before_first_step_and_errors():
         handle.load_state_dict({**sd, "structure": ("tuple",)})
 
 
-def test_skip_plain_sgd_keeps_params_momentum_documented():
-    rule = gc.clip_by_global_norm(1.0, nonfinite="skip")
-    for opt_name, moves in (("sgd", False), ("sgd-momentum", True)):
-        model = mlp()
-        opt = OPTIMIZERS[opt_name](model.parameters())
-        handle = gradclip_torch.attach(opt, rule)
-        loss_fn(model, 0).backward()
-        opt.step()  # a finite step fills the momentum buffers
-        assert int(handle.info["skipped"]) == 0
-        before = _params(model)
-        opt.zero_grad()
-        loss_fn(model, 1).backward()
-        model[0].weight.grad[0, 0] = float("nan")
-        opt.step()
-        assert int(handle.info["skipped"]) == 1 and int(handle.info["nonfinite"]) == 1
-        after = _params(model)
-        assert all(torch.isfinite(p).all() for p in after)
-        same = all(torch.equal(a, b) for a, b in zip(before, after))
-        assert same != moves  # plain SGD: unchanged; momentum/weight decay still step (documented)
-
-
 def test_grad_scaler_order():
     """scaler.step unscales before the hook runs; inf steps skip the rule and the step."""
     rule = gc.clip_by_global_norm(0.5, semantics="torch")
@@ -233,7 +153,7 @@ def test_grad_scaler_order():
     assert "skipped" not in handle.info
     # an overflowing step: the scaler skips optimizer.step(), so the hook does not run;
     # info keeps the last step's values but says the step was skipped (issue 16)
-    info, state, before = handle.info, handle.state, _params(model)
+    info, state, before = handle.info, handle.state, [p.detach().clone() for p in model.parameters()]
     opt.zero_grad()
     scaler.scale(loss_fn(model, 9) * float("inf")).backward()
     scaler.step(opt)

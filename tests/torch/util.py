@@ -1,4 +1,4 @@
-"""Helpers for the torch adapter tests: models, a stateful test rule, grad setting."""
+"""Helpers for the torch adapter tests: the shared models and batches (tests/fixtures.py) as torch, a stateful test rule."""
 
 from __future__ import annotations
 
@@ -8,22 +8,48 @@ import torch
 
 import gradclip_core as gc
 
-
-def mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)).to(dtype)
+from .. import fixtures
 
 
-def batch(step: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1000 + step)
-    x = torch.randn(8, 5, generator=g) * 3
-    y = torch.randn(8, 3, generator=g)
-    return x.to(dtype), y.to(dtype)
+def mlp(seed: int = 0, dtype: torch.dtype = torch.float32, sizes=(5, 7, 3)) -> torch.nn.Sequential:
+    """Linear layers with tanh between them, weights from ``fixtures.mlp_weights``."""
+    layers: list = []
+    for d_in, d_out in zip(sizes, sizes[1:]):
+        layers += [torch.nn.Linear(d_in, d_out), torch.nn.Tanh()]
+    model = torch.nn.Sequential(*layers[:-1])
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), fixtures.mlp_weights(seed, sizes)):
+            p.copy_(torch.from_numpy(w))
+    return model.to(dtype)
+
+
+def batch(step: int, dtype: torch.dtype = torch.float32, n: int = 8, sizes=(5, 3), x_scale=3.0, y_scale=1.0) -> tuple:
+    """The batch of a training step (``fixtures.regression`` seeded by the step)."""
+    x, y = fixtures.regression(1000 + step, n, sizes[0], sizes[-1], x_scale, y_scale)
+    return torch.from_numpy(x).to(dtype), torch.from_numpy(y).to(dtype)
 
 
 def loss_fn(model: torch.nn.Module, step: int) -> torch.Tensor:
     x, y = batch(step, next(model.parameters()).dtype)
     return ((model(x) - y) ** 2).sum() * 10
+
+
+def train(model, opt, steps: int, handle=None, loss=loss_fn, scaler=None) -> list[dict]:
+    """``steps`` steps of ``opt`` on ``loss`` (through a GradScaler if given); the handle's info after each."""
+    infos = []
+    for step in range(steps):
+        opt.zero_grad()
+        value = loss(model, step)
+        if scaler is None:
+            value.backward()
+            opt.step()
+        else:
+            scaler.scale(value).backward()
+            scaler.step(opt)
+            scaler.update()
+        if handle is not None:
+            infos.append({k: v.clone() for k, v in handle.info.items()})
+    return infos
 
 
 def set_grads(params, seed: int, scale: float = 10.0, dtype=None) -> None:
