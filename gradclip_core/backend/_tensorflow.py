@@ -170,6 +170,16 @@ class TFNamespace:
             raise TypeError(f"stack: arrays of different dtypes {sorted(d.name for d in dtypes)}")
         return tf.stack(arrays, axis=axis)
 
+    @staticmethod
+    def concat(arrays: Sequence[Any], /, *, axis: int | None = 0) -> tf.Tensor:
+        arrays = [_t(a) for a in arrays]
+        dtypes = {a.dtype for a in arrays}
+        if len(dtypes) > 1:
+            raise TypeError(f"concat: arrays of different dtypes {sorted(d.name for d in dtypes)}")
+        if axis is None:
+            return tf.concat([tf.reshape(a, (-1,)) for a in arrays], axis=0)
+        return tf.concat(arrays, axis=axis)
+
     # ------------------------------------------------------------------- element-wise
 
     @staticmethod

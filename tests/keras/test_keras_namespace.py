@@ -180,6 +180,12 @@ def test_more_functions():
     same(xp.ones((2, 1), dtype=xp.bool), xs.ones((2, 1), dtype=xs.bool))
     r = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     same(xp.reshape(tf.constant(r), (6, -1)), xs.reshape(xs.asarray(r), (6, -1)))
+    parts = [r[0], r[1], np.zeros((0, 4), np.float32)]
+    same(xp.concat([tf.constant(p) for p in parts]), xs.concat([xs.asarray(p) for p in parts]))
+    same(xp.concat([tf.constant(p) for p in parts], axis=None), xs.concat([xs.asarray(p) for p in parts], axis=None))
+    same(xp.concat([tf.constant(r), tf.constant(r)], axis=-1), xs.concat([xs.asarray(r), xs.asarray(r)], axis=-1))
+    with pytest.raises(TypeError, match="concat"):
+        xp.concat([tf.constant(a), tf.constant(i)])
     for src, dst in ((0, -1), (2, 0), (-1, 1), (1, 1)):
         same(xp.moveaxis(tf.constant(r), src, dst), xs.moveaxis(xs.asarray(r), src, dst))
     same(xp.mean(tf.constant(r), axis=(0, 2), keepdims=True), xs.mean(xs.asarray(r), axis=(0, 2), keepdims=True))
