@@ -15,9 +15,9 @@ import keras
 from keras import ops
 
 import gradclip_core as gc
-from gradclip_core.backend import ensure_kernels, namespace, namespace_name
+from gradclip_core.backend import array_names, ensure_kernels, namespace, namespace_name
 
-__all__ = ["LAYOUT", "backend", "to_tensor", "snapshot", "rule_scope", "run_unless", "is_symbolic", "storage_precision",
+__all__ = ["LAYOUT", "backend", "to_tensor", "snapshot", "rule_scope", "variable_names", "run_unless", "is_symbolic", "storage_precision",
            "prepare_namespaces"]
 
 LAYOUT = "out_last"  # Keras kernels are (..., in, out) on every backend
@@ -58,16 +58,31 @@ def snapshot(var: Any) -> Any:
 
 
 @contextlib.contextmanager
-def rule_scope() -> Iterator[None]:
-    """Where rules run: Keras' ``(..., in, out)`` layout for ``axis=None``; no autograd on torch."""
+def rule_scope(names: Sequence[str] | None = None) -> Iterator[None]:
+    """Where rules run: Keras' ``(..., in, out)`` layout for ``axis=None``; no autograd on torch.
+
+    Args:
+      names: the variables' paths, one per array the rule sees: ``gc.Params`` patterns
+        match them and the core's errors name the variable. (Not inside a ``torch.compile``
+        trace on the torch backend, which cannot trace the names' context variable: there
+        ``gc.Params`` selects by rank only, as in ``gradclip_torch`` under compile.)
+    """
     with gc.layout_override(LAYOUT):
         if backend() == "torch":
             import torch
 
-            with torch.no_grad():
+            if torch.compiler.is_compiling():
+                names = None
+            with torch.no_grad(), array_names(names):
                 yield
         else:
-            yield
+            with array_names(names):
+                yield
+
+
+def variable_names(variables: Sequence[Any]) -> list[str]:
+    """The paths of Keras variables (``"sequential/dense/kernel"``), for :func:`rule_scope`."""
+    return [str(getattr(v, "path", None) or getattr(v, "name", i)) for i, v in enumerate(variables)]
 
 
 def is_symbolic(x: Any) -> bool:

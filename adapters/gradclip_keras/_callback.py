@@ -8,7 +8,7 @@ import keras
 
 import gradclip_core as gc
 
-from ._backend import backend, rule_scope, snapshot, to_tensor
+from ._backend import backend, rule_scope, snapshot, to_tensor, variable_names
 from ._state import check_rule, flatten, has_project, name_info
 
 __all__ = ["Callback", "LogInfo"]
@@ -173,6 +173,7 @@ class Callback(keras.callbacks.Callback):
         self._steps = 0  # rule steps applied so far (= optimizer iterations after each run)
         self._next = start  # on="batch": the first optimizer step at which to run next
         self._shapes: list | None = None
+        self._names: list[str] | None = None  # the variables' paths (gc.Params patterns match them)
         self._compiled: Any = None
 
     @property
@@ -196,8 +197,9 @@ class Callback(keras.callbacks.Callback):
         _sync(self.model)
         variables = self._variables()
         shapes = [tuple(v.shape) for v in variables]
+        self._names = variable_names(variables)  # (gc.Params patterns match the variables' paths)
         if self.state is None or shapes != self._shapes:
-            with rule_scope():
+            with rule_scope(self._names):
                 self.state = self.rule.init([to_tensor(v) for v in variables])
             self._shapes, self._steps, self._next, self._compiled = shapes, 0, self.start, None
         iterations = self._iterations()
@@ -211,7 +213,7 @@ class Callback(keras.callbacks.Callback):
     def _project_fn(self) -> Callable:
         """``project(values, state)``: compiled once on JAX; eager on TensorFlow and torch."""
         if self._compiled is None:
-            rule = self.rule
+            rule, names = self.rule, self._names
             if backend() == "jax":
                 import jax
 
@@ -221,14 +223,14 @@ class Callback(keras.callbacks.Callback):
                     # Every argument committed to where it is: the weights arrive uncommitted
                     # or not, depending on the trainer's last step, and jit keys its cache on it.
                     values, state = jax.tree.map(lambda a: jax.device_put(a, a.sharding), (values, state))
-                    with rule_scope():
+                    with rule_scope(names):
                         return jitted(values, state)
 
                 self._compiled = run
             else:
 
                 def run(values: list, state: Any) -> tuple:
-                    with rule_scope():
+                    with rule_scope(names):
                         return rule.project(values, state)
 
                 self._compiled = run

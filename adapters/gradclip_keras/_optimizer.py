@@ -11,7 +11,8 @@ from keras import ops
 
 import gradclip_core as gc
 
-from ._backend import backend, is_symbolic, prepare_namespaces, rule_scope, run_unless, snapshot, storage_precision, to_tensor
+from ._backend import (backend, is_symbolic, prepare_namespaces, rule_scope, run_unless, snapshot, storage_precision, to_tensor,
+                       variable_names)
 from ._registry import rule_config, rule_from_config, serializable
 from ._state import check_rule, flatten, has_project, name_info, sanitize, skipped, unflatten
 
@@ -29,6 +30,7 @@ class _Slots:
         self.info: dict[str, Any] = {}  # shown info key -> keras.Variable
         self.update_keys: tuple = ()
         self.names: dict[str, str] = {}  # the rule's info key -> shown key (per-array keys by variable path)
+        self.paths: list[str] | None = None  # the built variables' paths (gc.Params patterns match them)
 
 
 def _constant(value: Any) -> Any:
@@ -268,7 +270,8 @@ class Optimizer(keras.optimizers.Optimizer):
         slots = self._gradclip
         rule = slots.rule
         values = [to_tensor(v) for v in var_list]
-        with rule_scope():
+        slots.paths = variable_names(var_list)  # (gc.Params patterns match the variables' paths)
+        with rule_scope(slots.paths):
             state = rule.init(values)
             grads = [ops.zeros_like(v) for v in values]
             _, state1, info = rule.update(grads, state, values)
@@ -316,13 +319,13 @@ class Optimizer(keras.optimizers.Optimizer):
     def _update(self, grads: list, state_values: list, params: list | None) -> tuple[list, list, dict]:
         slots = self._gradclip
         state = unflatten(slots.treedef, state_values)
-        with rule_scope():
+        with rule_scope(slots.paths):
             out, new_state, info = slots.rule.update(grads, state, params if slots.rule.needs_params else None)
         return list(out), flatten(new_state), dict(info)
 
     def _project(self, params: list, state_values: list) -> tuple[list, list, dict]:
         slots = self._gradclip
-        with rule_scope():
+        with rule_scope(slots.paths):
             out, new_state, info = slots.rule.project(params, unflatten(slots.treedef, state_values))
         out = [ops.cast(o, p.dtype) for o, p in zip(out, params)]
         return out, flatten(new_state), dict(info)

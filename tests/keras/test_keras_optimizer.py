@@ -343,3 +343,23 @@ def test_torch_compiled_step_has_no_dynamo_lru_cache_warnings():
     out = subprocess.run([sys.executable, "-c", _COMPILED_RULE], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "0"
+
+
+def test_params_patterns_match_variable_paths_in_fit():
+    """``gc.on(rule, gc.Params(exclude=...))``: Keras variables are named by path (as AdamW's exclude_from_weight_decay)."""
+    model = dense_model(0, (4, 6, 2))
+    last = model.layers[-1]
+    rule = gc.on(gc.clip_by_value(0.0), gc.Params(exclude=[f"{last.path}/*"]))  # freeze all but the last layer
+    start = [to_np(v) for v in model.trainable_variables]
+    model.compile(optimizer=gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), rule), loss="mse")
+    x, y = _xy(16)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for v, s in zip(model.trainable_variables, start):
+        moved = not np.array_equal(to_np(v), s)
+        assert moved == v.path.startswith(f"{last.path}/"), v.path
+    prune = gc.global_magnitude_prune(0.5, params=gc.Params(include=["*kernel"], exclude=[f"{last.path}/*"]))
+    model.compile(optimizer=gradclip_keras.Optimizer(keras.optimizers.SGD(0.01), prune), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    zeros = {v.path: float((to_np(v) == 0).mean()) for v in model.trainable_variables}
+    first_kernel = model.layers[0].kernel.path
+    assert zeros[first_kernel] == 0.5 and all(z == 0 for p, z in zeros.items() if p != first_kernel), zeros

@@ -226,3 +226,14 @@ def test_callback_catch_up_jumps_to_schedule_steps_and_equals_the_step_by_step_r
     assert out["jump"][0] == 8 and out["replay"][0] == 40  # recomputations at 0, 5, 10, 15, 20, 25, 30, then step 39
     for a, b in zip(out["jump"][1] + out["jump"][2], out["replay"][1] + out["replay"][2]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_callback_params_by_variable_path():
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    keep = model.layers[-1].kernel.path
+    cb = gradclip_keras.Callback(gc.magnitude_prune(0.5, params=gc.Params(exclude=[keep], min_ndim=2)))
+    x, y = _data(16)
+    model.fit(x, y, batch_size=8, epochs=1, callbacks=[cb], verbose=0)
+    zeros = {v.path: float((to_np(v) == 0).mean()) for v in model.trainable_variables}
+    assert zeros[model.layers[0].kernel.path] == 0.5 and zeros[keep] == 0 and zeros[model.layers[0].bias.path] == 0
