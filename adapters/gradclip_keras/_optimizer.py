@@ -33,6 +33,25 @@ class _Slots:
         self.paths: list[str] | None = None  # the built variables' paths (gc.Params patterns match them)
 
 
+def _unaliased(outs: list, params: list, own: bool = False) -> list:
+    """``outs`` with every tensor that shares memory with one of ``params`` copied (torch only).
+
+    On torch the rule reads the live weights (no per-step copy of every weight); the
+    weights are then written in place, so an output that *is* a weight (a rule returning
+    its input unchanged) must not change under the adapter. ``own``: ``outs[i]`` may be
+    ``params[i]`` itself (a weight written back onto itself).
+    """
+    if backend() != "torch" or not outs:
+        return outs
+    ptrs = {p.untyped_storage().data_ptr(): i for i, p in enumerate(params) if p is not None}
+    fixed = list(outs)
+    for i, o in enumerate(outs):
+        j = None if o is None else ptrs.get(o.untyped_storage().data_ptr())
+        if j is not None and not (own and j == i):
+            fixed[i] = o.clone()
+    return fixed
+
+
 def _constant(value: Any) -> Any:
     """An initializer giving a private, unplaced copy of ``value``.
 
@@ -381,8 +400,10 @@ class Optimizer(keras.optimizers.Optimizer):
         full, pos = self._full_grads(grads, variables)
         full, replicas = self._cross_replica(full)
         built = self._trainable_variables
-        params = [snapshot(v) for v in built] if slots.rule.needs_params else None
+        params = [to_tensor(v) for v in built] if slots.rule.needs_params else None  # read only (no copy)
         out, new_state, info = self._update(full, [snapshot(v) for v in slots.state], params)
+        if params is not None:
+            out = _unaliased(out, params)
         for var, value in zip(slots.state, new_state):
             var.assign(self._cast_like(value, var))
         for key in slots.update_keys:
@@ -395,15 +416,17 @@ class Optimizer(keras.optimizers.Optimizer):
         def step() -> None:
             self.inner_optimizer.apply(inner_grads, variables)
             if slots.project:
-                values = [storage_precision(snapshot(v)) for v in built]
+                values = [storage_precision(to_tensor(v)) for v in built]  # torch: the live weights, no copy
                 new_p, pstate, pinfo = self._project(values, new_state)
-                for var, value in zip(built, new_p):
-                    var.assign(value)
+                new_p = _unaliased(new_p, values, own=True)
+                # state and info first: a leaf may be a weight (torch: its live tensor), read before it is written
                 for var, value in zip(slots.state, pstate):
                     var.assign(self._cast_like(value, var))
                 for key, value in pinfo.items():
                     var = slots.info[slots.names[key]]
                     var.assign(self._cast_like(value, var))
+                for var, value in zip(built, new_p):
+                    var.assign(value)
 
         restore = list(built) + list(self.inner_optimizer.variables) + list(slots.state) + list(slots.info.values())
         run_unless(skipped(info), step, restore)

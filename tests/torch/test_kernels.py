@@ -155,3 +155,20 @@ def test_clip_with_tensor_bounds():
     rule = gc.clip_by_value(lo=-1.0)
     out, _, _ = rule.update([torch.tensor([-3.0, 2.0])], gc.EmptyState())
     assert out[0].tolist() == [-1.0, 2.0]
+
+
+@pytest.mark.parametrize("shape, axes", [((300, 40, 7), (0,)), ((300, 40, 7), (0, 1)), ((300, 40, 7), (-3, -2)),
+                                         ((5000, 3), (0,)), ((2, 3), (0,)), ((300, 40, 7), (1, 2)), ((64, 9), None)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unit_norms_over_leading_axes_match_vector_norm(shape, axes, dtype, monkeypatch):
+    # Keras' (in, out) kernels reduce the leading axes: a row-chunked sum of squares (small chunks
+    # here, so that several are summed) instead of torch's strided CPU vector_norm (10-20x slower).
+    monkeypatch.setattr(kernels, "_CHUNK", 64)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[0] = 0.0  # a unit of zeros somewhere
+    got = kernels.unit_norms(None, [x], [axes], [torch.float32])[0]
+    want = torch.linalg.vector_norm(x, 2, dim=axes, keepdim=True, dtype=torch.float32)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)  # float32 sums in another order
+    huge = torch.full((4, 3), 3e38)  # overflows to inf, as vector_norm does
+    assert torch.isinf(kernels.unit_norms(None, [huge], [(0,)], [torch.float32])[0]).all()
