@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from ._effect import Keep, On
 
-__all__ = ["Params", "on", "resolve_params", "selected"]
+__all__ = ["Params", "on", "resolve_params", "selected", "prepare_selection"]
 
 
 
@@ -93,14 +93,43 @@ def config_of(params: Params) -> Any:
             "min_ndim": params.min_ndim}
 
 
+_ACCEPTED: dict = {}  # (params, name, shape) -> selected: pattern matching (fnmatch) runs once, eagerly
+
+
 def selected(params: Params, arrays: Sequence[Any]) -> list[int]:
-    """Positions of the ``arrays`` that ``params`` selects (names from :func:`array_names`, else positions)."""
+    """Positions of the ``arrays`` that ``params`` selects (names from :func:`array_names`, else positions).
+
+    Each answer is remembered, so a step traced by a compiler (``torch.compile`` cannot
+    trace ``fnmatch``'s regular expressions) finds the answers of an earlier eager call:
+    adapters make one at init (see :func:`gradclip_core.backend.prepare_selection`).
+    """
     from .backend._names import current_names  # (one place for the names: errors use them too)
 
     names = current_names()
     if names is None or len(names) != len(arrays):
         names = tuple(str(i) for i in range(len(arrays)))
-    return [i for i, (n, a) in enumerate(zip(names, arrays)) if params.accepts(n, tuple(a.shape))]
+    out = []
+    for i, (n, a) in enumerate(zip(names, arrays)):
+        key = (params, n, tuple(a.shape))
+        hit = _ACCEPTED.get(key)
+        if hit is None:
+            hit = _ACCEPTED[key] = params.accepts(n, key[2])
+        if hit:
+            out.append(i)
+    return out
+
+
+def prepare_selection(rule: Any, arrays: Sequence[Any]) -> None:
+    """Match every :class:`Params` of ``rule`` (and its parts) against ``arrays`` now, eagerly.
+
+    Run inside :func:`array_names` by an adapter before a step that a compiler may trace.
+    """
+    spec = getattr(rule, "params", None)
+    if isinstance(spec, Params):
+        selected(spec, arrays)  # (a restriction inside it sees a subset: matched at its first eager call)
+        return
+    for part in getattr(rule, "parts", ()) or ():
+        prepare_selection(part, arrays)
 
 
 def _is_masks_state(node: Any) -> bool:

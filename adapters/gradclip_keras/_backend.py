@@ -63,17 +63,13 @@ def rule_scope(names: Sequence[str] | None = None) -> Iterator[None]:
 
     Args:
       names: the variables' paths, one per array the rule sees: ``gc.Params`` patterns
-        match them and the core's errors name the variable. (Not inside a ``torch.compile``
-        trace on the torch backend, which cannot trace the names' context variable: there
-        ``gc.Params`` selects by rank only, as in ``gradclip_torch`` under compile.)
+        match them and the core's errors name the variable.
     """
     with gc.layout_override(LAYOUT):
         if backend() == "torch":
             import torch
 
-            if torch.compiler.is_compiling():
-                names = None
-            with torch.no_grad(), array_names(names):
+            with torch.no_grad(), array_names(names, traced=torch.compiler.is_compiling()):
                 yield
         else:
             with array_names(names):

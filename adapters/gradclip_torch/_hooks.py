@@ -43,7 +43,7 @@ from typing import Any, Mapping
 import torch
 
 from gradclip_core import Rule
-from gradclip_core.backend import array_names, name_info, tree_where
+from gradclip_core.backend import array_names, name_info, prepare_selection, tree_where
 
 from ._apply import _check_devices, check_rule, collect, project_params, run_update
 from ._distributed import is_dtensor, local
@@ -97,12 +97,15 @@ class Handle:
         self._pre = optimizer.register_step_pre_hook(self._pre_hook)
         self._post = optimizer.register_step_post_hook(self._post_hook)
         _LIVE.setdefault(optimizer, []).append(self)
+        every = [p for group in optimizer.param_groups for p in group["params"]]
+        with array_names(optimizer_names(optimizer)):  # gc.Params matched now, eagerly (a compiled step cannot)
+            prepare_selection(rule, every)
 
     # --------------------------------------------------------------------- hooks
 
     def _materialize(self, params: list[torch.Tensor], names: list[str] | None = None) -> None:
         """Build the state on the first step: ``rule.init``, or the loaded checkpoint."""
-        with torch.no_grad(), array_names(_for_errors(names)):  # (gc.Params patterns match the names)
+        with torch.no_grad(), array_names(names, traced=torch.compiler.is_compiling()):  # (gc.Params patterns match the names)
             template = self.rule.init([local(p.detach()) for p in params])  # DTensors: local shards
         if self._pending is not None:
             check_leaves(template, self._pending)
@@ -129,7 +132,7 @@ class Handle:
                 torch._foreach_div_([local(g) for g in grads], local(loss_scale).to(grads[0].dtype))
             optimizer.grad_scale = None
         old_state = self._state
-        with array_names(_for_errors(names)):
+        with array_names(names, traced=torch.compiler.is_compiling()):
             self._state, info, scale, skip = run_update(self.rule, params, grads, self._state, self.process_group,
                                                         fold=self.fold)
         if scaler_inf is not None and grads:  # a step GradScaler skips: the rule's state stays too
@@ -160,7 +163,7 @@ class Handle:
         self._mark_fresh()
         if not self.rule.has_project:  # clipping rules: nothing to do after the step
             return
-        with array_names(_for_errors(self._names)):
+        with array_names(self._names, traced=torch.compiler.is_compiling()):
             self._state, info = project_params(self.rule, self._params, self._state, self.process_group)
         if info:
             self.info = {**self._info, **info}
@@ -328,11 +331,6 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     warn_attach(optimizer, rule, Handle)
     return Handle(optimizer, rule, process_group, fold)
-
-
-def _for_errors(names: list[str] | None) -> list[str] | None:
-    """The names for the core's error messages; none under ``torch.compile`` (no context to trace)."""
-    return None if torch.compiler.is_compiling() else names
 
 
 def optimizer_names(optimizer: torch.optim.Optimizer) -> list[str] | None:

@@ -276,7 +276,7 @@ class _PrunerHandle(Handle):
 
         params, names = self._pruner.parameters, self._pruner.names
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        with array_names(None if torch.compiler.is_compiling() else names):
+        with array_names(names, traced=torch.compiler.is_compiling()):
             self._state, self.info = update_grads(self.rule, params, grads, self._state)
         self._params, self._names = params, names  # (info is named when read: Handle.info)
 

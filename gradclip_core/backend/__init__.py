@@ -35,7 +35,7 @@ Example:
 """
 
 from .._effect import check_effect
-from .._params import selected
+from .._params import prepare_selection, selected
 from ._collective import Participants, Reducer, active, all_gather, all_reduce, collective, participant_index, static_total
 from ._layout import LAYOUTS, AxisSpec, check_axis, layout_override, reduce_axes, register_layout
 from ._names import array_label, array_names, name_info
@@ -70,6 +70,7 @@ __all__ = [
     "device_kw",
     "state_namespace",
     "selected",
+    "prepare_selection",
     # primitives and effects
     "register_primitives",
     "override",

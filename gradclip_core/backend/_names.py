@@ -44,14 +44,20 @@ class _Lazy:
         return self._names
 
 
+_TRACED: list = []  # blocks opened inside a compiler's trace (torch.compile): a plain stack, no ContextVar
+
+
 @contextlib.contextmanager
-def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None) -> Iterator[None]:
+def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None, *, traced: bool = False) -> Iterator[None]:
     """Name the arrays of the rule calls made inside (position ``i`` is called ``names[i]``).
 
     Args:
       names: a sequence of names, one per array in the order the rule sees them, a
         function returning one (called at most once, only when a name is needed), or
         ``None`` (positions).
+      traced: the block runs inside a compiler's trace (e.g. ``torch.compiler.is_compiling()``),
+        which cannot trace a ``ContextVar``: the names go on a plain module-level stack
+        instead (the trace runs in one thread).
 
     Example:
       >>> with array_names(["w", "b"]):
@@ -60,10 +66,17 @@ def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None) -> It
       >>> array_label(1)
       'array 1'
     """
-    if names is None and _OPEN[0] == 0:  # nothing to name, nothing named: touch no ContextVar
+    if names is None and _OPEN[0] == 0 and not _TRACED:  # nothing to name, nothing named: touch no ContextVar
         yield
         return
     value = _Lazy(names) if callable(names) else (None if names is None else list(names))
+    if traced or _TRACED:  # (a block inside a traced one is traced too)
+        _TRACED.append(value)
+        try:
+            yield
+        finally:
+            _TRACED.pop()
+        return
     token = _NAMES.set(value)
     with _LOCK:
         _OPEN[0] += 1
@@ -77,7 +90,10 @@ def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None) -> It
 
 def current_names() -> Sequence[str] | None:
     """The names of the innermost :func:`array_names` block, or ``None`` (resolved if lazy)."""
-    value = None if _OPEN[0] == 0 else _NAMES.get()
+    if _TRACED:
+        value = _TRACED[-1]
+    else:
+        value = None if _OPEN[0] == 0 else _NAMES.get()
     return value.get() if isinstance(value, _Lazy) else value
 
 

@@ -377,3 +377,23 @@ def test_compiled_step_with_zclip_neither_warns_nor_recompiles():
     assert all("torch._dynamo.graph_break()" in k for k in counters["graph_break"]), dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] <= 3  # the first step (no state yet) and the rest
     assert int(handle.state.count) == 2 and float(handle.info["norm"]) > 0
+
+
+def test_params_patterns_under_torch_compile_select_as_eager():
+    """Inside a compiled step there are no names to match: the selection made by name at init is kept."""
+    torch._dynamo.reset()
+    results = []
+    for compiled in (False, True):
+        model = mlp(0)
+        opt = torch.optim.SGD(model.named_parameters(), lr=0.0)
+        rule = gc.on(gc.clip_by_value(1e-4), gc.Params(exclude=["*bias"]))
+        gradclip_torch.attach(opt, rule)
+        step = torch.compile(opt.step) if compiled else opt.step
+        opt.zero_grad()
+        (loss_fn(model, 0) * 100).backward()
+        step()
+        results.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    eager, comp = results
+    for name, g in eager.items():
+        torch.testing.assert_close(comp[name], g)
+        assert (g.abs().max() <= 1e-4) == (not name.endswith("bias")), name  # weights clipped, biases not
