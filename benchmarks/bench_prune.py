@@ -38,7 +38,7 @@ for name, shape in shape_set({shapes!r}):
 weights = sum(p.numel() * p.element_size() for p in mods.parameters())
 mask_bytes = sum(p.numel() for p in mods.parameters())  # bool masks
 import gradclip_core as gc, gradclip_torch
-rule = gc.global_magnitude_prune(0.5)
+rule = gc.global_magnitude_prune(0.5, params="all")  # every array, as global_unstructured here
 params = list(mods.parameters())
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
