@@ -104,6 +104,7 @@ PAIRS = (
     ("clip_by_block_rms(1.0)", lambda: gc.clip_by_block_rms(1.0), *_REF, "<= 1.1x"),
     ("autoclip(10, 1000)", lambda: gc.autoclip(10.0, 1000), *_REF, "<= 1.1x"),
     ("zclip()", lambda: gc.zclip(), *_REF, "<= 1.1x"),
+    ("adagc()", lambda: gc.adagc(), *_REF, "<= 1.1x"),
     ("record_norms(100)", lambda: gc.record_norms(100), *_REF, "<= 1.1x"),
     ("adaptive_clip(0.01)", lambda: gc.adaptive_clip(0.01), *_REF, ""),
     ("max_norm(2.0)", lambda: gc.max_norm(2.0), *_REF, ""),
