@@ -100,8 +100,9 @@ def adagc(
 ) -> Rule:
     """AdaGC: clip each array relative to an EMA of its own clipped norm, after a global-clip warm-up.
 
-    Defaults are the paper's (and pytorch-optimizer's): ``lambda_rel=1.05``,
-    ``beta=0.98``, ``lambda_abs=1.0``, a warm-up of 100 steps.
+    Defaults are pytorch-optimizer's (the paper's first version): ``lambda_rel=1.05``,
+    ``beta=0.98``, ``lambda_abs=1.0``, a warm-up of 100 steps; the authors' Megatron-LM
+    scripts use ``lambda_rel=1.04, beta=0.99``.
 
     Args:
       lambda_rel: relative threshold ``> 0``: after the warm-up an array is scaled to
