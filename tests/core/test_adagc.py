@@ -199,7 +199,7 @@ def test_empty_grads_are_kept():
         ({"warmup_steps": 2.0}, "warmup_steps"),
         ({"warmup_steps": True}, "warmup_steps"),
         ({"eps": -1e-8}, "eps"),
-        ({"eps": np.float32(1e-8).reshape(())}, "eps"),
+        ({"eps": np.array(1e-8, np.float32)}, "eps"),
         ({"nonfinite": "ignore"}, "nonfinite"),
     ],
 )
