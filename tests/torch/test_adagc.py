@@ -74,8 +74,9 @@ def ours(rule):
 @pytest.mark.parametrize(
     "cfg, warmup",
     [
-        (dict(), 3),
-        (dict(beta=0.9, lambda_rel=1.0, lambda_abs=5.0), 1),
+        (dict(), 3),  # the defaults: the warm-up clips (lambda_abs 1), so does every step after it
+        (dict(lambda_abs=1e4), 3),  # a warm-up that does not clip: the relative clip picks the spiking tensors
+        (dict(beta=0.9, lambda_rel=1.0, lambda_abs=1e4), 1),
         (dict(beta=0.5, lambda_rel=1.2, lambda_abs=0.5), 5),
     ],
 )
@@ -88,7 +89,11 @@ def test_matches_pytorch_optimizer(cfg, warmup, foreach):
         torch.testing.assert_close(got_gamma[step], want_gamma[step], rtol=2e-5, atol=1e-7, msg=f"step {step}")
     assert [int(i["warmup"]) for i in infos] == [1] * warmup + [0] * (STEPS - warmup)
     assert sum(int(i["clipped"]) for i in infos[warmup:]) >= 2  # the relative clip acted (per tensor)
-    assert any(0 < int(i["clipped"]) < 4 for i in infos[warmup:])
+    if cfg.get("lambda_abs", 1.0) > 100:
+        assert all(int(i["clipped"]) == 0 for i in infos[:warmup])
+        assert any(0 < int(i["clipped"]) < 4 for i in infos[warmup:])  # some tensors clipped, not all
+    else:
+        assert int(infos[0]["clipped"]) == 4  # the global warm-up clip scales every tensor
 
 
 def test_paper_eps_differs_from_pytorch_optimizer_only_by_eps():
