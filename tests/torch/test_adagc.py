@@ -119,6 +119,7 @@ def test_inplace_per_tensor_scale():
     for p in params:
         p.grad = torch.ones_like(p)
     params[0].grad.mul_(100.0)  # one tensor spikes after the warm-up
+    ptrs = [p.grad.data_ptr() for p in params]
     bound = 1.05 * float(state.gamma[0])
     state, info = gradclip_torch.apply_(params, rule, state)
     assert int(info["clipped"]) == 1 and int(info["warmup"]) == 0
