@@ -39,7 +39,8 @@ def spiky_loss(model, step):
 def reference(cfg, warmup_steps, foreach):
     """Clipped gradients and gammas per step of pytorch-optimizer's AdaGC (lr 0, beta1 0)."""
     po = pytest.importorskip(
-        "pytorch_optimizer", reason="pytorch-optimizer is not installed (pip install -c constraints.txt pytorch-optimizer)"
+        "pytorch_optimizer",
+        reason="pytorch-optimizer is not installed (pip install -c constraints.txt pytorch-optimizer)",
     )
     model = mlp(0)
     opt = po.AdaGC(model.parameters(), lr=0.0, betas=(0.0, 0.999), weight_decay=0.0, eps=1e-8,
