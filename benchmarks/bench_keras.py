@@ -104,6 +104,7 @@ PAIRS = (
     ("clip_by_block_rms(1.0)", lambda: gc.clip_by_block_rms(1.0), *_REF, "<= 1.1x"),
     ("autoclip(10, 1000)", lambda: gc.autoclip(10.0, 1000), *_REF, "<= 1.1x"),
     ("zclip()", lambda: gc.zclip(), *_REF, "<= 1.1x"),
+    ("adagc()", lambda: gc.adagc(), *_REF, "<= 1.1x"),
     ("record_norms(100)", lambda: gc.record_norms(100), *_REF, "<= 1.1x"),
     # rules that also read the weights. Passes over memory next to the reference step (norm of
     # g; scale of g fused with SGD's read g, read w, write w: 4): AGC adds the weights' unit norms

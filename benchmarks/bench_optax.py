@@ -91,6 +91,7 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
     no_native = {
         "autoclip(10, 1000)": gc.autoclip(10.0, 1000),
         "zclip()": gc.zclip(),
+        "adagc()": gc.adagc(),
         "clip_update_rms(1.0)": gc.clip_update_rms(1.0),
         "clip_by_norm(1.0)": gc.clip_by_norm(1.0),
         "record_norms(100)": gc.record_norms(100),

@@ -181,6 +181,7 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         "clip_update_rms(1.0)": ("apply_", gc.clip_update_rms(1.0), "<= 1.05x"),
         "autoclip(10, 1000)": ("attach", gc.autoclip(10.0, 1000), "<= 1.05x"),
         "zclip()": ("attach", gc.zclip(), "<= 1.05x"),
+        "adagc()": ("attach", gc.adagc(), "<= 1.1x"),
         "record_norms(100)": ("attach", gc.record_norms(100), "<= 1.05x"),
         "adaptive_clip(0.01)": ("apply_", gc.adaptive_clip(0.01), "<= 1.4x"),
         "max_norm(2.0)": ("project_", gc.max_norm(2.0), "<= 1.4x"),

@@ -41,6 +41,7 @@ from .backend._layout import LAYOUTS, layout_override
 from .clip import (
     PER_EXAMPLE_SEMANTICS,
     SEMANTICS,
+    AdaGCState,
     NormHistory,
     ZClipState,
     adaptive_clip,
@@ -56,6 +57,7 @@ from .clip import (
     suggest_threshold,
     unit_norms,
     zclip,
+    adagc,
 )
 from .constraints import clip_weights, max_norm, mcp_threshold, min_max_norm, non_neg, soft_threshold, unit_norm
 from .prune import (
@@ -108,6 +110,9 @@ __all__ = [
     "zclip",
     "NormHistory",
     "ZClipState",
+    # per-array relative clipping after a global warm-up (state: AdaGCState)
+    "adagc",
+    "AdaGCState",
     # choosing a threshold
     "record_norms",
     "suggest_threshold",

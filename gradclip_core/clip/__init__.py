@@ -1,11 +1,12 @@
-"""Gradient clipping rules: value, norm (global / per array), RMS, AGC, AutoClip, ZClip, per-example.
+"""Gradient clipping rules: value, norm (global / per array), RMS, AGC, AutoClip, ZClip, AdaGC, per-example.
 
 Every rule here acts on the gradients (``update``) and declares its effect: a global
 scale (global-norm clip, AutoClip, ZClip), per-array scales (``clip_by_norm``, block
-and update RMS), per-unit scales (AGC), a clamp (value clip), or nothing
+and update RMS, AdaGC), per-unit scales (AGC), a clamp (value clip), or nothing
 (``record_norms``). The public names are re-exported by :mod:`gradclip_core`.
 """
 
+from ._adagc import AdaGCState, adagc
 from ._agc import adaptive_clip, unit_norms
 from ._autoclip import autoclip
 from ._history import NormHistory
@@ -29,6 +30,8 @@ __all__ = [
     "zclip",
     "NormHistory",
     "ZClipState",
+    "adagc",
+    "AdaGCState",
     "record_norms",
     "suggest_threshold",
     "clip_per_example",

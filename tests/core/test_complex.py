@@ -39,6 +39,7 @@ NORM_RULES = {
     "autoclip": lambda: gc.autoclip(50.0, 4),
     "zclip": lambda: gc.zclip(warmup_steps=1, max_norm=1.0),
     "record": lambda: gc.record_norms(3),
+    "adagc": lambda: gc.adagc(warmup_steps=1, lambda_abs=0.5),
 }
 WEIGHT_RULES = {
     "max-norm": lambda: gc.max_norm(0.5, axis="out_first"),

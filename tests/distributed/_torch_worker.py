@@ -38,6 +38,7 @@ RULES = {
     "agc": lambda: gc.adaptive_clip(0.05),
     "zclip": lambda: gc.zclip(alpha=0.5, z_thresh=1.0, warmup_steps=2),
     "autoclip": lambda: gc.autoclip(50.0, history=8),
+    "adagc": lambda: gc.adagc(beta=0.5, warmup_steps=2, lambda_abs=1e3),  # per-array norms: one collective
     "global_prune": lambda: gc.global_magnitude_prune(
         0.6, schedule=gc.polynomial_schedule(0, 3, 1, initial_sparsity=0.2)
     ),

@@ -36,7 +36,7 @@ if not dist.is_available() or not dist.is_gloo_available():
 
 WORKER = Path(__file__).with_name("_torch_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ["global_norm", "global_norm_torch", "global_norm_inf", "agc", "zclip", "autoclip", "global_prune"]
+RULES = ["global_norm", "global_norm_torch", "global_norm_inf", "agc", "zclip", "autoclip", "adagc", "global_prune"]
 
 
 def _launch(tmp: Path, world: int, scenarios: str) -> list[dict]:
@@ -90,7 +90,7 @@ def test_the_rules_act_in_the_training_run(two_ranks: list[dict]) -> None:
 
 EXPECTED_COLLECTIVES = {  # per apply_ (and per project_ for pruning), per step
     "global_norm": 1, "global_norm_torch": 1, "global_norm_inf": 1, "zclip": 1, "autoclip": 1,
-    "record_norms": 1, "clip_by_norm": 1, "agc": 2, "global_norm_skip": 2,
+    "record_norms": 1, "clip_by_norm": 1, "agc": 2, "global_norm_skip": 2, "adagc": 1,
 }
 
 

@@ -86,3 +86,26 @@ def test_per_example_clip_resume_continues_the_noise():
         assert np.array_equal(np.asarray(x), np.asarray(y))
     assert int(sa[0].count) == 6 and int(sb[0].count) == 6
     assert 0 <= float(sa[0].info["clipped_fraction"]) <= 1
+
+
+def test_adagc_under_jit_equals_the_numpy_rule():
+    # AdaGC in an optax chain under jit: per-array factors and the (n,) gamma state equal the
+    # core rule run eagerly on NumPy arrays (the tree's leaves, in order), step for step.
+    rule = gc.adagc(beta=0.5, warmup_steps=2)
+    tx = gradclip_optax.transform(rule)
+    params = util.mlp_params()
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
+    ref_state = rule.init(leaves)
+    clipped = 0
+    for step in range(6):
+        grads = util.grads_like(params, seed=step, scale=30.0 if step == 4 else 1.0)
+        out, state = update(grads, state, params)
+        want, ref_state, info = rule.update([np.asarray(g) for g in jax.tree.leaves(grads)], ref_state)
+        for a, b in zip(jax.tree.leaves(out), want):
+            np.testing.assert_allclose(np.asarray(a), b, rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(state.rule_state.gamma), ref_state.gamma, rtol=2e-6)
+        clipped += int(info["clipped"]) if step >= 2 else 0
+    assert state.rule_state.gamma.dtype == jnp.float32 and int(state.rule_state.count) == 2
+    assert clipped >= 1

@@ -32,6 +32,9 @@ RULES = {
         alpha=0.9, z_thresh=0.5, warmup_steps=2, mode="percentile", max_norm=5.0, nonfinite="skip"
     ),
     "record-norms": lambda: gc.record_norms(4),
+    # AdaGC: one global-clip warm-up step, then per-array relative clipping (gamma: an (n,) state vector)
+    "adagc": lambda: gc.adagc(beta=0.5, warmup_steps=1),
+    "adagc-skip": lambda: gc.adagc(beta=0.9, warmup_steps=2, lambda_abs=2.0, eps=1e-8, nonfinite="skip"),
     # pruning (masks in the state, compared bit for bit) and weight rules (project only)
     "prune-mag": lambda: gc.magnitude_prune(0.5),
     "prune-mag-keep": lambda: gc.magnitude_prune(0.3, rounding="keep", schedule=gc.constant_schedule(0, -1, 2)),
@@ -102,9 +105,12 @@ RESUME = {
         0.8, schedule=gc.polynomial_schedule(0, 4, 1, initial_sparsity=0.2)
     ),
     "zclip-pct-skip": RULES["zclip-pct-skip"],
+    "adagc": RULES["adagc"],
+    "adagc-skip": RULES["adagc-skip"],
 }
 SKIP = {
     "global-skip": RULES["global-skip"],
     "zclip-pct-skip": RULES["zclip-pct-skip"],
     "chain-skip": lambda: gc.chain(gc.clip_by_global_norm(1.0, nonfinite="skip"), gc.clip_by_value(0.05)),
+    "adagc-skip": RULES["adagc-skip"],
 }
