@@ -105,6 +105,7 @@ PAIRS = (
     ("autoclip(10, 1000)", lambda: gc.autoclip(10.0, 1000), *_REF, "<= 1.1x"),
     ("zclip()", lambda: gc.zclip(), *_REF, "<= 1.1x"),
     ("record_norms(100)", lambda: gc.record_norms(100), *_REF, "<= 1.1x"),
+    ("skip_on_spike()", lambda: gc.skip_on_spike(), *_REF, "<= 1.1x"),
     ("adaptive_clip(0.01)", lambda: gc.adaptive_clip(0.01), *_REF, ""),
     ("max_norm(2.0)", lambda: gc.max_norm(2.0), *_REF, ""),
 )
