@@ -35,9 +35,10 @@ yourself (one sync) and do not call ``step()``.
 
 ``sync_skip``: a true skip for an unfused optimizer costs one host sync per step: the
 pre-hook reads the rule's skip flag and, on a skipped step, hides the gradients from the
-optimizer (``p.grad = None`` for the step, put back by the post-hook), and torch's
+optimizer (``p.grad = None`` for the step, put back zeroed by the post-hook), and torch's
 optimizers leave a parameter without a gradient untouched: weights, moments and step
-counts. It is on by default (``"auto"``) for rules that skip finite steps
+counts. Steps that are not skipped cost no zeroing pass (a global scale is multiplied in
+place as without ``sync_skip``). It is on by default (``"auto"``) for rules that skip finite steps
 (:func:`gradclip_core.skip_on_spike`, where a zero-gradient Adam step would still move
 the weights), off for ``nonfinite="skip"``; a fused optimizer never needs it.
 
@@ -54,8 +55,8 @@ from typing import Any, Mapping
 
 import torch
 
-from gradclip_core import Rule, feed_loss, needs_loss, skips_finite
-from gradclip_core.backend import array_names, name_info, tree_where
+from gradclip_core import Rule, Scale, feed_loss, needs_loss, skips_finite
+from gradclip_core.backend import apply_effect, array_names, name_info, namespace, tree_where
 
 from ._apply import _check_devices, check_rule, collect, project_params, run_update
 from ._distributed import is_dtensor, local
@@ -154,13 +155,26 @@ class Handle:
         fed = self._state if given is None or self._state is None else feed_loss(self._state, given)
         with array_names(_for_errors(names)):
             self._state, info, scale, skip = run_update(self.rule, params, grads, fed, self.process_group,
-                                                        fold=self.fold)
+                                                        fold=self.fold or self.sync_skip)
         if scaler_inf is not None and grads:  # a step GradScaler skips: the rule's state stays too
             skipped = local(scaler_inf) > 0
             with torch.no_grad():
                 self._state = tree_where(None, skipped, old_state, self._state)
             info["skipped"] = torch.logical_or(skipped, info["skipped"] != 0).to(torch.int32) if "skipped" in info \
                 else skipped.to(torch.int32)
+        if self.sync_skip:  # (never with fold) decide on the host, so the zeroing pass is needed on skipped steps only
+            skipping = skip is not None and bool(skip)  # the one host sync
+            views = [local(g) for g in grads]
+            with torch.no_grad():
+                if skipping and views:
+                    torch._foreach_zero_(views)  # what the rule's Skip effect makes of them
+                elif scale is not None and views:
+                    apply_effect(namespace(*views), views, Scale((scale,) * len(views)), inplace=True)
+            if skipping:
+                self._hidden = [(p, p.grad) for p in params]
+                for p in params:
+                    p.grad = None
+            scale = skip = None
         self._own_attrs = []
         if scale is not None:
             self._set(optimizer, "grad_scale", torch.reciprocal(scale.to(torch.float32)))
@@ -169,12 +183,6 @@ class Handle:
             self._set(optimizer, "found_inf", found if scaler_inf is None else torch.maximum(found, scaler_inf))
         self._params, self._names = params, names
         self.info = info
-        if self.sync_skip and skip is None:
-            flags = [v for k, v in info.items() if k == "skipped" or k.endswith("/skipped")]
-            if flags and bool(torch.stack([f != 0 for f in flags]).any()):  # the one host sync
-                self._hidden = [(p, p.grad) for p in params]
-                for p in params:
-                    p.grad = None
 
     def _take_loss(self) -> Any:
         loss, self._loss = self._loss, None

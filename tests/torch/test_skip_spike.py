@@ -149,3 +149,28 @@ def test_apply_takes_the_loss_and_zeroes_a_skipped_step():
     assert int(state.losses.count) == 3
     with pytest.raises(ValueError, match="pass loss="):
         gradclip_torch.apply_([w], rule, state)
+
+
+def test_sync_skip_scales_kept_steps_exactly_and_truly_skips_nonfinite_ones():
+    """sync_skip=True with a nonfinite="skip" clip: the clipped steps equal the default path bit for bit."""
+    runs = {}
+    for sync in (False, True):
+        model = mlp(0)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        handle = gradclip_torch.attach(opt, gc.clip_by_global_norm(1.0, nonfinite="skip"), sync_skip=sync)
+        snaps = []
+        for step in range(4):
+            opt.zero_grad()
+            loss_fn(model, step).backward()
+            if step == 2:
+                next(model.parameters()).grad[0, 0] = float("nan")
+            opt.step()
+            assert int(handle.info["skipped"]) == int(step == 2)
+            assert step == 2 or float(handle.info["scale"]) < 1.0  # the kept steps are clipped
+            if step == 2:
+                assert all(not torch.any(p.grad) for p in model.parameters())  # zeroed, as the rule says
+            snaps.append(_snapshot(model, opt))
+        runs[sync] = snaps
+    assert all(_same(a, b) for a, b in zip(runs[False][:2], runs[True][:2]))
+    assert _same(runs[True][1], runs[True][2])  # the NaN step changed nothing with sync_skip
+    assert not _same(runs[False][1], runs[False][2])  # without it Adam stepped on zeros
