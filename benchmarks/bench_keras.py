@@ -106,6 +106,7 @@ PAIRS = (
     ("zclip()", lambda: gc.zclip(), *_REF, "<= 1.1x"),
     ("adagc()", lambda: gc.adagc(), *_REF, "<= 1.1x"),
     ("record_norms(100)", lambda: gc.record_norms(100), *_REF, "<= 1.1x"),
+    ("skip_on_spike()", lambda: gc.skip_on_spike(), *_REF, "<= 1.1x"),
     # rules that also read the weights. Passes over memory next to the reference step (norm of
     # g; scale of g fused with SGD's read g, read w, write w: 4): AGC adds the weights' unit norms
     # (5, ~1.25x); max-norm projects after the step (norms of w, then read and write w: 6, ~1.5x).

@@ -95,6 +95,7 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
         "clip_update_rms(1.0)": gc.clip_update_rms(1.0),
         "clip_by_norm(1.0)": gc.clip_by_norm(1.0),
         "record_norms(100)": gc.record_norms(100),
+        "skip_on_spike()": gc.skip_on_spike(),
     }
     prune_rules = {
         "global_magnitude_prune(0.5)": gc.global_magnitude_prune(0.5),

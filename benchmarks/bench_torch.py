@@ -183,6 +183,7 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         "zclip()": ("attach", gc.zclip(), "<= 1.05x"),
         "adagc()": ("attach", gc.adagc(), "<= 1.1x"),
         "record_norms(100)": ("attach", gc.record_norms(100), "<= 1.05x"),
+        "skip_on_spike()": ("attach", gc.skip_on_spike(), "<= 1.1x"),
         "adaptive_clip(0.01)": ("apply_", gc.adaptive_clip(0.01), "<= 1.4x"),
         "max_norm(2.0)": ("project_", gc.max_norm(2.0), "<= 1.4x"),
         "min_max_norm(0.5, 2.0)": ("project_", gc.min_max_norm(0.5, 2.0), "<= 1.4x"),

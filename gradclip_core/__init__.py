@@ -54,6 +54,11 @@ from .clip import (
     clip_update_rms,
     gaussian_noise,
     record_norms,
+    skip_on_spike,
+    SpikeState,
+    feed_loss,
+    needs_loss,
+    skips_finite,
     suggest_threshold,
     unit_norms,
     zclip,
@@ -113,6 +118,12 @@ __all__ = [
     # per-array relative clipping after a global warm-up (state: AdaGCState)
     "adagc",
     "AdaGCState",
+    # skipping steps on gradient-norm / loss spikes (state: SpikeState; the loss via feed_loss)
+    "skip_on_spike",
+    "SpikeState",
+    "feed_loss",
+    "needs_loss",
+    "skips_finite",
     # choosing a threshold
     "record_norms",
     "suggest_threshold",

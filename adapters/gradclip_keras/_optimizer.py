@@ -31,6 +31,8 @@ class _Slots:
         self.update_keys: tuple = ()
         self.names: dict[str, str] = {}  # the rule's info key -> shown key (per-array keys by variable path)
         self.paths: list[str] | None = None  # the built variables' paths (gc.Params patterns match them)
+        self.needs_loss = gc.needs_loss(rule)
+        self.loss: Any = None  # the step's loss (scale_loss / set_loss), used by the next apply
 
 
 def _unaliased(outs: list, params: list, own: bool = False) -> list:
@@ -130,7 +132,13 @@ class Optimizer(keras.optimizers.Optimizer):
       ``"sparsity/<i>"``);
     - ``optimizer.gradclip_state``: the rule state's variables.
 
-    ``nonfinite="skip"`` rules: on a step whose gradients hold NaN/Inf the inner optimizer
+    Loss: rules that test the loss (:func:`gradclip_core.skip_on_spike` with ``loss=True``)
+    get it from Keras' trainer, which hands every step's loss to ``optimizer.scale_loss``
+    (``fit`` on every backend); in a custom loop call :meth:`set_loss` before
+    ``apply_gradients``.
+
+    ``nonfinite="skip"`` rules, and :func:`gradclip_core.skip_on_spike` on a spike, skip the
+    step the same way. ``nonfinite="skip"``: on a step whose gradients hold NaN/Inf the inner optimizer
     step (and ``project``) is skipped entirely, as ``LossScaleOptimizer`` does, so weights,
     the inner optimizer's variables and iteration count stay unchanged; ``info["skipped"]``
     is 1. On torch and eager JAX this is a Python branch (one host sync), on TensorFlow a
@@ -275,9 +283,27 @@ class Optimizer(keras.optimizers.Optimizer):
         return f"gradclip_keras.Optimizer({_describe(self.inner_optimizer)}, {self.rule!r})"
 
     def scale_loss(self, loss: Any) -> Any:
+        """Keras' trainers call this with the step's loss (all backends): rules that test the loss read it here."""
+        if self._gradclip.needs_loss:
+            self.set_loss(loss)
         if self._loss_scale is not None:
             return loss * self._loss_scale
         return loss
+
+    def set_loss(self, loss: Any) -> None:
+        """Give the rule the loss of the coming ``apply`` / ``apply_gradients`` (rules that test it).
+
+        ``fit`` needs nothing: every Keras trainer (TensorFlow, JAX, torch) passes the loss it
+        computed to ``optimizer.scale_loss`` before the gradients, and this wrapper takes it
+        from there. In a custom training loop (or a ``train_step`` that does not call
+        ``self.optimizer.scale_loss(loss)``), call ``optimizer.set_loss(loss)`` before
+        ``apply_gradients``; a rule that needs the loss raises without it.
+
+        Args:
+          loss: the step's loss (a 0-d tensor of the backend, unscaled); it is read with
+            ``stop_gradient``, and used by the next ``apply`` only.
+        """
+        self._gradclip.loss = ops.stop_gradient(ops.convert_to_tensor(loss))
 
     def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
         self.inner_optimizer.finalize_variable_values(var_list)
@@ -335,9 +361,11 @@ class Optimizer(keras.optimizers.Optimizer):
             full = [g / ops.cast(self._loss_scale, g.dtype) for g in full]
         return full, pos
 
-    def _update(self, grads: list, state_values: list, params: list | None) -> tuple[list, list, dict]:
+    def _update(self, grads: list, state_values: list, params: list | None, loss: Any = None) -> tuple[list, list, dict]:
         slots = self._gradclip
         state = unflatten(slots.treedef, state_values)
+        if loss is not None:
+            state = gc.feed_loss(state, loss)
         with rule_scope(slots.paths):
             out, new_state, info = slots.rule.update(grads, state, params if slots.rule.needs_params else None)
         return list(out), flatten(new_state), dict(info)
@@ -397,11 +425,20 @@ class Optimizer(keras.optimizers.Optimizer):
         if not grads:
             return
         slots = self._gradclip
+        loss, slots.loss = slots.loss, None
+        if slots.needs_loss and loss is None:
+            raise ValueError(
+                f"gradclip_keras.Optimizer: the rule {slots.rule.name!r} tests the loss (skip_on_spike(loss=True)), "
+                "and no loss reached the optimizer: fit passes it through optimizer.scale_loss; in a custom loop call "
+                "optimizer.set_loss(loss) before apply_gradients"
+            )
         full, pos = self._full_grads(grads, variables)
         full, replicas = self._cross_replica(full)
+        if loss is not None and replicas != 1.0:  # each replica's loss is its share (scale_loss_for_distribution)
+            loss = self._cross_replica([loss])[0][0]
         built = self._trainable_variables
         params = [to_tensor(v) for v in built] if slots.rule.needs_params else None  # read only (no copy)
-        out, new_state, info = self._update(full, [snapshot(v) for v in slots.state], params)
+        out, new_state, info = self._update(full, [snapshot(v) for v in slots.state], params, loss)
         if params is not None:
             out = _unaliased(out, params)
         for var, value in zip(slots.state, new_state):

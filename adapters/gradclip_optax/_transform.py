@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 import gradclip_core as gc
@@ -14,7 +15,7 @@ from ._axis import axis_collective, check_axis_name
 from ._flat import flatten, leaf_names, params_like
 from ._state import TransformState, info_like, match_info
 
-__all__ = ["transform", "check_rule"]
+__all__ = ["transform", "check_rule", "feed"]
 
 
 def check_rule(rule: Any) -> gc.Rule:
@@ -24,7 +25,25 @@ def check_rule(rule: Any) -> gc.Rule:
     return rule
 
 
-def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransformation:
+def feed(rule: gc.Rule, rule_state: Any, loss: Any) -> Any:
+    """The rule state with the step's ``loss`` fed in (:func:`gradclip_core.feed_loss`).
+
+    Raises:
+      ValueError: the rule needs a loss (``skip_on_spike(loss=True)``) and ``loss`` is ``None``.
+    """
+    if loss is None:
+        if gc.needs_loss(rule):
+            raise ValueError(
+                f"rule {rule.name!r} tests the loss (skip_on_spike(loss=True)): pass the step's loss to the "
+                "update, tx.update(grads, state, params, loss=loss)"
+            )
+        return rule_state
+    if not gc.skips_finite(rule):  # no rule here reads a loss (it may be for another chain element)
+        return rule_state
+    return gc.feed_loss(rule_state, jax.lax.stop_gradient(jnp.asarray(loss)))
+
+
+def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
     """The ``update`` part of a gradclip rule as an optax ``GradientTransformation``.
 
     Use it as a chain element, usually before the optimizer::
@@ -55,6 +74,14 @@ def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransfor
     moments decay, counts advance). To leave parameters *and* optimizer state
     unchanged, use :func:`gradclip_optax.wrap` ``(rule, optimizer)`` instead.
 
+    The loss: ``update`` takes extra keyword arguments (an
+    ``optax.GradientTransformationExtraArgs``; ``optax.chain`` hands them to every element).
+    ``loss=`` feeds the step's loss to the rules that test it
+    (:func:`gradclip_core.skip_on_spike` with ``loss=True``, which then require it); the
+    other extra arguments are ignored::
+
+        updates, state = tx.update(grads, state, params, loss=loss)
+
     Rules with a ``project`` part (constraints, pruning) act on the weights after the
     step, which a chain element never sees: they need :func:`gradclip_optax.wrap`, and
     ``transform`` raises for them.
@@ -72,7 +99,7 @@ def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransfor
         over (a name or a tuple of names).
 
     Returns:
-      An ``optax.GradientTransformation`` with state :class:`TransformState`.
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`TransformState`.
 
     Raises:
       TypeError: ``rule`` is not a gradclip rule.
@@ -105,12 +132,14 @@ def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransfor
             info = info_like(lambda: rule.update(leaves, rule_state, leaves)[2])
         return TransformState(rule_state=rule_state, info=name_info(info, lambda: leaf_names(params)))
 
-    def update_fn(updates: Any, state: TransformState, params: Any = None) -> tuple[Any, TransformState]:
+    def update_fn(updates: Any, state: TransformState, params: Any = None, *, loss: Any = None,
+                  **extra: Any) -> tuple[Any, TransformState]:
+        del extra  # (other chain elements' extra arguments)
         leaves, treedef = flatten(updates)
         p = params_like(treedef, params, rule.name, rule.needs_params)
         with axis_collective(axis_name), array_names(lambda: leaf_names(updates)):
-            out, rule_state, info = rule.update(leaves, state.rule_state, p)
+            out, rule_state, info = rule.update(leaves, feed(rule, state.rule_state, loss), p)
         info = name_info(info, lambda: leaf_names(updates))
         return jax.tree.unflatten(treedef, out), TransformState(rule_state, match_info(info, state.info))
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -14,7 +14,7 @@ from gradclip_core.backend import array_names, name_info
 from ._axis import axis_collective, check_axis_name
 from ._flat import flatten, leaf_names, params_like
 from ._state import WrapState, info_like, match_info
-from ._transform import check_rule
+from ._transform import check_rule, feed
 
 __all__ = ["wrap", "skipped"]
 
@@ -108,7 +108,13 @@ def wrap(
     inner optimizer's state and the rule's state are kept, so params and optimizer
     state are exactly those before the step; ``state.info["skipped"]`` is 1.
 
-    ``params`` are required. Extra keyword arguments of ``update`` go to ``inner``.
+    ``params`` are required. Extra keyword arguments of ``update`` go to ``inner``;
+    ``loss=`` also feeds the rules that test the loss (:func:`gradclip_core.skip_on_spike`
+    with ``loss=True``, which then require it): ``tx.update(grads, state, params, loss=loss)``.
+
+    :func:`gradclip_core.skip_on_spike` here is a true skip too: on a spike step the
+    updates are zeros and the inner optimizer's state (moments, step count) and the rule's
+    state are kept, as ``optax.apply_if_finite`` does for non-finite gradients.
 
     Args:
       rule: any :class:`gradclip_core.Rule` (clipping, constraint, pruning, a chain).
@@ -147,7 +153,7 @@ def wrap(
     project = rule.has_project
 
     def step(leaves: list, treedef: Any, state: WrapState, p: list, params: Any, **extra: Any):
-        g, rule_state, info = rule.update(leaves, state.rule_state, p)
+        g, rule_state, info = rule.update(leaves, feed(rule, state.rule_state, extra.get("loss")), p)
         u_tree, inner_state = inner.update(jax.tree.unflatten(treedef, g), state.inner_state, params, **extra)
         u = treedef.flatten_up_to(u_tree)
         if project:
@@ -159,13 +165,15 @@ def wrap(
             info = {**info, **pinfo}
         return u, rule_state, inner_state, info
 
+    probe_loss = {"loss": 0.0} if gc.needs_loss(rule) else {}
+
     def init_fn(params: Any) -> WrapState:
         leaves, treedef = flatten(params)
         inner_state = inner.init(params)
         with array_names(lambda: leaf_names(params)):  # (gc.Params patterns match the tree paths)
             rule_state = rule.init(leaves)
             probe = WrapState(rule_state, inner_state, {})
-            info = info_like(lambda: step(leaves, treedef, probe, leaves, params)[3])
+            info = info_like(lambda: step(leaves, treedef, probe, leaves, params, **probe_loss)[3])
         info = name_info(info, lambda: leaf_names(params))
         return WrapState(rule_state=rule_state, inner_state=inner_state, info=info)
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from gradclip_core import Rule, clip_by_global_norm
+from gradclip_core import Rule, clip_by_global_norm, feed_loss, needs_loss
 from gradclip_core.backend import apply_effect, array_names, check_effect, flatten_state, name_info, namespace
 
 from ._distributed import localize
@@ -148,7 +148,8 @@ def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, proce
     return new_state, dict(info)
 
 
-def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_group: Any = None) -> tuple[Any, dict]:
+def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_group: Any = None,
+           loss: Any = None) -> tuple[Any, dict]:
     """Apply ``rule.update`` to the gradients of ``parameters``, in place (like ``clip_grad_norm_``).
 
     Parameters whose ``grad`` is ``None`` are skipped, as torch does: the rule sees only
@@ -174,6 +175,10 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_gro
         full arrays: reduce the rule's global quantities over this group. Not needed for
         DDP (replicated gradients) nor for FSDP2 (DTensors are detected, their mesh's
         group is used).
+      loss: the step's loss (a 0-d tensor, detached here), for rules that test it
+        (:func:`gradclip_core.skip_on_spike` with ``loss=True``, which require it). A
+        skip here only zeroes the gradients: check ``info["skipped"]`` before
+        ``optimizer.step()`` (one sync), or use :func:`attach` for a true skip.
 
     Returns:
       ``(state, info)``: the new rule state, and a dict of 0-d tensors for logging
@@ -201,9 +206,19 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_gro
     if rule.needs_params:
         _check_devices(list(params) + list(grads), "the parameters and their gradients")
     _warn_dropped_state(rule, state, params)
+    given = state
+    if loss is None and needs_loss(rule):
+        raise ValueError(f"apply_: the rule {rule.name!r} tests the loss (skip_on_spike(loss=True)): pass loss=")
+    if loss is not None and grads:
+        if state is None:
+            with torch.no_grad(), array_names(names):
+                state = rule.init([p.detach() for p in params])
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().to(grads[0].device)
+        state = feed_loss(state, loss)
     with array_names(names):
         new_state, info = update_grads(rule, params, grads, state, process_group)
-    _remember(rule, state, new_state, params)
+    _remember(rule, given, new_state, params)
     return new_state, name_info(info, names)
 
 

@@ -30,8 +30,21 @@ optimizer all-zero gradients (and keeps its own state). With plain SGD (no momen
 weight decay) the weights then stay exactly as they were; optimizers with momentum,
 weight decay or Adam's moments still take their step with a zero gradient.
 ``handle.info["skipped"]`` tells which steps were skipped. For a true skip use a fused
-optimizer (``found_inf``, above), or check that flag yourself (one sync) and do not call
-``step()``.
+optimizer (``found_inf``, above), pass ``sync_skip=True`` (below), or check that flag
+yourself (one sync) and do not call ``step()``.
+
+``sync_skip``: a true skip for an unfused optimizer costs one host sync per step: the
+pre-hook reads the rule's skip flag and, on a skipped step, hides the gradients from the
+optimizer (``p.grad = None`` for the step, put back zeroed by the post-hook), and torch's
+optimizers leave a parameter without a gradient untouched: weights, moments and step
+counts. Steps that are not skipped cost no zeroing pass (a global scale is multiplied in
+place as without ``sync_skip``). It is on by default (``"auto"``) for rules that skip finite steps
+(:func:`gradclip_core.skip_on_spike`, where a zero-gradient Adam step would still move
+the weights), off for ``nonfinite="skip"``; a fused optimizer never needs it.
+
+Loss: rules that test the loss (``skip_on_spike(loss=True)``) get it from
+:meth:`Handle.set_loss`, called once per step before ``optimizer.step()`` (the tensor is
+detached, nothing is synced); ``step()`` raises if it was not called.
 """
 
 from __future__ import annotations
@@ -42,8 +55,8 @@ from typing import Any, Mapping
 
 import torch
 
-from gradclip_core import Rule
-from gradclip_core.backend import array_names, name_info, prepare_selection, tree_where
+from gradclip_core import Rule, Scale, feed_loss, needs_loss, skips_finite
+from gradclip_core.backend import apply_effect, array_names, name_info, namespace, prepare_selection, tree_where
 
 from ._apply import _check_devices, check_rule, collect, project_params, run_update
 from ._distributed import is_dtensor, local
@@ -82,11 +95,18 @@ class Handle:
       >>> handle.remove()
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, rule: Rule, process_group: Any = None, fold: Any = "auto") -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, rule: Rule, process_group: Any = None, fold: Any = "auto",
+                 sync_skip: Any = "auto") -> None:
         self.rule = rule
         self.process_group = process_group
         self.optimizer = optimizer
         self.fold = resolve_fold(fold, optimizer, rule)
+        if sync_skip not in ("auto", True, False):
+            raise ValueError(f"sync_skip must be 'auto', True or False, got {sync_skip!r}")
+        self.sync_skip = (skips_finite(rule) if sync_skip == "auto" else sync_skip) and not self.fold
+        self._needs_loss = needs_loss(rule)
+        self._loss: Any = None
+        self._hidden: list = []  # (param, grad) hidden from a skipped step (sync_skip)
         self._own_attrs: list[str] = []
         self._info: dict[str, torch.Tensor] = {}
         self._fresh: Any = None  # (param, its grad, the grad's version) after the last step: see info
@@ -116,6 +136,7 @@ class Handle:
         self._state = template
 
     def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        given = self._take_loss()  # (raises before anything is changed when a needed loss is missing)
         every = [p for group in optimizer.param_groups for p in group["params"]]
         names = optimizer_names(optimizer)
         params, grads = collect(every)
@@ -132,15 +153,31 @@ class Handle:
                 torch._foreach_div_([local(g) for g in grads], local(loss_scale).to(grads[0].dtype))
             optimizer.grad_scale = None
         old_state = self._state
+        if isinstance(given, torch.Tensor) and grads and given.device != grads[0].device:
+            given = given.to(grads[0].device)
+        fed = self._state if given is None or self._state is None else feed_loss(self._state, given)
         with array_names(names, traced=torch.compiler.is_compiling()):
-            self._state, info, scale, skip = run_update(self.rule, params, grads, self._state, self.process_group,
-                                                        fold=self.fold)
+            self._state, info, scale, skip = run_update(self.rule, params, grads, fed, self.process_group,
+                                                        fold=self.fold or self.sync_skip)
         if scaler_inf is not None and grads:  # a step GradScaler skips: the rule's state stays too
             skipped = local(scaler_inf) > 0
             with torch.no_grad():
                 self._state = tree_where(None, skipped, old_state, self._state)
             info["skipped"] = torch.logical_or(skipped, info["skipped"] != 0).to(torch.int32) if "skipped" in info \
                 else skipped.to(torch.int32)
+        if self.sync_skip:  # (never with fold) decide on the host, so the zeroing pass is needed on skipped steps only
+            skipping = skip is not None and bool(skip)  # the one host sync
+            views = [local(g) for g in grads]
+            with torch.no_grad():
+                if skipping and views:
+                    torch._foreach_zero_(views)  # what the rule's Skip effect makes of them
+                elif scale is not None and views:
+                    apply_effect(namespace(*views), views, Scale((scale,) * len(views)), inplace=True)
+            if skipping:
+                self._hidden = [(p, p.grad) for p in params]
+                for p in params:
+                    p.grad = None
+            scale = skip = None
         self._own_attrs = []
         if scale is not None:
             self._set(optimizer, "grad_scale", torch.reciprocal(scale.to(torch.float32)))
@@ -150,6 +187,47 @@ class Handle:
         self._params, self._names = params, names
         self.info = info
 
+    def _take_loss(self) -> Any:
+        loss, self._loss = self._loss, None
+        if loss is None and self._needs_loss:
+            raise RuntimeError(
+                f"gradclip_torch: the rule {self.rule.name!r} tests the loss (skip_on_spike(loss=True)): call "
+                "handle.set_loss(loss) before every optimizer.step(); nothing was changed"
+            )
+        return loss
+
+    def set_loss(self, loss: Any) -> None:
+        """Give the rule the loss of the coming ``optimizer.step()`` (rules that test it).
+
+        Call it after ``backward()`` and before ``step()``, every step: it is used by that
+        one step. The tensor is detached and stays on its device (no host sync).
+
+        Args:
+          loss: a 0-d tensor (or a one-element tensor, or a number): the step's loss,
+            unscaled (not multiplied by a ``GradScaler``'s scale).
+
+        Example:
+          >>> import torch
+          >>> import gradclip_core as gc
+          >>> import gradclip_torch
+          >>> w = torch.nn.Parameter(torch.ones(2))
+          >>> opt = torch.optim.SGD([w], lr=0.1)
+          >>> handle = gradclip_torch.attach(opt, gc.skip_on_spike(window=4, warmup=2, loss=True))
+          >>> loss = (w * w).sum()
+          >>> loss.backward()
+          >>> handle.set_loss(loss)
+          >>> opt.step()
+          >>> float(handle.info["loss"]), int(handle.info["skipped"])
+          (2.0, 0)
+        """
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"set_loss: loss must be a scalar tensor, got shape {tuple(loss.shape)}")
+            loss = loss.detach().reshape(())
+        elif isinstance(loss, bool) or not isinstance(loss, (int, float)):
+            raise ValueError(f"set_loss: loss must be a tensor or a number, got {type(loss).__name__}")
+        self._loss = loss
+
     def _set(self, optimizer: torch.optim.Optimizer, name: str, value: torch.Tensor) -> None:
         """Hand a folded scale / skip to the fused step (attributes GradScaler did not set are ours to remove)."""
         if getattr(optimizer, name, None) is None and name not in vars(optimizer):
@@ -157,6 +235,9 @@ class Handle:
         setattr(optimizer, name, value)
 
     def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for p, g in self._hidden:  # a step skipped by sync_skip: the (zeroed) gradients come back
+            p.grad = g
+        self._hidden = []
         for name in self._own_attrs:  # (GradScaler deletes the ones it set after step())
             vars(optimizer).pop(name, None)
         self._own_attrs = []
@@ -292,7 +373,8 @@ class Handle:
         return f"Handle(rule={self.rule.name!r}, optimizer={type(self.optimizer).__name__})"
 
 
-def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any = None, fold: Any = "auto") -> Handle:
+def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any = None, fold: Any = "auto",
+           sync_skip: Any = "auto") -> Handle:
     """Run ``rule`` inside every ``optimizer.step()`` (step pre- and post-hooks).
 
     Works unchanged with DDP (replicated gradients) and FSDP2 (DTensor parameters:
@@ -308,10 +390,14 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
         ``grad_scale`` and a skip into ``found_inf`` (one pass less, a true skip), except for
         rules with ``semantics="torch"``, which stay bit-exact; ``True``: always (requires a
         fused optimizer); ``False``: never (the scale is multiplied in place).
+      sync_skip: a true skip for an optimizer that does not fold: ``"auto"`` (default) for
+        rules that skip finite steps (:func:`gradclip_core.skip_on_spike`), ``True`` also
+        for ``nonfinite="skip"``, ``False`` never (the optimizer steps on zero gradients).
+        It costs one host sync per step (see the module docstring).
 
     Returns:
       A :class:`Handle` with ``.remove()``, ``.info`` (last info, tensors),
-      ``.state``, ``.state_dict()`` and ``.load_state_dict()``; also a context manager
+      ``.state``, ``.set_loss(loss)``, ``.state_dict()`` and ``.load_state_dict()``; also a context manager
       that removes the hooks on exit.
 
     Example:
@@ -330,7 +416,7 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     warn_attach(optimizer, rule, Handle)
-    return Handle(optimizer, rule, process_group, fold)
+    return Handle(optimizer, rule, process_group, fold, sync_skip)
 
 
 def optimizer_names(optimizer: torch.optim.Optimizer) -> list[str] | None:

@@ -15,6 +15,7 @@ from ._norm import SEMANTICS, clip_by_global_norm, clip_by_norm
 from ._per_example import PER_EXAMPLE_SEMANTICS, clip_per_example
 from ._record import record_norms, suggest_threshold
 from ._rms import clip_by_block_rms, clip_update_rms
+from ._spike import SpikeState, feed_loss, needs_loss, skip_on_spike, skips_finite
 from ._value import clip_by_value
 from ._zclip import ZClipState, zclip
 
@@ -33,6 +34,11 @@ __all__ = [
     "adagc",
     "AdaGCState",
     "record_norms",
+    "skip_on_spike",
+    "SpikeState",
+    "feed_loss",
+    "needs_loss",
+    "skips_finite",
     "suggest_threshold",
     "clip_per_example",
     "gaussian_noise",

@@ -114,3 +114,11 @@ SKIP = {
     "chain-skip": lambda: gc.chain(gc.clip_by_global_norm(1.0, nonfinite="skip"), gc.clip_by_value(0.05)),
     "adagc-skip": RULES["adagc-skip"],
 }
+
+# Skip on spike (issue 17): the grad-norm variant. Three steps: the first two fill the
+# window (warm-up 2), the third is tested (the "random" case's 10x step is skipped, the
+# "nonfinite" case's NaN and Inf steps always). In the contract, the resume case skips the
+# 10x step right after the cut and the last step, from the restored window (the chain's
+# clip acts after the cut too); a skipped step leaves the window as checkpointed.
+RULES["skip-spike"] = lambda: gc.skip_on_spike(window=4, k=1.0, warmup=2)
+RESUME["skip-spike-chain"] = lambda: gc.chain(gc.skip_on_spike(window=4, k=1.0, warmup=2), gc.clip_by_global_norm(1.0))
