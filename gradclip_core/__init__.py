@@ -50,6 +50,8 @@ from .clip import (
     clip_by_norm,
     clip_by_value,
     clip_per_example,
+    clip_update_norm,
+    clippy,
     clip_update_rms,
     gaussian_noise,
     record_norms,
@@ -108,6 +110,9 @@ __all__ = [
     "zclip",
     "NormHistory",
     "ZClipState",
+    # update clipping (on the optimizer's update, Rule.on_update)
+    "clippy",
+    "clip_update_norm",
     # choosing a threshold
     "record_norms",
     "suggest_threshold",
