@@ -107,6 +107,9 @@ PAIRS = (
     ("record_norms(100)", lambda: gc.record_norms(100), *_REF, "<= 1.1x"),
     ("adaptive_clip(0.01)", lambda: gc.adaptive_clip(0.01), *_REF, ""),
     ("max_norm(2.0)", lambda: gc.max_norm(2.0), *_REF, ""),
+    # update clipping (rule.on_update): snapshot of the weights, the rule on w_new - w_old after the step
+    ("clip_update_norm()", lambda: gc.clip_update_norm(), *_REF, ""),
+    ("clippy()", lambda: gc.clippy(), *_REF, ""),
 )
 
 

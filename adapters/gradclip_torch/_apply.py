@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from gradclip_core import Keep, Rule, clip_by_global_norm
+from gradclip_core import Keep, Rule, Scale, clip_by_global_norm
 from gradclip_core.backend import apply_effect, array_names, check_effect, flatten_state, name_info, namespace
 
 from ._distributed import localize
@@ -161,10 +161,10 @@ def correct_update(
     """Update clipping (``rule.on_update``) after ``optimizer.step()``: the rule on ``params - before``.
 
     The rule's effect is computed (and checked) on the update ``delta = w_new - w_old`` before
-    anything is written; then, one array at a time, a weight becomes ``w_old + delta'`` where
-    the rule changed its update and stays ``w_new`` (bit for bit) where it did not.
-    Memory: ``delta`` (one copy of the stepped weights, on top of the ``before`` snapshot)
-    and per-array temporaries of the largest array.
+    anything is written; then a weight becomes ``w_old + delta'`` where the rule changed its
+    update and stays ``w_new`` (bit for bit) where it did not. Memory: ``delta`` (one copy of
+    the stepped weights, on top of the ``before`` snapshot); a per-array scale (Clippy, the
+    update-norm clip) is applied in place in ``delta`` with no other temporary.
 
     Returns:
       ``(state, info)``.
@@ -178,11 +178,27 @@ def correct_update(
         deltas = torch._foreach_sub(views, list(before))
         effect, new_state, info = rule.update_effect(list(deltas), state, list(before))
         check_effect(effect, deltas, "gradclip_torch")
-        if not isinstance(effect, Keep):
-            apply_effect(namespace(*deltas), deltas, effect, inplace=True)
-            for p, b, d in zip(views, before, deltas):  # p - b: the original delta, recomputed (same op)
+        if isinstance(effect, Keep):
+            return new_state, dict(info)
+        factors = _array_factors(effect, len(deltas))
+        apply_effect(namespace(*deltas), deltas, effect, inplace=True)  # deltas := delta'
+        if factors is not None:  # one factor per array (both update rules): unchanged where it is 1
+            torch._foreach_add_(deltas, list(before))  # deltas := w_old + delta'
+            for p, d, f in zip(views, deltas, factors):  # (the factor as applied: cast to the array's dtype)
+                torch.where(f.to(d.dtype) == 1, p, d, out=p)
+        else:  # any other effect: compare with the original delta, recomputed (the same op)
+            for p, b, d in zip(views, before, deltas):
                 p.copy_(torch.where(d == p - b, p, b + d))
     return new_state, dict(info)
+
+
+def _array_factors(effect: Any, n: int) -> list | None:
+    """The per-array 0-d factors of a multiplying ``Scale`` (``None`` for any other effect)."""
+    if not isinstance(effect, Scale) or effect.divide or len(effect.factors) != n:
+        return None
+    if any(not isinstance(f, torch.Tensor) or f.ndim != 0 for f in effect.factors):
+        return None
+    return list(effect.factors)
 
 
 def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_group: Any = None) -> tuple[Any, dict]:

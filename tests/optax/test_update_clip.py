@@ -99,3 +99,19 @@ def test_wrap_skips_a_nonfinite_update_with_everything_kept():
     assert int(new_state.info["skipped"]) == 1
     for a, b in zip(jax.tree.leaves(new_state.inner_state), jax.tree.leaves(state.inner_state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_gradient_rule_and_an_update_rule_nest_as_two_wraps():
+    params = _params(2)
+    grad_rule, update_rule = gc.clip_by_global_norm(0.5), gc.clippy(0.02, 0.0)
+    nested = _run(gradclip_optax.wrap(grad_rule, gradclip_optax.wrap(update_rule, optax.sgd(0.5))), params, [3.0])
+    (p_old, p_new, u, state), = nested
+    g = _grads(0, 3.0)
+    norm = np.sqrt(sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in g.values()))
+    assert norm > 0.5  # the gradient clip acts ...
+    for key in ("b", "w"):
+        raw = np.float32(-0.5) * (np.asarray(g[key]) * np.float32(min(1.0, 0.5 / norm)))
+        want, scale = shrink_by_references(raw, np.asarray(p_old[key]), 0.02, 0.0)
+        np.testing.assert_allclose(np.asarray(u[key]), want, rtol=1e-6)  # ... then Clippy on the update
+    assert float(state.info["norm"]) == pytest.approx(norm, rel=1e-6)
+    assert float(state.inner_state.info["min_scale"]) < 1
