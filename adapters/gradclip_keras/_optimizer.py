@@ -349,10 +349,15 @@ class Optimizer(keras.optimizers.Optimizer):
         stays the inner optimizer's ``w_new`` bit for bit.
         """
         slots = self._gradclip
-        after = [storage_precision(snapshot(v)) for v in built]
+        after = [storage_precision(to_tensor(v)) for v in built]  # (no copy: read before the write-back below)
         deltas = [a - b for a, b in zip(after, before)]
-        with rule_scope(slots.paths):
-            out, new_state, info = slots.rule.update(deltas, unflatten(slots.treedef, state_values), before)
+        try:
+            with rule_scope(slots.paths):
+                out, new_state, info = slots.rule.update(deltas, unflatten(slots.treedef, state_values), before)
+        except Exception:  # (e.g. nonfinite="raise", eager): the weights go back to where the step started
+            for var, b in zip(built, before):
+                var.assign(b)
+            raise
         for var, a, b, d, d0 in zip(built, after, before, out, deltas):
             d = ops.cast(d, d0.dtype)
             var.assign(ops.where(ops.equal(d, d0), a, ops.cast(b + d, a.dtype)))

@@ -35,7 +35,8 @@ memory: two copies of the stepped weights during ``step()``, none between steps;
 traffic: the copy (read + write), ``delta`` (two reads, one write), the rule's reads,
 and the write-back (three reads, one write). Fused optimizers work unchanged (nothing is
 folded); a step ``GradScaler`` skips keeps the rule's state. ``nonfinite="skip"`` on a
-non-finite update restores the weights, but the optimizer's own state (momentum, Adam's
+non-finite update restores the weights (so does a rule that raises, e.g. ``nonfinite="raise"``,
+before the error propagates from ``step()``), but the optimizer's own state (momentum, Adam's
 moments) has already taken the non-finite gradient: keep NaN/Inf out of it with a
 gradient rule that skips, attached as well (``attach(opt, gc.clip_by_global_norm(max_norm,
 nonfinite="skip"))``; a gradient rule and an update rule do not share one ``chain``).
@@ -187,8 +188,14 @@ class Handle:
         if self.rule.on_update and self._before is not None:
             before, self._before = self._before, None  # (freed when this step is done)
             old_state = self._state
-            with array_names(_for_errors(self._names)):
-                self._state, info = correct_update(self.rule, self._params, before, self._state, self.process_group)
+            try:
+                with array_names(_for_errors(self._names)):
+                    self._state, info = correct_update(self.rule, self._params, before, self._state, self.process_group)
+            except Exception:  # (e.g. nonfinite="raise"): the weights go back to where the step started
+                with torch.no_grad():
+                    for p, b in zip(self._params, before):
+                        p.copy_(b)
+                raise
             if self._scaler_inf is not None and before:  # a step GradScaler skipped (fused): the rule's state stays
                 skipped = local(self._scaler_inf) > 0
                 with torch.no_grad():

@@ -157,10 +157,10 @@ def test_clip_update_norm_matches_levanter(xp, history, sigma):
         out, state, info = rule.update(to_xp(xp, delta), state)
         want, scale, norm, bound = ref.update(delta)
         for got, w in zip(to_np(out), want):
-            np.testing.assert_allclose(got, w, rtol=4e-7, atol=0)
-        assert float(info["norm"]) == pytest.approx(float(norm), rel=4e-7)
-        assert float(info["scale"]) == pytest.approx(float(scale), rel=4e-7)
-        assert float(info["threshold"]) == pytest.approx(float(bound), rel=4e-7)
+            np.testing.assert_allclose(got, w, rtol=1e-6, atol=0)
+        assert float(info["norm"]) == pytest.approx(float(norm), rel=1e-6)
+        assert float(info["scale"]) == pytest.approx(float(scale), rel=1e-6)
+        assert float(info["threshold"]) == pytest.approx(float(bound), rel=1e-6)
         assert int(info["clipped"]) == int(scale < 1)
         clipped += int(info["clipped"])
     assert clipped >= 2  # the spikes were clipped

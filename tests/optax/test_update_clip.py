@@ -53,7 +53,7 @@ def test_wrap_clippy_is_the_reference_on_adams_update():
     for (p_old, p_new, u, state), (_, _, u_plain, _) in zip(wrapped, plain):
         for key in ("b", "w"):  # Adam's moments see the unclipped gradients: its raw update is the plain run's
             want, scale = shrink_by_references(np.asarray(u_plain[key]), np.asarray(p_old[key]), 0.05, 1e-3)
-            np.testing.assert_allclose(np.asarray(u[key]), want, rtol=2e-7)
+            np.testing.assert_allclose(np.asarray(u[key]), want, rtol=1e-6)
             np.testing.assert_array_equal(np.asarray(p_new[key]), np.asarray(p_old[key] + u[key]))
             clipped_any |= scale < 1
         assert set(gradclip_optax.get_info(state)) == {"min_scale", "clipped_fraction"}
@@ -80,10 +80,10 @@ def test_wrap_clip_update_norm_is_levanter_on_sgds_update():
         raw = [np.float32(-0.5) * np.asarray(g[k]) for k in ("b", "w")]  # jax.tree order
         want, scale, norm, bound = ref.update(raw)
         for k, w in zip(("b", "w"), want):
-            np.testing.assert_allclose(np.asarray(u[k]), w, rtol=4e-7)
+            np.testing.assert_allclose(np.asarray(u[k]), w, rtol=1e-6)
         info = gradclip_optax.get_info(state)
-        assert float(info["norm"]) == pytest.approx(float(norm), rel=4e-7)
-        assert float(info["threshold"]) == pytest.approx(float(bound), rel=4e-7)
+        assert float(info["norm"]) == pytest.approx(float(norm), rel=1e-6)
+        assert float(info["threshold"]) == pytest.approx(float(bound), rel=1e-6)
         clipped += int(info["clipped"])
     assert clipped >= 2  # the two spikes
 

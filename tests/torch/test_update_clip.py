@@ -111,3 +111,16 @@ def test_a_gradient_rule_and_an_update_rule_attach_side_by_side_without_a_warnin
     assert float(grads.info["scale"]) < 1 and float(updates.info["min_scale"]) < 1
     for p, b in zip(model.parameters(), before):  # Clippy's bound holds on the final weights
         assert torch.all((p.detach() - b).abs() <= 0.01 * b.abs() * (1 + 1e-5) + 1e-7)
+
+
+def test_a_rule_that_raises_after_the_step_leaves_the_weights_as_before_it():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gradclip_torch.attach(opt, gc.clippy(nonfinite="raise"))
+    _backward(model, 0)
+    next(model.parameters()).grad[0, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match="0"):
+        opt.step()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p.detach(), b)
