@@ -120,7 +120,7 @@ def test_a_rule_that_raises_after_the_step_leaves_the_weights_as_before_it():
     _backward(model, 0)
     next(model.parameters()).grad[0, 0] = float("nan")
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(FloatingPointError, match="0"):
+    with pytest.raises(FloatingPointError, match="non-finite"):
         opt.step()
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p.detach(), b)
