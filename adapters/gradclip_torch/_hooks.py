@@ -397,6 +397,8 @@ def warn_attach(optimizer: torch.optim.Optimizer, rule: Rule, kind: type) -> Non
     """Warn about attachments that silently do something else than intended.
 
     - a second handle of the same kind on one optimizer: both rules run, in attach order
+      (a gradient rule next to an update rule, ``rule.on_update``, is the documented way to
+      have both and is not warned about)
       (a :class:`Handle` next to a ``Pruner.attach`` handle is the documented way to clip
       and prune, and is not warned about);
     - a rule with an update part on ``torch.optim.LBFGS``: its step pre-hook runs before
@@ -411,7 +413,7 @@ def warn_attach(optimizer: torch.optim.Optimizer, rule: Rule, kind: type) -> Non
             UserWarning,
             stacklevel=3,
         )
-    if isinstance(optimizer, torch.optim.LBFGS) and rule.has_update:
+    if isinstance(optimizer, torch.optim.LBFGS) and rule.has_update and not rule.on_update:  # (w_new - w_old is fine)
         warnings.warn(
             f"attach: torch.optim.LBFGS computes its gradients inside step(closure), after the step pre-hook, "
             f"so the gradient part of {rule.name!r} (clipping, gradient masks) would act on stale gradients "
