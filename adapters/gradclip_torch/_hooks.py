@@ -397,11 +397,10 @@ def warn_attach(optimizer: torch.optim.Optimizer, rule: Rule, kind: type) -> Non
     """Warn about attachments that silently do something else than intended.
 
     - a second handle of the same kind on one optimizer: both rules run, in attach order
-      (a gradient rule next to an update rule, ``rule.on_update``, is the documented way to
-      have both and is not warned about)
       (a :class:`Handle` next to a ``Pruner.attach`` handle is the documented way to clip
-      and prune, and is not warned about);
-    - a rule with an update part on ``torch.optim.LBFGS``: its step pre-hook runs before
+      and prune, and a gradient rule next to an update rule, ``rule.on_update``, the way to
+      have both: neither is warned about);
+    - a gradient rule on ``torch.optim.LBFGS``: its step pre-hook runs before
       ``step(closure)`` computes the gradients, so the rule would act on stale ones.
     """
     others = [h for h in _LIVE.get(optimizer, []) if type(h) is kind and h.rule.on_update == rule.on_update]
