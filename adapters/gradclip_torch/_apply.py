@@ -398,6 +398,7 @@ def clip_grad_norm_(
         if error_if_nonfinite:
             raise ValueError("clip_grad_norm_: with a rule, ask it for nonfinite='raise' instead of error_if_nonfinite")
         rule = max_norm
+        _refuse_on_update(rule, "clip_grad_norm_")
     else:
         try:
             rule = clip_by_global_norm(max_norm, ord=norm_type, semantics="torch",

@@ -94,6 +94,8 @@ def test_update_rules_are_refused_where_there_is_no_step():
     p.grad = torch.ones(2)
     with pytest.raises(ValueError, match="optimizer's update.*attach"):
         gradclip_torch.apply_([p], gc.clippy())
+    with pytest.raises(ValueError, match="clip_grad_norm_: clip_update_norm clips the optimizer's update"):
+        gradclip_torch.clip_grad_norm_([p], gc.clip_update_norm())
     with pytest.raises(ValueError, match="fold=True"):
         gradclip_torch.attach(torch.optim.SGD([p], lr=0.1), gc.clippy(), fold=True)
 
