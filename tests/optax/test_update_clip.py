@@ -54,7 +54,8 @@ def test_wrap_clippy_is_the_reference_on_adams_update():
         for key in ("b", "w"):  # Adam's moments see the unclipped gradients: its raw update is the plain run's
             want, scale = shrink_by_references(np.asarray(u_plain[key]), np.asarray(p_old[key]), 0.05, 1e-3)
             np.testing.assert_allclose(np.asarray(u[key]), want, rtol=1e-6)
-            np.testing.assert_array_equal(np.asarray(p_new[key]), np.asarray(p_old[key] + u[key]))
+            # apply_updates: p + u (XLA may fuse p + s * u into one FMA inside the jitted step: 1 ulp)
+            np.testing.assert_array_max_ulp(np.asarray(p_new[key]), np.asarray(p_old[key] + u[key]), maxulp=1)
             clipped_any |= scale < 1
         assert set(gradclip_optax.get_info(state)) == {"min_scale", "clipped_fraction"}
     assert clipped_any
