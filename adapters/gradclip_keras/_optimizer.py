@@ -435,15 +435,16 @@ class Optimizer(keras.optimizers.Optimizer):
         if replicas != 1.0:
             inner_grads = [None if g is None else g / ops.cast(replicas, g.dtype) for g in inner_grads]
 
+        current = [new_state]  # (a holder, not `nonlocal`: TF's autograph converts this function)
+
         def step() -> None:
-            nonlocal new_state
             before = [snapshot(v) for v in built] if on_update else None
             self.inner_optimizer.apply(inner_grads, variables)
             if on_update:
-                new_state = self._correct_update(built, before, new_state)
+                current[0] = self._correct_update(built, before, current[0])
             if slots.project:
                 values = [storage_precision(snapshot(v)) for v in built]
-                new_p, pstate, pinfo = self._project(values, new_state)
+                new_p, pstate, pinfo = self._project(values, current[0])
                 for var, value in zip(built, new_p):
                     var.assign(value)
                 for var, value in zip(slots.state, pstate):

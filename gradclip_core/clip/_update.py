@@ -39,8 +39,11 @@ _STD_FLOOR = 1e-6  # Levanter: jnp.maximum(std, 1e-6), and max_norm / jnp.maximu
 
 
 def _min(xp: Any, x: Any) -> Any:
-    """The smallest element of ``x`` (no NaN here), as ``-max(-x)``: exact, and every namespace has ``max``."""
-    return -xp.max(-x)
+    """The smallest element of ``x`` (no NaN here); a 0-d ``x`` is its own minimum.
+
+    (Not ``-max(-x)``: in a TensorFlow graph, Keras' train step, that gave ``-x`` for 0-d ``x``.)
+    """
+    return x if x.ndim == 0 else xp.min(x)
 
 
 @factory
