@@ -33,18 +33,18 @@ def test_clippy_on_adams_update():
     plain = keras.optimizers.Adam(0.1)
     clipped = 0
     for step, scale in enumerate([1.0, 4.0, 1.0]):
-        before = [to_np(v).copy() for v in ours]
+        before = [to_np(v.value).copy() for v in ours]
         for t, b in zip(twin, before):
             t.assign(b)
         grads = _grads(step, scale)
         opt.apply(grads, ours)
         plain.apply(grads, twin)  # Adam's moments depend on the gradients only: the same raw update
         for v, t, b in zip(ours, twin, before):
-            want, s = shrink_by_references(to_np(t) - b, b, 0.05, 1e-3)
+            want, s = shrink_by_references(to_np(t.value) - b, b, 0.05, 1e-3)
             if s == 1:
-                np.testing.assert_array_equal(to_np(v), to_np(t))  # untouched: the inner step's weights
+                np.testing.assert_array_equal(to_np(v.value), to_np(t.value))  # untouched: the inner step's weights
             else:
-                np.testing.assert_allclose(to_np(v), b + want, rtol=1e-6, atol=1e-7)
+                np.testing.assert_allclose(to_np(v.value), b + want, rtol=1e-6, atol=1e-7)
             clipped += s < 1
         assert float(to_np(opt.info["min_scale"])) <= 1.0
     assert clipped > 0
@@ -57,6 +57,6 @@ def test_fit_with_clip_update_norm_and_a_nested_gradient_rule():
     model.compile(optimizer=opt, loss="mse")
     x, y = regression(0, 32, 4, 2, y_scale=50.0)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0)
-    assert int(to_np(inner.gradclip_state[0])) == 4  # the ring buffer of update norms filled (count)
+    assert int(to_np(inner.gradclip_state[0].value)) == 4  # the ring buffer of update norms filled (count)
     assert float(to_np(opt.info["norm"])) > 0 and float(to_np(inner.info["norm"])) > 0
     assert np.isfinite(float(to_np(inner.info["threshold"])))  # past the warm-up: the clip is armed
