@@ -112,6 +112,9 @@ PAIRS = (
     # (5, ~1.25x); max-norm projects after the step (norms of w, then read and write w: 6, ~1.5x).
     ("adaptive_clip(0.01)", lambda: gc.adaptive_clip(0.01), *_REF, "<= 1.4x"),
     ("max_norm(2.0)", lambda: gc.max_norm(2.0), *_REF, "<= 1.6x"),
+    # update clipping (rule.on_update): snapshot of the weights, the rule on w_new - w_old after the step
+    ("clip_update_norm()", lambda: gc.clip_update_norm(), *_REF, ""),
+    ("clippy()", lambda: gc.clippy(), *_REF, ""),
 )
 
 

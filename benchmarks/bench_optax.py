@@ -115,6 +115,11 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
         constraint = label.startswith("max_norm")
         note = "" if constraint else "one-shot: masks recomputed (no jaxpruner here to compare with)"
         jobs.append((label, "jit(project)", lambda proj=proj: proj(flat), *ref, "<= 1.1x" if constraint else "", False, note))
+    # update clipping (rule.on_update), as it runs after the optimizer (the update read once; Clippy also the weights)
+    jobs.append(("clip_update_norm()", "transform, jit", jitted_update(T(gc.clip_update_norm()), grads), *ref, "<= 1.1x",
+                 False, "on the update"))
+    jobs.append(("clippy()", "transform, jit", jitted_update(T(gc.clippy()), grads, params), *ref, "<= 1.4x", False,
+                 "on the update; reads the weights too"))
     if importlib.util.find_spec("jaxpruner") is None:
         print("  optax: jaxpruner is not installed: no native pruning baseline", file=sys.stderr)
 

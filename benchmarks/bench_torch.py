@@ -200,6 +200,11 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         reset = restore if path == "project_" else None
         cases.append(Case(label, path, fn, "(ref) " + norm_native[0], norm_native[1], reset, target=target,
                           has_native=False, mem=not label.startswith("nm_prune")))
+    # update clipping (rule.on_update): a copy of the weights before the step, the correction after it
+    # (gradclip_torch.attach); NoStep leaves the weights as they are, the hooks do their whole work
+    for label, rule in (("clip_update_norm()", gc.clip_update_norm()), ("clippy()", gc.clippy())):
+        cases.append(Case(label, "attach (post-step)", hook_path(rule), "(ref) " + norm_native[0], norm_native[1],
+                          has_native=False, note="snapshot + w_new - w_old + write-back: memory-traffic limit ~5x"))
 
     rows = []
     for c in cases:

@@ -51,6 +51,8 @@ from .clip import (
     clip_by_norm,
     clip_by_value,
     clip_per_example,
+    clip_update_norm,
+    clippy,
     clip_update_rms,
     gaussian_noise,
     record_norms,
@@ -124,6 +126,9 @@ __all__ = [
     "feed_loss",
     "needs_loss",
     "skips_finite",
+    # update clipping (on the optimizer's update, Rule.on_update)
+    "clippy",
+    "clip_update_norm",
     # choosing a threshold
     "record_norms",
     "suggest_threshold",

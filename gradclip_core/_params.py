@@ -284,6 +284,7 @@ def _restrict(inner: Any, spec: Params, config: Any) -> Any:
         init=init,
         name=inner.name,
         needs_params=inner.needs_params,
+        on_update=inner.on_update,
         config=config,
         update_effect=update_effect if inner.has_update else None,
         project_effect=project_effect if inner.has_project else None,

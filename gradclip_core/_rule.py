@@ -19,6 +19,20 @@ so that adapters can apply a scale or a mask in place, or fold it into a fused
 optimizer, instead of receiving new full-size arrays. A rule built from an effect
 function gets ``update`` / ``project`` for free (the effect applied out of place); a
 rule built from ``update`` / ``project`` functions has the effect ``Replace(new arrays)``.
+
+Update clipping (``on_update=True``: :func:`~gradclip_core.clippy`,
+:func:`~gradclip_core.clip_update_norm`): the rule's ``update`` runs on the optimizer's
+*update*, the step ``delta = w_new - w_old``, after the optimizer computed it, with
+``params`` the weights before the step::
+
+    delta, state, info   = rule.update(delta, state, params=w_old)  # after the optimizer, before the write
+
+Adapters that own the optimizer honour the flag: ``gradclip_optax.wrap`` runs it on the
+inner optimizer's updates (no copy), ``gradclip_keras.Optimizer`` and
+``gradclip_torch.attach`` after the inner step on ``w_new - w_old`` (a snapshot of the
+weights taken before the step: one copy of the stepped weights, see their docs), and
+write ``w_old + delta'`` where the rule changed the update (``w_new``, bit for bit,
+where it did not). Gradient rules and update rules do not mix in one :func:`chain`.
 """
 
 from __future__ import annotations
@@ -133,6 +147,9 @@ class Rule:
         weights after the optimizer step (identity for clipping rules).
       name: short name, used as the prefix of the rule's info keys inside :func:`chain`.
       needs_params: whether ``update`` requires ``params`` (e.g. adaptive clipping).
+      on_update: whether ``update`` acts on the optimizer's update (the step
+        ``w_new - w_old``, ``params`` = the weights before it) instead of the gradients:
+        update clipping (Clippy, ``clip_update_norm``); see the module docstring.
       config: the factory name and arguments; :func:`from_config` rebuilds the rule.
       update_effect: ``update_effect(grads, state, params=None) -> (effect, state, info)``.
       project_effect: ``project_effect(params, state) -> (effect, state, info)``.
@@ -161,6 +178,7 @@ class Rule:
     project: Callable[..., tuple] = _identity_project
     name: str = "identity"
     needs_params: bool = False
+    on_update: bool = False
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     update_effect: Callable[..., tuple] | None = None
     project_effect: Callable[..., tuple] | None = None
@@ -173,6 +191,8 @@ class Rule:
                 raise ValueError(f"Rule {field} must be callable, got {type(getattr(self, field)).__name__}")
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Rule name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.on_update, bool):
+            raise ValueError(f"Rule on_update must be a bool, got {self.on_update!r}")
         set_ = functools.partial(object.__setattr__, self)
         if self.update_effect is None:
             set_("update_effect", _keep_update if self.update is _identity_update else _to_effect(self.update, project=False))
@@ -311,6 +331,15 @@ def chain(*rules: Rule) -> Rule:
         if not isinstance(r, Rule):
             raise ValueError(f"chain() argument {i} must be a gradclip Rule, got {type(r).__name__}")
     rules = tuple(rules)
+    on_grads = [r.name for r in rules if r.has_update and not r.on_update]
+    on_updates = [r.name for r in rules if r.on_update]
+    if on_grads and on_updates:
+        raise ValueError(
+            f"chain(): {', '.join(on_updates)} act(s) on the optimizer's update (after the step) and "
+            f"{', '.join(on_grads)} on the gradients (before it); one chain runs at one point of the step. "
+            "Give them to the adapter separately: optax wrap(grad_rule, wrap(update_rule, opt)), Keras "
+            "Optimizer(Optimizer(opt, update_rule), grad_rule), torch attach(opt, grad_rule) and attach(opt, update_rule)"
+        )
     prefixes = _prefixed([r.name for r in rules])
 
     def init(params: Sequence[Any]) -> tuple:
@@ -348,6 +377,7 @@ def chain(*rules: Rule) -> Rule:
         init=init,
         name="chain",
         needs_params=any(r.needs_params for r in rules),
+        on_update=bool(on_updates),
         config={"rule": "chain", "rules": [dict(r.config) for r in rules]},
         update_effect=update_effect if has_update else None,
         parts=rules,

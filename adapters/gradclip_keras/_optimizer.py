@@ -137,6 +137,18 @@ class Optimizer(keras.optimizers.Optimizer):
     (``fit`` on every backend); in a custom loop call :meth:`set_loss` before
     ``apply_gradients``.
 
+    Update clipping (``rule.on_update``: :func:`gradclip_core.clippy`,
+    :func:`gradclip_core.clip_update_norm`): the inner optimizer steps on the gradients,
+    then the rule runs on its update ``delta = w_new - w_old`` (``params``: ``w_old``) and
+    the weights become ``w_old + delta'`` where the rule changed the update (``w_new``
+    bit for bit elsewhere). Keras optimizers apply their update in place, so ``w_old`` is
+    a snapshot taken before the step: on the JAX trainer's ``stateless_apply`` these are
+    the step's input values (no copy beyond what XLA keeps alive); on TensorFlow and torch
+    one copy of the trainable weights is held during the step, plus the update ``delta``
+    (one more weight-sized array) while the rule runs. ``nonfinite="skip"`` on a non-finite
+    update restores the weights, but the inner optimizer's own variables (moments,
+    iterations) have already taken the step.
+
     ``nonfinite="skip"`` rules, and :func:`gradclip_core.skip_on_spike` on a spike, skip the
     step the same way. ``nonfinite="skip"``: on a step whose gradients hold NaN/Inf the inner optimizer
     step (and ``project``) is skipped entirely, as ``LossScaleOptimizer`` does, so weights,
@@ -377,6 +389,33 @@ class Optimizer(keras.optimizers.Optimizer):
         out = [ops.cast(o, p.dtype) for o, p in zip(out, params)]
         return out, flatten(new_state), dict(info)
 
+    def _correct_update(self, built: list, before: list, state_values: list) -> list:
+        """Update clipping (``rule.on_update``): the rule on ``w_new - w_old``, written back; returns the new state.
+
+        Where the rule changed the update the weight becomes ``w_old + delta'``; elsewhere it
+        stays the inner optimizer's ``w_new`` bit for bit.
+        """
+        slots = self._gradclip
+        after = [storage_precision(to_tensor(v)) for v in built]  # (no copy: read before the write-back below)
+        deltas = [a - b for a, b in zip(after, before)]
+        try:
+            with rule_scope(slots.paths):
+                out, new_state, info = slots.rule.update(deltas, unflatten(slots.treedef, state_values), before)
+        except Exception:  # (e.g. nonfinite="raise", eager): the weights go back to where the step started
+            for var, b in zip(built, before):
+                var.assign(b)
+            raise
+        for var, a, b, d, d0 in zip(built, after, before, out, deltas):
+            d = ops.cast(d, d0.dtype)
+            var.assign(ops.where(ops.equal(d, d0), a, ops.cast(b + d, a.dtype)))
+        new_state = flatten(new_state)
+        for var, value in zip(slots.state, new_state):
+            var.assign(self._cast_like(value, var))
+        for key in slots.update_keys:
+            var = slots.info[slots.names[key]]
+            var.assign(self._cast_like(info[key], var))
+        return new_state
+
     @staticmethod
     def _cast_like(value: Any, var: Any) -> Any:
         return ops.cast(ops.reshape(value, tuple(var.shape)), var.dtype)
@@ -437,24 +476,33 @@ class Optimizer(keras.optimizers.Optimizer):
         if loss is not None and replicas != 1.0:  # each replica's loss is its share (scale_loss_for_distribution)
             loss = self._cross_replica([loss])[0][0]
         built = self._trainable_variables
-        params = [to_tensor(v) for v in built] if slots.rule.needs_params else None  # read only (no copy)
-        out, new_state, info = self._update(full, [snapshot(v) for v in slots.state], params, loss)
-        if params is not None:
-            out = _unaliased(out, params)
-        for var, value in zip(slots.state, new_state):
-            var.assign(self._cast_like(value, var))
-        for key in slots.update_keys:
-            var = slots.info[slots.names[key]]
-            var.assign(self._cast_like(info[key], var))
+        on_update = slots.rule.on_update
+        if on_update:  # update clipping: the rule runs after the inner step, on w_new - w_old
+            out, new_state, info = full, [snapshot(v) for v in slots.state], {}
+        else:
+            params = [to_tensor(v) for v in built] if slots.rule.needs_params else None  # read only (no copy)
+            out, new_state, info = self._update(full, [snapshot(v) for v in slots.state], params, loss)
+            if params is not None:
+                out = _unaliased(out, params)
+            for var, value in zip(slots.state, new_state):
+                var.assign(self._cast_like(value, var))
+            for key in slots.update_keys:
+                var = slots.info[slots.names[key]]
+                var.assign(self._cast_like(info[key], var))
         inner_grads = [None if g is None else out[i] for g, i in zip(grads, pos)]
         if replicas != 1.0:
             inner_grads = [None if g is None else g / ops.cast(replicas, g.dtype) for g in inner_grads]
 
+        current = [new_state]  # (a holder, not `nonlocal`: TF's autograph converts this function)
+
         def step() -> None:
+            before = [snapshot(v) for v in built] if on_update else None
             self.inner_optimizer.apply(inner_grads, variables)
+            if on_update:
+                current[0] = self._correct_update(built, before, current[0])
             if slots.project:
                 values = [storage_precision(to_tensor(v)) for v in built]  # torch: the live weights, no copy
-                new_p, pstate, pinfo = self._project(values, new_state)
+                new_p, pstate, pinfo = self._project(values, current[0])
                 new_p = _unaliased(new_p, values, own=True)
                 # state and info first: a leaf may be a weight (torch: its live tensor), read before it is written
                 for var, value in zip(slots.state, pstate):

@@ -82,6 +82,12 @@ def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransfor
 
         updates, state = tx.update(grads, state, params, loss=loss)
 
+    Update clipping (``rule.on_update``: :func:`gradclip_core.clippy`,
+    :func:`gradclip_core.clip_update_norm`) acts on the optimizer's update: put the
+    transform *after* the optimizer, ``optax.chain(optax.adam(1e-3), transform(rule))``
+    (or use :func:`gradclip_optax.wrap`, which places it there itself); ``params`` are then
+    the weights before the step, as the rule expects.
+
     Rules with a ``project`` part (constraints, pruning) act on the weights after the
     step, which a chain element never sees: they need :func:`gradclip_optax.wrap`, and
     ``transform`` raises for them.

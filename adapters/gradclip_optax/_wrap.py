@@ -99,6 +99,14 @@ def wrap(
       the rule's tolerance). For bit-exact projected weights, apply ``rule.project``
       yourself after ``optax.apply_updates``.
 
+    Update clipping (``rule.on_update``: :func:`gradclip_core.clippy`,
+    :func:`gradclip_core.clip_update_norm`): the rule runs on the inner optimizer's
+    updates ``u`` instead of the gradients, with ``params`` the weights before the step
+    (``u, rule_state, info = rule.update(u, rule_state, params)`` after ``inner.update``),
+    which costs no copy: optax hands the update over before it is applied. The result
+    equals ``optax.chain(inner, gradclip_optax.transform(rule))``, except on skipped steps
+    (``nonfinite="skip"`` on a non-finite update keeps everything, as below).
+
     For a rule without a ``project`` part (the clipping rules) the round trip is
     skipped and ``wrap(rule, inner)`` returns exactly the updates of
     ``optax.chain(gradclip_optax.transform(rule), inner)``, except on skipped steps:
@@ -151,11 +159,17 @@ def wrap(
     axis_name = check_axis_name(axis_name)
     inner = optax.with_extra_args_support(inner)
     project = rule.has_project
+    on_update = rule.on_update
 
     def step(leaves: list, treedef: Any, state: WrapState, p: list, params: Any, **extra: Any):
-        g, rule_state, info = rule.update(leaves, feed(rule, state.rule_state, extra.get("loss")), p)
+        if on_update:  # update clipping: the rule runs on the inner optimizer's update, below
+            g, rule_state, info = leaves, state.rule_state, {}
+        else:
+            g, rule_state, info = rule.update(leaves, feed(rule, state.rule_state, extra.get("loss")), p)
         u_tree, inner_state = inner.update(jax.tree.unflatten(treedef, g), state.inner_state, params, **extra)
         u = treedef.flatten_up_to(u_tree)
+        if on_update:
+            u, rule_state, info = rule.update(u, rule_state, p)
         if project:
             moved = [jnp.asarray(pi + ui).astype(pi.dtype) for pi, ui in zip(p, u)]  # optax.apply_updates
             new_p, rule_state, pinfo = rule.project(moved, rule_state)

@@ -15,13 +15,14 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from gradclip_core import Rule, clip_by_global_norm, feed_loss, needs_loss
+from gradclip_core import Keep, Rule, Scale, clip_by_global_norm, feed_loss, needs_loss
 from gradclip_core.backend import apply_effect, array_names, check_effect, flatten_state, name_info, namespace
 
 from ._distributed import localize
 from ._fused import split_fold
 
-__all__ = ["apply_", "project_", "clip_grad_norm_", "collect", "update_grads", "run_update", "project_params", "check_rule", "split_named"]
+__all__ = ["apply_", "project_", "clip_grad_norm_", "collect", "update_grads", "run_update", "project_params", "check_rule", "split_named",
+           "snapshot_params", "correct_update"]
 
 Parameters = torch.Tensor | Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
@@ -148,6 +149,58 @@ def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, proce
     return new_state, dict(info)
 
 
+def snapshot_params(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A copy of the weights before the step, for update clipping (one copy of ``params``)."""
+    with torch.no_grad():
+        return [p.detach().clone() for p in params]
+
+
+def correct_update(
+    rule: Rule, params: Sequence[torch.Tensor], before: Sequence[torch.Tensor], state: Any, process_group: Any = None
+) -> tuple[Any, dict]:
+    """Update clipping (``rule.on_update``) after ``optimizer.step()``: the rule on ``params - before``.
+
+    The rule's effect is computed (and checked) on the update ``delta = w_new - w_old`` before
+    anything is written; then a weight becomes ``w_old + delta'`` where the rule changed its
+    update and stays ``w_new`` (bit for bit) where it did not. Memory: ``delta`` (one copy of
+    the stepped weights, on top of the ``before`` snapshot); a per-array scale (Clippy, the
+    update-norm clip) is applied in place in ``delta`` with no other temporary.
+
+    Returns:
+      ``(state, info)``.
+    """
+    with torch.no_grad(), localize([params, before], process_group) as (params, before):
+        views = [p.detach() for p in params]
+        if not views:
+            return state, {}
+        if state is None:
+            state = rule.init(list(before))
+        deltas = torch._foreach_sub(views, list(before))
+        effect, new_state, info = rule.update_effect(list(deltas), state, list(before))
+        check_effect(effect, deltas, "gradclip_torch")
+        if isinstance(effect, Keep):
+            return new_state, dict(info)
+        factors = _array_factors(effect, len(deltas))
+        apply_effect(namespace(*deltas), deltas, effect, inplace=True)  # deltas := delta'
+        if factors is not None:  # one factor per array (both update rules): unchanged where it is 1
+            torch._foreach_add_(deltas, list(before))  # deltas := w_old + delta'
+            for p, d, f in zip(views, deltas, factors):  # (the factor as applied: cast to the array's dtype)
+                torch.where(f.to(d.dtype) == 1, p, d, out=p)
+        else:  # any other effect: compare with the original delta, recomputed (the same op)
+            for p, b, d in zip(views, before, deltas):
+                p.copy_(torch.where(d == p - b, p, b + d))
+    return new_state, dict(info)
+
+
+def _array_factors(effect: Any, n: int) -> list | None:
+    """The per-array 0-d factors of a multiplying ``Scale`` (``None`` for any other effect)."""
+    if not isinstance(effect, Scale) or effect.divide or len(effect.factors) != n:
+        return None
+    if any(not isinstance(f, torch.Tensor) or f.ndim != 0 for f in effect.factors):
+        return None
+    return list(effect.factors)
+
+
 def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_group: Any = None,
            loss: Any = None) -> tuple[Any, dict]:
     """Apply ``rule.update`` to the gradients of ``parameters``, in place (like ``clip_grad_norm_``).
@@ -199,6 +252,7 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_gro
       ([0.6000000238418579, 0.800000011920929], 5.0)
     """
     check_rule(rule, "apply_")
+    _refuse_on_update(rule, "apply_")
     tensors, names = split_named(parameters)
     params, grads = collect(tensors)
     if names is not None:
@@ -252,6 +306,14 @@ def project_(parameters: Parameters, rule: Rule, state: Any = None, *, process_g
     with array_names(names):
         new_state, info = project_params(rule, params, state, process_group)
     return new_state, name_info(info, names)
+
+
+def _refuse_on_update(rule: Rule, where: str) -> None:
+    if rule.on_update:
+        raise ValueError(
+            f"{where}: {rule.name} clips the optimizer's update (w_new - w_old), not the gradients; "
+            "use gradclip_torch.attach(optimizer, rule), which runs it after optimizer.step()"
+        )
 
 
 # Stateful rules whose state apply_ made from None, and for which parameters (the id of the
@@ -351,6 +413,7 @@ def clip_grad_norm_(
         if error_if_nonfinite:
             raise ValueError("clip_grad_norm_: with a rule, ask it for nonfinite='raise' instead of error_if_nonfinite")
         rule = max_norm
+        _refuse_on_update(rule, "clip_grad_norm_")
     else:
         try:
             rule = clip_by_global_norm(max_norm, ord=norm_type, semantics="torch",

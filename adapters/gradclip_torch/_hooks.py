@@ -24,6 +24,23 @@ gradients by it first (exact: GradScaler's scales are powers of two), so the rul
 sees the true gradients; on a step GradScaler skips (inf/NaN) the rule's state is kept
 and ``info["skipped"]`` is 1.
 
+**Update clipping** (``rule.on_update``: :func:`gradclip_core.clippy`,
+:func:`gradclip_core.clip_update_norm`): torch optimizers write their update into the
+weights in place, so the pre-hook keeps a copy of the weights that have a gradient
+(``w_old``; memory: one copy of those weights, held from the pre-hook to the post-hook),
+and the post-hook computes ``delta = w_new - w_old`` (one more weight-sized buffer while
+the rule runs), runs the rule on it with ``params = w_old``, and writes ``w_old + delta'``
+where the rule changed the update (``w_new`` bit for bit where it did not). Peak extra
+memory: two copies of the stepped weights during ``step()``, none between steps; memory
+traffic: the copy (read + write), ``delta`` (two reads, one write), the rule's reads,
+and the write-back (three reads, one write). Fused optimizers work unchanged (nothing is
+folded); a step ``GradScaler`` skips keeps the rule's state. ``nonfinite="skip"`` on a
+non-finite update restores the weights (so does a rule that raises, e.g. ``nonfinite="raise"``,
+before the error propagates from ``step()``), but the optimizer's own state (momentum, Adam's
+moments) has already taken the non-finite gradient: keep NaN/Inf out of it with a
+gradient rule that skips, attached as well (``attach(opt, gc.clip_by_global_norm(max_norm,
+nonfinite="skip"))``; a gradient rule and an update rule do not share one ``chain``).
+
 ``nonfinite="skip"`` rules with an unfused optimizer: the hook cannot cancel
 ``optimizer.step()`` without a host sync, so on a non-finite step the rule hands the
 optimizer all-zero gradients (and keeps its own state). With plain SGD (no momentum, no
@@ -58,7 +75,7 @@ import torch
 from gradclip_core import Rule, Scale, feed_loss, needs_loss, skips_finite
 from gradclip_core.backend import apply_effect, array_names, name_info, namespace, prepare_selection, tree_where
 
-from ._apply import _check_devices, check_rule, collect, project_params, run_update
+from ._apply import _check_devices, check_rule, collect, correct_update, project_params, run_update, snapshot_params
 from ._distributed import is_dtensor, local
 from ._fused import resolve_fold
 from ._state import check_leaves, flatten, structure, unflatten
@@ -100,7 +117,10 @@ class Handle:
         self.rule = rule
         self.process_group = process_group
         self.optimizer = optimizer
-        self.fold = resolve_fold(fold, optimizer, rule)
+        if rule.on_update and fold is True:
+            raise ValueError(f"attach: fold=True folds a gradient scale into a fused optimizer, but {rule.name} clips "
+                             "the optimizer's update after the step; leave fold='auto' or False")
+        self.fold = False if rule.on_update else resolve_fold(fold, optimizer, rule)
         if sync_skip not in ("auto", True, False):
             raise ValueError(f"sync_skip must be 'auto', True or False, got {sync_skip!r}")
         self.sync_skip = (skips_finite(rule) if sync_skip == "auto" else sync_skip) and not self.fold
@@ -112,6 +132,8 @@ class Handle:
         self._fresh: Any = None  # (param, its grad, the grad's version) after the last step: see info
         self._state: Any = None
         self._pending: list[torch.Tensor] | None = None
+        self._before: list[torch.Tensor] | None = None  # update clipping: the weights before the step
+        self._scaler_inf: Any = None
         self._params: list[torch.Tensor] = []
         self._names: list[str] | None = None
         self._pre = optimizer.register_step_pre_hook(self._pre_hook)
@@ -146,6 +168,11 @@ class Handle:
             _check_devices(list(params) + list(grads), "the parameters and their gradients")
         if self._state is None and params:  # a step without gradients (LBFGS before its closure) makes none
             self._materialize(params, names)
+        if self.rule.on_update:  # update clipping: a snapshot now, the rule after the step (_post_hook)
+            self._params, self._names = params, names
+            self._before = snapshot_params(params)
+            self._scaler_inf = getattr(optimizer, "found_inf", None)
+            return
         loss_scale = getattr(optimizer, "grad_scale", None)  # GradScaler + fused optimizer: grads still scaled
         scaler_inf = getattr(optimizer, "found_inf", None)
         if loss_scale is not None and grads:
@@ -242,6 +269,23 @@ class Handle:
             vars(optimizer).pop(name, None)
         self._own_attrs = []
         self._mark_fresh()
+        if self.rule.on_update and self._before is not None:
+            before, self._before = self._before, None  # (freed when this step is done)
+            old_state = self._state
+            try:
+                with array_names(self._names, traced=torch.compiler.is_compiling()):
+                    self._state, info = correct_update(self.rule, self._params, before, self._state, self.process_group)
+            except Exception:  # (e.g. nonfinite="raise"): the weights go back to where the step started
+                with torch.no_grad():
+                    for p, b in zip(self._params, before):
+                        p.copy_(b)
+                raise
+            if self._scaler_inf is not None and before:  # a step GradScaler skipped (fused): the rule's state stays
+                skipped = local(self._scaler_inf) > 0
+                with torch.no_grad():
+                    self._state = tree_where(None, skipped, old_state, self._state)
+                info["skipped"] = skipped.to(torch.int32)
+            self.info = info
         if not self.rule.has_project:  # clipping rules: nothing to do after the step
             return
         with array_names(self._names, traced=torch.compiler.is_compiling()):
@@ -438,11 +482,12 @@ def warn_attach(optimizer: torch.optim.Optimizer, rule: Rule, kind: type) -> Non
 
     - a second handle of the same kind on one optimizer: both rules run, in attach order
       (a :class:`Handle` next to a ``Pruner.attach`` handle is the documented way to clip
-      and prune, and is not warned about);
-    - a rule with an update part on ``torch.optim.LBFGS``: its step pre-hook runs before
+      and prune, and a gradient rule next to an update rule, ``rule.on_update``, the way to
+      have both: neither is warned about);
+    - a gradient rule on ``torch.optim.LBFGS``: its step pre-hook runs before
       ``step(closure)`` computes the gradients, so the rule would act on stale ones.
     """
-    others = [h for h in _LIVE.get(optimizer, []) if type(h) is kind]
+    others = [h for h in _LIVE.get(optimizer, []) if type(h) is kind and h.rule.on_update == rule.on_update]
     if others:
         warnings.warn(
             f"attach: this {type(optimizer).__name__} already has a gradclip rule attached ({others[0]!r}); both "
@@ -451,7 +496,7 @@ def warn_attach(optimizer: torch.optim.Optimizer, rule: Rule, kind: type) -> Non
             UserWarning,
             stacklevel=3,
         )
-    if isinstance(optimizer, torch.optim.LBFGS) and rule.has_update:
+    if isinstance(optimizer, torch.optim.LBFGS) and rule.has_update and not rule.on_update:  # (w_new - w_old is fine)
         warnings.warn(
             f"attach: torch.optim.LBFGS computes its gradients inside step(closure), after the step pre-hook, "
             f"so the gradient part of {rule.name!r} (clipping, gradient masks) would act on stale gradients "

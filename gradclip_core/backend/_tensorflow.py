@@ -381,6 +381,13 @@ class TFNamespace:
         return tf.reduce_max(x, axis=_axes(axis), keepdims=keepdims)
 
     @staticmethod
+    def min(x: Any, /, *, axis: Any = None, keepdims: bool = False) -> tf.Tensor:
+        x = _t(x)
+        if 0 in tuple(x.shape):
+            raise ValueError("min of a size-0 array is not defined")
+        return tf.reduce_min(x, axis=_axes(axis), keepdims=keepdims)
+
+    @staticmethod
     def count_nonzero(x: Any, /, *, axis: Any = None, keepdims: bool = False) -> tf.Tensor:
         return tf.math.count_nonzero(_t(x), axis=_axes(axis), keepdims=keepdims, dtype=tf.int64)
 

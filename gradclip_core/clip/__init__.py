@@ -3,7 +3,8 @@
 Every rule here acts on the gradients (``update``) and declares its effect: a global
 scale (global-norm clip, AutoClip, ZClip), per-array scales (``clip_by_norm``, block
 and update RMS, AdaGC), per-unit scales (AGC), a clamp (value clip), or nothing
-(``record_norms``). The public names are re-exported by :mod:`gradclip_core`.
+(``record_norms``). Update clipping (``clippy``, ``clip_update_norm``) acts on the
+optimizer's update instead (``Rule.on_update``). The public names are re-exported by :mod:`gradclip_core`.
 """
 
 from ._adagc import AdaGCState, adagc
@@ -16,6 +17,7 @@ from ._per_example import PER_EXAMPLE_SEMANTICS, clip_per_example
 from ._record import record_norms, suggest_threshold
 from ._rms import clip_by_block_rms, clip_update_rms
 from ._spike import SpikeState, feed_loss, needs_loss, skip_on_spike, skips_finite
+from ._update import clip_update_norm, clippy
 from ._value import clip_by_value
 from ._zclip import ZClipState, zclip
 
@@ -44,4 +46,6 @@ __all__ = [
     "gaussian_noise",
     "PER_EXAMPLE_SEMANTICS",
     "SEMANTICS",
+    "clippy",
+    "clip_update_norm",
 ]

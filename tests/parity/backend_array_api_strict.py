@@ -33,6 +33,14 @@ def run(make_rule, case: Case, optimizer: str = "sgd", resume_at: int | None = N
             saved = leaves_of(state)
             rule = make_rule()
             state = unflatten_state(flatten_state(rule.init(params))[1], [xp.asarray(x) for x in saved])
+        if rule.on_update:  # update clipping: the rule on SGD's update, with the weights before the step
+            deltas = [-LR * xp.asarray(x) for x in grads]
+            d, state, info = rule.update(deltas, state, params)
+            if not skipped(info):
+                params = [xp.where(a == b, p - LR * xp.asarray(x), p + a) for p, a, b, x in zip(params, d, deltas, grads)]
+            info = {k: float(v) for k, v in info.items()}
+            out.append(Step([np.asarray(p) for p in params], info, None, masks_of(state), leaves_of(state), []))
+            continue
         g, state, info = rule.update([xp.asarray(x) for x in grads], state, params)
         if not skipped(info):
             params = [p - LR * u for p, u in zip(params, g)]

@@ -233,7 +233,7 @@ def run(make_rule, case: Case, optimizer: str = "sgd", resume_at: int | None = N
         step([_tensor(g, case.dtype) for g in grads])
         opt = model.optimizer
         params = [_np(v.value, ref) for v, ref in zip(model.ps, case.params)]
-        updates = [_np(s.value, ref) for s, ref in zip(opt.inner_optimizer.seen, case.params)]
+        updates = None if opt.rule.on_update else [_np(s.value, ref) for s, ref in zip(opt.inner_optimizer.seen, case.params)]
         info = _positional({k: float(keras.ops.convert_to_numpy(v)) for k, v in opt.info.items()}, model.ps)
         state = [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in opt.gradclip_state]
         masks = [x for x in state if x.dtype == np.bool_]  # pruning masks, depth first (as reference.masks_of)

@@ -46,9 +46,9 @@ def _make(make_rule, optimizer: str):
     wrapped = rule.has_project or optimizer in ("momentum", "adam")
     if wrapped:
         tx = gradclip_optax.wrap(rule, inner)
-    else:
+    else:  # update clipping (rule.on_update) goes after the optimizer, as Levanter chains it
         gc_tx = gradclip_optax.transform(rule)
-        tx = optax.chain(gc_tx, inner)
+        tx = optax.chain(inner, gc_tx) if rule.on_update else optax.chain(gc_tx, inner)
 
     def loss(params, G):
         return sum(jnp.sum(p * g) for p, g in zip(params, G))
@@ -56,7 +56,9 @@ def _make(make_rule, optimizer: str):
     @jax.jit
     def step(params, opt_state, G):
         _, grads = jax.value_and_grad(loss)(params, G)
-        if wrapped:  # wrap() runs rule.update first on the flat leaves: the same call
+        if rule.on_update:  # the rule's output is the corrected update: the weights show it
+            rule_out = None
+        elif wrapped:  # wrap() runs rule.update first on the flat leaves: the same call
             rule_out, _, _ = rule.update(jax.tree.leaves(grads), opt_state.rule_state, jax.tree.leaves(params))
         else:  # optax.chain runs its elements in order: the same as tx.update
             rule_out, _ = gc_tx.update(grads, opt_state[0], params)
@@ -67,9 +69,11 @@ def _make(make_rule, optimizer: str):
 
 
 def _parts(opt_state) -> tuple:
-    """(rule state, inner optimizer state) of a wrap or a chain state."""
+    """(rule state, inner optimizer state) of a wrap or a chain state (either order)."""
     if hasattr(opt_state, "rule_state"):
         return opt_state.rule_state, opt_state.inner_state
+    if hasattr(opt_state[1], "rule_state"):  # optax.chain(inner, transform(update rule))
+        return opt_state[1].rule_state, opt_state[0]
     return opt_state[0].rule_state, opt_state[1]
 
 
@@ -109,6 +113,6 @@ def run(make_rule, case: Case, optimizer: str = "sgd", resume_at: int | None = N
         params, opt_state, rule_out = step(params, opt_state, _put([jnp.asarray(g) for g in grads]))
         info = {k: float(v) for k, v in gradclip_optax.get_info(opt_state).items()}
         rule_state, inner_state = _parts(opt_state)
-        out.append(Step([np.asarray(p) for p in params], info, [np.asarray(u) for u in rule_out],
+        out.append(Step([np.asarray(p) for p in params], info, None if rule_out is None else [np.asarray(u) for u in rule_out],
                         masks_of(rule_state), leaves_of(rule_state), [np.asarray(x) for x in jax.tree.leaves(inner_state)]))
     return out

@@ -111,7 +111,8 @@ def run(make_rule, case: Case, optimizer: str = "sgd", resume_at: int | None = N
         params = [_to_numpy(p, ref) for p, ref in zip(model.ps, case.params)]
         info = {k: float(v) for k, v in handle.info.items()}
         # clipped by the pre-hook; a fused optimizer skips in found_inf and never reads the gradients
-        updates = None if handle.fold and skipped(info) else [_to_numpy(p.grad, ref) for p, ref in zip(model.ps, case.params)]
+        # update clipping (rule.on_update) acts on the weights after the step: no gradient shows it
+        updates = None if (handle.fold and skipped(info)) or handle.rule.on_update else [_to_numpy(p.grad, ref) for p, ref in zip(model.ps, case.params)]
         out.append(Step(params, info, updates, masks_of(handle.state), leaves_of(handle.state), _opt_state(model, opt)))
     handle.remove()
     return out

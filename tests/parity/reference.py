@@ -84,6 +84,11 @@ def run_reference(rule, case: Case, optimizer: str = "sgd", skip: str = "true") 
     state = rule.init(params)
     out = []
     for grads in case.grads:
+        if rule.on_update:
+            params, state, bufs, scales, step = _update_clipping_step(rule, params, state, bufs, scales, grads,
+                                                                      momentum, skip)
+            out.append((step, list(scales)))
+            continue
         g, state, info = rule.update([x.copy() for x in grads], state, params)
         g = [np.asarray(u) for u in g]
         info = {k: float(v) for k, v in info.items()}
@@ -108,3 +113,41 @@ def run_reference(rule, case: Case, optimizer: str = "sgd", skip: str = "true") 
         step = Step(params, info, g, masks_of(state), leaves_of(state), [] if bufs is None else list(bufs))
         out.append((step, list(scales)))
     return out
+
+
+def _update_clipping_step(rule, params, state, bufs, scales, grads, momentum: float, skip: str):
+    """One reference step of an update-clipping rule (``rule.on_update``): the rule on the optimizer's update.
+
+    The optimizer (SGD with momentum, as above) computes its update ``delta = -lr * buf``
+    (exact: ``lr`` is a power of two); the rule clips it with ``params`` = the weights before
+    the step; the weights become ``p + delta'`` (rounded once) where the rule changed the
+    update and the unclipped optimizer step ``sgd(p, buf)`` where it did not. The momentum
+    buffer keeps the unclipped gradients (the rule acts after the optimizer). A skipped step
+    (``skip="true"``) leaves weights and buffers as they were.
+    """
+    g = [x.astype(np.float32) for x in grads]
+    if momentum == 0 or bufs is None:
+        steps = [x.astype(p.dtype) for x, p in zip(g, params)]
+    else:
+        steps = [(np.float32(momentum) * b.astype(np.float32) + x).astype(b.dtype) for b, x in zip(bufs, g)]
+    deltas = [(-np.float32(LR) * b.astype(np.float32)).astype(p.dtype) for p, b in zip(params, steps)]
+    out, state, info = rule.update([d.copy() for d in deltas], state, params)
+    out = [np.asarray(d) for d in out]
+    info = {k: float(v) for k, v in info.items()}
+    if not (skip == "true" and skipped(info)):
+        if momentum != 0:
+            bufs = steps
+        new = []
+        for p, b, d0, d in zip(params, steps, deltas, out):
+            moved = (p.astype(np.float32) + d.astype(np.float32)).astype(p.dtype)
+            new.append(np.where(d == d0, sgd(p, b), moved).astype(p.dtype))
+        scales = [
+            s + spacing(np.maximum.reduce([np.abs(p.astype(np.float64)), np.abs(d0.astype(np.float64)),
+                                           np.abs(d.astype(np.float64))]), p.dtype) / (1 - momentum)
+            for s, p, d0, d in zip(scales, params, deltas, out)
+        ]
+        params, state, pinfo = rule.project(new, state)
+        params = [np.asarray(p) for p in params]
+        info.update({k: float(v) for k, v in pinfo.items()})
+    step = Step(params, info, out, masks_of(state), leaves_of(state), [] if bufs is None else list(bufs))
+    return params, state, bufs, scales, step

@@ -54,6 +54,9 @@ RULES = {
     "max-norm": lambda: gc.max_norm(1.0, axis="out_first"),
     "min-max-norm": lambda: gc.min_max_norm(0.5, 1.0, rate=0.5, axis="out_first"),
     "unit-norm": lambda: gc.unit_norm(axis="out_first"),
+    # update clipping (rule.on_update: the optimizer's update, after the step)
+    "clippy": lambda: gc.clippy(0.1, 1e-2),
+    "update-norm": lambda: gc.clip_update_norm(1.0, history=2),
 }
 
 # Element-wise value clips, masks and the element-wise weight rules must match exactly,
@@ -92,6 +95,22 @@ WEIGHT_BUDGET = {("optax", r): 2 for r in ("soft-threshold", "mcp", "clip-weight
 # numerics contract); under XLA (optax above, Keras on JAX) a fused bf16/fp16 multiply may skip
 # that rounding (excess precision), so the projected weight can differ by an ulp of itself.
 WEIGHT_BUDGET.update({("keras_jax", r): 2 for r in ("max-norm", "min-max-norm", "unit-norm")})
+# Clippy's per-array scale under jit: XLA may fuse optax.apply_updates' p + s * u into one
+# multiply-add (no rounding of s * u in bf16/fp16), so a clipped weight can be a fraction of an
+# ulp of the operands off, and the next steps' bounds (relative to the weights) follow.
+WEIGHT_BUDGET.update({(b, "clippy"): 1 for b in ("optax", "keras_jax")})
+
+# Update clipping (rule.on_update) in torch and Keras sees the optimizer's update as the weights'
+# difference w_new - w_old (their optimizers write the step in place), which is the update up to the
+# rounding of w_new: half an ulp of the weight per element, a relative error of ulp(w) / |delta|.
+# The weights stay within the usual budget (the rule scales that error down with the update), but a
+# norm or scale of the update can be off by more than 4 float32 ulp (by ~2**-9 relative in bfloat16):
+# their info is compared relatively, within RECOVERED_UPDATE_RTOL epsilons of the case dtype (a
+# "clipped" flag may flip where its scale agrees: a norm on the threshold), and not at all once a
+# weight is NaN/Inf (w_new - w_old is NaN there, whatever the optimizer's update was).
+RECOVERED_UPDATE = {(b, r) for b in ("torch", "keras_tensorflow", "keras_jax", "keras_torch")
+                    for r in ("clippy", "update-norm")}
+RECOVERED_UPDATE_RTOL = 16
 
 # The contract (test_contract.py): stateful rules whose state must survive a checkpoint
 # (ring buffer, EMA statistics, recorded norms in a chain, a pruning schedule with its
@@ -107,6 +126,7 @@ RESUME = {
     "zclip-pct-skip": RULES["zclip-pct-skip"],
     "adagc": RULES["adagc"],
     "adagc-skip": RULES["adagc-skip"],
+    "update-norm": lambda: gc.clip_update_norm(1.0, history=4),
 }
 SKIP = {
     "global-skip": RULES["global-skip"],

@@ -1,0 +1,62 @@
+"""``gradclip_keras.Optimizer`` with update clipping (``rule.on_update``): the rule on ``w_new - w_old`` after the step.
+
+The parity suite (tests/parity, ``clippy`` / ``update-norm``) checks every dtype and the
+resume; here: Adam's own update against the Clippy reference, ``fit``, and a gradient rule
+and an update rule in nested wrappers.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import gradclip_core as gc
+import gradclip_keras
+
+from ..core.test_update_clip import shrink_by_references
+from ..fixtures import regression
+from .util import dense_model, to_np
+
+
+def _variables(seed=0):
+    rng = np.random.default_rng(seed)
+    return [keras.Variable(rng.normal(size=s).astype(np.float32)) for s in [(4, 3), (3,)]]
+
+
+def _grads(step, scale):
+    rng = np.random.default_rng(50 + step)
+    return [keras.ops.convert_to_tensor(rng.normal(0, scale, s).astype(np.float32)) for s in [(4, 3), (3,)]]
+
+
+def test_clippy_on_adams_update():
+    ours, twin = _variables(), _variables()
+    opt = gradclip_keras.Optimizer(keras.optimizers.Adam(0.1), gc.clippy(0.05, 1e-3))
+    plain = keras.optimizers.Adam(0.1)
+    clipped = 0
+    for step, scale in enumerate([1.0, 4.0, 1.0]):
+        before = [to_np(v.value).copy() for v in ours]
+        for t, b in zip(twin, before):
+            t.assign(b)
+        grads = _grads(step, scale)
+        opt.apply(grads, ours)
+        plain.apply(grads, twin)  # Adam's moments depend on the gradients only: the same raw update
+        for v, t, b in zip(ours, twin, before):
+            want, s = shrink_by_references(to_np(t.value) - b, b, 0.05, 1e-3)
+            if s == 1:
+                np.testing.assert_array_equal(to_np(v.value), to_np(t.value))  # untouched: the inner step's weights
+            else:
+                np.testing.assert_allclose(to_np(v.value), b + want, rtol=1e-6, atol=1e-7)
+            clipped += s < 1
+        assert float(to_np(opt.info["min_scale"])) <= 1.0
+    assert clipped > 0
+
+
+def test_fit_with_clip_update_norm_and_a_nested_gradient_rule():
+    inner = gradclip_keras.Optimizer(keras.optimizers.SGD(0.01), gc.clip_update_norm(2.0, history=4))
+    opt = gradclip_keras.Optimizer(inner, gc.clip_by_global_norm(1.0))
+    model = dense_model()
+    model.compile(optimizer=opt, loss="mse")
+    x, y = regression(0, 32, 4, 2, y_scale=50.0)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert int(to_np(inner.gradclip_state[0].value)) == 4  # the ring buffer of update norms filled (count)
+    assert float(to_np(opt.info["norm"])) > 0 and float(to_np(inner.info["norm"])) > 0
+    assert np.isfinite(float(to_np(inner.info["threshold"])))  # past the warm-up: the clip is armed
