@@ -7,7 +7,6 @@ and an update rule in nested wrappers.
 
 import keras
 import numpy as np
-import pytest
 
 import gradclip_core as gc
 import gradclip_keras
