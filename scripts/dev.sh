@@ -5,7 +5,8 @@
 #   bash scripts/dev.sh demo [args]     set up, then run the main job (python -m gradclip_demo:
 #                                       --framework, --steps, --out, ...; --help lists them)
 #   bash scripts/dev.sh test [args]     set up, then run the whole test suite
-#                                       (extra args go to pytest, e.g. -m slow)
+#                                       (extra args go to pytest, e.g. -m slow;
+#                                       GRADCLIP_SERIAL=1: one process at a time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,8 +62,19 @@ run_tests() {
     done
     if [ "$given" = 0 ]; then keras_paths=("${KERAS_PATHS[@]}"); fi
     # Main process: everything but Keras (tests/keras collects nothing without GRADCLIP_KERAS_RUN).
+    # With Keras processes to run too, it runs beside them (its output is printed when it ends):
+    # the two halves take about as long, so a run takes half the time on 2 cores.
+    # GRADCLIP_SERIAL=1 runs them one after the other, the main process streaming.
+    local main_pid="" main_log=""
     if [ "$given" = 0 ] || [ ${#main_paths[@]} -gt 0 ]; then
-        "$VENV/bin/python" -m pytest -p no:cacheprovider "${main_opts[@]}" "${main_paths[@]}" || rc=$?
+        if [ ${#keras_paths[@]} -gt 0 ] && [ "${GRADCLIP_SERIAL:-0}" != 1 ]; then
+            main_log=$(mktemp)
+            echo "=== main tests (torch, optax, core, parity; output when done) beside the Keras tests" >&2
+            "$VENV/bin/python" -m pytest -p no:cacheprovider "${main_opts[@]}" "${main_paths[@]}" >"$main_log" 2>&1 &
+            main_pid=$!
+        else
+            "$VENV/bin/python" -m pytest -p no:cacheprovider "${main_opts[@]}" "${main_paths[@]}" || rc=$?
+        fi
     fi
     if [ ${#keras_paths[@]} -gt 0 ]; then
         for backend in "${KERAS_BACKENDS[@]}"; do
@@ -73,6 +85,14 @@ run_tests() {
             # 5: nothing selected (e.g. a -k of the user's matched no Keras test)
             if [ "$status" != 0 ] && [ "$status" != 5 ]; then rc=$status; fi
         done
+    fi
+    if [ -n "$main_pid" ]; then
+        status=0
+        wait "$main_pid" || status=$?
+        echo "=== main tests (torch, optax, core, parity)" >&2
+        cat "$main_log"
+        rm -f "$main_log"
+        if [ "$status" != 0 ]; then rc=$status; fi
     fi
     return "$rc"
 }
