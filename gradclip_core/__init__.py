@@ -65,6 +65,9 @@ from .clip import (
     unit_norms,
     zclip,
     adagc,
+    monitor,
+    MonitorState,
+    update_ratio,
 )
 from .constraints import clip_weights, max_norm, mcp_threshold, min_max_norm, non_neg, soft_threshold, unit_norm
 from .prune import (
@@ -129,6 +132,10 @@ __all__ = [
     # update clipping (on the optimizer's update, Rule.on_update)
     "clippy",
     "clip_update_norm",
+    # telemetry on device (norms before / after a rule, clip rate, update / weight ratio)
+    "monitor",
+    "MonitorState",
+    "update_ratio",
     # choosing a threshold
     "record_norms",
     "suggest_threshold",

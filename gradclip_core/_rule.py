@@ -241,6 +241,9 @@ def describe(config: Mapping[str, Any]) -> str:
         return "chain(" + ", ".join(describe(c) for c in kwargs.get("rules", [])) + ")"
     if name == "on":
         return f"on({describe(kwargs['rule_config'])}, {kwargs['params']!r})"
+    if name == "monitor":
+        inner = kwargs.pop("rule_config")
+        return "monitor(" + ", ".join([describe(inner) if inner else "None", *(f"{k}={v!r}" for k, v in kwargs.items())]) + ")"
     return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
 
 
@@ -287,6 +290,11 @@ def from_config(config: Mapping[str, Any]) -> Rule:
         from ._params import on
 
         return on(from_config(kwargs["rule_config"]), kwargs["params"])
+    if name == "monitor":
+        from .clip._monitor import monitor
+
+        inner = kwargs.pop("rule_config")
+        return monitor(None if inner is None else from_config(inner), **kwargs)
     if name not in _FACTORIES:
         raise ValueError(f"unknown rule {name!r} in config; known: {sorted(_FACTORIES) + ['chain']}")
     return _FACTORIES[name](**kwargs)

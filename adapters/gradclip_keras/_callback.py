@@ -334,23 +334,38 @@ class LogInfo(keras.callbacks.Callback):
         self.every_batch = every_batch
         self._wrapped: tuple | None = None
 
-    def _optimizer(self) -> Any:
+    def _optimizers(self) -> list:
+        """The gradclip Optimizers of the model, outermost first (nested wrappers: a gradient
+        rule around an update rule), looking through ``LossScaleOptimizer``."""
         from ._optimizer import Optimizer
 
-        opt = self.model.optimizer
-        while opt is not None and not isinstance(opt, Optimizer):
+        found, opt = [], self.model.optimizer
+        while opt is not None:
+            if isinstance(opt, Optimizer):
+                found.append(opt)
             opt = getattr(opt, "inner_optimizer", None)
-        if opt is None:
+        if not found:
             raise ValueError("LogInfo: the model's optimizer is not (and does not wrap) a gradclip_keras.Optimizer")
-        return opt
+        return found
+
+    def _info_variables(self) -> dict:
+        """Log key -> info variable of every gradclip Optimizer (an inner one's key that an outer one
+        uses too gets the inner rule's name: ``"gradclip/clip_update_norm/norm"``)."""
+        out: dict = {}
+        for opt in self._optimizers():
+            for k, v in opt.gradclip_info.items():
+                key = self.prefix + k
+                if key in out:
+                    key = f"{self.prefix}{opt.rule.name}/{k}"
+                out[key] = v
+        return out
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        opt = self._optimizer()
+        self._optimizers()  # fail early: no gradclip Optimizer
         model = self.model
         original = model.train_function
         if original is None or getattr(original, "_gradclip_log_info", None) is self:
             return
-        prefix = self.prefix
         # The optimizer may build in the first step (TensorFlow): look its info up then.
         if backend() == "jax":
             # The JAX trainer threads the optimizer variables through the step as values:
@@ -361,7 +376,7 @@ class LogInfo(keras.callbacks.Callback):
                 step_logs, state = original(state, data)
                 if not where:
                     index = {id(v): i for i, v in enumerate(model.optimizer.variables)}
-                    where.update({prefix + k: index[id(v)] for k, v in opt.gradclip_info.items()})
+                    where.update({k: index[id(v)] for k, v in self._info_variables().items()})
                 values = state[2]
                 return {**step_logs, **{k: values[i] for k, i in where.items()}}, state
 
@@ -369,7 +384,7 @@ class LogInfo(keras.callbacks.Callback):
 
             def train_function(*args: Any, **kwargs: Any) -> Any:
                 step_logs = original(*args, **kwargs)
-                return {**step_logs, **{prefix + k: snapshot(v) for k, v in opt.gradclip_info.items()}}
+                return {**step_logs, **{k: snapshot(v) for k, v in self._info_variables().items()}}
 
         train_function._gradclip_log_info = self  # type: ignore[attr-defined]
         model.train_function = train_function

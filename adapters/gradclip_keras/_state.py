@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 from keras import ops
 
 import gradclip_core as gc
 from gradclip_core.backend import flatten_state, unflatten_state
+from gradclip_core.backend import name_info as core_name_info
 
 __all__ = ["flatten", "unflatten", "has_project", "skipped", "check_rule", "sanitize", "name_info"]
 
@@ -77,29 +77,20 @@ def sanitize(key: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in key)
 
 
-_PER_ARRAY = re.compile(r"^(.*/)?(sparsity)/(\d+)$")
-
-
 def name_info(keys: Sequence[str], variables: Sequence[Any]) -> dict:
     """Info key -> the key to show: per-array keys named by the variable's path, not its position.
 
-    The core numbers per-array info by position (``"sparsity/3"``); in Keras the ``i``-th
-    array is a variable with a path (``"sequential/dense/kernel"``), so the logs say
-    ``"sparsity/sequential/dense/kernel"``. Positions stay where paths are not unique.
+    The core numbers per-array info by position (``"sparsity/3"``, ``"norm/3"``); in Keras
+    the ``i``-th array is a variable with a path (``"sequential/dense/kernel"``), so the
+    logs say ``"sparsity/sequential/dense/kernel"``. Positions stay where paths are not unique.
 
     Example:
       >>> class V:
       ...     def __init__(self, path): self.path = path
-      >>> name_info(["norm", "prune/sparsity", "prune/sparsity/1"], [V("d/kernel"), V("d/bias")])
-      {'norm': 'norm', 'prune/sparsity': 'prune/sparsity', 'prune/sparsity/1': 'prune/sparsity/d/bias'}
+      >>> name_info(["norm", "prune/sparsity", "prune/sparsity/1", "norm/0"], [V("d/kernel"), V("d/bias")])
+      {'norm': 'norm', 'prune/sparsity': 'prune/sparsity', 'prune/sparsity/1': 'prune/sparsity/d/bias', 'norm/0': 'norm/d/kernel'}
     """
+    keys = list(keys)
     paths = [getattr(v, "path", None) for v in variables]
     unique = all(p for p in paths) and len(set(paths)) == len(paths)
-    out = {}
-    for key in keys:
-        m = _PER_ARRAY.match(key)
-        if unique and m and int(m.group(3)) < len(paths):
-            out[key] = f"{m.group(1) or ''}{m.group(2)}/{paths[int(m.group(3))]}"
-        else:
-            out[key] = key
-    return out
+    return dict(zip(keys, core_name_info(dict.fromkeys(keys), paths if unique else None)))

@@ -29,7 +29,9 @@ _LOCK = threading.Lock()
 # Index maps of the restricted rules running without names (gc.on: the i-th array the inner
 # rule sees is array POSITIONS[-1][i]), for error labels only.
 POSITIONS: list = []
-_PER_ARRAY = re.compile(r"^(.*?(?:^|/)sparsity)/(\d+)$")  # the per-array info keys of the core
+# The per-array info keys of the core: ``sparsity/<i>`` (pruning), ``norm/<i>`` (monitor),
+# ``ratio/<i>`` (update_ratio), also under a chain's prefix.
+_PER_ARRAY = re.compile(r"^(.*?(?:^|/)(?:sparsity|norm|ratio))/(\d+)$")
 
 
 class _Lazy:

@@ -19,6 +19,7 @@ The selection kernels of global pruning are registered with
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Sequence
 
@@ -43,6 +44,7 @@ __all__ = [
     "is_complex",
     "magnitude",
     "symmetric_bounds",
+    "reuse_norms",
 ]
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
@@ -123,15 +125,56 @@ def magnitude(xp: Any, x: Any, dtype: Any) -> Any:
     return upcast(xp, xp.abs(x if cdt is None else upcast(xp, x, cdt)), dtype)
 
 
+_MEMO: list = []  # open reuse_norms() blocks: {key: (arrays, norms)} each (a plain list: torch.compile traces it)
+
+
+@contextlib.contextmanager
+def reuse_norms() -> Any:
+    """Inside the block, :func:`array_norms` of the same arrays (same objects, order, dtype) is computed once.
+
+    A rule that reads the norms of arrays another rule reads too (``gradclip_core.monitor``
+    around a norm clip) then costs no second pass over memory. The arrays must not be
+    written inside the block (rules compute their effect before anything is written).
+    The block keeps the arrays alive, so their ``id`` is not reused while it is open.
+
+    Example:
+      >>> import numpy as np
+      >>> x = [np.array([3.0, 4.0], np.float32)]
+      >>> with reuse_norms():
+      ...     a = array_norms(np, x, 2.0, np.float32)
+      ...     b = array_norms(np, x, 2.0, np.float32)
+      >>> a[0] is b[0], float(a[0])
+      (True, 5.0)
+    """
+    _MEMO.append({})
+    try:
+        yield
+    finally:
+        _MEMO.pop()
+
+
 def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> list[Any]:
     """Per-array vector norms of order ``ord`` (1, 2 or inf), accumulated in ``dtype``.
 
     Size-0 arrays have norm 0 for every order. Complex arrays: the norm of ``|z|``
-    (``dtype`` is then the real accumulation dtype).
+    (``dtype`` is then the real accumulation dtype). Inside :func:`reuse_norms`, a
+    repeated call on the same arrays returns the first call's norms.
 
     Returns:
       a list of 0-d arrays of ``dtype``, one per input array.
     """
+    if _MEMO:
+        key = (float(ord), str(dtype), tuple(id(x) for x in xs))
+        hit = _MEMO[-1].get(key)
+        if hit is not None:
+            return list(hit[1])
+        out = _array_norms(xp, xs, ord, dtype)
+        _MEMO[-1][key] = (list(xs), out)
+        return list(out)
+    return _array_norms(xp, xs, ord, dtype)
+
+
+def _array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> list[Any]:
     fast = override(xp, "array_norms")
     if fast is not None:
         return fast(xp, xs, ord, dtype)

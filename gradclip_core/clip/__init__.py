@@ -3,7 +3,7 @@
 Every rule here acts on the gradients (``update``) and declares its effect: a global
 scale (global-norm clip, AutoClip, ZClip), per-array scales (``clip_by_norm``, block
 and update RMS, AdaGC), per-unit scales (AGC), a clamp (value clip), or nothing
-(``record_norms``). Update clipping (``clippy``, ``clip_update_norm``) acts on the
+(``record_norms``, ``monitor``: telemetry on device). Update clipping (``clippy``, ``clip_update_norm``) acts on the
 optimizer's update instead (``Rule.on_update``). The public names are re-exported by :mod:`gradclip_core`.
 """
 
@@ -11,6 +11,7 @@ from ._adagc import AdaGCState, adagc
 from ._agc import adaptive_clip, unit_norms
 from ._autoclip import autoclip
 from ._history import NormHistory
+from ._monitor import MonitorState, monitor, update_ratio
 from ._noise import gaussian as gaussian_noise
 from ._norm import SEMANTICS, clip_by_global_norm, clip_by_norm
 from ._per_example import PER_EXAMPLE_SEMANTICS, clip_per_example
@@ -48,4 +49,7 @@ __all__ = [
     "SEMANTICS",
     "clippy",
     "clip_update_norm",
+    "monitor",
+    "MonitorState",
+    "update_ratio",
 ]

@@ -210,14 +210,18 @@ def _resume(model):
 
 
 def _positional(info: dict, variables: list) -> dict:
-    """Keras names per-array info by variable path (``sparsity/p3``); the reference numbers it (``sparsity/3``)."""
+    """Keras names per-array info by variable path (``sparsity/p3``, ``norm/p3``); the reference numbers it (``sparsity/3``)."""
     out = {}
     for key, value in info.items():
         for i, var in enumerate(variables):
-            suffix = f"sparsity/{var.path}"
-            if key.endswith(suffix):
-                key = f"{key[:-len(suffix)]}sparsity/{i}"
-                break
+            for stem in ("sparsity", "norm", "ratio"):
+                suffix = f"{stem}/{var.path}"
+                if key.endswith(suffix):
+                    key = f"{key[:-len(suffix)]}{stem}/{i}"
+                    break
+            else:
+                continue
+            break
         out[key] = value
     return out
 

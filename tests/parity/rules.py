@@ -57,6 +57,13 @@ RULES = {
     # update clipping (rule.on_update: the optimizer's update, after the step)
     "clippy": lambda: gc.clippy(0.1, 1e-2),
     "update-norm": lambda: gc.clip_update_norm(1.0, history=2),
+    # telemetry (issue 17 item 4): norms before / after, clip rate (EMA state); the AGC one
+    # takes the post-clip norm from the clipped arrays (per-unit factors), the other from the scale
+    "monitor": lambda: gc.monitor(gc.clip_by_global_norm(1.0), decay=0.5),
+    "monitor-agc": lambda: gc.monitor(gc.adaptive_clip(0.05, axis="out_first"), decay=0.9),
+    # (global ratio only: in torch/Keras the update is recovered as w_new - w_old, whose rounding
+    # a small array's own ratio does not average out; per-array ratios: tests/core/test_monitor.py)
+    "update-ratio": lambda: gc.update_ratio(),
 }
 
 # Element-wise value clips, masks and the element-wise weight rules must match exactly,
@@ -83,7 +90,12 @@ EXACT = {
 # Rules whose float32 output composes several independently rounded reductions get a
 # larger, documented ulp budget than DESIGN.md's 4: AGC divides the norm of a weight
 # unit by the norm of its gradient (each +-1-2 ulp between frameworks), then scales.
-ULP_BUDGET = {("agc", "float32"): 6}
+ULP_BUDGET = {("agc", "float32"): 6, ("monitor-agc", "float32"): 6}
+# monitor's post-clip norm of a rule with per-unit factors (AGC) is the norm of the clipped
+# arrays; in bfloat16/float16 XLA may fuse the multiply into the norm without rounding the
+# products to the array dtype (as WEIGHT_BUDGET below): that info value is compared within
+# this many epsilons of the case dtype, relatively (float32: the usual ulp budget).
+INFO_RTOL = {("monitor-agc", "post_norm"): 2}
 
 # Weight budget (ulp of the operands) per (backend, rule) on top of the rule's tolerance:
 # gradclip_optax.wrap returns ``proj(p + u) - p`` and optax adds it back (documented in
@@ -109,7 +121,7 @@ WEIGHT_BUDGET.update({(b, "clippy"): 1 for b in ("optax", "keras_jax")})
 # "clipped" flag may flip where its scale agrees: a norm on the threshold), and not at all once a
 # weight is NaN/Inf (w_new - w_old is NaN there, whatever the optimizer's update was).
 RECOVERED_UPDATE = {(b, r) for b in ("torch", "keras_tensorflow", "keras_jax", "keras_torch")
-                    for r in ("clippy", "update-norm")}
+                    for r in ("clippy", "update-norm", "update-ratio")}
 RECOVERED_UPDATE_RTOL = 16
 
 # The contract (test_contract.py): stateful rules whose state must survive a checkpoint
@@ -127,6 +139,7 @@ RESUME = {
     "adagc": RULES["adagc"],
     "adagc-skip": RULES["adagc-skip"],
     "update-norm": lambda: gc.clip_update_norm(1.0, history=4),
+    "monitor": RULES["monitor"],
 }
 SKIP = {
     "global-skip": RULES["global-skip"],
