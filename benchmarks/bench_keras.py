@@ -107,6 +107,7 @@ PAIRS = (
     ("adagc()", lambda: gc.adagc(), *_REF, "<= 1.1x"),
     ("record_norms(100)", lambda: gc.record_norms(100), *_REF, "<= 1.1x"),
     ("skip_on_spike()", lambda: gc.skip_on_spike(), *_REF, "<= 1.1x"),
+    ("monitor(clip_by_global_norm(1.0))", lambda: gc.monitor(gc.clip_by_global_norm(1.0)), *_REF, "<= 1.1x"),
     # rules that also read the weights. Passes over memory next to the reference step (norm of
     # g; scale of g fused with SGD's read g, read w, write w: 4): AGC adds the weights' unit norms
     # (5, ~1.25x); max-norm projects after the step (norms of w, then read and write w: 6, ~1.5x).
@@ -116,6 +117,7 @@ PAIRS = (
     # (the step's 4 passes, plus the snapshot 2, w_new - w_old 3, the rule 1-2, the write-back 3: ~3x)
     ("clip_update_norm()", lambda: gc.clip_update_norm(), *_REF, "<= 3.0x"),
     ("clippy()", lambda: gc.clippy(), *_REF, "<= 3.0x"),
+    ("update_ratio()", lambda: gc.update_ratio(), *_REF, "<= 3.0x"),
 )
 
 

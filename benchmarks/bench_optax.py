@@ -96,6 +96,7 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
         "clip_by_norm(1.0)": gc.clip_by_norm(1.0),
         "record_norms(100)": gc.record_norms(100),
         "skip_on_spike()": gc.skip_on_spike(),
+        "monitor(clip_by_global_norm(1.0))": gc.monitor(gc.clip_by_global_norm(1.0)),
     }
     prune_rules = {
         "global_magnitude_prune(0.5)": gc.global_magnitude_prune(0.5),
@@ -120,6 +121,8 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
                  False, "on the update"))
     jobs.append(("clippy()", "transform, jit", jitted_update(T(gc.clippy()), grads, params), *ref, "<= 1.4x", False,
                  "on the update; reads the weights too"))
+    jobs.append(("update_ratio()", "transform, jit", jitted_update(T(gc.update_ratio()), grads, params), *ref, "<= 1.4x",
+                 False, "on the update; reads the weights too"))
     if importlib.util.find_spec("jaxpruner") is None:
         print("  optax: jaxpruner is not installed: no native pruning baseline", file=sys.stderr)
 

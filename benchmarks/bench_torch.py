@@ -184,6 +184,7 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         "adagc()": ("attach", gc.adagc(), "<= 1.1x"),
         "record_norms(100)": ("attach", gc.record_norms(100), "<= 1.05x"),
         "skip_on_spike()": ("attach", gc.skip_on_spike(), "<= 1.1x"),
+        "monitor(clip_by_global_norm(1.0))": ("attach", gc.monitor(gc.clip_by_global_norm(1.0)), "<= 1.1x"),
         "adaptive_clip(0.01)": ("apply_", gc.adaptive_clip(0.01), "<= 1.4x"),
         "max_norm(2.0)": ("project_", gc.max_norm(2.0), "<= 1.4x"),
         "min_max_norm(0.5, 2.0)": ("project_", gc.min_max_norm(0.5, 2.0), "<= 1.4x"),
@@ -202,7 +203,8 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
                           has_native=False, mem=not label.startswith("nm_prune")))
     # update clipping (rule.on_update): a copy of the weights before the step, the correction after it
     # (gradclip_torch.attach); NoStep leaves the weights as they are, the hooks do their whole work
-    for label, rule in (("clip_update_norm()", gc.clip_update_norm()), ("clippy()", gc.clippy())):
+    for label, rule in (("clip_update_norm()", gc.clip_update_norm()), ("clippy()", gc.clippy()),
+                        ("update_ratio()", gc.update_ratio())):
         cases.append(Case(label, "attach (post-step)", hook_path(rule), "(ref) " + norm_native[0], norm_native[1],
                           target="<= 5.0x", has_native=False,
                           note="snapshot + w_new - w_old + write-back: memory-traffic limit ~5x"))
