@@ -42,7 +42,7 @@ import functools
 import inspect
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-from ._effect import Keep, Replace, then
+from ._effect import Keep, Replace, Skip, then
 
 __all__ = ["Rule", "EmptyState", "chain", "from_config", "factory", "Info"]
 
@@ -318,7 +318,10 @@ def chain(*rules: Rule) -> Rule:
     the arrays unchanged (``record_norms``) cost nothing; when only one rule changes the
     arrays its effect is the chain's (a global scale stays a global scale); otherwise the
     arrays before the last changing rule are computed out of place and the chain's effect
-    is ``Then(Replace(those), last effect)``.
+    is ``Then(Replace(those), last effect)``. A skip (``skip_on_spike``, ``nonfinite="skip"``)
+    is carried to the end: the later rules see the arrays as they were (not zeros), the
+    chain's effect is ``Skip(effect, any skip)``, and on a skipped step every rule's state
+    stays as it was (the step did not happen).
 
     Args:
       *rules: the rules, applied first to last.
@@ -361,17 +364,30 @@ def chain(*rules: Rule) -> Rule:
         _check(state)
         info: dict = {}
         new_state = []
+        skips: list = []
         current, pending, effect = arrays, Keep(), Keep()
         for r, p, s in zip(rules, prefixes, state):
             if not isinstance(pending, Keep):  # the next rule sees what the ones before produced
                 current, pending = _apply(current, pending), Keep()
             e, s, i = step(r, current, s)
+            if isinstance(e, Skip):  # the skip is carried to the chain's end: no zeroed copy in between
+                skips.append(e.skip)
+                e = e.effect
             if not isinstance(e, Keep):
                 pending = e
                 effect = e if current is arrays else then(Replace(tuple(current)), e)
             new_state.append(s)
             info.update({f"{p}/{k}": v for k, v in i.items()})
-        return effect, tuple(new_state), info
+        new_state = tuple(new_state)
+        if skips:
+            from .backend._tree import tree_where
+
+            skip = skips[0]
+            for flag in skips[1:]:
+                skip = skip | flag
+            new_state = tree_where(None, skip, state, new_state)  # a skipped step: no rule's state moves
+            effect = Skip(effect, skip)
+        return effect, new_state, info
 
     def update_effect(grads: Sequence[Any], state: tuple, params: Sequence[Any] | None = None):
         return run(list(grads), state, lambda r, g, s: r.update_effect(g, s, params))

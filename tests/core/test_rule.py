@@ -116,3 +116,28 @@ def test_has_update_and_has_project():
     assert gc.magnitude_prune(0.5).has_update and gc.magnitude_prune(0.5).has_project
     assert not gc.chain(gc.non_neg(), gc.max_norm(1.0, axis=0)).has_update
     assert gc.chain(gc.non_neg(), gc.clip_by_value(1.0)).has_update
+
+
+def test_chain_carries_a_skip_to_its_end_and_keeps_every_state():
+    """A skip inside a chain: later rules see the gradients (not zeros), no state moves, one Skip effect at the end."""
+    import numpy as np
+
+    import gradclip_core as gc
+    from gradclip_core import Skip
+
+    rule = gc.chain(gc.record_norms(4), gc.skip_on_spike(window=4, k=1.0, warmup=2), gc.autoclip(50.0, history=4))
+    g = lambda v: [np.full(3, v, np.float32)]  # noqa: E731
+    state = rule.init(g(1.0))
+    for v in (1.0, 1.1):
+        _, state, info = rule.update(g(v), state)
+        assert float(info["skip_on_spike/skipped"]) == 0
+    effect, new_state, info = rule.update_effect(g(100.0), state)
+    assert float(info["skip_on_spike/skipped"]) == 1
+    assert isinstance(effect, Skip) and bool(effect.skip)
+    assert float(info["autoclip/norm"]) > 100  # autoclip saw the spike, not zeros
+    from gradclip_core.backend import flatten_state
+
+    for a, b in zip(flatten_state(state)[0], flatten_state(new_state)[0]):  # no rule's state moved
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    out, _, _ = rule.update(g(100.0), state)
+    assert float(np.abs(out[0]).sum()) == 0.0  # applied out of place: zeros (adapters that own the step skip it)
