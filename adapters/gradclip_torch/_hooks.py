@@ -127,6 +127,8 @@ class Handle:
         self._needs_loss = needs_loss(rule)
         self._loss: Any = None
         self._hidden: list = []  # (param, grad) hidden from a skipped step (sync_skip)
+        self._project_info: dict = {}  # the last projection's info
+        self._step_skip: Any = None  # this step's skip (a bool decided on the host, a 0-d bool tensor, or None)
         self._own_attrs: list[str] = []
         self._info: dict[str, torch.Tensor] = {}
         self._fresh: Any = None  # (param, its grad, the grad's version) after the last step: see info
@@ -204,7 +206,13 @@ class Handle:
                 self._hidden = [(p, p.grad) for p in params]
                 for p in params:
                     p.grad = None
+            self._step_skip = skipping
             scale = skip = None
+        else:
+            # the step's skip for the projection after it: the rule's flag (folded into found_inf), GradScaler's
+            flag = skip if scaler_inf is None or not grads else (
+                local(scaler_inf) > 0 if skip is None else torch.logical_or(skip != 0, local(scaler_inf) > 0))
+            self._step_skip = None if flag is None else flag != 0
         self._own_attrs = []
         if scale is not None:
             self._set(optimizer, "grad_scale", torch.reciprocal(scale.to(torch.float32)))
@@ -288,9 +296,19 @@ class Handle:
             self.info = info
         if not self.rule.has_project:  # clipping rules: nothing to do after the step
             return
+        step_skip, self._step_skip = self._step_skip, None
+        if step_skip is True:  # a skipped step (sync_skip): no projection either, the state stays (as in optax wrap)
+            if self._project_info:
+                self.info = {**self._info, **self._project_info}  # the last projection's info (sparsity, ...) stands
+            return
+        old_state = self._state
         with array_names(self._names, traced=torch.compiler.is_compiling()):
             self._state, info = project_params(self.rule, self._params, self._state, self.process_group)
+        if isinstance(step_skip, torch.Tensor):  # skipped on the device (found_inf): the state stays, no sync
+            with torch.no_grad():
+                self._state = tree_where(None, step_skip, old_state, self._state)
         if info:
+            self._project_info = info
             self.info = {**self._info, **info}
 
     def _mark_fresh(self) -> None:

@@ -22,6 +22,12 @@ class Config:
       eval_every: test accuracy is measured every this many steps (and after the last).
       seed: seed of the initial weights, the split and the batch order.
       hidden: width of the hidden layer.
+      spikes: 0-based steps whose loss (so whose gradients) is multiplied by
+        ``spike_scale``: injected gradient spikes, which the recipe's ``skip_on_spike``
+        must skip identically in every framework.
+      spike_scale: the factor of an injected spike.
+      spike_window: ``skip_on_spike``'s window (its warm-up is half of it).
+      spike_k: ``skip_on_spike``'s threshold in standard deviations.
 
     Example:
       >>> Config(steps=10).prune_end_step
@@ -39,6 +45,20 @@ class Config:
     eval_every: int = 10
     seed: int = 0
     hidden: int = 64
+    spikes: tuple = ()
+    spike_scale: float = 100.0
+    spike_window: int = 32
+    spike_k: float = 6.0
+
+    def spike_factor(self, step: int) -> float:
+        """The loss factor of 0-based ``step``: ``spike_scale`` on an injected spike, else 1.
+
+        Example:
+          >>> cfg = Config(spikes=(5,))
+          >>> cfg.spike_factor(5), cfg.spike_factor(6)
+          (100.0, 1.0)
+        """
+        return self.spike_scale if step in self.spikes else 1.0
 
     @property
     def prune_end_step(self) -> int:

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-METRICS = ("loss", "grad_norm", "sparsity", "accuracy")
+METRICS = ("loss", "grad_norm", "sparsity", "accuracy", "skipped")
 
 
 @dataclasses.dataclass
@@ -20,6 +20,7 @@ class History:
       grad_norm: the clip's ``info["norm"]`` (global gradient norm before clipping).
       sparsity: the pruning rule's ``info["sparsity"]`` after the step.
       accuracy: test accuracy after the step; NaN on steps not evaluated.
+      skipped: ``skip_on_spike``'s ``info["skipped"]`` (1.0: the optimizer step was skipped).
       seconds: wall time of the training loop (compilation included).
       weights: the final weights, ``(in, out)`` layout (``None`` if not kept).
 
@@ -35,6 +36,7 @@ class History:
     grad_norm: np.ndarray
     sparsity: np.ndarray
     accuracy: np.ndarray
+    skipped: np.ndarray
     seconds: float = 0.0
     weights: list | None = dataclasses.field(default=None, repr=False)
 
@@ -58,7 +60,8 @@ class History:
     @classmethod
     def from_dict(cls, d: Mapping) -> "History":
         """Inverse of :meth:`to_dict`."""
-        arrays = [np.array([np.nan if v is None else v for v in d[m]], np.float64) for m in METRICS]
+        arrays = [np.array([np.nan if v is None else v for v in d.get(m, [None] * len(d["loss"]))], np.float64)
+                  for m in METRICS]
         return cls(d["framework"], *arrays, seconds=float(d.get("seconds", 0.0)))
 
 

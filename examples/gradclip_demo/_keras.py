@@ -53,10 +53,12 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
     hist = History.empty(name, cfg.steps)
     t0 = time.perf_counter()
     for step, idx in enumerate(batch_indices(len(data.x_train), cfg)):
-        loss = model.train_on_batch(data.x_train[idx], data.y_train[idx])
-        info = opt.info
-        hist.record(step, loss=loss, grad_norm=keras.ops.convert_to_numpy(pick(info, "norm")),
-                    sparsity=keras.ops.convert_to_numpy(pick(info, "sparsity")))
+        spike = cfg.spike_factor(step)  # an injected spike: every example's loss (so the gradients) times spike_scale
+        weight = np.full(len(idx), spike, np.float32)
+        loss = model.train_on_batch(data.x_train[idx], data.y_train[idx], sample_weight=weight) / spike
+        info = {k: keras.ops.convert_to_numpy(v) for k, v in opt.info.items()}
+        hist.record(step, loss=loss, grad_norm=pick(info, "clip_by_global_norm/norm"), sparsity=pick(info, "sparsity"),
+                    skipped=pick(info, "skip_on_spike/skipped"))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             logits = keras.ops.convert_to_numpy(model(data.x_test))
             acc = int(np.sum(np.argmax(logits, 1) == data.y_test)) / len(data.y_test)

@@ -48,10 +48,10 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
     state = tx.init(params)
 
     @jax.jit
-    def step_fn(params: list, state: optax.OptState, x: jax.Array, y: jax.Array):
-        loss, grads = jax.value_and_grad(lambda p: loss_fn(dict(zip(names, p)), x, y))(params)
+    def step_fn(params: list, state: optax.OptState, x: jax.Array, y: jax.Array, spike: jax.Array):
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(dict(zip(names, p)), x, y) * spike)(params)
         updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
+        return optax.apply_updates(params, updates), state, loss / spike
 
     @jax.jit
     def accuracy(params: list) -> jax.Array:
@@ -60,9 +60,11 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
     hist = History.empty("optax", cfg.steps)
     t0 = time.perf_counter()
     for step, idx in enumerate(batch_indices(len(data.x_train), cfg)):
-        params, state, loss = step_fn(params, state, data.x_train[idx], data.y_train[idx])
+        spike = jnp.float32(cfg.spike_factor(step))  # an injected spike: the gradients times spike_scale
+        params, state, loss = step_fn(params, state, data.x_train[idx], data.y_train[idx], spike)
         info = gradclip_optax.get_info(state)
-        hist.record(step, loss=loss, grad_norm=pick(info, "norm"), sparsity=pick(info, "sparsity"))
+        hist.record(step, loss=loss, grad_norm=pick(info, "clip_by_global_norm/norm"), sparsity=pick(info, "sparsity"),
+                    skipped=pick(info, "skip_on_spike/skipped"))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             acc = int(accuracy(params)) / len(data.y_test)
             hist.record(step, accuracy=acc)

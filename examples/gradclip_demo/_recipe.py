@@ -8,9 +8,11 @@ from ._config import Config
 
 
 def recipe(cfg: Config, axis: str) -> gc.Rule:
-    """Global-norm clip, gradual global magnitude pruning, max-norm constraint.
+    """Skip on spike, global-norm clip, gradual global magnitude pruning, max-norm constraint.
 
-    ``update`` (before the optimizer step) clips the global gradient norm to
+    ``update`` (before the optimizer step) skips the whole step when the global gradient
+    norm exceeds ``mean + cfg.spike_k * std`` of the last ``cfg.spike_window`` accepted
+    norms (after a warm-up of half the window), clips the global gradient norm to
     ``cfg.clip_norm`` and masks pruned weights' gradients; ``project`` (after it)
     recomputes the pruning masks every ``cfg.prune_every`` steps on a cubic schedule to
     ``cfg.sparsity`` and bounds every output unit's weight norm by ``cfg.max_unit_norm``.
@@ -30,6 +32,7 @@ def recipe(cfg: Config, axis: str) -> gc.Rule:
     """
     schedule = gc.polynomial_schedule(0, cfg.prune_end_step, cfg.prune_every)
     return gc.chain(
+        gc.skip_on_spike(window=cfg.spike_window, k=cfg.spike_k, warmup=cfg.spike_window // 2),
         gc.clip_by_global_norm(cfg.clip_norm),
         gc.global_magnitude_prune(cfg.sparsity, schedule=schedule),
         gc.max_norm(cfg.max_unit_norm, axis=axis),

@@ -40,6 +40,8 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
     torch.manual_seed(cfg.seed)
     model = build(weights)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    # skip_on_spike skips finite steps: attach makes a skipped step a true skip (SGD is not
+    # fused, so that costs one host sync per step: sync_skip="auto")
     handle = gradclip_torch.attach(opt, recipe(cfg, "out_first"))
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train).long()
     x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test).long()
@@ -49,9 +51,11 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
         idx_t = torch.from_numpy(idx)
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x[idx_t]), y[idx_t])
-        loss.backward()
-        opt.step()  # the hooks clip and mask the gradients, then prune and constrain the weights
-        hist.record(step, loss=loss.detach(), grad_norm=pick(handle.info, "norm"), sparsity=pick(handle.info, "sparsity"))
+        (loss * cfg.spike_factor(step)).backward()  # an injected spike: the gradients times spike_scale
+        opt.step()  # the hooks skip spikes, clip and mask the gradients, then prune and constrain the weights
+        info = handle.info
+        hist.record(step, loss=loss.detach(), grad_norm=pick(info, "clip_by_global_norm/norm"),
+                    sparsity=pick(info, "sparsity"), skipped=pick(info, "skip_on_spike/skipped"))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             with torch.no_grad():
                 acc = int((model(x_test).argmax(1) == y_test).sum()) / len(y_test)

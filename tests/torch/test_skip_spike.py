@@ -174,3 +174,24 @@ def test_sync_skip_scales_kept_steps_exactly_and_truly_skips_nonfinite_ones():
     assert all(_same(a, b) for a, b in zip(runs[False][:2], runs[True][:2]))
     assert _same(runs[True][1], runs[True][2])  # the NaN step changed nothing with sync_skip
     assert not _same(runs[False][1], runs[False][2])  # without it Adam stepped on zeros
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["sync-skip", "fused-found-inf"])
+def test_a_skipped_step_does_not_project_or_advance_the_pruning_schedule(fused):
+    """As optax wrap: on a skipped step the projection's state (the pruning step count) stays; the schedule is not shifted."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=fused)
+    rule = gc.chain(gc.skip_on_spike(window=8, k=3.0, warmup=3),
+                    gc.magnitude_prune(0.5, schedule=gc.polynomial_schedule(0, 6, 2)))
+    handle = gradclip_torch.attach(opt, rule)
+    counts, skipped = [], []
+    for step in range(6):
+        opt.zero_grad()
+        (model(torch.randn(8, 4)).square().sum() * (1000.0 if step == 4 else 1.0)).backward()
+        opt.step()
+        counts.append(int(handle.state[1].count))
+        skipped.append(int(handle.info["skip_on_spike/skipped"]))
+        assert "magnitude_prune/sparsity" in handle.info
+    assert skipped == [0, 0, 0, 0, 1, 0]
+    assert counts == [1, 2, 3, 4, 4, 5]
