@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -549,3 +550,34 @@ class Optimizer(keras.optimizers.Optimizer):
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         rule = rule_from_config(config.pop("rule"), custom_objects)
         return cls(inner, rule, **config)
+
+
+def _feed_loss_through_loss_scaling() -> None:
+    """``LossScaleOptimizer(gradclip_keras.Optimizer(...))``: hand the loss on to the wrapper inside.
+
+    Keras' trainers give the step's loss to ``model.optimizer.scale_loss``; a
+    ``LossScaleOptimizer`` scales it without asking its inner optimizer, so a rule that
+    tests the loss (``skip_on_spike(loss=True)``) inside it never saw it and ``fit``
+    raised. ``LossScaleOptimizer.scale_loss`` is extended once, at import: when the
+    optimizer it wraps is (or wraps) a :class:`Optimizer` whose rule needs the loss, that
+    wrapper gets the unscaled loss first; everything else is unchanged.
+    """
+    cls = keras.optimizers.LossScaleOptimizer
+    original = cls.scale_loss
+    if getattr(original, "_gradclip_feeds_loss", False):
+        return
+
+    @functools.wraps(original)
+    def scale_loss(self: Any, loss: Any) -> Any:
+        inner = getattr(self, "inner_optimizer", None)
+        while inner is not None and not isinstance(inner, Optimizer):
+            inner = getattr(inner, "inner_optimizer", None)
+        if inner is not None and inner._gradclip.needs_loss:
+            inner.set_loss(loss)
+        return original(self, loss)
+
+    scale_loss._gradclip_feeds_loss = True  # type: ignore[attr-defined]
+    cls.scale_loss = scale_loss
+
+
+_feed_loss_through_loss_scaling()

@@ -41,10 +41,10 @@ class Snap(keras.callbacks.Callback):
         self.infos.append({k: float(to_np(v)) for k, v in self.opt.info.items()})
 
 
-def _fit(loss, drop=()):
+def _fit(loss, drop=(), loss_scale=False):
     opt = gradclip_keras.Optimizer(keras.optimizers.Adam(1e-2), gc.skip_on_spike(window=8, k=10.0, warmup=4, loss=loss))
     model = dense_model()
-    model.compile(optimizer=opt, loss="mse")
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(opt) if loss_scale else opt, loss="mse")
     snap = Snap(opt)
     x, y = _data(drop)
     model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[snap])
@@ -85,6 +85,16 @@ def test_the_rule_gets_the_loss_the_trainer_computed():
         want = _forward_mse(snap.before[s], x[s * BATCH:(s + 1) * BATCH], y[s * BATCH:(s + 1) * BATCH])
         assert snap.infos[s]["loss"] == pytest.approx(want, rel=1e-5), s
     assert snap.infos[SPIKES[0]]["loss_z"] > 4.0
+
+
+def test_loss_reaches_the_rule_inside_a_loss_scale_optimizer():
+    """LossScaleOptimizer(gradclip_keras.Optimizer(..., skip_on_spike(loss=True))) in fit: the rule gets the unscaled loss."""
+    opt, snap = _fit(True, loss_scale=True)
+    x, y = _data()
+    assert [int(i["skipped"]) for i in snap.infos] == [int(s in SPIKES) for s in range(STEPS)]
+    for s in range(STEPS):
+        want = _forward_mse(snap.before[s], x[s * BATCH:(s + 1) * BATCH], y[s * BATCH:(s + 1) * BATCH])
+        assert snap.infos[s]["loss"] == pytest.approx(want, rel=1e-5), s
 
 
 def test_custom_loop_needs_set_loss():
