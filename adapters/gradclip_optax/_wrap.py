@@ -170,6 +170,7 @@ def wrap(
         u = treedef.flatten_up_to(u_tree)
         if on_update:
             u, rule_state, info = rule.update(u, rule_state, p)
+        pkeys: tuple = ()
         if project:
             moved = [jnp.asarray(pi + ui).astype(pi.dtype) for pi, ui in zip(p, u)]  # optax.apply_updates
             new_p, rule_state, pinfo = rule.project(moved, rule_state)
@@ -177,7 +178,8 @@ def wrap(
             # p + u, as without the rule); only the weights the rule moved get proj(p + u) - p.
             u = [jnp.where(q == m, ui, (q - pi).astype(ui.dtype)) for q, m, pi, ui in zip(new_p, moved, p, u)]
             info = {**info, **pinfo}
-        return u, rule_state, inner_state, info
+            pkeys = tuple(pinfo)
+        return u, rule_state, inner_state, info, pkeys
 
     probe_loss = {"loss": 0.0} if gc.needs_loss(rule) else {}
 
@@ -195,13 +197,17 @@ def wrap(
         leaves, treedef = flatten(updates)
         p = params_like(treedef, params, rule.name, required=True)
         with axis_collective(axis_name), array_names(lambda: leaf_names(updates)):
-            u, rule_state, inner_state, info = step(leaves, treedef, state, p, params, **extra)
-        info = name_info(info, lambda: leaf_names(updates))
+            u, rule_state, inner_state, info, pkeys = step(leaves, treedef, state, p, params, **extra)
+        named = name_info(dict.fromkeys(info), lambda: leaf_names(updates))
+        pkeys = {k2 for k1, k2 in zip(info, named) if k1 in pkeys}
+        info = dict(zip(named, info.values()))
         skip = skipped(info)
         if skip is not None:
             u = [jnp.where(skip, jnp.zeros_like(x), x) for x in u]
             rule_state = _keep_if(skip, state.rule_state, rule_state)
             inner_state = _keep_if(skip, state.inner_state, inner_state)
+            # a skipped step did not project: the last projection's info (sparsity, ...) stands
+            info = {k: jnp.where(skip, state.info[k], v) if k in pkeys and k in state.info else v for k, v in info.items()}
         new_state = WrapState(rule_state, inner_state, match_info(info, state.info))
         return jax.tree.unflatten(treedef, u), new_state
 

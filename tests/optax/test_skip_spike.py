@@ -124,3 +124,23 @@ def test_core_rule_and_feed_loss_run_under_jax_jit():
         _, state, info = step([jnp.full(3, v)], state, jnp.float32(loss))
         flags.append(int(info["skipped"]))
     assert flags == [0, 0, 0, 0, 1, 1]
+
+
+def test_a_skipped_step_keeps_the_pruning_schedule_and_its_info():
+    """On a skipped step nothing projects: the pruning count stays and info keeps the last projection's sparsity."""
+    rule = gc.chain(gc.skip_on_spike(window=8, k=3.0, warmup=3),
+                    gc.magnitude_prune(0.5, schedule=gc.polynomial_schedule(0, 6, 2)))
+    rng = np.random.default_rng(0)
+    params = [jnp.asarray(rng.normal(size=(6, 4)).astype(np.float32))]
+    tx = gradclip_optax.wrap(rule, optax.sgd(0.1))
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    sparsity, counts = [], []
+    for i in range(6):
+        g = [jnp.asarray(rng.normal(size=(6, 4)).astype(np.float32) * (1000.0 if i == 4 else 1.0))]
+        updates, state = step(g, state, params)
+        params = optax.apply_updates(params, updates)
+        sparsity.append(float(state.info["magnitude_prune/sparsity"]))
+        counts.append(int(state.rule_state[1].count))
+    assert counts == [1, 2, 3, 4, 4, 5]
+    assert sparsity[4] == sparsity[3] and int(state.info["skip_on_spike/skipped"]) == 0
