@@ -11,6 +11,7 @@ import numpy as np
 from keras import ops
 
 import gradclip_core as gc
+from gradclip_core.backend import apply_effect, namespace
 
 from ._backend import (backend, is_symbolic, prepare_namespaces, rule_scope, run_unless, snapshot, storage_precision, to_tensor,
                        variable_names)
@@ -401,12 +402,19 @@ class Optimizer(keras.optimizers.Optimizer):
         deltas = [a - b for a, b in zip(after, before)]
         try:
             with rule_scope(slots.paths):
-                out, new_state, info = slots.rule.update(deltas, unflatten(slots.treedef, state_values), before)
+                effect, new_state, info = slots.rule.update_effect(deltas, unflatten(slots.treedef, state_values), before)
+                scales = _scalar_factors(effect, len(deltas))
+                out = None if scales is not None else apply_effect(namespace(*deltas), deltas, effect)
         except Exception:  # (e.g. nonfinite="raise", eager): the weights go back to where the step started
             for var, b in zip(built, before):
                 var.assign(b)
             raise
-        for var, a, b, d, d0 in zip(built, after, before, out, deltas):
+        if scales is not None:  # Keep (nothing to write) or one factor per array: w_new stands where it is 1
+            for var, a, b, d, f in zip(built, after, before, deltas, scales):
+                if f is not None:
+                    f = ops.cast(f, d.dtype)
+                    var.assign(ops.where(ops.equal(f, 1), a, ops.cast(b + d * f, a.dtype)))
+        for var, a, b, d, d0 in zip(built, after, before, out or (), deltas):
             d = ops.cast(d, d0.dtype)
             var.assign(ops.where(ops.equal(d, d0), a, ops.cast(b + d, a.dtype)))
         new_state = flatten(new_state)
@@ -550,6 +558,16 @@ class Optimizer(keras.optimizers.Optimizer):
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         rule = rule_from_config(config.pop("rule"), custom_objects)
         return cls(inner, rule, **config)
+
+
+def _scalar_factors(effect: Any, n: int) -> list | None:
+    """One 0-d factor (or ``None``: unchanged) per array if ``effect`` is :class:`Keep` or such a :class:`Scale`, else ``None``."""
+    if isinstance(effect, gc.Keep):
+        return [None] * n
+    if isinstance(effect, gc.Scale) and not effect.divide and all(
+            f is None or len(getattr(f, "shape", ())) == 0 for f in effect.factors):
+        return list(effect.factors)
+    return None
 
 
 def _feed_loss_through_loss_scaling() -> None:
