@@ -45,9 +45,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import threading
 from typing import Any, Callable, Iterator
+
+from ._scoped import ScopedValue
 
 __all__ = ["Reducer", "Participants", "all_reduce", "all_gather", "static_total", "collective", "active", "participant_index"]
 
@@ -56,16 +56,13 @@ OPS = ("sum", "max")
 Reducer = Callable[[Any, Any, str], Any]
 """``reducer(xp, x, op) -> x``: ``x`` reduced over all participants, ``op`` in ``OPS``."""
 
-_REDUCER: contextvars.ContextVar[Reducer | None] = contextvars.ContextVar("gradclip_collective", default=None)
-# How many collective() blocks are open in any thread. While none is, the reducer is None
-# without reading the ContextVar: torch.compile cannot trace ContextVar.get (a graph break
-# in every rule call), but reads a module global (with a guard on its value).
-_OPEN = [0]
-_LOCK = threading.Lock()
+# The reducer of the open collective() block (None while none is open, read without the
+# ContextVar: torch.compile cannot trace ContextVar.get, see _scoped.py).
+_REDUCER = ScopedValue("gradclip_collective")
 
 
 def _reducer() -> Reducer | None:
-    return None if _OPEN[0] == 0 else _REDUCER.get()
+    return _REDUCER.get()
 
 
 class Participants:
@@ -160,12 +157,5 @@ def active() -> bool:
 @contextlib.contextmanager
 def collective(reducer: Reducer | None) -> Iterator[None]:
     """Within this block, :func:`all_reduce` calls ``reducer`` (``None``: identity)."""
-    token = _REDUCER.set(reducer)
-    with _LOCK:
-        _OPEN[0] += 1
-    try:
+    with _REDUCER.scope(reducer):
         yield
-    finally:
-        with _LOCK:
-            _OPEN[0] -= 1
-        _REDUCER.reset(token)

@@ -16,16 +16,14 @@ computes tree paths. Adapters run ``init`` inside the same block as ``update`` /
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import re
-import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from ._scoped import ScopedValue
 
 __all__ = ["array_names", "array_label", "name_info", "current_names"]
 
-_NAMES: contextvars.ContextVar[Any] = contextvars.ContextVar("gradclip_array_names", default=None)
-_OPEN = [0]  # array_names() blocks open with names, any thread (torch.compile cannot trace ContextVar.get)
-_LOCK = threading.Lock()
+_NAMES = ScopedValue("gradclip_array_names")  # (read without the ContextVar while no block is open: torch.compile)
 # Index maps of the restricted rules running without names (gc.on: the i-th array the inner
 # rule sees is array POSITIONS[-1][i]), for error labels only.
 POSITIONS: list = []
@@ -68,7 +66,7 @@ def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None, *, tr
       >>> array_label(1)
       'array 1'
     """
-    if names is None and _OPEN[0] == 0 and not _TRACED:  # nothing to name, nothing named: touch no ContextVar
+    if names is None and not _NAMES.is_open and not _TRACED:  # nothing to name, nothing named: touch no ContextVar
         yield
         return
     value = _Lazy(names) if callable(names) else (None if names is None else list(names))
@@ -79,15 +77,8 @@ def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None, *, tr
         finally:
             _TRACED.pop()
         return
-    token = _NAMES.set(value)
-    with _LOCK:
-        _OPEN[0] += 1
-    try:
+    with _NAMES.scope(value):
         yield
-    finally:
-        with _LOCK:
-            _OPEN[0] -= 1
-        _NAMES.reset(token)
 
 
 def current_names() -> Sequence[str] | None:
@@ -95,7 +86,7 @@ def current_names() -> Sequence[str] | None:
     if _TRACED:
         value = _TRACED[-1]
     else:
-        value = None if _OPEN[0] == 0 else _NAMES.get()
+        value = _NAMES.get()
     return value.get() if isinstance(value, _Lazy) else value
 
 
