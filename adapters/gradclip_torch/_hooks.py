@@ -59,6 +59,13 @@ place as without ``sync_skip``). It is on by default (``"auto"``) for rules that
 (:func:`gradclip_core.skip_on_spike`, where a zero-gradient Adam step would still move
 the weights), off for ``nonfinite="skip"``; a fused optimizer never needs it.
 
+``optimizer.step(closure)`` (PyTorch Lightning's automatic optimization calls it so in
+precision ``"32"`` and ``"bf16-mixed"``): the closure computes the gradients inside
+``step()``, after the pre-hook, so the pre-hook wraps it and the rule runs on the
+gradients the closure made, before the optimizer reads them; a rule that tests the loss
+takes the closure's return value when :meth:`Handle.set_loss` was not called. Not for
+``torch.optim.LBFGS``, which calls its closure several times per step (see :func:`warn_attach`).
+
 Loss: rules that test the loss (``skip_on_spike(loss=True)``) get it from
 :meth:`Handle.set_loss`, called once per step before ``optimizer.step()`` (the tensor is
 detached, nothing is synced); ``step()`` raises if it was not called.
@@ -159,8 +166,24 @@ class Handle:
             self._pending = None
         self._state = template
 
-    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        given = self._take_loss()  # (raises before anything is changed when a needed loss is missing)
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        closure = _closure(args, kwargs)
+        if closure is None or isinstance(optimizer, torch.optim.LBFGS):  # (LBFGS calls it many times: see warn_attach)
+            self._before_step(optimizer, self._take_loss())
+            return None
+
+        # step(closure): the closure computes the gradients inside step(), after this hook
+        # (PyTorch Lightning's automatic optimization in precision "32" / "bf16-mixed"): the
+        # rule runs when it returns, before the optimizer reads the gradients.
+        def closure_then_rule() -> Any:
+            loss = closure()
+            self._before_step(optimizer, self._take_loss(loss))
+            return loss
+
+        return _with_closure(args, kwargs, closure_then_rule)
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, given: Any) -> None:
+        """The rule on this step's gradients, before the optimizer reads them (the step pre-hook's work)."""
         every = [p for group in optimizer.param_groups for p in group["params"]]
         names = optimizer_names(optimizer)
         params, grads = collect(every)
@@ -222,12 +245,16 @@ class Handle:
         self._params, self._names = params, names
         self.info = info
 
-    def _take_loss(self) -> Any:
+    def _take_loss(self, returned: Any = None) -> Any:
+        """This step's loss: the one given to :meth:`set_loss`, else the closure's (``step(closure)``)."""
         loss, self._loss = self._loss, None
+        if loss is None and self._needs_loss and isinstance(returned, torch.Tensor) and returned.numel() == 1:
+            loss = returned.detach().reshape(())
         if loss is None and self._needs_loss:
             raise RuntimeError(
                 f"gradclip_torch: the rule {self.rule.name!r} tests the loss (skip_on_spike(loss=True)): call "
-                "handle.set_loss(loss) before every optimizer.step(); nothing was changed"
+                "handle.set_loss(loss) before every optimizer.step() (or step(closure) with a closure that returns "
+                "it); nothing was changed"
             )
         return loss
 
@@ -479,6 +506,20 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     warn_attach(optimizer, rule, Handle)
     return Handle(optimizer, rule, process_group, fold, sync_skip)
+
+
+def _closure(args: tuple, kwargs: dict) -> Any:
+    """The ``closure`` given to ``optimizer.step`` (``args[0]`` is the optimizer), or ``None``."""
+    if "closure" in kwargs:
+        return kwargs["closure"]
+    return args[1] if len(args) > 1 and callable(args[1]) else None
+
+
+def _with_closure(args: tuple, kwargs: dict, closure: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of ``optimizer.step`` with its closure replaced (a step pre-hook's return value)."""
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": closure}
+    return (args[0], closure, *args[2:]), kwargs
 
 
 def optimizer_names(optimizer: torch.optim.Optimizer) -> list[str] | None:
