@@ -471,7 +471,9 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
     mesh, see ``gradclip_torch._distributed``).
 
     Args:
-      optimizer: any ``torch.optim.Optimizer``.
+      optimizer: any ``torch.optim.Optimizer``; an Accelerate ``AcceleratedOptimizer``
+        (``accelerator.prepare``, the Hugging Face ``Trainer``) is unwrapped: the hooks go
+        on the optimizer it wraps (``handle.optimizer``), see :func:`unwrap_optimizer`.
       rule: a gradclip rule.
       process_group: only for plain tensors that are each rank's shard of the full
         arrays: the group to reduce over.
@@ -504,8 +506,31 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
     check_rule(rule, "attach")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    optimizer = unwrap_optimizer(optimizer)
     warn_attach(optimizer, rule, Handle)
     return Handle(optimizer, rule, process_group, fold, sync_skip)
+
+
+def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer that steps, for a wrapper that delegates ``step()`` to ``optimizer.optimizer``.
+
+    Accelerate's ``AcceleratedOptimizer`` (what ``accelerator.prepare`` and the Hugging Face
+    ``Trainer`` hand out) subclasses ``torch.optim.Optimizer`` without running its
+    ``__init__``: it has no step hooks of its own, and its ``step()`` calls the wrapped
+    optimizer's (only on steps that sync the gradients, under gradient accumulation; after
+    ``GradScaler`` unscaled them). The hooks go on that one. Wrappers that are real
+    optimizers (with their own hooks) are kept.
+
+    Example:
+      >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+      >>> unwrap_optimizer(opt) is opt
+      True
+    """
+    inner = optimizer
+    while not hasattr(inner, "_optimizer_step_pre_hooks") and isinstance(getattr(inner, "optimizer", None),
+                                                                           torch.optim.Optimizer):
+        inner = inner.optimizer
+    return inner
 
 
 def _closure(args: tuple, kwargs: dict) -> Any:
