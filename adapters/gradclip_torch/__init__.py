@@ -27,6 +27,10 @@ tensor). Everything is branch-free and free of host syncs (except
 ``nonfinite="raise"``), so it runs under ``torch.compile``, on CPU and CUDA, with
 float32/bfloat16/float16 gradients (norms accumulate in float32).
 
+Trainers: :class:`LightningCallback` (PyTorch Lightning) and :class:`TransformersCallback`
+(Hugging Face ``Trainer``) attach a rule inside ``fit`` / ``train``; with Accelerate,
+``attach`` the optimizer ``accelerator.prepare`` returns (the hooks go on the one it wraps).
+
 The same vocabulary as ``gradclip_optax`` and ``gradclip_keras``: :func:`get_info` (last
 info), :func:`masks`, :func:`strip`, :func:`clip_per_example`.
 
@@ -71,4 +75,17 @@ from ._pruner import Pruner, prune, strip  # noqa: E402
 
 __version__ = "0.2.0"
 
-__all__ = ["apply_", "clip_grad_norm_", "project_", "attach", "Handle", "get_info", "prune", "strip", "masks", "Pruner", "clip_per_example"]
+__all__ = ["apply_", "clip_grad_norm_", "project_", "attach", "Handle", "get_info", "prune", "strip", "masks", "Pruner", "clip_per_example",
+           "LightningCallback", "TransformersCallback"]
+
+# The trainer integrations import their trainer: loaded on first use only (gradclip_torch
+# imports without Lightning / transformers installed).
+_LAZY = {"LightningCallback": "._lightning", "TransformersCallback": "._transformers"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
