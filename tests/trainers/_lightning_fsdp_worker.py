@@ -1,6 +1,7 @@
-"""One rank of a Lightning FSDP2 run (``ModelParallelStrategy``, gloo on CPU): run by test_lightning_fsdp.py.
+"""One rank of Lightning FSDP2 / DDP runs (gloo on CPU): run by test_lightning_fsdp.py.
 
-Usage: ``python _lightning_fsdp_worker.py OUT RULE...`` with Lightning's environment
+Usage: ``python _lightning_fsdp_worker.py OUT STRATEGY:RULE...`` (``fsdp2``:
+``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``; ``ddp``) with Lightning's environment
 variables set (``LOCAL_RANK``, ``NODE_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``: Lightning then takes the processes as launched). Each rank trains on its
 half of every batch (rows ``4r:4r+4``); FSDP2 averages the gradients over the ranks, so
@@ -26,11 +27,14 @@ from tests.trainers.util import LR, MOMENTUM, batches, loss_fn, make_net, rules 
 
 
 class ShardedModule(pl.LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, shard: bool) -> None:
         super().__init__()
         self.net = make_net()
+        self.shard = shard
 
     def configure_model(self) -> None:
+        if not self.shard:
+            return
         mesh = self.device_mesh["data_parallel"]
         for layer in self.net:
             if any(True for _ in layer.parameters()):
@@ -44,21 +48,24 @@ class ShardedModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM)
 
 
-def main(out: str, names: list[str]) -> None:
+def main(out: str, specs: list[str]) -> None:
     rank = int(os.environ["LOCAL_RANK"])
     data = [(x[4 * rank:4 * rank + 4], y[4 * rank:4 * rank + 4]) for x, y in batches(4)]
     results = {}
-    for name in names:
+    for spec in specs:
+        kind, name = spec.split(":")
         callback = gradclip_torch.LightningCallback(rules()[name])
-        module = ShardedModule()
-        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=ModelParallelStrategy(2, 1), precision="32",
+        module = ShardedModule(shard=kind == "fsdp2")
+        strategy = ModelParallelStrategy(2, 1) if kind == "fsdp2" else "ddp"
+        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, precision="32",
                              max_steps=len(data), callbacks=[callback], logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                              default_root_dir=os.path.dirname(out))
         trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=None, shuffle=False))
-        weights = [p.full_tensor().detach().clone() for p in module.parameters()]
-        dtensor = type(next(module.parameters())).__name__
-        results[name] = {"weights": weights, "info": {k: float(v) for k, v in callback.info.items()}, "type": dtensor}
+        params = list(module.parameters())
+        weights = [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in params]
+        results[spec] = {"weights": weights, "info": {k: float(v) for k, v in callback.info.items()},
+                         "type": type(params[0]).__name__}
     if rank == 0:
         torch.save(results, out)
 
