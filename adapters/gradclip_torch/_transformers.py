@@ -13,8 +13,11 @@ The last ``info`` is added to every training log (``gradclip/norm``, ``gradclip/
 callbacks to have them see it) and ``trainer.state.log_history``. Reading it is one host
 sync per logging step (``logging_steps``), none in the other steps.
 
-The rule state is not in the Trainer's checkpoints (``trainer_state.json`` is JSON):
-``callback.state_dict()`` / ``load_state_dict()`` save and restore it.
+Checkpoints: ``on_save`` writes the rule state next to the Trainer's, as
+``gradclip_state_<process index>.pt`` in ``<output_dir>/checkpoint-<step>``, and
+``train(resume_from_checkpoint=...)`` of a checkpoint in ``output_dir`` restores it
+(the callback looks for the file of the step the Trainer resumes at; otherwise it warns
+and starts from a fresh state: use ``callback.load_state_dict(...)``).
 
 This module imports ``transformers``; ``gradclip_torch`` loads it on first use of
 ``gradclip_torch.TransformersCallback`` only.
@@ -22,8 +25,11 @@ This module imports ``transformers``; ``gradclip_torch`` loads it on first use o
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any, Mapping
 
+import torch
 import transformers
 
 from gradclip_core import Rule
@@ -83,6 +89,14 @@ class TransformersCallback(transformers.TrainerCallback):
         if optimizer is None:
             raise ValueError("TransformersCallback: the Trainer handed no optimizer to on_train_begin")
         carried = self._pending if self._pending is not None else (None if self.handle is None else self.handle.state_dict())
+        if carried is None and state.global_step > 0:  # resuming from a checkpoint: its rule state
+            path = _state_file(args, state)
+            if os.path.exists(path):
+                carried = torch.load(path, weights_only=True)
+            else:
+                warnings.warn(f"TransformersCallback({self.rule.name}): resuming at step {state.global_step} without "
+                              f"the rule state ({path} does not exist): the rule starts afresh; restore it with "
+                              "callback.load_state_dict(torch.load(...)) before train()", UserWarning, stacklevel=2)
         if self.handle is not None:
             self.handle.remove()
         self.handle = attach(optimizer, self.rule, **self.attach_kwargs)
@@ -98,6 +112,12 @@ class TransformersCallback(transformers.TrainerCallback):
         logs.update(values)
         if state.log_history and state.log_history[-1].get("loss") == logs["loss"]:
             state.log_history[-1].update(values)  # (the Trainer appended a copy of logs just before on_log)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Write the rule state into the checkpoint folder the Trainer just saved."""
+        path = _state_file(args, state)
+        if self.handle is not None and os.path.isdir(os.path.dirname(path)):
+            torch.save(self.state_dict(), path)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Remove the hooks (the handle keeps its state and last info)."""
@@ -116,3 +136,9 @@ class TransformersCallback(transformers.TrainerCallback):
             self.handle.load_state_dict(state_dict)
         else:
             self._pending = state_dict
+
+
+def _state_file(args: Any, state: Any) -> str:
+    """Where the rule state of step ``state.global_step`` is saved (one file per process)."""
+    folder = os.path.join(args.output_dir, f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+    return os.path.join(folder, f"gradclip_state_{args.process_index}.pt")

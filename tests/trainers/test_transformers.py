@@ -4,7 +4,8 @@ A 2-layer GPT-2 built from a config (no download), random tokens, CPU, 4 optimiz
 steps in the batches' order, ``max_grad_norm=0`` and the rule attached by the callback
 (to the torch optimizer inside the Trainer's ``AcceleratedOptimizer``). Checked: the
 weights equal a plain torch loop with the same batches and rule (bit for bit); the info
-is in the logs; with gradient accumulation the rule runs once per optimizer step, and
+is in the logs; a checkpoint carries the rule state (resuming equals the uninterrupted
+run); with gradient accumulation the rule runs once per optimizer step, and
 ``semantics="torch"`` equals the Trainer's own ``max_grad_norm`` clipping (up to the last
 bit of the norm: the Trainer sums the tensors' norms in another order).
 """
@@ -49,17 +50,18 @@ class InOrderTrainer(transformers.Trainer):
 
 
 def _train(tmp: Path, callback: object = None, max_grad_norm: float = 0.0, accumulate: int = 1,
-           batch: int = BATCH) -> tuple[torch.nn.Module, transformers.Trainer]:
+           batch: int = BATCH, save_steps: int = 0, resume: str | None = None) -> tuple[torch.nn.Module, transformers.Trainer]:
     model = _model()
     args = transformers.TrainingArguments(
         output_dir=str(tmp), use_cpu=True, report_to=[], max_steps=STEPS // accumulate, learning_rate=LR,
         per_device_train_batch_size=batch, gradient_accumulation_steps=accumulate, max_grad_norm=max_grad_norm,
         optim="sgd", lr_scheduler_type="constant", weight_decay=0.0, logging_steps=1,
-        save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, save_only_model=False,
+        disable_tqdm=True, dataloader_num_workers=0, seed=0,
     )
     trainer = InOrderTrainer(model=model, args=args, train_dataset=_dataset(),
                              callbacks=[] if callback is None else [callback])
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     return model, trainer
 
 
@@ -118,6 +120,25 @@ def test_gradient_accumulation_and_torch_semantics_equal_max_grad_norm(tmp_path:
     assert int(callback.handle.state[0].count) == STEPS // 2  # one norm per optimizer step, not per micro-batch
     for a, b in zip(_weights(ours), _weights(native), strict=True):
         _close(a, b)
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    rule = gc.zclip(warmup_steps=2, z_thresh=1.0)
+    full_cb = gradclip_torch.TransformersCallback(rule)
+    full, _ = _train(tmp_path, full_cb, save_steps=2)  # saves checkpoint-2 and checkpoint-4
+    assert (tmp_path / "checkpoint-2" / "gradclip_state_0.pt").exists()
+    resumed_cb = gradclip_torch.TransformersCallback(rule)
+    resumed, trainer = _train(tmp_path, resumed_cb, save_steps=2, resume=str(tmp_path / "checkpoint-2"))
+    assert trainer.state.global_step == STEPS
+    for a, b in zip(_weights(resumed), _weights(full), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(resumed_cb.state_dict()["state"], full_cb.state_dict()["state"], strict=True):
+        assert torch.equal(a, b)
+    (tmp_path / "checkpoint-2" / "gradclip_state_0.pt").unlink()  # without it: a warning, and a fresh state
+    fresh = gradclip_torch.TransformersCallback(rule)
+    with pytest.warns(UserWarning, match="starts afresh"):
+        _train(tmp_path, fresh, save_steps=2, resume=str(tmp_path / "checkpoint-2"))
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict()["state"], full_cb.state_dict()["state"]))
 
 
 def test_refuses_max_grad_norm(tmp_path: Path) -> None:
