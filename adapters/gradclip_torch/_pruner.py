@@ -26,7 +26,7 @@ import gradclip_core as gc
 from gradclip_core.backend import array_names, find_masks, is_namedtuple, name_info
 
 from ._apply import check_rule, project_params
-from ._hooks import Handle, warn_attach
+from ._hooks import Handle, unwrap_optimizer, warn_attach
 from ._state import flatten, unflatten
 
 __all__ = ["prune", "strip", "Pruner"]
@@ -250,6 +250,7 @@ class Pruner:
     def attach(self, optimizer: torch.optim.Optimizer) -> Handle:
         """Run the rule in every ``optimizer.step()``, its state kept in the module buffers."""
         self._check_live()
+        optimizer = unwrap_optimizer(optimizer)  # (Accelerate's AcceleratedOptimizer)
         warn_attach(optimizer, self.rule, _PrunerHandle)
         handle = _PrunerHandle(optimizer, self)
         _HANDLES.setdefault(self.module, []).append(handle)
@@ -271,7 +272,7 @@ class _PrunerHandle(Handle):
     def _state(self, value: Any) -> None:
         self._pruner.state = value
 
-    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_step(self, optimizer: torch.optim.Optimizer, given: Any) -> None:  # (after a step's closure too)
         from ._apply import update_grads
 
         params, names = self._pruner.parameters, self._pruner.names

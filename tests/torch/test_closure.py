@@ -86,3 +86,22 @@ def test_closure_without_loss_raises_for_a_loss_rule() -> None:
     with pytest.raises(RuntimeError, match="set_loss"):
         opt.step(closure)
     assert torch.equal(w.detach(), torch.ones(2))
+
+
+def test_pruner_masks_the_gradients_the_closure_makes() -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pruner = gradclip_torch.prune(model, gc.magnitude_prune(0.5))
+    pruner.attach(opt)
+    for x, y in _batches(2):
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    for name, p in model.named_parameters():
+        if p.ndim == 2:  # the pruned weights: their gradients (and so the momentum) masked
+            assert torch.all(p.grad[p == 0] == 0), name
+            assert torch.all(opt.state[p]["momentum_buffer"][p == 0] == 0), name
