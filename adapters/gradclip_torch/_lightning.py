@@ -11,8 +11,9 @@ loss (``skip_on_spike(loss=True)``) gets the closure's loss. Manual optimization
 
 The rule state (ZClip's EMA, spike windows, pruning masks) is part of Lightning's
 checkpoints (``Callback.state_dict`` / ``load_state_dict``), so ``fit(ckpt_path=...)``
-continues exactly. The last ``info`` is logged every step with ``pl_module.log``
-(``gradclip/norm``, ``gradclip/scale``, ...; ``log=False`` turns it off).
+continues exactly. The ``info`` of each optimizer step is logged with ``pl_module.log``
+(``gradclip/norm``, ``gradclip/scale``, ...; ``log=False`` turns it off); batches that
+only accumulate gradients (``accumulate_grad_batches``) log nothing.
 
 Lightning's own ``gradient_clip_val`` clips before the optimizer step as well: set it to
 ``None`` (the callback refuses to run beside it).
@@ -43,7 +44,7 @@ class LightningCallback(pl.Callback):
 
     Args:
       rule: a gradclip rule (``gc.chain(...)`` for several).
-      log: log the last ``info`` every training step with ``pl_module.log`` (on the
+      log: log the ``info`` of every optimizer step with ``pl_module.log`` (on the
         step, not the epoch; values stay on the device until the logger writes them).
       prefix: prefix of the logged names (``"gradclip/"`` gives ``gradclip/norm``); with
         several optimizers the optimizer index follows it (``gradclip/1/norm``).
@@ -73,6 +74,7 @@ class LightningCallback(pl.Callback):
         self.prefix = prefix
         self.attach_kwargs = attach_kwargs
         self.handles: list[Handle] = []
+        self._stepped = False  # an optimizer step since the last log (not under gradient accumulation)
         self._pending: list[Mapping[str, Any]] | None = None  # a loaded checkpoint, before the optimizers exist
 
     @property
@@ -100,9 +102,14 @@ class LightningCallback(pl.Callback):
         if carried:
             self._load(carried)
 
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        """Note that this batch steps (a batch that only accumulates gradients logs nothing)."""
+        self._stepped = True
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Log the last ``info`` (as floats, still on the device)."""
-        if not self.log:
+        """Log the info of the step this batch made (as floats, still on the device)."""
+        stepped, self._stepped = self._stepped, False
+        if not self.log or not stepped:
             return
         for i, handle in enumerate(self.handles):
             tag = self.prefix if len(self.handles) == 1 else f"{self.prefix}{i}/"

@@ -4,8 +4,9 @@ One process on CPU, precision "32" (Lightning steps each optimizer with a closur
 runs ``training_step`` and ``backward()`` inside ``step()``), Lightning's own
 ``gradient_clip_val`` off. Checked: final weights (same batches, same order) for a
 global clip, ZClip, a skip on loss spikes (the loss comes from the closure) and global
-pruning; the info is logged; a checkpoint carries the rule state, so stopping and
-resuming with ``fit(ckpt_path=...)`` equals the uninterrupted run.
+pruning; the info is logged once per optimizer step (also under gradient accumulation);
+a checkpoint carries the rule state, so stopping and resuming with ``fit(ckpt_path=...)``
+equals the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -63,6 +64,28 @@ def test_fit_equals_plain_loop(tmp_path: Path, name: str) -> None:
     if name == "global_prune":  # (the weights, not the biases)
         weights = torch.cat([p.detach().flatten() for p in module.parameters() if p.ndim == 2])
         assert int((weights == 0).sum()) == 24 == round(0.5 * weights.numel())
+
+
+def test_gradient_accumulation_steps_and_logs_once_per_optimizer_step(tmp_path: Path) -> None:
+    rule = gc.chain(gc.record_norms(8), gc.clip_by_global_norm(0.5))
+    data = batches(4)
+    callback = gradclip_torch.LightningCallback(rule)
+    module = TinyModule()
+    trainer = _trainer(tmp_path, callback, max_epochs=1, accumulate_grad_batches=2)
+    trainer.fit(module, _loader(data))
+    assert trainer.global_step == 2 and int(callback.handles[0].state[0].count) == 2
+    assert not any("skipped" in key for key in trainer.callback_metrics)  # (logged after the steps only)
+    net = make_net()  # the plain loop: each loss / 2, gradients summed over pairs
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    handle = gradclip_torch.attach(opt, rule)
+    for i in range(0, len(data), 2):
+        opt.zero_grad()
+        for batch in data[i:i + 2]:
+            (loss_fn(net, batch) / 2).backward()
+        opt.step()
+    assert_same([p.detach() for p in module.parameters()], [p.detach() for p in net.parameters()])
+    for key, value in handle.info.items():
+        assert float(trainer.callback_metrics[f"gradclip/{key}"]) == pytest.approx(float(value), rel=1e-6)
 
 
 def test_checkpoint_resume_equals_uninterrupted(tmp_path: Path) -> None:
