@@ -68,9 +68,11 @@ from .clip import (
 )
 from .constraints import clip_weights, max_norm, mcp_threshold, min_max_norm, non_neg, soft_threshold, unit_norm
 from .prune import (
+    POOLINGS,
     RELATIVE,
     ROUNDINGS,
     PruneState,
+    block_magnitude_prune,
     Schedule,
     constant_schedule,
     global_magnitude_prune,
@@ -142,6 +144,7 @@ __all__ = [
     "random_prune",
     "ln_structured_prune",
     "nm_prune",
+    "block_magnitude_prune",
     "PruneState",
     # pruning schedules
     "Schedule",
@@ -166,4 +169,5 @@ __all__ = [
     "LAYOUTS",
     "ROUNDINGS",
     "RELATIVE",
+    "POOLINGS",
 ]
