@@ -110,9 +110,12 @@ class PruningSchedule:
 
     def __call__(self, step: int) -> tuple[bool, float]:
         """``(should_prune, sparsity)`` at tfmot's pruning step ``step`` (the first batch is step 1)."""
+        from gradclip_core.backend import namespace
+
         sch = self.schedule()
-        t = np.int32(step - sch.first_step)
-        return bool(sch.active(np, t)), float(np.float32(sch.target(np, t, self.final_sparsity)))
+        t = np.asarray(step - sch.first_step, dtype=np.int32)
+        xp = namespace(t)
+        return bool(sch.active(xp, t)), float(np.float32(sch.target(xp, t, self.final_sparsity)))
 
     def get_config(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -307,6 +310,7 @@ class _Holder:
         self.thresholds: list = []
         self.step: Any = None
         self.names: list[str] = []
+        self.rule: Any = None
 
 
 def _raw(v: Any) -> Any:
@@ -482,13 +486,13 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             h.thresholds.append(self.add_weight(name=f"threshold_{i}", shape=(), dtype="float32", trainable=False,
                                                 initializer="zeros"))
         h.step = self.add_weight(name="pruning_step", shape=(), dtype="int32", trainable=False, initializer="zeros")
-        self._rule_cache = self.rule
+        h.rule = self.rule
         self.built = True
 
     def _update_masks(self, weights: list, masks: list) -> list:
         """One pruning step on the weights (inside the train step): new masks, step and thresholds assigned."""
         h = self._prune
-        rule = self._rule_cache
+        rule = h.rule
         values = [ops.stop_gradient(w) for w in weights]
         step = h.step.value
         state = gc.PruneState(step, tuple(masks))
