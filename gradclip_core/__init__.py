@@ -71,9 +71,11 @@ from .clip import (
 )
 from .constraints import clip_weights, max_norm, mcp_threshold, min_max_norm, non_neg, soft_threshold, unit_norm
 from .prune import (
+    POOLINGS,
     RELATIVE,
     ROUNDINGS,
     PruneState,
+    block_magnitude_prune,
     Schedule,
     constant_schedule,
     global_magnitude_prune,
@@ -149,6 +151,7 @@ __all__ = [
     "random_prune",
     "ln_structured_prune",
     "nm_prune",
+    "block_magnitude_prune",
     "PruneState",
     # pruning schedules
     "Schedule",
@@ -173,4 +176,5 @@ __all__ = [
     "LAYOUTS",
     "ROUNDINGS",
     "RELATIVE",
+    "POOLINGS",
 ]

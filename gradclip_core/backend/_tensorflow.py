@@ -227,6 +227,14 @@ class TFNamespace:
         return tf.ones(shape, dtype=dtype or tf.float32)
 
     @staticmethod
+    def full(shape: Any, fill_value: Any, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
+        del device
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if dtype is None:
+            dtype = tf.bool if isinstance(fill_value, bool) else tf.int64 if isinstance(fill_value, int) else tf.float32
+        return tf.fill(shape, tf.cast(fill_value, dtype))
+
+    @staticmethod
     def arange(start: Any, /, stop: Any = None, step: Any = 1, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
         del device
         if stop is None:

@@ -47,6 +47,13 @@ RULES = {
     "prune-random": lambda: gc.random_prune(0.5, seed=7, scope="global"),
     "prune-ln": lambda: gc.ln_structured_prune(0.5, ord=2, axis="out_first"),
     "prune-nm": lambda: gc.nm_prune(keep=1, group=2, axis=0),
+    # tfmot's presets (issue 18): its float32 count and step numbering, blocks, padded N:M groups
+    "prune-mag-tfmot": lambda: gc.magnitude_prune(
+        0.8, rounding="tfmot", schedule=gc.polynomial_schedule(0, 2, 1, initial_sparsity=0.3, first_step=1)
+    ),
+    "prune-block": lambda: gc.block_magnitude_prune(0.5, (2, 2), rounding="tfmot"),
+    "prune-block-max": lambda: gc.block_magnitude_prune(0.4, (1, 3), pooling="max"),
+    "prune-nm-pad": lambda: gc.nm_prune(keep=2, group=4, axis=-2, remainder="pad"),
     "soft-threshold": lambda: gc.soft_threshold(0.25),
     "mcp": lambda: gc.mcp_threshold(0.25, 3.0),
     "clip-weights": lambda: gc.clip_weights(0.5, info="full"),
@@ -81,6 +88,10 @@ EXACT = {
     "prune-random",
     "prune-ln",
     "prune-nm",
+    "prune-mag-tfmot",
+    "prune-block",
+    "prune-block-max",
+    "prune-nm-pad",
     "soft-threshold",
     "mcp",
     "clip-weights",
