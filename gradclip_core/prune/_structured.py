@@ -9,8 +9,9 @@ from .._rule import Rule, factory
 from .._validate import check_ord
 from ..backend._layout import AxisSpec, check_axis, reduce_axes
 from ..backend._primitives import size, upcast
-from ..backend._selection import float32_scores, order_keys
+from ..backend._selection import float32_scores
 from ..backend._names import array_label
+from ._groups import Group, nm_keep
 from ._schedule import check_amount, check_relative, check_rounding, check_schedule, prune_count
 from ._select import prune_smallest
 from ._state import mask_rule
@@ -129,32 +130,9 @@ def nm_prune(keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None, 
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise ValueError(f"axis must be an int (the group axis), got {axis!r}")
     schedule = check_schedule(schedule)
-    n_prune = group - keep
-
-    def one(xp: Any, p: Any, m: Any) -> Any:
-        nd = p.ndim
-        if nd < 2 or size(p) == 0 or not -nd <= axis < nd or p.shape[axis] % group:
-            return m
-        ax = axis % nd
-        key = order_keys(xp, float32_scores(xp, p)) + 1
-        key = xp.where(m, key, xp.zeros_like(key))
-        moved = xp.moveaxis(key, ax, -1)
-        shp = tuple(moved.shape)
-        g = xp.reshape(moved, shp[:-1] + (shp[-1] // group, group))
-        cols = [g[..., j] for j in range(group)]
-        kept = []
-        for i in range(group):
-            rank = xp.zeros(cols[i].shape, dtype=xp.int32)
-            for j in range(group):
-                if j == i:
-                    continue
-                before = (cols[j] < cols[i]) | (cols[j] == cols[i]) if j < i else cols[j] < cols[i]
-                rank = rank + xp.astype(before, xp.int32)
-            kept.append(rank >= n_prune)
-        mask = xp.reshape(xp.stack(kept, axis=-1), shp)
-        return xp.moveaxis(mask, -1, ax) & m
+    spec = Group("nm", axis=axis, keep=keep, group=group)
 
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
-        return [one(xp, p, m) for p, m in zip(params, old)], None
+        return [nm_keep(xp, spec, float32_scores(xp, p), m) for p, m in zip(params, old)], None
 
     return on(mask_rule("nm_prune", compute, schedule, None), params)
