@@ -189,7 +189,8 @@ def lamp_scores(xp: Any, s: Any) -> Any:
     """LAMP scores (Lee et al. 2021, eq. 2) of one array's non-negative float32 scores ``s``.
 
     ``s_u**2 / sum_{v >= u} s_v**2`` over the ascending order of ``s`` (ties by flat
-    index; a stable sort), in float32; 0 where the suffix sum is 0.
+    index; a stable sort), in float32; 0 where the suffix sum is 0. A NaN score is ranked
+    as +inf (its LAMP score is NaN, ranked last; the scores below it are 0).
 
     Example:
       >>> import numpy as np
@@ -199,6 +200,7 @@ def lamp_scores(xp: Any, s: Any) -> Any:
     flat = xp.reshape(s, (-1,))
     if size(flat) == 0:
         return s
+    flat = xp.where(xp.isnan(flat), xp.full_like(flat, math.inf), flat)  # (NaN sorts as +inf everywhere)
     order = xp.argsort(flat, stable=True)
     sq = xp.take(flat, order) ** 2
     suffix = xp.flip(xp.cumulative_sum(xp.flip(sq, axis=0), axis=0), axis=0)

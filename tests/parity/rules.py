@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gradclip_core as gc
 
+# Wanda's input-channel norms for the weights of cases.SHAPES (rank >= 2: (6, 4), (3, 6), (0, 3), (2, 3, 3, 3); axis 1)
+WANDA_NORMS = [[0.5, 2.0, 1.0, 0.25], [1.0, 3.0, 0.5, 0.5, 2.0, 1.5], [1.0, 1.0, 1.0], [2.0, 0.5, 1.0]]
+
 RULES = {
     "value": lambda: gc.clip_by_value(0.5, info="full"),
     "value-basic": lambda: gc.clip_by_value(0.5),
@@ -47,6 +50,20 @@ RULES = {
     "prune-random": lambda: gc.random_prune(0.5, seed=7, scope="global"),
     "prune-ln": lambda: gc.ln_structured_prune(0.5, ord=2, axis="out_first"),
     "prune-nm": lambda: gc.nm_prune(keep=1, group=2, axis=0),
+    # issue 19: pruning scores, sparsity allocation, structured groups (masks bit for bit)
+    "prune-wanda": lambda: gc.wanda_prune(0.5, act_norms=WANDA_NORMS, axis=1),
+    "prune-wanda-nm": lambda: gc.score_prune(0.5, score=gc.wanda_score(WANDA_NORMS, axis=1), group=gc.nm(1, 2, axis=1)),
+    "prune-movement": lambda: gc.movement_prune(0.5, allocation="global", schedule=gc.constant_schedule(0, -1, 1)),
+    "prune-taylor": lambda: gc.taylor_prune(0.5, schedule=gc.constant_schedule(0, -1, 2)),
+    "prune-random-erk": lambda: gc.score_prune(0.6, score=gc.random_score(5), allocation="erk"),
+    "prune-lamp": lambda: gc.score_prune(0.5, allocation="lamp"),
+    "prune-owl": lambda: gc.score_prune(0.5, score=gc.wanda_score(WANDA_NORMS, axis=1), allocation=gc.owl_sparsity(1.5, 0.1)),
+    "prune-global-minmax": lambda: gc.score_prune(0.6, allocation="global", min_sparsity=0.3, max_sparsity=0.8),
+    "prune-blocks": lambda: gc.score_prune(0.5, group=gc.blocks(2, 2)),
+    "prune-blocks-max": lambda: gc.score_prune(0.5, allocation="global", group=gc.blocks(1, 3, "max")),
+    "prune-heads": lambda: gc.score_prune(0.5, group=gc.units("out_first", size=3)),
+    "prune-cols": lambda: gc.score_prune(0.5, group=gc.units((0,), ord=1)),
+    "group-lasso": lambda: gc.group_lasso(0.5, axis="out_first"),
     "soft-threshold": lambda: gc.soft_threshold(0.25),
     "mcp": lambda: gc.mcp_threshold(0.25, 3.0),
     "clip-weights": lambda: gc.clip_weights(0.5, info="full"),
@@ -74,6 +91,18 @@ EXACT = {
     "prune-random",
     "prune-ln",
     "prune-nm",
+    "prune-wanda",
+    "prune-wanda-nm",
+    "prune-movement",
+    "prune-taylor",
+    "prune-random-erk",
+    "prune-lamp",
+    "prune-owl",
+    "prune-global-minmax",
+    "prune-blocks",
+    "prune-blocks-max",
+    "prune-heads",
+    "prune-cols",
     "soft-threshold",
     "mcp",
     "clip-weights",
@@ -90,7 +119,7 @@ ULP_BUDGET = {("agc", "float32"): 6}
 # wrap()): exact when the projected weight is 0 (masks) or unchanged, but a weight that
 # the rule *moves* (clipped, shrunk) is rounded twice more. The rule's own output and
 # the masks stay exact; only the optax weights of these rules get 2 ulp.
-WEIGHT_BUDGET = {("optax", r): 2 for r in ("soft-threshold", "mcp", "clip-weights", "max-norm", "min-max-norm", "unit-norm")}
+WEIGHT_BUDGET = {("optax", r): 2 for r in ("soft-threshold", "mcp", "group-lasso", "clip-weights", "max-norm", "min-max-norm", "unit-norm")}
 # The norm constraints' per-unit factor is cast to the weight dtype before it is applied (the
 # numerics contract); under XLA (optax above, Keras on JAX) a fused bf16/fp16 multiply may skip
 # that rounding (excess precision), so the projected weight can differ by an ulp of itself.
