@@ -40,6 +40,7 @@ __all__ = ["Allocation", "ALLOCATIONS", "erk_sparsity", "owl_sparsity", "check_a
            "owl_sparsities", "lamp_scores"]
 
 ALLOCATIONS = ("uniform", "global", "erk", "lamp", "owl")
+_GRID = 65536.0  # OWL sparsities are rounded to multiples of 2**-16
 
 
 class Allocation(NamedTuple):
@@ -159,7 +160,11 @@ def owl_sparsities(xp: Any, scores: Sequence[Any], sparsity: Any, m: float, lam:
 
     ``D_i = count(s > m * mean(s)) / n_i`` per array (size-0 arrays: 0); ``r_i = (D_i -
     min D) / (max D - min D) * 2 * lam`` (0 when all ``D_i`` are equal); ``keep_i = r_i -
-    mean(r) + (1 - sparsity)``; sparsity ``1 - keep_i``, clipped to ``[0, 1]``.
+    mean(r) + (1 - sparsity)``; sparsity ``1 - keep_i``, clipped to ``[0, 1]`` and rounded to a
+    multiple of ``2**-16`` (so that the float32 arithmetic of different frameworks, within an
+    ulp of each other, gives the same counts). The mean score is a float32 sum whose order
+    is the framework's: an outlier count may differ only for a score within an ulp of
+    ``m * mean``.
 
     Example:
       >>> import numpy as np
@@ -175,14 +180,22 @@ def owl_sparsities(xp: Any, scores: Sequence[Any], sparsity: Any, m: float, lam:
             continue
         mean = xp.sum(s) / float(n)
         ratios.append(xp.astype(xp.count_nonzero(s > m * mean), xp.float32) / float(n))
-    d = xp.stack(ratios)
-    lo, hi = xp.min(d), xp.max(d)
+    # Element-wise float32 steps in a fixed order (no reduction whose order a framework picks).
+    lo, hi = ratios[0], ratios[0]
+    for d in ratios[1:]:
+        lo, hi = xp.minimum(lo, d), xp.maximum(hi, d)
     spread = hi - lo
-    r = xp.where(spread > 0, (d - lo) * (2.0 * lam) / xp.where(spread > 0, spread, xp.ones_like(spread)),
-                 xp.zeros_like(d))
-    keep = r - xp.mean(r) + (1.0 - sparsity)
-    sp = xp.clip(1.0 - keep, 0.0, 1.0)
-    return [sp[i] for i in range(len(scores))]
+    safe = xp.where(spread > 0, spread, xp.ones_like(spread))
+    rs = [xp.where(spread > 0, (d - lo) * (2.0 * lam) / safe, xp.zeros_like(d)) for d in ratios]
+    total = rs[0]
+    for r in rs[1:]:
+        total = total + r
+    mean_r = total / float(len(rs))
+    out = []
+    for r in rs:
+        sp = xp.clip(1.0 - (r - mean_r + (1.0 - sparsity)), 0.0, 1.0)
+        out.append(xp.round(sp * _GRID) / _GRID)  # on a 2**-16 grid: 1-ulp differences upstream vanish
+    return out
 
 
 def lamp_scores(xp: Any, s: Any) -> Any:
