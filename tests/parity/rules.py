@@ -76,6 +76,15 @@ RULES = {
     "update-norm": lambda: gc.clip_update_norm(1.0, history=2),
 }
 
+# Rules run on a few cases only (name -> case names), to keep the suite's time: the issue-19
+# pruning rules share the selection driver with the rules above (which run every case); these
+# cover their scores, allocations and groups in each dtype, with NaN/Inf weights once.
+FEW_CASES = ("random-float32", "nonfinite-bfloat16", "zeros-float16")
+CASES_FOR = {r: FEW_CASES for r in RULES if r.startswith("prune-") and r not in (
+    "prune-mag", "prune-mag-keep", "prune-threshold", "prune-global", "prune-global-norm", "prune-global-poly",
+    "prune-random", "prune-ln", "prune-nm")}
+CASES_FOR["group-lasso"] = FEW_CASES
+
 # Element-wise value clips, masks and the element-wise weight rules must match exactly,
 # in every dtype (masks are also compared directly, see reference.masks_of).
 EXACT = {
@@ -153,6 +162,10 @@ RESUME = {
         0.8, schedule=gc.polynomial_schedule(0, 4, 1, initial_sparsity=0.2)
     ),
     "zclip-pct-skip": RULES["zclip-pct-skip"],
+    # accumulated movement scores (PruneState.scores) carried across the checkpoint
+    "prune-movement-scheduled": lambda: gc.movement_prune(
+        0.8, allocation="global", schedule=gc.polynomial_schedule(0, 4, 1, initial_sparsity=0.2)
+    ),
     "adagc": RULES["adagc"],
     "adagc-skip": RULES["adagc-skip"],
     "update-norm": lambda: gc.clip_update_norm(1.0, history=4),
