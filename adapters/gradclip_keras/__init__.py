@@ -44,6 +44,7 @@ Example:
   True
 """
 
+from ._calibrate import activation_norms
 from ._callback import Callback, LogInfo
 from ._constraint import Constraint
 from ._optimizer import Optimizer
@@ -54,4 +55,4 @@ from ._registry import register_rule
 __version__ = "0.2.0"
 
 __all__ = ["Optimizer", "Constraint", "Callback", "LogInfo", "PerExampleModel", "clip_per_example", "strip", "masks",
-           "get_info", "register_rule"]
+           "get_info", "register_rule", "activation_norms"]
