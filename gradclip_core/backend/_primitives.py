@@ -47,7 +47,7 @@ __all__ = [
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
-              "order_keys", "apply_masks", "cond", "apply_effect_")
+              "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_")
 
 
 def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:

@@ -54,7 +54,7 @@ from .._hash import hash_keys
 from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
 from ..backend._namespace import device_kw, namespace_name
 from ..backend._names import current_names
-from ..backend._selection import NAN_KEY, float32_scores, key_value, order_keys
+from ..backend._selection import NAN_BITS, float32_scores, float_from_bits, order_keys
 
 __all__ = ["Score", "SCORES", "magnitude_score", "random_score", "wanda_score", "movement_score", "taylor_score",
            "check_score", "compute_scores", "accumulate_scores", "ordered", "activation_sumsq"]
@@ -280,7 +280,7 @@ def ordered(xp: Any, s: Any) -> Any:
     ``|s|``'s 31-bit order key (:func:`gradclip_core.backend.order_keys`) is halved (one
     low bit dropped) and placed above ``0x3FC00000`` for ``s >= 0``, below it for
     ``s < 0`` (so -inf -> 0, +inf -> +inf), then read back as a float32; NaN stays NaN
-    (ranked last). Integer and exact power-of-two operations only: identical everywhere.
+    (ranked last). Integer operations and a bit cast only: identical everywhere.
 
     Example:
       >>> import numpy as np
@@ -289,9 +289,9 @@ def ordered(xp: Any, s: Any) -> Any:
       [0, 2, 3, 4, 1]
     """
     half = xp.bitwise_right_shift(order_keys(xp, xp.abs(s)), 1)
-    u = xp.where(s < 0, _MID - half, _MID + half) + 1
-    u = xp.where(xp.isnan(s), xp.full_like(u, NAN_KEY), u)
-    return key_value(xp, u)
+    u = xp.where(s < 0, _MID - half, _MID + half)
+    u = xp.where(xp.isnan(s), xp.full_like(u, NAN_BITS), u)
+    return float_from_bits(xp, u)
 
 
 def activation_sumsq(xp: Any, x: Any, channel_axis: int = -1) -> Any:
