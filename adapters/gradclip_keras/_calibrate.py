@@ -44,7 +44,8 @@ def activation_norms(model: keras.Model, batches: Iterable[Any]) -> dict[str, np
               if isinstance(layer, _LAYERS) and getattr(layer, "kernel", None) is not None]
     if not layers:
         raise ValueError("activation_norms: the model has no Dense or Conv layer")
-    probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, [layer.input for layer in layers])
     axes = [1 if getattr(layer, "data_format", "channels_last") == "channels_first" else -1 for layer in layers]
     sums: list = [None] * len(layers)
     for batch in batches:
