@@ -84,6 +84,12 @@ CASES_FOR = {r: FEW_CASES for r in RULES if r.startswith("prune-") and r not in 
     "prune-mag", "prune-mag-keep", "prune-threshold", "prune-global", "prune-global-norm", "prune-global-poly",
     "prune-random", "prune-ln", "prune-nm")}
 CASES_FOR["group-lasso"] = FEW_CASES
+# Keras (three backends, each a model.fit per case: the slowest part of the suite): one case per rule,
+# for the rules whose Keras path differs (gradients into the score through the Optimizer, the TF
+# namespace's sort/take/flip/concat); the other issue-19 rules share those paths.
+KERAS_CASES_FOR = {**{r: () for r in CASES_FOR}, **{r: ("random-float32",) for r in (
+    "prune-wanda", "prune-movement", "prune-random-erk", "prune-lamp", "prune-owl", "prune-blocks", "prune-heads",
+    "group-lasso")}}
 
 # Element-wise value clips, masks and the element-wise weight rules must match exactly,
 # in every dtype (masks are also compared directly, see reference.masks_of).
