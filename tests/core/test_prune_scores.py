@@ -4,6 +4,7 @@ Each reference below is transcribed from the paper (or the authors' / jaxpruner'
 NumPy float64 and ranks with a stable sort (ties by flat index, the core's total order).
 """
 
+import json
 import math
 
 import numpy as np
@@ -275,9 +276,14 @@ def test_group_lasso_is_the_block_soft_threshold(xp):
 
 def test_configs_round_trip_and_restricted_scores():
     for rule in (gc.wanda_prune(0.5, act_norms={"0": [1.0, 2.0]}, axis=1),
+                 gc.score_prune(0.5, score=gc.wanda_score([[1.0, 0.5]], axis=1), group=gc.units("out_first")),
                  gc.score_prune(0.5, allocation=gc.erk_sparsity(0.5), group=gc.blocks(2, 2, "max")),
                  gc.movement_prune(0.3, allocation="global")):
         assert gc.from_config(rule.config).config == rule.config
+        # JSON (what Keras saves): NamedTuples become lists, tuples lists; from_config takes them back
+        again = gc.from_config(json.loads(json.dumps(rule.config)))
+        w = [np.arange(8, dtype=np.float32).reshape(4, 2) - 3.5]
+        assert np.array_equal(np.asarray(project(again, np, w)[1].masks[0]), np.asarray(project(rule, np, w)[1].masks[0]))
     rule = gc.movement_prune(0.5, params=gc.Params(exclude=["1"]))
     ws = [np.ones((2, 2), np.float32), np.ones((3, 3), np.float32)]
     state = rule.init(ws)
