@@ -6,7 +6,8 @@ on the schedule's steps with the one exact selection, :func:`prune_smallest`, an
 the weights. The public names are re-exported by :mod:`gradclip_core`.
 """
 
-from ._allocation import ALLOCATIONS, Allocation, erk_sparsities, erk_sparsity, lamp_scores, owl_sparsities, owl_sparsity
+from ._allocation import (ALLOCATIONS, Allocation, erk_sparsities, erk_sparsity, lamp_scores, owl_sparsities, owl_sparsity,
+                          per_output)
 from ._groups import Group, blocks, nm, units
 from ._magnitude import global_magnitude_prune, magnitude_prune
 from ._random import random_prune
@@ -50,6 +51,7 @@ __all__ = [
     "ALLOCATIONS",
     "erk_sparsity",
     "owl_sparsity",
+    "per_output",
     "erk_sparsities",
     "owl_sparsities",
     "lamp_scores",

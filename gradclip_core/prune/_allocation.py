@@ -16,6 +16,12 @@ An :class:`Allocation` (plain Python values, so it sits in a rule's ``config``):
   scores are sorted ascending (ties by index) and ``v >= u`` runs over the rest of that
   order, ``u`` included (:func:`lamp_scores`). Every array keeps its largest score
   (LAMP score 1).
+- ``"per_output"`` (:func:`per_output`; Wanda's comparison group, Sun et al. 2023,
+  section 3): every output unit (a row of a torch ``(out, in)`` weight, a column of a
+  Keras ``(in, out)`` kernel, a conv filter) loses ``round_half_even(s * m)`` of its ``m``
+  weights, the smallest scores of that unit (ties by position, pruned ones first):
+  a stable sort of the int32 order keys along the unit (exact, identical everywhere).
+  The Wanda authors' code floors the count (``int(m * s)``); here it is rounded.
 - ``"owl"`` (:func:`owl_sparsity`; Yin et al. 2024, "Outlier Weighed Layerwise
   sparsity", arXiv 2310.05175, section 3 and the authors' ``prune_wanda_outlier``):
   per array the outlier ratio ``D_i`` = fraction of scores ``> m * mean(scores)``,
@@ -36,10 +42,10 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 from ..backend._primitives import size
 
-__all__ = ["Allocation", "ALLOCATIONS", "erk_sparsity", "owl_sparsity", "check_allocation", "erk_sparsities",
+__all__ = ["Allocation", "ALLOCATIONS", "erk_sparsity", "owl_sparsity", "per_output", "per_output_keep", "check_allocation", "erk_sparsities",
            "owl_sparsities", "lamp_scores"]
 
-ALLOCATIONS = ("uniform", "global", "erk", "lamp", "owl")
+ALLOCATIONS = ("uniform", "global", "erk", "lamp", "owl", "per_output")
 _GRID = 65536.0  # OWL sparsities are rounded to multiples of 2**-16
 
 
@@ -51,12 +57,15 @@ class Allocation(NamedTuple):
       power_scale: ERK's exponent (``< 1``: softer than Erdős–Rényi).
       m: OWL's outlier threshold, a multiple of the mean score.
       lam: OWL's ``lambda``: the per-array sparsity stays within ``s +- lam``.
+      axis: ``per_output``'s output axis (``"out_first"``, ``"out_last"``, an int, or
+        ``None``: the framework's layout).
     """
 
     kind: str = "uniform"
     power_scale: float = 1.0
     m: float = 5.0
     lam: float = 0.08
+    axis: Any = None
 
     @property
     def is_global(self) -> bool:
@@ -93,6 +102,22 @@ def owl_sparsity(m: float = 5.0, lam: float = 0.08) -> Allocation:
     return Allocation("owl", m=_positive("m", m), lam=lam)
 
 
+def per_output(axis: Any = None) -> Allocation:
+    """Per-output-unit comparison groups (Wanda's): each output unit at the target sparsity.
+
+    Args:
+      axis: the output axis: ``"out_first"`` (torch), ``"out_last"`` (Keras, flax), an int,
+        or ``None`` (the framework's layout; ``"optax"`` means ``"out_last"`` here).
+
+    Example:
+      >>> per_output("out_first").kind
+      'per_output'
+    """
+    if axis is not None and axis not in ("out_first", "out_last") and (isinstance(axis, bool) or not isinstance(axis, int)):
+        raise ValueError(f"axis must be 'out_first', 'out_last', an int or None, got {axis!r}")
+    return Allocation("per_output", axis=axis)
+
+
 def check_allocation(allocation: Any) -> Allocation:
     """An :class:`Allocation`, its kind as a string, or its fields as a dict/list (configs)."""
     if isinstance(allocation, str):
@@ -109,6 +134,8 @@ def check_allocation(allocation: Any) -> Allocation:
         return erk_sparsity(allocation.power_scale)
     if allocation.kind == "owl":
         return owl_sparsity(allocation.m, allocation.lam)
+    if allocation.kind == "per_output":
+        return per_output(allocation.axis)
     return Allocation(allocation.kind)
 
 
@@ -220,3 +247,43 @@ def lamp_scores(xp: Any, s: Any) -> Any:
     lamp = xp.where(suffix > 0, sq / xp.where(suffix > 0, suffix, xp.ones_like(suffix)), xp.zeros_like(sq))
     inv = xp.argsort(order, stable=True)
     return xp.reshape(xp.take(lamp, inv), tuple(s.shape))
+
+
+def _output_axis(xp: Any, axis: Any, ndim: int) -> int:
+    if axis is None:
+        from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
+        from ..backend._namespace import namespace_name
+
+        axis = _OVERRIDE.get() or _DEFAULT_LAYOUT.get(namespace_name(xp))
+        if axis is None:
+            raise ValueError("per_output(axis=None) means the framework's layout, and this namespace has none: pass "
+                             "axis= ('out_first' for (out, in, ...) weights, 'out_last' for (..., in, out) kernels)")
+    if axis == "out_first":
+        return 0
+    if axis in ("out_last", "optax"):
+        return ndim - 1
+    return axis % ndim
+
+
+def per_output_keep(xp: Any, axis: Any, s: Any, m: Any, target: Any, rounding: str) -> Any:
+    """Keep-mask pruning ``target`` of every output unit of ``s`` (non-negative float32 scores), old mask ``m``.
+
+    Arrays of rank < 2 and size-0 arrays keep ``m``.
+    """
+    from ..backend._selection import order_keys
+    from ._schedule import prune_count
+
+    if s.ndim < 2 or size(s) == 0:
+        return m
+    ax = _output_axis(xp, axis, s.ndim)
+    key = order_keys(xp, s) + 1
+    key = xp.where(m, key, xp.zeros_like(key))  # pruned before: first
+    moved = xp.moveaxis(key, ax, 0)
+    shp = tuple(moved.shape)
+    rows = xp.reshape(moved, (shp[0], -1))
+    n = rows.shape[1]
+    k = prune_count(xp, target, n, rounding)
+    order = xp.argsort(rows, axis=1, stable=True)
+    rank = xp.argsort(order, axis=1, stable=True)
+    keep = xp.reshape(rank >= k, shp)
+    return xp.moveaxis(keep, 0, ax) & m

@@ -18,7 +18,7 @@ from .._rule import Rule, factory
 from ..backend._namespace import device_kw
 from ..backend._primitives import size
 from ..backend._names import array_label
-from ._allocation import check_allocation, erk_sparsities, lamp_scores, owl_sparsities
+from ._allocation import check_allocation, erk_sparsities, lamp_scores, owl_sparsities, per_output_keep
 from ._groups import check_group, expand, nm_keep, pool
 from ._schedule import _fraction, check_amount, check_relative, check_rounding, check_schedule, prune_count
 from ._scores import accumulate_scores, check_score, compute_scores, movement_score, ordered, taylor_score, wanda_score
@@ -80,9 +80,10 @@ def score_prune(
       score: ``"magnitude"``, ``"random"``, ``"movement"``, ``"taylor"`` or a
         :class:`~gradclip_core.Score` (``gc.wanda_score(act_norms, axis)``,
         ``gc.random_score(seed)``); see :mod:`gradclip_core.prune._scores`.
-      allocation: ``"uniform"``, ``"global"``, ``"erk"``, ``"lamp"``, ``"owl"`` or an
-        :class:`~gradclip_core.Allocation` (``gc.erk_sparsity(power_scale)``,
-        ``gc.owl_sparsity(m, lam)``); see :mod:`gradclip_core.prune._allocation`.
+      allocation: ``"uniform"``, ``"global"``, ``"erk"``, ``"lamp"``, ``"owl"``,
+        ``"per_output"`` or an :class:`~gradclip_core.Allocation` (``gc.erk_sparsity(power_scale)``,
+        ``gc.owl_sparsity(m, lam)``, ``gc.per_output(axis)``); see
+        :mod:`gradclip_core.prune._allocation`.
       group: ``None`` (elements), ``gc.blocks(rows, cols, pooling)``,
         ``gc.units(axis, ord, size)`` or ``gc.nm(keep, group, axis=)``.
       min_sparsity: with ``"global"`` / ``"lamp"``: every array loses at least this
@@ -131,6 +132,9 @@ def score_prune(
                          "score (use 'taylor', 'magnitude' or 'wanda')")
     if remaining and alloc.kind not in ("uniform", "global"):
         raise ValueError('relative_to="remaining" works with allocation "uniform" or "global"')
+    if alloc.kind == "per_output" and (grp is not None or remaining):
+        raise ValueError("allocation 'per_output' compares the elements of each output unit: no group=, "
+                         "relative_to='all'")
     if grp is not None and grp.kind == "nm" and (alloc.kind != "uniform" or remaining):
         raise ValueError("an N:M group has a fixed count per group: use allocation='uniform', relative_to='all'")
 
@@ -138,6 +142,10 @@ def score_prune(
         el = compute_scores(xp, score, params, scores)
         if grp is not None and grp.kind == "nm":
             return [nm_keep(xp, grp, ordered(xp, s) if score.signed else s, m) for s, m in zip(el, old)], None
+        if alloc.kind == "per_output":
+            t = target_of(amount)
+            return [per_output_keep(xp, alloc.axis, ordered(xp, s) if score.signed else s, m, t, rounding)
+                    for s, m in zip(el, old)], None
         live, gs, galive = [], [], []
         for i, (s, m) in enumerate(zip(el, old)):
             if size(s) == 0:
@@ -220,9 +228,11 @@ def wanda_prune(
       amount: the sparsity in ``[0, 1]``.
       act_norms: one 1-d array of input-channel norms per pruned array (a sequence in the
         order the rule sees the arrays, or a dict by array name).
+      allocation: ``"uniform"`` (default: each array), ``gc.per_output(axis)`` (the paper's
+        comparison group: each output unit), ``"global"``, ``"owl"`` (OWL's Wanda), ...
       axis: the input-channel axis (``1`` torch ``(out, in, ...)``, ``-2`` Keras
         ``(..., in, out)``), ``None``: from the framework's layout.
-      allocation, group, schedule, rounding, params: as :func:`score_prune`.
+      group, schedule, rounding, params: as :func:`score_prune`.
 
     Returns:
       A :class:`Rule` with :class:`PruneState`; info ``sparsity``, ``sparsity/<i>``. Its

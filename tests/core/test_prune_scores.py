@@ -50,6 +50,24 @@ def test_wanda_prunes_the_smallest_weight_times_input_norm_per_array(xp):
     assert np.array_equal(out[0], np.where(lowest(metric, 6), w, 0))
 
 
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_wanda_per_output_is_the_papers_comparison_group(xp):
+    # Sun et al.'s prune_wanda: sort_res = torch.sort(W_metric, dim=-1, stable=True);
+    # indices = sort_res[1][:, :int(W_metric.shape[1] * sparsity)]; W_mask.scatter_(1, indices, True)
+    w = RNG.normal(size=(4, 8)).astype(np.float32)  # torch (out, in)
+    norms = np.abs(RNG.normal(size=8)) + 0.1
+    metric = np.abs(w.astype(np.float64)) * norms.reshape(1, -1)
+    pruned = np.zeros_like(metric, bool)
+    idx = np.argsort(metric, axis=-1, kind="stable")[:, : int(metric.shape[1] * 0.5)]
+    np.put_along_axis(pruned, idx, True, axis=1)
+    rule = gc.wanda_prune(0.5, act_norms=[norms], axis=1, allocation=gc.per_output("out_first"))
+    _, state, _ = project(rule, xp, [w])
+    assert np.array_equal(np.asarray(state.masks[0]), ~pruned)
+    _, state, _ = project(gc.wanda_prune(0.5, act_norms=[norms], axis=-2, allocation=gc.per_output("out_last")),
+                          xp, [w.T.copy()])  # the Keras layout of the same weights
+    assert np.array_equal(np.asarray(state.masks[0]), ~pruned.T)
+
+
 def test_wanda_keras_layout_and_names():
     w = RNG.normal(size=(5, 3)).astype(np.float32)  # Keras Dense (in, out): input axis -2
     norms = np.abs(RNG.normal(size=5)) + 0.1

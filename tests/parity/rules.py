@@ -52,6 +52,7 @@ RULES = {
     "prune-nm": lambda: gc.nm_prune(keep=1, group=2, axis=0),
     # issue 19: pruning scores, sparsity allocation, structured groups (masks bit for bit)
     "prune-wanda": lambda: gc.wanda_prune(0.5, act_norms=WANDA_NORMS, axis=1),
+    "prune-wanda-rows": lambda: gc.wanda_prune(0.5, act_norms=WANDA_NORMS, axis=1, allocation=gc.per_output(0)),
     "prune-wanda-nm": lambda: gc.score_prune(0.5, score=gc.wanda_score(WANDA_NORMS, axis=1), group=gc.nm(1, 2, axis=1)),
     "prune-movement": lambda: gc.movement_prune(0.5, allocation="global", schedule=gc.constant_schedule(0, -1, 1)),
     "prune-taylor": lambda: gc.taylor_prune(0.5, schedule=gc.constant_schedule(0, -1, 2)),
@@ -88,7 +89,7 @@ CASES_FOR["group-lasso"] = FEW_CASES
 # for the rules whose Keras path differs (gradients into the score through the Optimizer, the TF
 # namespace's sort/take/flip/concat); the other issue-19 rules share those paths.
 KERAS_CASES_FOR = {**{r: () for r in CASES_FOR}, **{r: ("random-float32",) for r in (
-    "prune-wanda", "prune-movement", "prune-random-erk", "prune-lamp", "prune-owl", "prune-blocks", "prune-heads",
+    "prune-wanda", "prune-wanda-rows", "prune-movement", "prune-random-erk", "prune-lamp", "prune-owl", "prune-blocks", "prune-heads",
     "group-lasso")}}
 
 # Element-wise value clips, masks and the element-wise weight rules must match exactly,
@@ -107,6 +108,7 @@ EXACT = {
     "prune-ln",
     "prune-nm",
     "prune-wanda",
+    "prune-wanda-rows",
     "prune-wanda-nm",
     "prune-movement",
     "prune-taylor",
