@@ -6,6 +6,9 @@ An algorithm is a score (:mod:`gradclip_core.prune._scores`), a sparsity allocat
 :func:`gradclip_core.prune_smallest` (score ascending, then flat index), so they are
 bit-identical across frameworks. ``wanda_prune``, ``movement_prune`` and
 ``taylor_prune`` are ``score_prune`` with their score.
+
+Sharded arrays (:mod:`gradclip_core.backend` collectives: DTensor, JAX shards) are not
+supported yet: ``score_prune`` raises there (the magnitude rules support them).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from .._params import on
 from .._rule import Rule, factory
+from ..backend._collective import active
 from ..backend._namespace import device_kw
 from ..backend._primitives import size
 from ..backend._names import array_label
@@ -139,6 +143,9 @@ def score_prune(
         raise ValueError("an N:M group has a fixed count per group: use allocation='uniform', relative_to='all'")
 
     def compute(xp: Any, params: list, old: list, target_of: Any, scores: Any = ()) -> tuple[list, Any]:
+        if active():
+            raise ValueError("score_prune does not run on sharded arrays yet (counts and pools are per local shard); "
+                             "use magnitude_prune / global_magnitude_prune there, or gather the weights")
         el = compute_scores(xp, score, params, scores)
         if grp is not None and grp.kind == "nm":
             return [nm_keep(xp, grp, ordered(xp, s) if score.signed else s, m) for s, m in zip(el, old)], None
