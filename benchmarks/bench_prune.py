@@ -97,6 +97,7 @@ print(json.dumps(out))
 SCORE_RULES = {
     "magnitude_prune(0.5)": "gc.magnitude_prune(0.5)",
     "wanda_prune(0.5)": "gc.wanda_prune(0.5, act_norms=norms, axis=1)",
+    "wanda_prune(0.5, per_output)": "gc.wanda_prune(0.5, act_norms=norms, axis=1, allocation=gc.per_output())",
     "taylor_prune(0.5)": "gc.taylor_prune(0.5)",
     "movement_prune(0.5)": "gc.movement_prune(0.5)",
     "score_prune(0.5, score=random)": "gc.score_prune(0.5, score='random')",

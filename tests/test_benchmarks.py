@@ -39,7 +39,7 @@ def test_prune_scores_rows_run():
     cmd = [sys.executable, str(BENCH / "bench_prune.py"), "--scores", "--shapes", "tiny", "--reps", "1"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert sum("x magnitude" in line for line in out.stdout.splitlines()) == 13
+    assert sum("x magnitude" in line for line in out.stdout.splitlines()) == 14
     assert out.stdout.count("[target <= 2.0x") == 4
 
 
