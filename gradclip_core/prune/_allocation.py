@@ -40,7 +40,11 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
+from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
+from ..backend._namespace import namespace_name
 from ..backend._primitives import size
+from ..backend._selection import order_keys
+from ._schedule import prune_count
 
 __all__ = ["Allocation", "ALLOCATIONS", "erk_sparsity", "owl_sparsity", "per_output", "per_output_keep", "check_allocation", "erk_sparsities",
            "owl_sparsities", "lamp_scores"]
@@ -251,9 +255,6 @@ def lamp_scores(xp: Any, s: Any) -> Any:
 
 def _output_axis(xp: Any, axis: Any, ndim: int) -> int:
     if axis is None:
-        from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
-        from ..backend._namespace import namespace_name
-
         axis = _OVERRIDE.get() or _DEFAULT_LAYOUT.get(namespace_name(xp))
         if axis is None:
             raise ValueError("per_output(axis=None) means the framework's layout, and this namespace has none: pass "
@@ -270,9 +271,6 @@ def per_output_keep(xp: Any, axis: Any, s: Any, m: Any, target: Any, rounding: s
 
     Arrays of rank < 2 and size-0 arrays keep ``m``.
     """
-    from ..backend._selection import order_keys
-    from ._schedule import prune_count
-
     if s.ndim < 2 or size(s) == 0:
         return m
     ax = _output_axis(xp, axis, s.ndim)

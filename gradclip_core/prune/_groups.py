@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, NamedTuple
 
+import numpy as np
+
 from .._validate import check_choice, check_ord
 from ..backend._layout import check_axis, reduce_axes
 from ..backend._namespace import device_kw
@@ -162,8 +164,6 @@ def pool(xp: Any, group: Group, s: Any) -> Any:
             return acc if group.pooling == "max" else acc / float(r * c)
         rows = [min(r, R - b * r) for b in range((R + pr) // r)]
         cols = [min(c, C - b * c) for b in range((C + pc) // c)]
-        import numpy as np
-
         counts = np.outer(np.asarray(rows, np.float32), np.asarray(cols, np.float32))
         return acc / xp.asarray(counts, dtype=xp.float32, **device_kw([s]))
     if group.kind == "units":

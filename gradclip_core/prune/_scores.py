@@ -86,6 +86,7 @@ class Score(NamedTuple):
 
     @property
     def signed(self) -> bool:
+        """Whether scores can be negative (movement): ranked through :func:`ordered`."""
         return self.kind == "movement"
 
 
