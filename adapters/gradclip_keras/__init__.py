@@ -49,6 +49,7 @@ Example:
   True
 """
 
+from ._calibrate import activation_norms
 from ._callback import Callback, LogInfo
 from ._constraint import Constraint
 from ._optimizer import Optimizer
@@ -61,7 +62,7 @@ from ._tfmot import (ConstantSparsity, PolynomialDecay, PruneLowMagnitude, Pruni
 __version__ = "0.2.0"
 
 __all__ = ["Optimizer", "Constraint", "Callback", "LogInfo", "PerExampleModel", "clip_per_example", "strip", "masks",
-           "get_info", "register_rule",
+           "get_info", "register_rule", "activation_norms",
            # tfmot's pruning API (tensorflow_model_optimization.sparsity.keras), for Keras 3
            "prune_low_magnitude", "strip_pruning", "PruneLowMagnitude", "PruningSchedule", "ConstantSparsity",
            "PolynomialDecay", "UpdatePruningStep", "PruningSummaries", "collect_prunable_layers", "prune_scope"]

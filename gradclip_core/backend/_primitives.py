@@ -50,7 +50,7 @@ __all__ = [
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
-              "order_keys", "apply_masks", "cond", "apply_effect_", "min_bound_ratio")
+              "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio")
 
 
 def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:

@@ -478,6 +478,12 @@ def order_keys(xp: Any, s: torch.Tensor) -> torch.Tensor:
     return k.clamp_(max=NAN_BITS)
 
 
+def float_from_bits(xp: Any, u: torch.Tensor) -> torch.Tensor:
+    """The float32 whose bit pattern is the int32 ``u`` (a view)."""
+    del xp
+    return u.to(torch.int32).contiguous().view(torch.float32)
+
+
 class _Workspace:
     """Scratch buffers of one selection, reused across chunks (nothing allocated per chunk).
 
@@ -613,7 +619,8 @@ def register() -> None:
     """
     register_primitives(NAMESPACE, array_norms=array_norms, array_rms=array_rms, unit_norms=unit_norms,
                         multiply=multiply, clip=clip, count_outside=count_outside, min_bound_ratio=min_bound_ratio,
-                        apply_masks=apply_masks, cond=cond, order_keys=order_keys, apply_effect_=apply_effect_)
+                        apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
+                        apply_effect_=apply_effect_)
     register_selection(NAMESPACE, _choose)
 
 

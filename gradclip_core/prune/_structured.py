@@ -8,10 +8,10 @@ from .._params import on
 from .._rule import Rule, factory
 from .._validate import check_ord
 from ..backend._layout import AxisSpec, check_axis, reduce_axes
-from ..backend._namespace import device_kw
 from ..backend._primitives import size, upcast
-from ..backend._selection import float32_scores, order_keys
+from ..backend._selection import float32_scores
 from ..backend._names import array_label
+from ._groups import Group, nm_keep
 from ._schedule import check_amount, check_relative, check_rounding, check_schedule, prune_count
 from ._select import prune_smallest
 from ._state import mask_rule
@@ -145,41 +145,9 @@ def nm_prune(
     if remainder not in ("dense", "pad"):
         raise ValueError(f"remainder must be 'dense' or 'pad', got {remainder!r}")
     schedule = check_schedule(schedule)
-    n_prune = group - keep
-
-    def one(xp: Any, p: Any, m: Any) -> Any:
-        nd = p.ndim
-        if nd < 2 or size(p) == 0 or not -nd <= axis < nd:
-            return m
-        pad = -p.shape[axis] % group
-        if pad and remainder == "dense":
-            return m
-        ax = axis % nd
-        key = order_keys(xp, float32_scores(xp, p)) + 1
-        key = xp.where(m, key, xp.zeros_like(key))
-        moved = xp.moveaxis(key, ax, -1)
-        shp = tuple(moved.shape)
-        if pad:  # padding ranks below everything (pruned first), as tfmot's zero padding loses to any weight
-            filler = xp.full(shp[:-1] + (pad,), -1, dtype=moved.dtype, **device_kw([moved]))
-            moved = xp.concat([moved, filler], axis=-1)
-            shp = tuple(moved.shape)
-        g = xp.reshape(moved, shp[:-1] + (shp[-1] // group, group))
-        cols = [g[..., j] for j in range(group)]
-        kept = []
-        for i in range(group):
-            rank = xp.zeros(cols[i].shape, dtype=xp.int32)
-            for j in range(group):
-                if j == i:
-                    continue
-                before = (cols[j] < cols[i]) | (cols[j] == cols[i]) if j < i else cols[j] < cols[i]
-                rank = rank + xp.astype(before, xp.int32)
-            kept.append(rank >= n_prune)
-        mask = xp.reshape(xp.stack(kept, axis=-1), shp)
-        if pad:
-            mask = mask[..., : shp[-1] - pad]
-        return xp.moveaxis(mask, -1, ax) & m
+    spec = Group("nm", axis=axis, keep=keep, group=group)
 
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
-        return [one(xp, p, m) for p, m in zip(params, old)], None
+        return [nm_keep(xp, spec, float32_scores(xp, p), m, remainder) for p, m in zip(params, old)], None
 
     return on(mask_rule("nm_prune", compute, schedule, None), params)
