@@ -43,7 +43,7 @@ with equal ``|w|`` keep the later ones.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np

@@ -354,12 +354,6 @@ class TFNamespace:
         return tf.reverse(x, axes)
 
     @staticmethod
-    def full(shape: Any, fill_value: Any, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
-        del device
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        return tf.fill(shape, tf.cast(fill_value, dtype or tf.float32))
-
-    @staticmethod
     def cumulative_sum(x: Any, /, *, axis: Any = None, dtype: Any = None, include_initial: bool = False) -> tf.Tensor:
         x = _t(x)
         if axis is None:
