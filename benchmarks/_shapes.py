@@ -37,11 +37,12 @@ def gpt2_small_shapes(n_layer: int = 12, d: int = 768, vocab: int = 50257, ctx: 
     return shapes
 
 
-SHAPE_SETS = ("gpt2", "tiny")
+SHAPE_SETS = ("gpt2", "tiny", "small")
 
 
 def shape_set(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    """``"gpt2"``: GPT-2 small (148 tensors, 124M params); ``"tiny"``: one 64-wide layer, for smoke tests.
+    """``"gpt2"``: GPT-2 small (148 tensors, 124M params); ``"tiny"``: one 64-wide layer, for smoke tests;
+    ``"small"``: two 256-wide layers (5.8M params), for quick measurements on a shared machine.
 
     Example:
       >>> len(shape_set("tiny")), sum(__import__("math").prod(s) for _, s in shape_set("tiny"))
@@ -51,4 +52,6 @@ def shape_set(name: str) -> list[tuple[str, tuple[int, ...]]]:
         return gpt2_small_shapes()
     if name == "tiny":
         return gpt2_small_shapes(n_layer=1, d=64, vocab=512, ctx=64)
+    if name == "small":
+        return gpt2_small_shapes(n_layer=2, d=256, vocab=16384, ctx=256)
     raise ValueError(f"shape set must be one of {SHAPE_SETS}, got {name!r}")

@@ -149,6 +149,16 @@ def _expand(state: Any, idx: list[int], arrays: Sequence[Any]) -> Any:
             else:
                 xp = namespace(a)
                 full.append(xp.ones((), dtype=xp.bool, **device_kw([a])))
+        scores = getattr(state, "scores", ())
+        if isinstance(scores, tuple) and scores:  # accumulated pruning scores: 0-d zeros for the others
+            acc: list = []
+            for j, a in enumerate(arrays):
+                if j in pos:
+                    acc.append(scores[pos[j]])
+                else:
+                    xp = namespace(a)
+                    acc.append(xp.zeros((), dtype=xp.float32, **device_kw([a])))
+            return state._replace(masks=tuple(full), scores=tuple(acc))
         return state._replace(masks=tuple(full))
     if isinstance(state, tuple) and not hasattr(state, "_fields"):
         return tuple(_expand(s, idx, arrays) for s in state)
@@ -161,6 +171,9 @@ def _contract(state: Any, idx: list[int], n: int, name: str) -> Any:
         if not isinstance(state.masks, tuple) or len(state.masks) != n:
             got = len(state.masks) if isinstance(state.masks, tuple) else type(state.masks).__name__
             raise ValueError(f"{name}: the state has {got} masks for {n} arrays (call rule.init on these params)")
+        scores = getattr(state, "scores", ())
+        if isinstance(scores, tuple) and len(scores) == n:
+            return state._replace(masks=tuple(state.masks[j] for j in idx), scores=tuple(scores[j] for j in idx))
         return state._replace(masks=tuple(state.masks[j] for j in idx))
     if isinstance(state, tuple) and not hasattr(state, "_fields"):
         return tuple(_contract(s, idx, n, name) for s in state)

@@ -34,6 +34,15 @@ def test_run_quick_tiny_torch_and_optax():
     assert sum("extra peak memory" in line for line in lines) == 4  # the 1% memory target of the torch clips
 
 
+def test_prune_scores_rows_run():
+    # issue 19: every score / allocation / group recomputes masks in the benchmark's child process
+    cmd = [sys.executable, str(BENCH / "bench_prune.py"), "--scores", "--shapes", "tiny", "--reps", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sum("x magnitude" in line for line in out.stdout.splitlines()) == 14
+    assert out.stdout.count("[target <= 2.0x") == 4
+
+
 def test_run_rejects_unknown_suite_and_missing_cuda():
     out = subprocess.run([sys.executable, str(BENCH / "run.py"), "--only", "mxnet"], capture_output=True, text=True)
     assert out.returncode == 2 and "--only" in out.stderr

@@ -20,7 +20,12 @@ Three entry points (``import gradclip_core as gc``):
   it saves and reloads (``model.save``, ``ModelCheckpoint``); the core's rules need nothing;
 - :func:`clip_per_example` ``(model, max_norm, noise_multiplier=, seed=)``: DP-SGD
   training in ``fit`` (a :class:`PerExampleModel`: per-example gradients clipped by
-  :func:`gradclip_core.clip_per_example`, optional seeded noise).
+  :func:`gradclip_core.clip_per_example`, optional seeded noise);
+- tfmot's pruning API for Keras 3 (``tfmot.sparsity.keras``, which needs Keras 2):
+  :func:`prune_low_magnitude`, :class:`ConstantSparsity`, :class:`PolynomialDecay`,
+  :class:`UpdatePruningStep`, :class:`PruningSummaries`, :func:`strip_pruning`, with the
+  same names and arguments, on every backend (see ``_tfmot`` and the README's migration
+  section).
 
 The vocabulary (``get_info``, ``masks``, ``strip``, ``clip_per_example``) is the one of
 ``gradclip_torch`` and ``gradclip_optax``. Rules see the backend's own tensors (the core
@@ -44,14 +49,20 @@ Example:
   True
 """
 
+from ._calibrate import activation_norms
 from ._callback import Callback, LogInfo
 from ._constraint import Constraint
 from ._optimizer import Optimizer
 from ._per_example import PerExampleModel, clip_per_example
 from ._prune import get_info, masks, strip
 from ._registry import register_rule
+from ._tfmot import (ConstantSparsity, PolynomialDecay, PruneLowMagnitude, PruningSchedule, PruningSummaries, UpdatePruningStep,
+                     collect_prunable_layers, prune_low_magnitude, prune_scope, strip_pruning)
 
 __version__ = "0.2.0"
 
 __all__ = ["Optimizer", "Constraint", "Callback", "LogInfo", "PerExampleModel", "clip_per_example", "strip", "masks",
-           "get_info", "register_rule"]
+           "get_info", "register_rule", "activation_norms",
+           # tfmot's pruning API (tensorflow_model_optimization.sparsity.keras), for Keras 3
+           "prune_low_magnitude", "strip_pruning", "PruneLowMagnitude", "PruningSchedule", "ConstantSparsity",
+           "PolynomialDecay", "UpdatePruningStep", "PruningSummaries", "collect_prunable_layers", "prune_scope"]

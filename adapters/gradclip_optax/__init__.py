@@ -30,6 +30,7 @@ Example:
   0.2041
 """
 
+from ._calibrate import activation_norms
 from ._info import get_info
 from ._per_example import PerExampleClipState, clip_per_example, clip_per_example_transform
 from ._prune import masks, strip
@@ -40,4 +41,4 @@ from ._wrap import wrap
 __version__ = "0.2.0"
 
 __all__ = ["transform", "wrap", "get_info", "strip", "masks", "TransformState", "WrapState",
-           "clip_per_example", "clip_per_example_transform", "PerExampleClipState"]
+           "clip_per_example", "clip_per_example_transform", "PerExampleClipState", "activation_norms"]

@@ -37,6 +37,12 @@ def order_keys(xp: Any, s: jax.Array) -> jax.Array:
     return jnp.where(jnp.isnan(s), jnp.int32(NAN_BITS), bits)
 
 
+def float_from_bits(xp: Any, u: jax.Array) -> jax.Array:
+    """The float32 whose bit pattern is the int32 ``u`` (``lax.bitcast_convert_type``)."""
+    del xp
+    return jax.lax.bitcast_convert_type(u.astype(jnp.int32), jnp.float32)
+
+
 def cond(xp: Any, pred: Any, true_fn: Any, false_fn: Any) -> Any:
     """``lax.cond(pred, true_fn, false_fn)``."""
     del xp
@@ -75,5 +81,5 @@ def register() -> None:
     Example:
       >>> register()
     """
-    register_primitives(NAMESPACE, order_keys=order_keys, cond=cond)
+    register_primitives(NAMESPACE, order_keys=order_keys, float_from_bits=float_from_bits, cond=cond)
     register_selection(NAMESPACE, SELECTION)

@@ -26,6 +26,12 @@ def order_keys(xp: Any, s: Any) -> np.ndarray:
     return np.where(np.isnan(s), np.int32(NAN_BITS), s.view(np.int32))
 
 
+def float_from_bits(xp: Any, u: Any) -> np.ndarray:
+    """The float32 whose bit pattern is the int32 ``u`` (a view)."""
+    del xp
+    return np.ascontiguousarray(u, dtype=np.int32).view(np.float32)
+
+
 def _cond(xp: Any, pred: Any, true_fn: Any, false_fn: Any) -> Any:
     return true_fn() if bool(pred) else false_fn()
 
@@ -95,5 +101,5 @@ def register() -> None:
     Example:
       >>> register()
     """
-    register_primitives(NAME, order_keys=order_keys, cond=_cond)
+    register_primitives(NAME, order_keys=order_keys, float_from_bits=float_from_bits, cond=_cond)
     register_selection(NAME, SELECTION)

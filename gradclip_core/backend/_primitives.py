@@ -45,11 +45,12 @@ __all__ = [
     "magnitude",
     "symmetric_bounds",
     "reuse_norms",
+    "min_bound_ratio",
 ]
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
-              "order_keys", "apply_masks", "cond", "apply_effect_")
+              "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio")
 
 
 def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
@@ -186,6 +187,40 @@ def _array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> list[Any
             out.append(xp.linalg.vector_norm(magnitude(xp, x, dtype), ord=ord))
         else:
             out.append(xp.linalg.vector_norm(upcast(xp, x, dtype), ord=ord))
+    return out
+
+
+def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float,
+                    dtype: Any) -> list[Any]:
+    """Per array, ``min(1, min_i bound_i / |d_i|)`` over the elements with ``|d_i| > bound_i``,
+    ``bound = absolute + relative * |w|`` (Clippy's per-array scale), in ``dtype``.
+
+    Elements within their bound, and NaN ones, do not lower the result; a size-0 array gives 1.
+
+    Returns:
+      a list of 0-d arrays of ``dtype``.
+
+    Example:
+      >>> import numpy as np
+      >>> d, w = [np.array([0.5, 0.1], np.float32)], [np.array([1.0, 1.0], np.float32)]
+      >>> float(min_bound_ratio(np, d, w, 0.25, 0.0, np.float32)[0])
+      0.5
+    """
+    fast = override(xp, "min_bound_ratio")
+    if fast is not None:
+        out = fast(xp, ds, ws, relative, absolute, dtype)
+        if out is not NotImplemented:
+            return out
+    one = xp.ones((), dtype=dtype)
+    out = []
+    for d, w in zip(ds, ws):
+        if size(d) == 0:
+            out.append(one)
+            continue
+        bound = absolute + relative * xp.abs(upcast(xp, w, dtype))  # the reference's sum order
+        mag = xp.abs(upcast(xp, d, dtype))
+        ratios = xp.where(mag > bound, bound / mag, xp.ones_like(mag))
+        out.append(xp.minimum(ratios if ratios.ndim == 0 else xp.min(ratios), one))
     return out
 
 

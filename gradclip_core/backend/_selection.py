@@ -24,6 +24,7 @@ __all__ = [
     "order_keys",
     "float32_scores",
     "key_value",
+    "float_from_bits",
     "bits_portable",
     "NAN_KEY",
     "NAN_BITS",
@@ -83,6 +84,18 @@ def order_keys(xp: Any, s: Any) -> Any:
     if fast is not None:
         return fast(xp, s)
     return bits_portable(xp, s)
+
+
+def float_from_bits(xp: Any, u: Any) -> Any:
+    """The float32 whose IEEE bit pattern is the int32 ``u`` (``0 <= u <= 0x7F800001``; that one is NaN).
+
+    Overridable (``"float_from_bits"``: a bit view in NumPy / torch, a bitcast in JAX); the
+    portable default decodes the fields with exact arithmetic (:func:`key_value`).
+    """
+    fast = override(xp, "float_from_bits")
+    if fast is not None:
+        return fast(xp, u)
+    return key_value(xp, u + 1)
 
 
 def _pow2(xp: Any, y: Any, e: Any) -> Any:

@@ -227,6 +227,14 @@ class TFNamespace:
         return tf.ones(shape, dtype=dtype or tf.float32)
 
     @staticmethod
+    def full(shape: Any, fill_value: Any, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
+        del device
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if dtype is None:
+            dtype = tf.bool if isinstance(fill_value, bool) else tf.int64 if isinstance(fill_value, int) else tf.float32
+        return tf.fill(shape, tf.cast(fill_value, dtype))
+
+    @staticmethod
     def arange(start: Any, /, stop: Any = None, step: Any = 1, *, dtype: Any = None, device: Any = None) -> tf.Tensor:
         del device
         if stop is None:
@@ -323,6 +331,27 @@ class TFNamespace:
                 idx = tf.reshape(tf.range(n, dtype=tf.int32), shape)
                 out = tf.where(idx >= n - count, tf.constant(math.nan, x.dtype), out)
         return tf.reverse(out, [axis]) if descending else out
+
+    @staticmethod
+    def argsort(x: Any, /, *, axis: int = -1, descending: bool = False, stable: bool = True) -> tf.Tensor:
+        """Indices of an ascending stable sort (NaN ranked as +inf, ties by index), as int64."""
+        del stable  # always stable
+        x = _t(x)
+        if _is_float(x):
+            x = tf.where(tf.math.is_nan(x), tf.constant(math.inf, x.dtype), x)
+        return tf.cast(tf.argsort(x, axis=axis, direction="DESCENDING" if descending else "ASCENDING", stable=True),
+                       tf.int64)
+
+    @staticmethod
+    def take(x: Any, indices: Any, /, *, axis: int | None = None) -> tf.Tensor:
+        x = _t(x)
+        return tf.gather(x, _t(indices), axis=0 if axis is None else axis)
+
+    @staticmethod
+    def flip(x: Any, /, *, axis: Any = None) -> tf.Tensor:
+        x = _t(x)
+        axes = list(range(len(x.shape))) if axis is None else ([axis] if isinstance(axis, int) else list(axis))
+        return tf.reverse(x, axes)
 
     @staticmethod
     def cumulative_sum(x: Any, /, *, axis: Any = None, dtype: Any = None, include_initial: bool = False) -> tf.Tensor:

@@ -33,7 +33,7 @@ from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNon
 from ._primitives import register_primitives, symmetric_bounds
 from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
 
-__all__ = ["NAMESPACE", "register", "array_norms", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
+__all__ = ["NAMESPACE", "register", "min_bound_ratio", "array_norms", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
            "apply_effect_",
            "order_keys", "apply_masks", "cond", "CHUNK", "CPU_SELECTION", "DEVICE_SELECTION", "EAGER_CPU"]
 
@@ -277,6 +277,7 @@ def clip(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Te
 
 
 _COUNT_CHUNK = 1 << 20
+_RATIO_CHUNK = 1 << 16  # min_bound_ratio's chunk: its two float32 buffers stay in cache
 
 
 def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Tensor]:
@@ -316,6 +317,48 @@ def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list
             if hi_ is not None:
                 total += torch.gt(c, hi_, out=f).count_nonzero()
         out.append(total.to(torch.float32))
+    return out
+
+
+def min_bound_ratio(xp: Any, ds: Sequence[torch.Tensor], ws: Sequence[torch.Tensor], relative: float,
+                    absolute: float, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Clippy's per-array ``min(1, min bound / |d|)``, chunk by chunk, in reused buffers.
+
+    The core's default makes five full-size temporaries per array (``|w|``, the bound,
+    ``|d|``, the flag, the ratios), whose fresh pages cost more than the arithmetic on
+    a CPU; here they are two ``_RATIO_CHUNK``-element buffers, reused (in cache). Same values (each
+    element's ratio is the same float32 operation; a minimum does not depend on order).
+    ``torch.compile`` takes the default.
+
+    Example:
+      >>> [float(m) for m in min_bound_ratio(None, [torch.tensor([0.5, 0.1])], [torch.ones(2)], 0.25, 0.0, torch.float32)]
+      [0.5]
+    """
+    del xp
+    if _compiling():
+        return NotImplemented
+    width = min(_RATIO_CHUNK, max((d.numel() for d in ds), default=0))
+    bufs: dict = {}
+    out = []
+    for d, w in zip(ds, ws):
+        one = torch.ones((), dtype=dtype, device=d.device)
+        if d.numel() == 0:
+            out.append(one)
+            continue
+        if d.device not in bufs:
+            bufs[d.device] = (torch.empty(width, dtype=dtype, device=d.device), torch.empty(width, dtype=dtype, device=d.device))
+        bound_buf, ratio_buf = bufs[d.device]
+        best = one
+        fd, fw = d.reshape(-1), w.reshape(-1)
+        for s in range(0, fd.numel(), _RATIO_CHUNK):
+            cd, cw = fd[s: s + _RATIO_CHUNK], fw[s: s + _RATIO_CHUNK]
+            n = cd.numel()
+            bound = torch.abs(cw.to(dtype), out=bound_buf[:n]).mul_(relative).add_(absolute)  # absolute + relative*|w|
+            ratio = torch.div(bound, torch.abs(cd.to(dtype), out=ratio_buf[:n]), out=ratio_buf[:n])
+            # where |d| <= bound, r >= 1 (division is monotone) and cannot lower the minimum below 1; NaN
+            # ratios (0/0, NaN inputs) become 1: as the default's where(|d| > bound, bound / |d|, 1)
+            best = torch.minimum(best, ratio.nan_to_num_(nan=1.0, posinf=math.inf, neginf=-math.inf).min())
+        out.append(best)
     return out
 
 
@@ -433,6 +476,12 @@ def order_keys(xp: Any, s: torch.Tensor) -> torch.Tensor:
     del xp
     k = s.contiguous().view(torch.int32) & 0x7FFFFFFF
     return k.clamp_(max=NAN_BITS)
+
+
+def float_from_bits(xp: Any, u: torch.Tensor) -> torch.Tensor:
+    """The float32 whose bit pattern is the int32 ``u`` (a view)."""
+    del xp
+    return u.to(torch.int32).contiguous().view(torch.float32)
 
 
 class _Workspace:
@@ -569,8 +618,9 @@ def register() -> None:
       >>> register()
     """
     register_primitives(NAMESPACE, array_norms=array_norms, array_rms=array_rms, unit_norms=unit_norms,
-                        multiply=multiply, clip=clip, count_outside=count_outside,
-                        apply_masks=apply_masks, cond=cond, order_keys=order_keys, apply_effect_=apply_effect_)
+                        multiply=multiply, clip=clip, count_outside=count_outside, min_bound_ratio=min_bound_ratio,
+                        apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
+                        apply_effect_=apply_effect_)
     register_selection(NAMESPACE, _choose)
 
 

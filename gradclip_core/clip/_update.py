@@ -22,13 +22,13 @@ from typing import Any, Sequence
 
 from .._effect import Keep, Scale
 from .._nonfinite import check_policy, guard_update
-from .._numerics import acc_dtype, fraction, min_ratio
+from .._numerics import acc_dtype, fraction
 from .._rule import EmptyState, Rule, factory
 from .._stateless import check_params
 from .._validate import check_threshold
 from ..backend._collective import active, all_reduce
 from ..backend._namespace import namespace
-from ..backend._primitives import size, upcast
+from ..backend._primitives import min_bound_ratio
 from ..backend._tree import tree_where
 from ._history import NormHistory, check_size, history_init, push
 from ._norm import _global_norm
@@ -111,13 +111,7 @@ def clippy(relative: float = 0.1, absolute: float = 1e-7, *, nonfinite: str = "p
             return Keep(), state, {}
         xp = namespace(*deltas)
         dt = acc_dtype(xp, deltas)
-        mins = []
-        for d, w in zip(deltas, params):
-            if size(d) == 0:
-                mins.append(xp.ones((), dtype=dt))
-                continue
-            bound = absolute + relative * xp.abs(upcast(xp, w, dt))  # the reference's sum order
-            mins.append(_min(xp, min_ratio(xp, bound, xp.abs(upcast(xp, d, dt)))))
+        mins = min_bound_ratio(xp, deltas, params, relative, absolute, dt)
         scales = xp.stack(mins)
         if active():  # shards of each array: the smallest ratio over every participant (one collective)
             scales = -all_reduce(xp, -scales, "max")

@@ -6,7 +6,7 @@ names are re-exported by :mod:`gradclip_core`.
 """
 
 from ._norm import max_norm, min_max_norm, unit_norm
-from ._proximal import mcp_threshold, soft_threshold
+from ._proximal import group_lasso, mcp_threshold, soft_threshold
 from ._value import clip_weights, non_neg
 
-__all__ = ["soft_threshold", "mcp_threshold", "clip_weights", "non_neg", "max_norm", "min_max_norm", "unit_norm"]
+__all__ = ["soft_threshold", "mcp_threshold", "group_lasso", "clip_weights", "non_neg", "max_norm", "min_max_norm", "unit_norm"]

@@ -1,4 +1,4 @@
-"""Proximal shrinkage steps: soft threshold (L1 / LASSO) and firm threshold (MCP).
+"""Proximal shrinkage steps: soft threshold (L1 / LASSO), firm threshold (MCP) and group lasso.
 
 They act on the weights after the optimizer step and keep no state. Every formula
 runs in float32 (bf16/fp16 upcast exactly, float64 kept) and is rounded once to the
@@ -12,10 +12,11 @@ from typing import Any
 from .._effect import Replace
 from .._rule import Rule, factory
 from .._validate import check_threshold, is_number
-from ..backend._primitives import upcast
+from ..backend._layout import AxisSpec, check_axis, reduce_axes
+from ..backend._primitives import size, upcast
 from ._base import formula_dtype, project_rule, zeros_info
 
-__all__ = ["soft_threshold", "mcp_threshold"]
+__all__ = ["soft_threshold", "mcp_threshold", "group_lasso"]
 
 
 @factory
@@ -102,3 +103,55 @@ def mcp_threshold(threshold: float, gamma: float = 3.0) -> Rule:
     return project_rule("mcp_threshold", fn, real_only="shrinks each value towards 0 by its sign (complex numbers have none)")
 
 
+
+
+@factory
+def group_lasso(threshold: float, *, axis: AxisSpec = None) -> Rule:
+    """Proximal group-lasso step (block soft threshold): ``w_g <- w_g * max(0, 1 - threshold / ||w_g||_2)``.
+
+    The proximal operator of ``lambda * sum_g ||w_g||_2`` (Yuan & Lin 2006; Parikh & Boyd,
+    "Proximal Algorithms", 2014, section 6.5.4) with ``threshold = lr * lambda``: a
+    group (unit) whose L2 norm is at most ``threshold`` becomes exactly 0, the others
+    shrink towards 0 by ``threshold`` along their direction. Groups are the units of
+    ``axis`` (the axes *reduced*, as in :func:`gradclip_core.max_norm`: ``"out_first"``
+    rows / filters of torch weights, ``"out_last"`` Keras units, ``(0,)`` the columns of a
+    torch ``Linear``); arrays of rank <= 1 form one group. In float32 (float64 kept),
+    rounded once to the weight dtype. Groups set to 0 may grow back (no mask): for a
+    permanent cut use ``gc.score_prune(..., group=gc.units(axis))``.
+
+    Args:
+      threshold: ``t >= 0``.
+      axis: the axes forming one group's norm; ``None``: the framework's layout.
+
+    Returns:
+      A project-only :class:`Rule`; info ``sparsity`` / ``sparsity/<i>`` (fraction of
+      exact zeros after the step).
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.group_lasso(1.0, axis="out_first")
+      >>> w, _, _ = rule.project([np.array([[3.0, 4.0], [0.6, 0.8]], np.float32)], rule.init([]))
+      >>> w[0].astype(float).round(6).tolist()            # norms 5 and 1
+      [[2.4, 3.2], [0.0, 0.0]]
+    """
+    t = check_threshold("threshold", threshold)
+    axis = check_axis(axis)
+
+    def fn(xp: Any, params: list) -> tuple[list, dict]:
+        out = []
+        for p in params:
+            if size(p) == 0:
+                out.append(p)
+                continue
+            dt = formula_dtype(xp, p)
+            w = upcast(xp, p, dt)
+            axes = reduce_axes(xp, axis, tuple(p.shape))
+            norm = xp.linalg.vector_norm(w, axis=axes, keepdims=axes is not None)
+            big = norm > xp.asarray(t, dtype=dt)
+            factor = xp.where(big, 1.0 - xp.asarray(t, dtype=dt) / xp.where(big, norm, xp.ones_like(norm)),
+                              xp.zeros_like(norm))
+            out.append(upcast(xp, w * factor, p.dtype))
+        return Replace(tuple(out)), zeros_info(xp, out)
+
+    return project_rule("group_lasso", fn, real_only="shrinks groups by their L2 norm (complex weights are not supported)")

@@ -20,13 +20,23 @@ by every ``project`` call (one per optimizer step); step ``t`` is the ``t``-th c
   The final sparsity is reached *at* step ``end_step``, i.e. in the ``end_step + 1``-th
   optimizer step: after exactly ``end_step`` steps the last recomputation was at
   ``end_step - frequency`` (``polynomial_schedule(0, 40, 10)`` to 0.8 gives 0.7875 after
-  40 steps, 0.8 after 41). That is tfmot's count too: ``UpdatePruningStep`` sets the
+  40 steps, 0.8 after 41). That is tfmot's count up to 0.5.0: ``UpdatePruningStep`` set the
   pruning step to ``optimizer.iterations`` at the start of each batch (0 for the first),
   and ``PolynomialDecay`` prunes on ``begin_step <= step <= end_step`` with
   ``(step - begin_step) % frequency == 0``, so 40 batches end with the mask of step 30
   (``tests/core/test_prune.py`` replays tfmot's definition). To be at the final sparsity
   after ``N`` steps, pass ``end_step=N - 1`` (with ``N - 1 - begin_step`` a multiple of
   ``frequency``).
+
+  Since tfmot 0.5.1 (commit 782fd70, "Update the
+  way of incrementing pruning_step") its ``PruneLowMagnitude`` wrapper increments its
+  ``pruning_step`` in the train step *before* it prunes, so the first batch is step 1:
+  ``first_step=1`` gives that count (every preset takes it; ``polynomial_schedule(0, 40,
+  10, first_step=1)`` is at the final sparsity after 40 steps). ``gradclip_keras``'s tfmot
+  API (``PolynomialDecay``, ``ConstantSparsity``) builds its schedules with it.
+
+Every preset takes ``first_step`` (default 0): the number the schedule gives the first
+``project`` call. The schedule sees step ``count + first_step``.
 
 The scheduled target is computed on the device in float32 (``jax.jit`` without x64
 has nothing wider): ``p = float32(t - t0) / (t1 - t0)``, ``(1 - p)`` raised by repeated
@@ -46,7 +56,7 @@ from ..backend._collective import active, all_reduce
 __all__ = ["Schedule", "one_shot", "constant_schedule", "polynomial_schedule", "check_schedule", "ROUNDINGS", "RELATIVE",
            "iterative_sparsity"]
 
-ROUNDINGS = ("prune", "keep")
+ROUNDINGS = ("prune", "keep", "tfmot")
 
 
 class Schedule(NamedTuple):
@@ -58,10 +68,13 @@ class Schedule(NamedTuple):
     frequency: int = 1
     initial_sparsity: float = 0.0
     power: float = 3
+    first_step: int = 0
 
     # ------------------------------------------------------------------ device side
     def active(self, xp: Any, t: Any) -> Any:
-        """0-d bool array: masks are recomputed at step ``t`` (int32 0-d)."""
+        """0-d bool array: masks are recomputed at the ``t``-th ``project`` call (``t``: int32 0-d, from 0)."""
+        if self.first_step:
+            t = t + self.first_step
         if self.kind == "one_shot":
             return t == self.begin_step
         on = t >= self.begin_step
@@ -75,6 +88,8 @@ class Schedule(NamedTuple):
         """The target sparsity at step ``t``: a Python float, or a float32 0-d array."""
         if self.kind != "polynomial":
             return final
+        if self.first_step:
+            t = t + self.first_step
         span = float(self.end_step - self.begin_step)
         p = xp.astype(t - self.begin_step, xp.float32) / span
         p = xp.minimum(xp.maximum(p, xp.zeros_like(p)), xp.ones_like(p))
@@ -101,18 +116,27 @@ def _fraction(name: str, value: Any) -> float:
     return float(value)
 
 
-def one_shot(step: int = 0) -> Schedule:
+def one_shot(step: int = 0, *, first_step: int = 0) -> Schedule:
     """Prune once, at optimizer step ``step`` (0: the first ``project`` call).
+
+    Args:
+      step: the step to prune at.
+      first_step: the number of the first ``project`` call (see the module docstring;
+        1: tfmot >= 0.5.1's count).
 
     Example:
       >>> one_shot(10).begin_step
       10
     """
-    return Schedule("one_shot", begin_step=_int("step", step, 0))
+    return Schedule("one_shot", begin_step=_int("step", step, 0), first_step=_int("first_step", first_step, 0))
 
 
-def constant_schedule(begin_step: int = 0, end_step: int = -1, frequency: int = 1) -> Schedule:
+def constant_schedule(begin_step: int = 0, end_step: int = -1, frequency: int = 1, *, first_step: int = 0) -> Schedule:
     """Recompute the masks at the target sparsity every ``frequency`` steps (tfmot ``ConstantSparsity``).
+
+    Masks are recomputed on the steps ``begin_step + i * frequency``, up to ``end_step``
+    (``-1``: for ever). ``first_step``: the number of the first ``project`` call (1:
+    tfmot >= 0.5.1's count, see the module docstring).
 
     Example:
       >>> constant_schedule(0, 100, 10).frequency
@@ -121,11 +145,13 @@ def constant_schedule(begin_step: int = 0, end_step: int = -1, frequency: int = 
     begin_step = _int("begin_step", begin_step, 0)
     if isinstance(end_step, bool) or not isinstance(end_step, int) or (end_step != -1 and end_step < begin_step):
         raise ValueError(f"end_step must be -1 or an int >= begin_step, got {end_step!r}")
-    return Schedule("constant", begin_step, end_step, _int("frequency", frequency, 1))
+    return Schedule("constant", begin_step, end_step, _int("frequency", frequency, 1),
+                    first_step=_int("first_step", first_step, 0))
 
 
 def polynomial_schedule(
-    begin_step: int, end_step: int, frequency: int = 1, initial_sparsity: float = 0.0, power: float = 3
+    begin_step: int, end_step: int, frequency: int = 1, initial_sparsity: float = 0.0, power: float = 3,
+    *, first_step: int = 0,
 ) -> Schedule:
     """Gradual pruning (Zhu & Gupta 2017; tfmot ``PolynomialDecay``): cubic by default.
 
@@ -138,6 +164,8 @@ def polynomial_schedule(
       frequency: recompute the masks every ``frequency`` steps from ``begin_step``.
       initial_sparsity: the target at ``begin_step``, in ``[0, 1]``.
       power: the exponent (> 0) of the decay.
+      first_step: the number of the first ``project`` call (0; 1 is tfmot >= 0.5.1's
+        count, whose first batch is step 1: see the module docstring).
 
     Returns:
       A :class:`Schedule`.
@@ -152,7 +180,7 @@ def polynomial_schedule(
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not math.isfinite(power) or power <= 0:
         raise ValueError(f"power must be a finite number > 0, got {power!r}")
     return Schedule("polynomial", begin_step, end_step, _int("frequency", frequency, 1),
-                    _fraction("initial_sparsity", initial_sparsity), power)
+                    _fraction("initial_sparsity", initial_sparsity), power, _int("first_step", first_step, 0))
 
 
 def check_schedule(schedule: Any) -> Schedule:
@@ -167,12 +195,14 @@ def check_schedule(schedule: Any) -> Schedule:
         schedule = Schedule(*schedule)
     else:
         raise ValueError(f"schedule must be None or a gradclip schedule (one_shot, constant_schedule, polynomial_schedule), got {schedule!r}")
+    first = schedule.first_step
     if schedule.kind == "one_shot":
-        return one_shot(schedule.begin_step)
+        return one_shot(schedule.begin_step, first_step=first)
     if schedule.kind == "constant":
-        return constant_schedule(schedule.begin_step, schedule.end_step, schedule.frequency)
+        return constant_schedule(schedule.begin_step, schedule.end_step, schedule.frequency, first_step=first)
     if schedule.kind == "polynomial":
-        return polynomial_schedule(schedule.begin_step, schedule.end_step, schedule.frequency, schedule.initial_sparsity, schedule.power)
+        return polynomial_schedule(schedule.begin_step, schedule.end_step, schedule.frequency, schedule.initial_sparsity,
+                                   schedule.power, first_step=first)
     raise ValueError(f"schedule kind must be one_shot, constant or polynomial, got {schedule.kind!r}")
 
 
@@ -242,6 +272,11 @@ def prune_count(xp: Any, target: Any, n: int, rounding: str, alive: Any = None, 
     ``"keep"`` (tfmot / jaxpruner): ``kept = max(1, round_half_even((1 - target) * n))``,
     ``k = n - kept`` (``k = 0`` for ``n = 0``). Python ints for constant targets
     (exact, float64 products), int32-safe 0-d arrays for scheduled (float32) ones.
+    ``"tfmot"``: ``"keep"`` computed as tfmot's ``pruning_impl.Pruning._update_mask``
+    does, in float32 for constant targets too: ``kept = max(1, round_half_even(float32(n)
+    * (1 - float32(target))))`` (``"keep"`` differs from it for constant targets where
+    the float64 product lies on the other side of a ``.5`` than the float32 one: 0.3 of
+    45 elements keeps 31 with ``"keep"``, 32 in tfmot; the same for scheduled targets).
     An int ``target`` is the count itself (torch's int ``amount``; at most ``n``).
 
     ``alive`` (``relative_to="remaining"``): the number of elements still kept (a 0-d
@@ -278,6 +313,11 @@ def prune_count(xp: Any, target: Any, n: int, rounding: str, alive: Any = None, 
     if isinstance(target, float):
         if rounding == "prune":
             return min(n, int(round(target * n)))
+        if rounding == "tfmot":  # float32, as tf.cast(tf.size(w), tf.float32) * (1 - sparsity) with a float32 sparsity
+            import numpy as np
+
+            kept = int(np.rint(np.float32(n) * (np.float32(1.0) - np.float32(target))))
+            return n - min(n, max(1, kept))
         return n - min(n, max(1, int(round((1.0 - target) * n))))
     nf = float(n)
     if rounding == "prune":

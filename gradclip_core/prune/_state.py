@@ -48,10 +48,14 @@ class PruneState(NamedTuple):
     Attributes:
       count: int32 0-d array, the number of ``project`` calls so far (the step).
       masks: tuple of bool arrays, one per parameter, ``True`` where kept.
+      scores: tuple of float32 arrays shaped like the parameters, the scores a rule
+        accumulates from the gradients in ``update`` (movement, Taylor; see
+        :mod:`gradclip_core.prune._scores`); ``()`` for rules that score the weights alone.
     """
 
     count: Any
     masks: tuple
+    scores: tuple = ()
 
 
 def sparsity_info(xp: Any, masks: Sequence[Any]) -> dict:
@@ -91,7 +95,7 @@ def _sparsity_info_sharded(xp: Any, masks: Sequence[Any]) -> dict:
     return info
 
 
-def _init_state(params: Sequence[Any]) -> PruneState:
+def _init_state(params: Sequence[Any], scores: bool = False) -> PruneState:
     params = list(params)
     if not params:
         import numpy as np
@@ -100,7 +104,8 @@ def _init_state(params: Sequence[Any]) -> PruneState:
     xp = namespace(*params)
     # Each mask lives on its weight's device (torch: CUDA weights get CUDA masks).
     masks = tuple(xp.ones(p.shape, dtype=xp.bool, **device_kw([p])) for p in params)
-    return PruneState(xp.zeros((), dtype=xp.int32, **device_kw(params)), masks)
+    acc = tuple(xp.zeros(p.shape, dtype=xp.float32, **device_kw([p])) for p in params) if scores else ()
+    return PruneState(xp.zeros((), dtype=xp.int32, **device_kw(params)), masks, acc)
 
 
 def _check_masks(name: str, arrays: Sequence[Any], state: PruneState) -> None:
@@ -117,10 +122,28 @@ _RANKS = "ranks the weights by a real float32 score (complex weights are not sup
 
 # compute(xp, params, old_masks, target) -> (new keep masks (already ANDed with old), threshold or None)
 ComputeFn = Callable[[Any, list, list, Any], "tuple[list, Any]"]
+# accumulate(xp, grads, params, scores) -> new scores (float32 arrays shaped like the params)
+AccumulateFn = Callable[[Any, list, list, list], list]
 
 
-def mask_rule(name: str, compute: ComputeFn, schedule: Schedule, amount: float | None, *, threshold_info: bool = False) -> Rule:
-    """A mask-based pruning :class:`Rule` from a mask computation and a schedule."""
+def mask_rule(name: str, compute: ComputeFn, schedule: Schedule, amount: float | None, *, threshold_info: bool = False,
+              accumulate: AccumulateFn | None = None, reset: bool = False, scheduled: bool = False) -> Rule:
+    """A mask-based pruning :class:`Rule` from a mask computation and a schedule.
+
+    Args:
+      name: the rule's name.
+      compute: ``compute(xp, params, old_masks, target)``; with ``accumulate`` it is
+        called with ``scores=`` (the accumulated scores) too.
+      schedule: when the masks are recomputed.
+      amount: the final sparsity (``None``: the rule has its own count).
+      threshold_info: report ``threshold`` (the compute's second output).
+      accumulate: ``accumulate(xp, grads, params, scores) -> scores``, run in ``update``
+        on the raw gradients (the rule then needs ``params``); its scores live in
+        ``PruneState.scores``.
+      reset: the accumulated scores restart from 0 after each recomputation.
+      scheduled: pass ``target`` as a function ``final -> target at this step`` (per-array
+        final sparsities, e.g. ERK, each following the schedule as in jaxpruner).
+    """
 
     def update(grads: Sequence[Any], state: PruneState, params: Sequence[Any] | None = None):
         grads = list(grads)
@@ -128,6 +151,11 @@ def mask_rule(name: str, compute: ComputeFn, schedule: Schedule, amount: float |
         if not grads:
             return Keep(), state, {}
         check_real(name, grads, _RANKS)
+        if accumulate is not None:
+            if params is None:
+                raise ValueError(f"{name}: update needs params= (the score multiplies weights and gradients)")
+            xp = namespace(*grads)
+            state = state._replace(scores=tuple(accumulate(xp, grads, list(params), list(state.scores))))
         return Mask(tuple(state.masks)), state, {}
 
     def project(params: Sequence[Any], state: PruneState):
@@ -141,21 +169,32 @@ def mask_rule(name: str, compute: ComputeFn, schedule: Schedule, amount: float |
         old = list(state.masks)
         zero = xp.zeros((), dtype=xp.float32)
 
+        acc = tuple(state.scores)
+
         def recompute() -> tuple:
-            target = schedule.target(xp, t, amount) if amount is not None else None
-            masks, thr = compute(xp, params, old, target)
-            return tuple(masks), (zero if thr is None else thr)
+            if scheduled:
+                target = lambda final: schedule.target(xp, t, final)  # noqa: E731
+            else:
+                target = schedule.target(xp, t, amount) if amount is not None else None
+            if accumulate is None:
+                masks, thr = compute(xp, params, old, target)
+            else:
+                masks, thr = compute(xp, params, old, target, scores=list(acc))
+            new_acc = tuple(xp.zeros_like(a) for a in acc) if reset else acc
+            return tuple(masks), (zero if thr is None else thr), new_acc
 
         def keep() -> tuple:
-            return tuple(old), zero
+            return tuple(old), zero, acc
 
-        masks, thr = cond(xp, schedule.active(xp, t), recompute, keep)
+        masks, thr, acc = cond(xp, schedule.active(xp, t), recompute, keep)
         masks = list(masks)
         info = _sparsity_info_sharded(xp, masks) if active() else sparsity_info(xp, masks)
         if threshold_info:
             info["threshold"] = thr
-        return Mask(tuple(masks)), PruneState(t + 1, tuple(masks)), info
+        return Mask(tuple(masks)), PruneState(t + 1, tuple(masks), tuple(acc)), info
 
-    return Rule(init=_init_state, update_effect=update, project_effect=project, name=name)
+    init = (lambda params: _init_state(params, scores=True)) if accumulate is not None else _init_state
+    return Rule(init=init, update_effect=update, project_effect=project, name=name,
+                needs_params=accumulate is not None)
 
 

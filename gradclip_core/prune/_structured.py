@@ -9,8 +9,9 @@ from .._rule import Rule, factory
 from .._validate import check_ord
 from ..backend._layout import AxisSpec, check_axis, reduce_axes
 from ..backend._primitives import size, upcast
-from ..backend._selection import float32_scores, order_keys
+from ..backend._selection import float32_scores
 from ..backend._names import array_label
+from ._groups import Group, nm_keep
 from ._schedule import check_amount, check_relative, check_rounding, check_schedule, prune_count
 from ._select import prune_smallest
 from ._state import mask_rule
@@ -91,15 +92,21 @@ def ln_structured_prune(
 
 
 @factory
-def nm_prune(keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None, params: Any = "weights") -> Rule:
+def nm_prune(
+    keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None, params: Any = "weights", remainder: str = "dense"
+) -> Rule:
     """N:M semi-structured sparsity: in every ``group`` consecutive weights along ``axis``, keep the ``keep`` largest.
 
     2:4 (``keep=2, group=4``) is what sparse tensor cores accelerate. Groups run along
     ``axis`` (the input axis: ``axis=1`` / ``-1`` for torch ``Linear`` ``(out, in)``,
     ``axis=0`` / ``-2`` for Keras ``Dense`` ``(in, out)``); within a group the
     ``group - keep`` smallest ``|w|`` are pruned, ties by position in the group, NaN
-    last. Arrays of rank < 2, size-0 arrays and arrays whose ``axis`` length is not a
-    multiple of ``group`` are left dense (their ``sparsity/<i>`` shows it).
+    last. Arrays of rank < 2 and size-0 arrays are left dense, and so are arrays whose
+    ``axis`` length is not a multiple of ``group`` unless ``remainder="pad"`` (their
+    ``sparsity/<i>`` shows it). ``remainder="pad"`` does what tfmot's
+    ``sparsity_m_by_n`` does (``pruning_utils.generate_m_by_n_mask`` pads with zeros):
+    the last, partial group of ``r < group`` weights is padded to ``group`` with
+    elements that rank below every weight, so it keeps ``min(keep, r)`` of its weights.
 
     Args:
       keep: N, the number of weights KEPT per group, ``1 <= keep < group``.
@@ -108,6 +115,8 @@ def nm_prune(keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None, 
       schedule: ``None`` (one-shot at step 0) or a schedule preset.
       params: which arrays are pruned: ``"weights"`` (default: rank >= 2), ``"all"``, or a
         :class:`gradclip_core.Params`.
+      remainder: ``"dense"`` (arrays whose ``axis`` length is not a multiple of ``group``
+        are not pruned) or ``"pad"`` (their last group is padded, as tfmot does).
 
     Returns:
       A :class:`Rule` with ``PruneState``; info ``sparsity``, ``sparsity/<i>``.
@@ -115,6 +124,11 @@ def nm_prune(keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None, 
     Example:
       >>> import numpy as np
       >>> import gradclip_core as gc
+      >>> rule = gc.nm_prune(keep=2, group=4, axis=-1, remainder="pad")
+      >>> w = [np.array([[0.1, -3.0, 0.5, 0.2, 7.0, 0.3, 0.4]], np.float32)]
+      >>> w, state, info = rule.project(w, rule.init(w))
+      >>> w[0].tolist()  # the last group [7.0, 0.3, 0.4] keeps 2
+      [[0.0, -3.0, 0.5, 0.0, 7.0, 0.0, 0.4000000059604645]]
       >>> rule = gc.nm_prune(keep=2, group=4, axis=-1)
       >>> w = [np.array([[0.1, -3.0, 0.5, 0.2], [1.0, 1.0, 1.0, 1.0]], np.float32)]
       >>> w, state, info = rule.project(w, rule.init(w))
@@ -128,33 +142,12 @@ def nm_prune(keep: int = 2, group: int = 4, *, axis: int, schedule: Any = None, 
         raise ValueError(f"keep must be < group (N < M in N:M sparsity), got keep={keep}, group={group}")
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise ValueError(f"axis must be an int (the group axis), got {axis!r}")
+    if remainder not in ("dense", "pad"):
+        raise ValueError(f"remainder must be 'dense' or 'pad', got {remainder!r}")
     schedule = check_schedule(schedule)
-    n_prune = group - keep
-
-    def one(xp: Any, p: Any, m: Any) -> Any:
-        nd = p.ndim
-        if nd < 2 or size(p) == 0 or not -nd <= axis < nd or p.shape[axis] % group:
-            return m
-        ax = axis % nd
-        key = order_keys(xp, float32_scores(xp, p)) + 1
-        key = xp.where(m, key, xp.zeros_like(key))
-        moved = xp.moveaxis(key, ax, -1)
-        shp = tuple(moved.shape)
-        g = xp.reshape(moved, shp[:-1] + (shp[-1] // group, group))
-        cols = [g[..., j] for j in range(group)]
-        kept = []
-        for i in range(group):
-            rank = xp.zeros(cols[i].shape, dtype=xp.int32)
-            for j in range(group):
-                if j == i:
-                    continue
-                before = (cols[j] < cols[i]) | (cols[j] == cols[i]) if j < i else cols[j] < cols[i]
-                rank = rank + xp.astype(before, xp.int32)
-            kept.append(rank >= n_prune)
-        mask = xp.reshape(xp.stack(kept, axis=-1), shp)
-        return xp.moveaxis(mask, -1, ax) & m
+    spec = Group("nm", axis=axis, keep=keep, group=group)
 
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
-        return [one(xp, p, m) for p, m in zip(params, old)], None
+        return [nm_keep(xp, spec, float32_scores(xp, p), m, remainder) for p, m in zip(params, old)], None
 
     return on(mask_rule("nm_prune", compute, schedule, None), params)

@@ -237,3 +237,24 @@ def test_callback_params_by_variable_path():
     model.fit(x, y, batch_size=8, epochs=1, callbacks=[cb], verbose=0)
     zeros = {v.path: float((to_np(v) == 0).mean()) for v in model.trainable_variables}
     assert zeros[model.layers[0].kernel.path] == 0.5 and zeros[keep] == 0 and zeros[model.layers[0].bias.path] == 0
+
+
+def test_wanda_with_activation_norms_of_dense_inputs():
+    # Wanda (Sun et al. 2023): |W_ij| * ||X_j||_2; Keras kernels are (in, out): input channel = axis 0.
+    model = _model(3)
+    x, y = _data(32)
+    batches = [x[:16], x[16:]]
+    norms = gradclip_keras.activation_norms(model, batches)
+    kernels = [w for w in model.trainable_weights if len(w.shape) == 2]
+    assert sorted(norms) == sorted(k.path for k in kernels)
+    assert np.allclose(norms[kernels[0].path], np.linalg.norm(np.asarray(x, np.float64), axis=0), rtol=1e-5)
+    before = {k.path: to_np(k).astype(np.float64) for k in kernels}
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.0), gc.wanda_prune(0.5, act_norms=norms))
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    for kernel, mask in zip(kernels, [m for m in gradclip_keras.masks(model) if len(m.shape) == 2]):
+        w = before[kernel.path]
+        metric = (np.abs(w) * norms[kernel.path].astype(np.float64).reshape(-1, 1)).ravel()
+        keep = np.ones(w.size, bool)
+        keep[np.argsort(metric, kind="stable")[: round(0.5 * w.size)]] = False
+        assert np.array_equal(to_np(mask), keep.reshape(w.shape))

@@ -218,3 +218,45 @@ def test_params_patterns_match_tree_paths():
     masks = gradclip_optax.masks(params, state)
     assert int((~masks["enc"]["w"]).sum()) == 8 and bool(masks["dec"]["w"].all())
     assert set(state.info) == {"sparsity", "sparsity/enc/w"}
+
+
+def test_wanda_from_captured_inputs_and_movement_under_jit():
+    # Wanda (Sun et al. 2023): |W_ij| * ||X_j||_2 with kernels (in, out): the input channel is axis 0.
+    rng = np.random.default_rng(5)
+    params = {"l1": {"w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)},
+              "l2": {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}}
+    batches = [jnp.asarray(rng.normal(size=(8, 6)), jnp.float32) for _ in range(2)]
+
+    def capture(x):
+        return {"l1/w": x, "l2/w": jax.nn.relu(x @ params["l1"]["w"])}
+
+    norms = gradclip_optax.activation_norms(capture, batches)
+    x = np.concatenate([np.asarray(b) for b in batches])
+    assert np.allclose(np.asarray(norms["l1/w"]), np.linalg.norm(x, axis=0), rtol=1e-5)
+    tx = gradclip_optax.wrap(gc.wanda_prune(0.5, act_norms=norms), optax.sgd(0.0))
+    state = tx.init(params)
+    _, state = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), state, params)
+    masks = gradclip_optax.masks(params, state)
+    for name in ("l1", "l2"):
+        w = np.asarray(params[name]["w"], np.float64)
+        metric = (np.abs(w) * np.asarray(norms[f"{name}/w"], np.float64).reshape(-1, 1)).ravel()
+        keep = np.ones(w.size, bool)
+        keep[np.argsort(metric, kind="stable")[: round(0.5 * w.size)]] = False
+        assert np.array_equal(np.asarray(masks[name]["w"]), keep.reshape(w.shape))
+
+    # movement (Sanh et al. 2020): wrap passes the weights to update; S = -sum_t W_t * G_t
+    tx = gradclip_optax.wrap(gc.movement_prune(0.5, schedule=gc.one_shot(1)), optax.sgd(0.1))
+    p, state = params, tx.init(params)
+    total = jax.tree.map(lambda w: np.zeros(w.shape), params)
+    update = jax.jit(tx.update)
+    for _ in range(2):
+        g = jax.tree.map(lambda w: jnp.asarray(rng.normal(size=w.shape), jnp.float32), p)
+        total = jax.tree.map(lambda t, w, gg: t - np.asarray(w, np.float64) * np.asarray(gg, np.float64), total, p, g)
+        u, state = update(g, state, p)
+        p = optax.apply_updates(p, u)
+    masks = gradclip_optax.masks(p, state)
+    for name in ("l1", "l2"):
+        t = total[name]["w"].ravel()
+        keep = np.ones(t.size, bool)
+        keep[np.argsort(t, kind="stable")[: round(0.5 * t.size)]] = False
+        assert np.array_equal(np.asarray(masks[name]["w"]), keep.reshape(total[name]["w"].shape))

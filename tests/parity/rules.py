@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gradclip_core as gc
 
+# Wanda's input-channel norms for the weights of cases.SHAPES (rank >= 2: (6, 4), (3, 6), (0, 3), (2, 3, 3, 3); axis 1)
+WANDA_NORMS = [[0.5, 2.0, 1.0, 0.25], [1.0, 3.0, 0.5, 0.5, 2.0, 1.5], [1.0, 1.0, 1.0], [2.0, 0.5, 1.0]]
+
 RULES = {
     "value": lambda: gc.clip_by_value(0.5, info="full"),
     "value-basic": lambda: gc.clip_by_value(0.5),
@@ -47,6 +50,28 @@ RULES = {
     "prune-random": lambda: gc.random_prune(0.5, seed=7, scope="global"),
     "prune-ln": lambda: gc.ln_structured_prune(0.5, ord=2, axis="out_first"),
     "prune-nm": lambda: gc.nm_prune(keep=1, group=2, axis=0),
+    # tfmot's presets (issue 18): its float32 count and step numbering, blocks, padded N:M groups
+    "prune-mag-tfmot": lambda: gc.magnitude_prune(
+        0.8, rounding="tfmot", schedule=gc.polynomial_schedule(0, 2, 1, initial_sparsity=0.3, first_step=1)
+    ),
+    "prune-block": lambda: gc.block_magnitude_prune(0.5, (2, 2), rounding="tfmot"),
+    "prune-block-max": lambda: gc.block_magnitude_prune(0.4, (1, 3), pooling="max"),
+    "prune-nm-pad": lambda: gc.nm_prune(keep=2, group=4, axis=-2, remainder="pad"),
+    # issue 19: pruning scores, sparsity allocation, structured groups (masks bit for bit)
+    "prune-wanda": lambda: gc.wanda_prune(0.5, act_norms=WANDA_NORMS, axis=1),
+    "prune-wanda-rows": lambda: gc.wanda_prune(0.5, act_norms=WANDA_NORMS, axis=1, allocation=gc.per_output(0)),
+    "prune-wanda-nm": lambda: gc.score_prune(0.5, score=gc.wanda_score(WANDA_NORMS, axis=1), group=gc.nm(1, 2, axis=1)),
+    "prune-movement": lambda: gc.movement_prune(0.5, allocation="global", schedule=gc.constant_schedule(0, -1, 1)),
+    "prune-taylor": lambda: gc.taylor_prune(0.5, schedule=gc.constant_schedule(0, -1, 2)),
+    "prune-random-erk": lambda: gc.score_prune(0.6, score=gc.random_score(5), allocation="erk"),
+    "prune-lamp": lambda: gc.score_prune(0.5, allocation="lamp"),
+    "prune-owl": lambda: gc.score_prune(0.5, score=gc.wanda_score(WANDA_NORMS, axis=1), allocation=gc.owl_sparsity(1.5, 0.1)),
+    "prune-global-minmax": lambda: gc.score_prune(0.6, allocation="global", min_sparsity=0.3, max_sparsity=0.8),
+    "prune-blocks": lambda: gc.score_prune(0.5, group=gc.blocks(2, 2)),
+    "prune-blocks-max": lambda: gc.score_prune(0.5, allocation="global", group=gc.blocks(1, 3, "max")),
+    "prune-heads": lambda: gc.score_prune(0.5, group=gc.units("out_first", size=3)),
+    "prune-cols": lambda: gc.score_prune(0.5, group=gc.units((0,), ord=1)),
+    "group-lasso": lambda: gc.group_lasso(0.5, axis="out_first"),
     "soft-threshold": lambda: gc.soft_threshold(0.25),
     "mcp": lambda: gc.mcp_threshold(0.25, 3.0),
     "clip-weights": lambda: gc.clip_weights(0.5, info="full"),
@@ -66,6 +91,21 @@ RULES = {
     "update-ratio": lambda: gc.update_ratio(),
 }
 
+# Rules run on a few cases only (name -> case names), to keep the suite's time: the issue-19
+# pruning rules share the selection driver with the rules above (which run every case); these
+# cover their scores, allocations and groups in each dtype, with NaN/Inf weights once.
+FEW_CASES = ("random-float32", "nonfinite-bfloat16", "zeros-float16")
+CASES_FOR = {r: FEW_CASES for r in RULES if r.startswith("prune-") and r not in (
+    "prune-mag", "prune-mag-keep", "prune-threshold", "prune-global", "prune-global-norm", "prune-global-poly",
+    "prune-random", "prune-ln", "prune-nm")}
+CASES_FOR["group-lasso"] = FEW_CASES
+# Keras (three backends, each a model.fit per case: the slowest part of the suite): one case per rule,
+# for the rules whose Keras path differs (gradients into the score through the Optimizer, the TF
+# namespace's sort/take/flip/concat); the other issue-19 rules share those paths.
+KERAS_CASES_FOR = {**{r: () for r in CASES_FOR}, **{r: ("random-float32",) for r in (
+    "prune-wanda", "prune-wanda-rows", "prune-movement", "prune-random-erk", "prune-lamp", "prune-owl", "prune-blocks", "prune-heads",
+    "group-lasso")}}
+
 # Element-wise value clips, masks and the element-wise weight rules must match exactly,
 # in every dtype (masks are also compared directly, see reference.masks_of).
 EXACT = {
@@ -81,6 +121,23 @@ EXACT = {
     "prune-random",
     "prune-ln",
     "prune-nm",
+    "prune-mag-tfmot",
+    "prune-block",
+    "prune-block-max",
+    "prune-nm-pad",
+    "prune-wanda",
+    "prune-wanda-rows",
+    "prune-wanda-nm",
+    "prune-movement",
+    "prune-taylor",
+    "prune-random-erk",
+    "prune-lamp",
+    "prune-owl",
+    "prune-global-minmax",
+    "prune-blocks",
+    "prune-blocks-max",
+    "prune-heads",
+    "prune-cols",
     "soft-threshold",
     "mcp",
     "clip-weights",
@@ -102,7 +159,7 @@ INFO_RTOL = {("monitor-agc", "post_norm"): 2}
 # wrap()): exact when the projected weight is 0 (masks) or unchanged, but a weight that
 # the rule *moves* (clipped, shrunk) is rounded twice more. The rule's own output and
 # the masks stay exact; only the optax weights of these rules get 2 ulp.
-WEIGHT_BUDGET = {("optax", r): 2 for r in ("soft-threshold", "mcp", "clip-weights", "max-norm", "min-max-norm", "unit-norm")}
+WEIGHT_BUDGET = {("optax", r): 2 for r in ("soft-threshold", "mcp", "group-lasso", "clip-weights", "max-norm", "min-max-norm", "unit-norm")}
 # The norm constraints' per-unit factor is cast to the weight dtype before it is applied (the
 # numerics contract); under XLA (optax above, Keras on JAX) a fused bf16/fp16 multiply may skip
 # that rounding (excess precision), so the projected weight can differ by an ulp of itself.
@@ -136,6 +193,10 @@ RESUME = {
         0.8, schedule=gc.polynomial_schedule(0, 4, 1, initial_sparsity=0.2)
     ),
     "zclip-pct-skip": RULES["zclip-pct-skip"],
+    # accumulated movement scores (PruneState.scores) carried across the checkpoint
+    "prune-movement-scheduled": lambda: gc.movement_prune(
+        0.8, allocation="global", schedule=gc.polynomial_schedule(0, 4, 1, initial_sparsity=0.2)
+    ),
     "adagc": RULES["adagc"],
     "adagc-skip": RULES["adagc-skip"],
     "update-norm": lambda: gc.clip_update_norm(1.0, history=4),

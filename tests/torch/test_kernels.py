@@ -172,3 +172,21 @@ def test_unit_norms_over_leading_axes_match_vector_norm(shape, axes, dtype, monk
     torch.testing.assert_close(got, want, rtol=1e-5, atol=0)  # float32 sums in another order
     huge = torch.full((4, 3), 3e38)  # overflows to inf, as vector_norm does
     assert torch.isinf(kernels.unit_norms(None, [huge], [(0,)], [torch.float32])[0]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_min_bound_ratio_equals_default(dtype, monkeypatch):
+    """Clippy's per-array ratio, chunk by chunk (several chunks, a ragged last one), equals the portable definition."""
+    monkeypatch.setattr(kernels, "_RATIO_CHUNK", 7)
+    torch.manual_seed(0)
+    ds = [torch.randn(5, 3).to(dtype), torch.tensor([float("nan"), 2.0, 0.0, -0.0, 0.25], dtype=dtype),
+          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype) * 0.01, torch.tensor(3.0, dtype=dtype)]
+    ws = [torch.randn(5, 3).to(dtype), torch.tensor([1.0, float("nan"), 0.0, 1.0, 0.0], dtype=dtype),
+          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype), torch.tensor(-1.0, dtype=dtype)]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    with portable():
+        expected = gcb.min_bound_ratio(XP, ds, ws, 0.1, 1e-3, acc)
+    got = kernels.min_bound_ratio(None, ds, ws, 0.1, 1e-3, acc)
+    for g, e in zip(got, expected):
+        _same(g, e)
+    assert float(got[2]) == 1.0  # empty

@@ -392,3 +392,43 @@ def test_params_patterns_match_torch_names_from_init_on():
     m = model(8)
     pruner = gradclip_torch.prune(m, gc.magnitude_prune(0.5, params=gc.Params(exclude=["4.*"])), ["0.weight", "4.weight"])
     assert not bool(pruner.masks["0.weight"].all()) and bool(pruner.masks["4.weight"].all())
+
+
+# ------------------------------------------------------------------ issue 19: Wanda, movement
+
+
+def test_wanda_with_activation_norms_from_forward_hooks():
+    # Sun et al. 2023: score |W_ij| * ||X_j||_2, X the inputs of each Linear over the calibration tokens.
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4))
+    batches = [torch.randn(8, 6) for _ in range(3)]
+    norms = gradclip_torch.activation_norms(net, batches)
+    x = torch.cat(batches)
+    h = torch.relu(net[0](x)).detach()
+    assert torch.allclose(norms["0.weight"], x.norm(dim=0), rtol=1e-5)
+    assert torch.allclose(norms["2.weight"], h.norm(dim=0), rtol=1e-5)
+    weights = {n: net.get_parameter(n).detach().clone() for n in ("0.weight", "2.weight")}
+    pruner = gradclip_torch.prune(net, gc.wanda_prune(0.5, act_norms=norms))
+    for name, w in weights.items():
+        metric = (w.abs().double() * norms[name].double().reshape(1, -1)).flatten()
+        keep = torch.ones(w.numel(), dtype=torch.bool)
+        keep[torch.argsort(metric, stable=True)[: round(0.5 * w.numel())]] = False
+        assert torch.equal(pruner.masks[name], keep.reshape(w.shape))
+
+
+def test_movement_scores_accumulate_inside_optimizer_step():
+    torch.manual_seed(4)
+    net = torch.nn.Linear(5, 3, bias=False)
+    pruner = gradclip_torch.prune(net, gc.movement_prune(0.4, schedule=gc.one_shot(2)), apply=False)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    pruner.attach(opt)
+    total = torch.zeros(3, 5, dtype=torch.float64)
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(4, 5)).square().sum().backward()
+        total -= net.weight.detach().double() * net.weight.grad.double()
+        opt.step()
+    keep = torch.ones(15, dtype=torch.bool)
+    keep[torch.argsort(total.flatten(), stable=True)[:6]] = False
+    assert torch.equal(pruner.masks["weight"], keep.reshape(3, 5))
+    assert any(k.startswith("_gradclip_score_prune_scores") for k in net.state_dict())  # checkpointed

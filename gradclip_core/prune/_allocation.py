@@ -1,0 +1,287 @@
+"""Sparsity allocation: how a target sparsity is shared among the arrays of a model.
+
+An :class:`Allocation` (plain Python values, so it sits in a rule's ``config``):
+
+- ``"uniform"``: every array at the target sparsity (``k_i = round(s * n_i)`` each).
+- ``"global"``: one selection over all arrays together (the smallest scores anywhere),
+  optionally with a per-array ``min_sparsity`` / ``max_sparsity``.
+- ``"erk"`` (:func:`erk_sparsity`; Evci et al. 2020, "Rigging the Lottery", arXiv
+  1911.11134, section 3 / appendix; jaxpruner ``sparsity_distributions.erk``):
+  Erdős–Rényi-Kernel: array ``i`` keeps a fraction ``eps * (sum(shape_i) /
+  prod(shape_i)) ** power_scale`` of its weights, ``eps`` chosen so the whole model
+  has the target sparsity; an array whose fraction would exceed 1 is left dense and
+  ``eps`` recomputed (:func:`erk_sparsities`). Static: computed from the shapes.
+- ``"lamp"`` (Lee et al. 2021, arXiv 2010.07611, eq. 2): global selection on the
+  layer-adaptive score ``score(u) = s_u**2 / sum_{v >= u} s_v**2``, where the array's
+  scores are sorted ascending (ties by index) and ``v >= u`` runs over the rest of that
+  order, ``u`` included (:func:`lamp_scores`). Every array keeps its largest score
+  (LAMP score 1).
+- ``"per_output"`` (:func:`per_output`; Wanda's comparison group, Sun et al. 2023,
+  section 3): every output unit (a row of a torch ``(out, in)`` weight, a column of a
+  Keras ``(in, out)`` kernel, a conv filter) loses ``round_half_even(s * m)`` of its ``m``
+  weights, the smallest scores of that unit (ties by position, pruned ones first):
+  a stable sort of the int32 order keys along the unit (exact, identical everywhere).
+  The Wanda authors' code floors the count (``int(m * s)``); here it is rounded.
+- ``"owl"`` (:func:`owl_sparsity`; Yin et al. 2024, "Outlier Weighed Layerwise
+  sparsity", arXiv 2310.05175, section 3 and the authors' ``prune_wanda_outlier``):
+  per array the outlier ratio ``D_i`` = fraction of scores ``> m * mean(scores)``,
+  then ``keep_i = (D_i - min D) / (max D - min D) * 2 * lam`` shifted so the keep
+  ratios average ``1 - s`` (an unweighted mean over arrays, as the authors' code),
+  sparsity ``1 - keep_i`` (arrays with more outliers are pruned less); equal ratios
+  give the uniform target. Computed on the device from the scores (Wanda scores with
+  :func:`gradclip_core.wanda_score`, as in the paper).
+
+Counts are per array ``k_i = round_half_even(s_i * n_i)`` (``rounding="keep"``: the
+kept count), in units of the rule's groups where it has groups.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, NamedTuple, Sequence
+
+from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
+from ..backend._namespace import namespace_name
+from ..backend._primitives import size
+from ..backend._selection import order_keys
+from ._schedule import prune_count
+
+__all__ = ["Allocation", "ALLOCATIONS", "erk_sparsity", "owl_sparsity", "per_output", "per_output_keep", "check_allocation", "erk_sparsities",
+           "owl_sparsities", "lamp_scores"]
+
+ALLOCATIONS = ("uniform", "global", "erk", "lamp", "owl", "per_output")
+_GRID = 65536.0  # OWL sparsities are rounded to multiples of 2**-16
+
+
+class Allocation(NamedTuple):
+    """How the target sparsity is shared among arrays (see the module docstring).
+
+    Attributes:
+      kind: one of ``ALLOCATIONS``.
+      power_scale: ERK's exponent (``< 1``: softer than Erdős–Rényi).
+      m: OWL's outlier threshold, a multiple of the mean score.
+      lam: OWL's ``lambda``: the per-array sparsity stays within ``s +- lam``.
+      axis: ``per_output``'s output axis (``"out_first"``, ``"out_last"``, an int, or
+        ``None``: the framework's layout).
+    """
+
+    kind: str = "uniform"
+    power_scale: float = 1.0
+    m: float = 5.0
+    lam: float = 0.08
+    axis: Any = None
+
+    @property
+    def is_global(self) -> bool:
+        """Whether one selection runs over all arrays together."""
+        return self.kind in ("global", "lamp")
+
+
+def _positive(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+def erk_sparsity(power_scale: float = 1.0) -> Allocation:
+    """ERK allocation (Evci et al. 2020), with jaxpruner's ``erk_power_scale``.
+
+    Example:
+      >>> erk_sparsity(0.5).power_scale
+      0.5
+    """
+    return Allocation("erk", power_scale=_positive("power_scale", power_scale))
+
+
+def owl_sparsity(m: float = 5.0, lam: float = 0.08) -> Allocation:
+    """OWL allocation (Yin et al. 2024): outlier threshold ``m`` (x the mean score), spread ``lam``.
+
+    Example:
+      >>> owl_sparsity(7, 0.1).lam
+      0.1
+    """
+    lam = float(lam) if isinstance(lam, (int, float)) and not isinstance(lam, bool) else lam
+    if not isinstance(lam, float) or not 0.0 <= lam <= 0.5:
+        raise ValueError(f"lam must be a number in [0, 0.5], got {lam!r}")
+    return Allocation("owl", m=_positive("m", m), lam=lam)
+
+
+def per_output(axis: Any = None) -> Allocation:
+    """Per-output-unit comparison groups (Wanda's): each output unit at the target sparsity.
+
+    Args:
+      axis: the output axis: ``"out_first"`` (torch), ``"out_last"`` (Keras, flax), an int,
+        or ``None`` (the framework's layout; ``"optax"`` means ``"out_last"`` here).
+
+    Example:
+      >>> per_output("out_first").kind
+      'per_output'
+    """
+    if axis is not None and axis not in ("out_first", "out_last") and (isinstance(axis, bool) or not isinstance(axis, int)):
+        raise ValueError(f"axis must be 'out_first', 'out_last', an int or None, got {axis!r}")
+    return Allocation("per_output", axis=axis)
+
+
+def check_allocation(allocation: Any) -> Allocation:
+    """An :class:`Allocation`, its kind as a string, or its fields as a dict/list (configs)."""
+    if isinstance(allocation, str):
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {list(ALLOCATIONS)} or a gradclip Allocation, got {allocation!r}")
+        return Allocation(allocation)
+    if isinstance(allocation, Mapping):
+        allocation = Allocation(**allocation)
+    elif isinstance(allocation, list):
+        allocation = Allocation(*allocation)
+    if not isinstance(allocation, Allocation) or allocation.kind not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {list(ALLOCATIONS)} or a gradclip Allocation, got {allocation!r}")
+    if allocation.kind == "erk":
+        return erk_sparsity(allocation.power_scale)
+    if allocation.kind == "owl":
+        return owl_sparsity(allocation.m, allocation.lam)
+    if allocation.kind == "per_output":
+        return per_output(allocation.axis)
+    return Allocation(allocation.kind)
+
+
+def erk_sparsities(shapes: Sequence[tuple], sparsity: float, power_scale: float = 1.0) -> list[float]:
+    """Per-array ERK sparsities for a model-wide ``sparsity`` (pure Python, from the shapes).
+
+    A transcription of jaxpruner's ``get_sparsities_erdos_renyi`` (``include_kernel=True``,
+    no custom map): with ``N_i`` the size of array ``i`` and ``p_i = (sum(shape_i) /
+    N_i) ** power_scale``, find ``eps`` with ``sum_dense N_i + eps * sum_rest p_i N_i =
+    sum_all (N_i - floor(s * N_i))``; while ``eps * max p_i > 1``, the arrays with the
+    largest ``p_i`` become dense. Array ``i`` gets ``1 - eps * p_i`` (dense: 0).
+    Size-0 arrays get 0.
+
+    Example:
+      >>> [round(s, 4) for s in erk_sparsities([(100, 100), (100, 10)], 0.9)]
+      [0.929, 0.6097]
+    """
+    names = [i for i, s in enumerate(shapes) if math.prod(s) > 0]
+    if not names:
+        return [0.0] * len(shapes)
+    dense: set = set()
+    while True:
+        divisor, rhs, raw = 0.0, 0.0, {}
+        for i in names:
+            n = math.prod(shapes[i])
+            zeros = math.floor(sparsity * n)
+            if i in dense:
+                rhs -= zeros
+            else:
+                rhs += n - zeros
+                raw[i] = (sum(shapes[i]) / n) ** power_scale
+                divisor += raw[i] * n
+        if not raw:  # every array dense
+            break
+        eps = rhs / divisor
+        top = max(raw.values())
+        if top * eps > 1:
+            dense.update(i for i, p in raw.items() if p == top)
+            continue
+        break
+    out = [0.0] * len(shapes)
+    for i in names:
+        out[i] = 0.0 if i in dense else 1.0 - eps * raw[i]
+    return out
+
+
+def owl_sparsities(xp: Any, scores: Sequence[Any], sparsity: Any, m: float, lam: float) -> list:
+    """Per-array OWL sparsities (float32 0-d arrays) from the element scores and the target ``sparsity``.
+
+    ``D_i = count(s > m * mean(s)) / n_i`` per array (size-0 arrays: 0); ``r_i = (D_i -
+    min D) / (max D - min D) * 2 * lam`` (0 when all ``D_i`` are equal); ``keep_i = r_i -
+    mean(r) + (1 - sparsity)``; sparsity ``1 - keep_i``, clipped to ``[0, 1]`` and rounded to a
+    multiple of ``2**-16`` (so that the float32 arithmetic of different frameworks, within an
+    ulp of each other, gives the same counts). The mean score is a float32 sum whose order
+    is the framework's: an outlier count may differ only for a score within an ulp of
+    ``m * mean``.
+
+    Example:
+      >>> import numpy as np
+      >>> s = [np.array([1, 1, 1, 1, 100], np.float32), np.ones(5, np.float32)]
+      >>> [round(float(v), 4) for v in owl_sparsities(np, s, 0.5, 2.0, 0.1)]
+      [0.4, 0.6]
+    """
+    ratios = []
+    for s in scores:
+        n = size(s)
+        if n == 0:
+            ratios.append(xp.zeros((), dtype=xp.float32))
+            continue
+        mean = xp.sum(s) / float(n)
+        ratios.append(xp.astype(xp.count_nonzero(s > m * mean), xp.float32) / float(n))
+    # Element-wise float32 steps in a fixed order (no reduction whose order a framework picks).
+    lo, hi = ratios[0], ratios[0]
+    for d in ratios[1:]:
+        lo, hi = xp.minimum(lo, d), xp.maximum(hi, d)
+    spread = hi - lo
+    safe = xp.where(spread > 0, spread, xp.ones_like(spread))
+    rs = [xp.where(spread > 0, (d - lo) * (2.0 * lam) / safe, xp.zeros_like(d)) for d in ratios]
+    total = rs[0]
+    for r in rs[1:]:
+        total = total + r
+    mean_r = total / float(len(rs))
+    out = []
+    for r in rs:
+        sp = xp.clip(1.0 - (r - mean_r + (1.0 - sparsity)), 0.0, 1.0)
+        out.append(xp.round(sp * _GRID) / _GRID)  # on a 2**-16 grid: 1-ulp differences upstream vanish
+    return out
+
+
+def lamp_scores(xp: Any, s: Any) -> Any:
+    """LAMP scores (Lee et al. 2021, eq. 2) of one array's non-negative float32 scores ``s``.
+
+    ``s_u**2 / sum_{v >= u} s_v**2`` over the ascending order of ``s`` (ties by flat
+    index; a stable sort), in float32; 0 where the suffix sum is 0. A NaN score is ranked
+    as +inf (its LAMP score is NaN, ranked last; the scores below it are 0).
+
+    Example:
+      >>> import numpy as np
+      >>> lamp_scores(np, np.array([[2.0, 1.0], [0.0, 3.0]], np.float32)).astype(float).round(4).tolist()
+      [[0.3077, 0.0714], [0.0, 1.0]]
+    """
+    flat = xp.reshape(s, (-1,))
+    if size(flat) == 0:
+        return s
+    flat = xp.where(xp.isnan(flat), xp.full_like(flat, math.inf), flat)  # (NaN sorts as +inf everywhere)
+    order = xp.argsort(flat, stable=True)
+    sq = xp.take(flat, order) ** 2
+    suffix = xp.flip(xp.cumulative_sum(xp.flip(sq, axis=0), axis=0), axis=0)
+    lamp = xp.where(suffix > 0, sq / xp.where(suffix > 0, suffix, xp.ones_like(suffix)), xp.zeros_like(sq))
+    inv = xp.argsort(order, stable=True)
+    return xp.reshape(xp.take(lamp, inv), tuple(s.shape))
+
+
+def _output_axis(xp: Any, axis: Any, ndim: int) -> int:
+    if axis is None:
+        axis = _OVERRIDE.get() or _DEFAULT_LAYOUT.get(namespace_name(xp))
+        if axis is None:
+            raise ValueError("per_output(axis=None) means the framework's layout, and this namespace has none: pass "
+                             "axis= ('out_first' for (out, in, ...) weights, 'out_last' for (..., in, out) kernels)")
+    if axis == "out_first":
+        return 0
+    if axis in ("out_last", "optax"):
+        return ndim - 1
+    return axis % ndim
+
+
+def per_output_keep(xp: Any, axis: Any, s: Any, m: Any, target: Any, rounding: str) -> Any:
+    """Keep-mask pruning ``target`` of every output unit of ``s`` (non-negative float32 scores), old mask ``m``.
+
+    Arrays of rank < 2 and size-0 arrays keep ``m``.
+    """
+    if s.ndim < 2 or size(s) == 0:
+        return m
+    ax = _output_axis(xp, axis, s.ndim)
+    key = order_keys(xp, s) + 1
+    key = xp.where(m, key, xp.zeros_like(key))  # pruned before: first
+    moved = xp.moveaxis(key, ax, 0)
+    shp = tuple(moved.shape)
+    rows = xp.reshape(moved, (shp[0], -1))
+    n = rows.shape[1]
+    k = prune_count(xp, target, n, rounding)
+    order = xp.argsort(rows, axis=1, stable=True)
+    rank = xp.argsort(order, axis=1, stable=True)
+    keep = xp.reshape(rank >= k, shp)
+    return xp.moveaxis(keep, 0, ax) & m

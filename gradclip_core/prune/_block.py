@@ -1,0 +1,159 @@
+"""Block magnitude pruning: whole ``(bh, bw)`` blocks of a 2-D weight by their pooled ``|w|`` (tfmot's ``block_size``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._params import on
+from .._rule import Rule, factory
+from ..backend._namespace import device_kw
+from ..backend._primitives import size
+from ..backend._selection import float32_scores
+from ..backend._names import array_label
+from ._schedule import check_amount, check_rounding, check_schedule, prune_count
+from ._select import prune_smallest
+from ._state import mask_rule
+
+__all__ = ["block_magnitude_prune", "POOLINGS"]
+
+POOLINGS = ("avg", "max")
+
+
+def _check_block(block: Any) -> tuple[int, int]:
+    try:
+        out = tuple(block)
+    except TypeError:
+        out = ()
+    if len(out) != 2 or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in out):
+        raise ValueError(f"block must be two ints >= 1 (rows, columns), got {block!r}")
+    return out  # type: ignore[return-value]
+
+
+def _pad(xp: Any, x: Any, rows: int, cols: int, fill: Any) -> Any:
+    """``x`` (2-D) extended by ``rows`` rows and ``cols`` columns of ``fill``."""
+    h, w = x.shape
+    if rows:
+        x = xp.concat([x, xp.full((rows, w), fill, dtype=x.dtype, **device_kw([x]))], axis=0)
+    if cols:
+        x = xp.concat([x, xp.full((h + rows, cols), fill, dtype=x.dtype, **device_kw([x]))], axis=1)
+    return x
+
+
+def block_scores(xp: Any, p: Any, block: tuple[int, int], pooling: str) -> Any:
+    """The pooled float32 ``|w|`` of every block of the 2-D ``p``: shape ``(ceil(h / bh), ceil(w / bw))``.
+
+    Blocks start at ``(0, 0)``; the last block row / column may be partial. ``"avg"``:
+    the mean over the block's weights (partial blocks: over the weights they have), taken
+    as tfmot's ``factorized_pool`` does, over each block's rows first (a running sum in
+    row order, divided by their count), then over its columns; ``"max"``: the largest.
+    A block holding a NaN scores NaN (ranks above +inf: never pruned before a number).
+    Every operation is an elementwise float32 add / divide / maximum in a fixed order, so
+    the scores are bit-identical in every framework.
+    """
+    h, w = p.shape
+    bh, bw = block
+    nh, nw = -(-h // bh), -(-w // bw)
+    s = float32_scores(xp, p)
+    nan = xp.isnan(s)
+    s = xp.where(nan, xp.zeros_like(s), s)
+    r = xp.reshape(_pad(xp, s, nh * bh - h, nw * bw - w, 0.0), (nh, bh, nw, bw))
+    if pooling == "max":
+        acc = r[:, 0, :, :]
+        for i in range(1, bh):
+            acc = xp.maximum(acc, r[:, i, :, :])
+        out = acc[:, :, 0]
+        for j in range(1, bw):
+            out = xp.maximum(out, acc[:, :, j])
+    else:
+        acc = r[:, 0, :, :]
+        for i in range(1, bh):
+            acc = acc + r[:, i, :, :]
+        rows = xp.asarray([float(min(bh, h - i * bh)) for i in range(nh)], dtype=xp.float32, **device_kw([s]))
+        acc = acc / xp.reshape(rows, (nh, 1, 1))
+        out = acc[:, :, 0]
+        for j in range(1, bw):
+            out = out + acc[:, :, j]
+        cols = xp.asarray([float(min(bw, w - j * bw)) for j in range(nw)], dtype=xp.float32, **device_kw([s]))
+        out = out / xp.reshape(cols, (1, nw))
+    has_nan = xp.any(xp.reshape(_pad(xp, nan, nh * bh - h, nw * bw - w, False), (nh, bh, nw, bw)), axis=(1, 3))
+    return xp.where(has_nan, xp.full_like(out, float("nan")), out)
+
+
+@factory
+def block_magnitude_prune(
+    amount: float,
+    block: Any = (1, 1),
+    *,
+    pooling: str = "avg",
+    schedule: Any = None,
+    rounding: str = "prune",
+    params: Any = "weights",
+) -> Rule:
+    """Block-sparse magnitude pruning of 2-D weights (tfmot's ``block_size`` / ``block_pooling_type``).
+
+    Each 2-D array is cut into ``block = (bh, bw)`` blocks from its first element (the
+    last block row / column may be partial); a block's score is the mean (``"avg"``) or
+    the largest (``"max"``) of its ``|w|`` in float32 (see :func:`block_scores`), and the
+    ``round_half_even(amount * n_blocks)`` blocks of smallest score are pruned whole
+    (``rounding="keep"`` / ``"tfmot"``: tfmot's count of kept blocks), ties by block
+    index (row-major), NaN last. Blocks pruned before rank first (masks are monotone).
+    ``block=(1, 1)`` is :func:`magnitude_prune`. Arrays of rank other than 2 and size-0
+    arrays are left dense (tfmot refuses them). The axes are the array's own: a Keras
+    ``Dense`` kernel is ``(in, out)``, a torch ``Linear`` weight ``(out, in)``, so the same
+    blocks are ``(bh, bw)`` in Keras and ``(bw, bh)`` in torch.
+
+    tfmot pools with ``padding="SAME"``, which centres its windows where a dimension is
+    not a multiple of the block (``(bh - h % bh) // 2`` rows of padding before the first
+    window), while it expands the mask from the first element: with two or more rows
+    (columns) of padding its scores and its blocks are offset. Here both start at the
+    first element. Where the dimensions are multiples of the block, the pooled scores
+    are tfmot's (``"avg"`` up to the order of its sums).
+
+    Args:
+      amount: the target sparsity (fraction of blocks, in ``[0, 1]``; the final one for a
+        polynomial schedule), or an int: how many blocks per array.
+      block: ``(rows, columns)`` of a block, ints >= 1.
+      pooling: ``"avg"`` or ``"max"`` (tfmot's ``"AVG"`` / ``"MAX"``).
+      schedule: ``None`` (one-shot at step 0) or a schedule preset.
+      rounding: ``"prune"``, ``"keep"`` or ``"tfmot"`` (counts of blocks).
+      params: which arrays are pruned: ``"weights"`` (default: rank >= 2), ``"all"``, or a
+        :class:`gradclip_core.Params`.
+
+    Returns:
+      A :class:`Rule` with ``PruneState``; info ``sparsity``, ``sparsity/<i>``.
+
+    Example:
+      >>> import numpy as np
+      >>> import gradclip_core as gc
+      >>> rule = gc.block_magnitude_prune(0.5, (2, 2))
+      >>> w = [np.array([[3, 3, 0.5, 0.5], [3, 3, 0.5, 0], [5, 0, 1, 1], [0, 0, 1, 9]], np.float32)]
+      >>> w, state, info = rule.project(w, rule.init(w))  # block means 3, 0.375 / 1.25, 3: two pruned
+      >>> w[0].tolist(), float(info["sparsity"])
+      ([[3.0, 3.0, 0.0, 0.0], [3.0, 3.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 9.0]], 0.5)
+    """
+    schedule = check_schedule(schedule)
+    amount = check_amount(amount, schedule=schedule)
+    block = _check_block(block)
+    pooling = pooling.lower() if isinstance(pooling, str) else pooling
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+    rounding = check_rounding(rounding)
+    bh, bw = block
+
+    def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
+        masks = []
+        for i, (p, m) in enumerate(zip(params, old)):
+            if p.ndim != 2 or size(p) == 0:
+                masks.append(m)
+                continue
+            h, w = p.shape
+            nh, nw = -(-h // bh), -(-w // bw)
+            scores = block_scores(xp, p, block, pooling)
+            alive = xp.any(xp.reshape(_pad(xp, m, nh * bh - h, nw * bw - w, False), (nh, bh, nw, bw)), axis=(1, 3))
+            k = prune_count(xp, target, nh * nw, rounding, where=f"the blocks of {array_label(i)}")
+            keep, _ = prune_smallest(xp, [scores], k, [alive])
+            full = xp.reshape(xp.broadcast_to(xp.reshape(keep[0], (nh, 1, nw, 1)), (nh, bh, nw, bw)), (nh * bh, nw * bw))
+            masks.append(full[:h, :w] & m)
+        return masks, None
+
+    return on(mask_rule("block_magnitude_prune", compute, schedule, amount), params)

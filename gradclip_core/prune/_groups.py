@@ -1,0 +1,243 @@
+"""Structured groups: the elements a pruning rule keeps or prunes together.
+
+A :class:`Group` (plain Python values, so it sits in a rule's ``config``) turns each
+array's element scores into one score per group (:func:`pool`), the selection runs on
+those, and the group decisions are broadcast back to the elements (:func:`expand`):
+
+- :func:`blocks` ``(rows, cols, pooling="avg")``: 2-D blocks over the *last two axes*
+  (tfmot's ``block_size`` / ``block_pooling_type``): a block's score is the mean
+  (``"avg"``) or the maximum (``"max"``) of its elements' scores. Arrays whose last two
+  dimensions are not multiples of the block get partial blocks at the edges, pooled
+  over the elements they have (tfmot pools with ``SAME`` padding). The mean is a sum
+  in a fixed order (row-major within the block) divided by the element count:
+  identical in every framework. Arrays of rank < 2 are left dense.
+- :func:`units` ``(axis, ord=2, size=1)``: whole units by the L_ord norm of their scores
+  over the reduced ``axis`` (as :func:`gradclip_core.ln_structured_prune`: ``"out_first"``
+  for the rows / output channels / conv filters of torch weights, ``"out_last"`` for
+  Keras kernels, ``(0,)`` for the columns of a torch ``Linear``); ``size > 1`` groups
+  ``size`` consecutive units (attention heads of ``head_dim`` rows: the norm runs over
+  the head's rows). Arrays of rank < 2, or whose unit count is not a multiple of
+  ``size``, are left dense.
+- :func:`nm` ``(keep, group, axis)``: N:M: in every ``group`` consecutive elements along
+  ``axis`` the ``keep`` largest scores are kept (:func:`gradclip_core.nm_prune` on any
+  score); the count is fixed, so the rule's ``amount`` is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from .._validate import check_choice, check_ord
+from ..backend._layout import check_axis, reduce_axes
+from ..backend._namespace import device_kw
+from ..backend._primitives import size
+from ..backend._selection import order_keys
+
+__all__ = ["Group", "blocks", "units", "nm", "check_group", "pool", "expand", "nm_keep", "POOLINGS"]
+
+POOLINGS = ("avg", "max")
+
+
+class Group(NamedTuple):
+    """A structured group (see the module docstring); build with :func:`blocks`, :func:`units`, :func:`nm`."""
+
+    kind: str
+    block: tuple = (1, 1)
+    pooling: str = "avg"
+    axis: Any = None
+    ord: Any = 2
+    size: int = 1
+    keep: int = 2
+    group: int = 4
+
+
+def _int(name: str, v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    return v
+
+
+def blocks(rows: int, cols: int, pooling: str = "avg") -> Group:
+    """2-D blocks of ``rows x cols`` over the last two axes, scored by ``pooling`` (``"avg"`` or ``"max"``).
+
+    Example:
+      >>> blocks(4, 1).block
+      (4, 1)
+    """
+    check_choice("pooling", pooling, POOLINGS)
+    return Group("blocks", block=(_int("rows", rows, 1), _int("cols", cols, 1)), pooling=pooling)
+
+
+def units(axis: Any, ord: Any = 2, size: int = 1) -> Group:
+    """Whole units (rows, columns, filters; ``size`` consecutive ones: heads) by their L_ord norm over ``axis``.
+
+    Example:
+      >>> units("out_first", size=64).size
+      64
+    """
+    if axis is None:
+        raise ValueError('units(axis=...) needs the reduced axes: "out_first" (torch rows / filters), "out_last" '
+                         "(Keras), or ints")
+    ax = check_axis(axis)
+    return Group("units", axis=list(ax) if isinstance(ax, tuple) else ax, ord=check_ord(ord), size=_int("size", size, 1))
+
+
+def nm(keep: int = 2, group: int = 4, *, axis: int) -> Group:
+    """N:M groups: ``keep`` of every ``group`` consecutive elements along ``axis``.
+
+    Example:
+      >>> nm(2, 4, axis=-1).group
+      4
+    """
+    _int("keep", keep, 1)
+    _int("group", group, 2)
+    if keep >= group:
+        raise ValueError(f"keep must be < group (N < M in N:M sparsity), got keep={keep}, group={group}")
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ValueError(f"axis must be an int (the group axis), got {axis!r}")
+    return Group("nm", axis=axis, keep=keep, group=group)
+
+
+def check_group(group: Any) -> Group | None:
+    """``None`` (elements), a :class:`Group`, or its fields as a dict/list (configs)."""
+    if group is None:
+        return None
+    if isinstance(group, Mapping):
+        group = Group(**group)
+    elif isinstance(group, list):
+        group = Group(*group)
+    if not isinstance(group, Group):
+        raise ValueError(f"group must be None or gc.blocks(...), gc.units(...), gc.nm(...); got {group!r}")
+    if group.kind == "blocks":
+        return blocks(*tuple(group.block), pooling=group.pooling)
+    if group.kind == "units":
+        return units(group.axis, group.ord, group.size)
+    if group.kind == "nm":
+        return nm(group.keep, group.group, axis=group.axis)
+    raise ValueError(f"group kind must be blocks, units or nm, got {group.kind!r}")
+
+
+def _axis_spec(group: Group) -> Any:
+    return tuple(group.axis) if isinstance(group.axis, list) else group.axis
+
+
+def _unit_axes(xp: Any, group: Group, shape: tuple) -> tuple | None:
+    """``(reduced axes, kept axis or None)`` of a units group for ``shape``, or ``None`` (left dense)."""
+    if len(shape) < 2 or math.prod(shape) == 0:
+        return None
+    axes = reduce_axes(xp, _axis_spec(group), shape)
+    if axes is None:
+        return None
+    kept = [a for a in range(len(shape)) if a not in axes]
+    if group.size > 1:
+        if len(kept) != 1 or shape[kept[0]] % group.size:
+            return None
+        return axes, kept[0]
+    return axes, None
+
+
+def pool(xp: Any, group: Group, s: Any) -> Any:
+    """One score per group of ``s`` (non-negative float32 element scores), or ``None`` (left dense)."""
+    shape = tuple(s.shape)
+    if group.kind == "blocks":
+        if len(shape) < 2 or size(s) == 0:
+            return None
+        (r, c), (R, C) = group.block, shape[-2:]
+        pr, pc = -R % r, -C % c
+        x = s
+        fill = -math.inf if group.pooling == "max" else 0.0  # (signed scores: a padded element never wins a max)
+        if pr:
+            x = xp.concat([x, xp.full(shape[:-2] + (pr, C), fill, dtype=x.dtype, **device_kw([x]))], axis=-2)
+        if pc:
+            x = xp.concat([x, xp.full(shape[:-2] + (R + pr, pc), fill, dtype=x.dtype, **device_kw([x]))], axis=-1)
+        lead = shape[:-2]
+        x = xp.reshape(x, lead + ((R + pr) // r, r, (C + pc) // c, c))
+        acc = None
+        for i in range(r):  # a fixed order: bit-identical sums everywhere
+            for j in range(c):
+                e = x[..., i, :, j]
+                acc = e if acc is None else (xp.maximum(acc, e) if group.pooling == "max" else acc + e)
+        if group.pooling == "max" or (pr == 0 and pc == 0):
+            return acc if group.pooling == "max" else acc / float(r * c)
+        rows = [min(r, R - b * r) for b in range((R + pr) // r)]
+        cols = [min(c, C - b * c) for b in range((C + pc) // c)]
+        counts = np.outer(np.asarray(rows, np.float32), np.asarray(cols, np.float32))
+        return acc / xp.asarray(counts, dtype=xp.float32, **device_kw([s]))
+    if group.kind == "units":
+        ax = _unit_axes(xp, group, shape)
+        if ax is None:
+            return None
+        axes, kept = ax
+        norms = xp.linalg.vector_norm(s, axis=axes, keepdims=True, ord=group.ord)
+        if kept is None:
+            return norms
+        g = group.size
+        moved = xp.moveaxis(norms, kept, -1)
+        ms = tuple(moved.shape)
+        heads = xp.reshape(moved, ms[:-1] + (ms[-1] // g, g))
+        return xp.linalg.vector_norm(heads, axis=-1, ord=group.ord)  # a head: the norm of its units' norms
+    raise ValueError(f"pool: no pooling for group kind {group.kind!r}")
+
+
+def expand(xp: Any, group: Group, keep: Any, shape: tuple) -> Any:
+    """Element keep-mask of ``shape`` from the group keep-mask ``keep`` (the output of :func:`pool`'s shape)."""
+    if group.kind == "blocks":
+        (r, c), (R, C) = group.block, shape[-2:]
+        lead = shape[:-2]
+        gr, gc_ = keep.shape[-2], keep.shape[-1]
+        k = xp.reshape(keep, lead + (gr, 1, gc_, 1))
+        k = xp.broadcast_to(k, lead + (gr, r, gc_, c))
+        k = xp.reshape(k, lead + (gr * r, gc_ * c))
+        return k[..., :R, :C]
+    axes, kept = _unit_axes(xp, group, shape)
+    if kept is None:
+        return xp.broadcast_to(keep, shape)
+    g, lead, u = group.size, tuple(keep.shape[:-1]), keep.shape[-1]  # keep: (1, ..., 1, heads)
+    k = xp.broadcast_to(xp.reshape(keep, lead + (u, 1)), lead + (u, g))
+    k = xp.moveaxis(xp.reshape(k, lead + (u * g,)), -1, kept)
+    return xp.broadcast_to(k, shape)
+
+
+def nm_keep(xp: Any, group: Group, s: Any, m: Any, remainder: str = "dense") -> Any:
+    """N:M keep-mask from non-negative float32 scores ``s`` and the old mask ``m`` (``m`` where left dense).
+
+    Within each group the ``group - keep`` smallest scores are pruned (pruned before ranks
+    first, ties by position in the group, NaN last), the rule of :func:`gradclip_core.nm_prune`.
+    An axis that is not a multiple of the group size is left dense (``remainder="dense"``),
+    or its last, partial group is padded with entries that rank below everything
+    (``remainder="pad"``: tfmot's zero padding, which loses to any weight).
+    """
+    nd, axis, n_group = s.ndim, group.axis, group.group
+    if nd < 2 or size(s) == 0 or not -nd <= axis < nd:
+        return m
+    pad = -s.shape[axis] % n_group
+    if pad and remainder == "dense":
+        return m
+    n_prune = n_group - group.keep
+    ax = axis % nd
+    key = order_keys(xp, s) + 1
+    key = xp.where(m, key, xp.zeros_like(key))
+    moved = xp.moveaxis(key, ax, -1)
+    shp = tuple(moved.shape)
+    if pad:
+        filler = xp.full(shp[:-1] + (pad,), -1, dtype=moved.dtype, **device_kw([moved]))
+        moved = xp.concat([moved, filler], axis=-1)
+        shp = tuple(moved.shape)
+    g = xp.reshape(moved, shp[:-1] + (shp[-1] // n_group, n_group))
+    cols = [g[..., j] for j in range(n_group)]
+    kept = []
+    for i in range(n_group):
+        rank = xp.zeros(cols[i].shape, dtype=xp.int32)
+        for j in range(n_group):
+            if j == i:
+                continue
+            before = (cols[j] < cols[i]) | (cols[j] == cols[i]) if j < i else cols[j] < cols[i]
+            rank = rank + xp.astype(before, xp.int32)
+        kept.append(rank >= n_prune)
+    mask = xp.reshape(xp.stack(kept, axis=-1), shp)
+    if pad:
+        mask = mask[..., : shp[-1] - pad]
+    return xp.moveaxis(mask, -1, ax) & m
