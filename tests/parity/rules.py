@@ -107,7 +107,7 @@ CASES_FOR["group-lasso"] = FEW_CASES
 # namespace's sort/take/flip/concat); the other issue-19 rules share those paths.
 KERAS_CASES_FOR = {**{r: () for r in CASES_FOR}, **{r: ("random-float32",) for r in (
     "prune-wanda", "prune-wanda-rows", "prune-movement", "prune-random-erk", "prune-lamp", "prune-owl", "prune-blocks", "prune-heads",
-    "group-lasso")}}
+    "group-lasso", "prune-rigl", "prune-set")}}
 
 # Element-wise value clips, masks and the element-wise weight rules must match exactly,
 # in every dtype (masks are also compared directly, see reference.masks_of).
