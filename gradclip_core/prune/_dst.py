@@ -38,6 +38,7 @@ from .._hash import _fmix32, _s32, _shr, hash_keys
 from .._params import on
 from .._rule import Rule, factory
 from .._validate import check_choice, check_real
+from ..backend._collective import active
 from ..backend._namespace import device_kw, namespace
 from ..backend._primitives import cond, size
 from ._allocation import erk_sparsities
@@ -98,8 +99,14 @@ def _dst(name: str, sparsity: float, allocation: str, drop_fraction: float, upda
             return out
         return [float(sparsity)] * len(params)
 
+    def _local_only() -> None:
+        if active():
+            raise ValueError(f"{name} does not run on sharded arrays yet (its counts are per array, and a shard is not "
+                             "one): gather the weights, or run it where each array is whole")
+
     def init(params: Sequence[Any]) -> DSTState:
         params = list(params)
+        _local_only()
         if not params:
             import numpy as np
 
@@ -143,6 +150,7 @@ def _dst(name: str, sparsity: float, allocation: str, drop_fraction: float, upda
         if params is None:
             raise ValueError(f"{name}: update needs params= (the drop step ranks the weights by |w|)")
         params = list(params)
+        _local_only()
         check_real(name, grads, _RANKS)
         xp = namespace(*grads)
         t = state.count
