@@ -110,6 +110,11 @@ from .prune import (
     iterative_sparsity,
     polynomial_schedule,
     random_prune,
+    DSTState,
+    drop_fractions,
+    rigl,
+    set_,
+    sparse_evolutionary,
 )
 
 __version__ = "0.2.0"
@@ -206,6 +211,12 @@ __all__ = [
     "blocks",
     "units",
     "nm",
+    # dynamic sparse training
+    "rigl",
+    "sparse_evolutionary",
+    "set_",
+    "DSTState",
+    "drop_fractions",
     # proximal shrinkage and weight constraints (project only)
     "soft_threshold",
     "mcp_threshold",

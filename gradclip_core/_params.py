@@ -159,6 +159,16 @@ def _expand(state: Any, idx: list[int], arrays: Sequence[Any]) -> Any:
                     xp = namespace(a)
                     acc.append(xp.zeros((), dtype=xp.float32, **device_kw([a])))
             return state._replace(masks=tuple(full), scores=tuple(acc))
+        regrown = getattr(state, "regrown", ())
+        if isinstance(regrown, tuple) and regrown:  # dynamic sparse training: 0-d False for the others
+            grown: list = []
+            for j, a in enumerate(arrays):
+                if j in pos:
+                    grown.append(regrown[pos[j]])
+                else:
+                    xp = namespace(a)
+                    grown.append(xp.zeros((), dtype=xp.bool, **device_kw([a])))
+            return state._replace(masks=tuple(full), regrown=tuple(grown))
         return state._replace(masks=tuple(full))
     if isinstance(state, tuple) and not hasattr(state, "_fields"):
         return tuple(_expand(s, idx, arrays) for s in state)
@@ -174,6 +184,9 @@ def _contract(state: Any, idx: list[int], n: int, name: str) -> Any:
         scores = getattr(state, "scores", ())
         if isinstance(scores, tuple) and len(scores) == n:
             return state._replace(masks=tuple(state.masks[j] for j in idx), scores=tuple(scores[j] for j in idx))
+        regrown = getattr(state, "regrown", ())
+        if isinstance(regrown, tuple) and len(regrown) == n:
+            return state._replace(masks=tuple(state.masks[j] for j in idx), regrown=tuple(regrown[j] for j in idx))
         return state._replace(masks=tuple(state.masks[j] for j in idx))
     if isinstance(state, tuple) and not hasattr(state, "_fields"):
         return tuple(_contract(s, idx, n, name) for s in state)

@@ -34,6 +34,7 @@ class _Slots:
         self.names: dict[str, str] = {}  # the rule's info key -> shown key (per-array keys by variable path)
         self.paths: list[str] | None = None  # the built variables' paths (gc.Params patterns match them)
         self.needs_loss = gc.needs_loss(rule)
+        self.regrows = False  # the state has regrown masks (RigL / SET): the inner slots of grown elements restart
         self.loss: Any = None  # the step's loss (scale_loss / set_loss), used by the next apply
 
 
@@ -336,6 +337,7 @@ class Optimizer(keras.optimizers.Optimizer):
             _, state1, info = rule.update(grads, state, values)
             pinfo = rule.project(values, state1)[2] if slots.project else {}
         slots.treedef = state
+        slots.regrows = bool(gc.backend.find_regrown(state, len(values)))  # RigL / SET: restart grown elements' slots
         slots.update_keys = tuple(info)
         slots.names = name_info([*info, *pinfo], var_list)
         with keras.name_scope(self.name, caller=self):
@@ -390,6 +392,30 @@ class Optimizer(keras.optimizers.Optimizer):
             out, new_state, info = slots.rule.project(params, unflatten(slots.treedef, state_values))
         out = [ops.cast(o, p.dtype) for o, p in zip(out, params)]
         return out, flatten(new_state), dict(info)
+
+    def _restart_regrown(self, built: list, state_values: list) -> None:
+        """RigL / SET: zero the inner optimizer's variables of the elements grown this step.
+
+        The slots of weight ``w`` are the inner optimizer's variables made by
+        ``add_variable_from_reference(w, ...)`` (named ``<w.path with _>_<slot>``, shaped like
+        ``w``: momentum, Adam's moments, ...); each gets ``where(regrown, 0, slot)``, as
+        jaxpruner's ``restart_inner_state``. Step counts are left as they are.
+        """
+        found = gc.backend.find_regrown(unflatten(self._gradclip.treedef, state_values), len(built))
+        if not found:
+            return
+        slots = list(self.inner_optimizer.variables)
+        for i, w in enumerate(built):
+            r = found[0][i]
+            for rs in found[1:]:
+                r = ops.logical_or(r, rs[i])
+            if len(r.shape) == 0:  # (a weight the rule does not act on)
+                continue
+            prefix = str(getattr(w, "path", w.name)).replace("/", "_") + "_"
+            for v in slots:
+                if tuple(v.shape) == tuple(w.shape) and str(v.name).startswith(prefix):
+                    value = to_tensor(v)
+                    v.assign(ops.where(r, ops.zeros_like(value), value))
 
     def _correct_update(self, built: list, before: list, state_values: list) -> list:
         """Update clipping (``rule.on_update``): the rule on ``w_new - w_old``, written back; returns the new state.
@@ -509,6 +535,8 @@ class Optimizer(keras.optimizers.Optimizer):
             self.inner_optimizer.apply(inner_grads, variables)
             if on_update:
                 current[0] = self._correct_update(built, before, current[0])
+            if slots.regrows:
+                self._restart_regrown(built, current[0])
             if slots.project:
                 values = [storage_precision(to_tensor(v)) for v in built]  # torch: the live weights, no copy
                 new_p, pstate, pinfo = self._project(values, current[0])

@@ -16,7 +16,7 @@ from ._flat import flatten, leaf_names, params_like
 from ._state import WrapState, info_like, match_info
 from ._transform import check_rule, feed
 
-__all__ = ["wrap", "skipped"]
+__all__ = ["wrap", "skipped", "restart_regrown"]
 
 
 def skipped(info: dict) -> jax.Array | None:
@@ -58,6 +58,53 @@ def check_inner(inner: Any) -> None:
             f"call it first, e.g. {where}{qual}(1e-3)"
         )
     raise TypeError(f"wrap: inner must be an optax GradientTransformation (e.g. optax.adam(1e-3)), got {type(inner).__name__}")
+
+
+def restart_regrown(inner_state: Any, treedef: Any, regrown: list) -> Any:
+    """``inner_state`` with every params-shaped subtree zeroed where ``regrown`` (RigL / SET).
+
+    Dynamic sparse training (:func:`gradclip_core.rigl`) restarts the optimizer state of
+    the elements it grows (jaxpruner's ``restart_inner_state``): every subtree of the
+    inner optimizer's state with the structure of the params (momentum ``trace``, Adam
+    ``mu`` / ``nu``, ...) gets ``where(regrown, 0, leaf)`` on the leaves shaped like their
+    parameter; anything else (step counts) is left as it is.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> params = [jnp.ones(3)]
+      >>> state = optax.adam(0.1).init(params)._replace if False else optax.adam(0.1).init(params)
+      >>> state = jax.tree.map(lambda x: x + 1, state)
+      >>> out = restart_regrown(state, jax.tree.structure(params), [jnp.array([False, True, False])])
+      >>> out[0].mu[0].tolist(), int(out[0].count)
+      ([1.0, 0.0, 1.0], 1)
+    """
+
+    def walk(node: Any) -> Any:
+        if jax.tree.structure(node) == treedef:
+            leaves = treedef.flatten_up_to(node)
+            return treedef.unflatten([
+                jnp.where(r, jnp.zeros_like(x), x) if hasattr(x, "shape") and tuple(x.shape) == tuple(r.shape) else x
+                for x, r in zip(leaves, regrown)])
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            return type(node)(*(walk(v) for v in node))
+        if isinstance(node, (tuple, list)):
+            return type(node)(walk(v) for v in node)
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        return node
+
+    return walk(inner_state)
+
+
+def _regrown(rule_state: Any, n: int) -> list | None:
+    found = gc.backend.find_regrown(rule_state, n)
+    if not found:
+        return None
+    out = list(found[0])
+    for rs in found[1:]:
+        out = [a | b for a, b in zip(out, rs)]
+    return out
 
 
 def _keep_if(skip: jax.Array, old: Any, new: Any) -> Any:
@@ -168,6 +215,9 @@ def wrap(
             g, rule_state, info = rule.update(leaves, feed(rule, state.rule_state, extra.get("loss")), p)
         u_tree, inner_state = inner.update(jax.tree.unflatten(treedef, g), state.inner_state, params, **extra)
         u = treedef.flatten_up_to(u_tree)
+        regrown = _regrown(rule_state, len(p))
+        if regrown is not None:  # RigL / SET: the optimizer state of grown elements restarts at 0
+            inner_state = restart_regrown(inner_state, treedef, regrown)
         if on_update:
             u, rule_state, info = rule.update(u, rule_state, p)
         pkeys: tuple = ()

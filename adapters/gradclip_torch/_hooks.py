@@ -80,7 +80,8 @@ from typing import Any, Mapping
 import torch
 
 from gradclip_core import Rule, Scale, feed_loss, needs_loss, skips_finite
-from gradclip_core.backend import apply_effect, array_names, name_info, namespace, prepare_selection, tree_where
+from gradclip_core.backend import (apply_effect, array_names, find_regrown, name_info, namespace, prepare_selection,
+                                   tree_where)
 
 from ._apply import _check_devices, check_rule, collect, correct_update, project_params, run_update, snapshot_params
 from ._distributed import is_dtensor, local
@@ -328,6 +329,7 @@ class Handle:
             if self._project_info:
                 self.info = {**self._info, **self._project_info}  # the last projection's info (sparsity, ...) stands
             return
+        self._restart_regrown(optimizer)
         old_state = self._state
         with array_names(self._names, traced=torch.compiler.is_compiling()):
             self._state, info = project_params(self.rule, self._params, self._state, self.process_group)
@@ -337,6 +339,30 @@ class Handle:
         if info:
             self._project_info = info
             self.info = {**self._info, **info}
+
+    def _restart_regrown(self, optimizer: torch.optim.Optimizer) -> None:
+        """RigL / SET: zero the optimizer state (momentum, Adam moments) of the elements grown this step.
+
+        Every tensor of ``optimizer.state[p]`` shaped like ``p`` (``exp_avg``,
+        ``exp_avg_sq``, ``momentum_buffer``, ...) gets ``where(regrown, 0, t)`` in place, as
+        jaxpruner's ``restart_inner_state``; step counts are left as they are.
+        """
+        found = find_regrown(self._state, len(self._params))
+        if not found:
+            return
+        with torch.no_grad():
+            for j, p in enumerate(self._params):
+                st = optimizer.state.get(p)
+                if not st:
+                    continue
+                r = found[0][j]
+                for rs in found[1:]:
+                    r = r | rs[j]
+                if r.ndim == 0:  # (an array the rule does not act on)
+                    continue
+                for v in st.values():
+                    if isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(p.shape):
+                        local(v).masked_fill_(local(r).to(v.device), 0)
 
     def _mark_fresh(self) -> None:
         """Remember which gradient the last step ran on (one tensor: its identity and version)."""

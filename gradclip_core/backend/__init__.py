@@ -59,7 +59,7 @@ from ._primitives import (
     upcast,
 )
 from ._selection import KEY_BITS, NAN_KEY, Selection, float32_scores, key_value, order_keys, register_selection, selection_for
-from ._tree import TreeDef, find_masks, flatten_state, is_namedtuple, tree_where, unflatten_state
+from ._tree import TreeDef, find_masks, find_regrown, flatten_state, is_namedtuple, tree_where, unflatten_state
 
 __all__ = [
     # namespaces
@@ -121,6 +121,7 @@ __all__ = [
     "unflatten_state",
     "is_namedtuple",
     "find_masks",
+    "find_regrown",
     "tree_where",
     # array names
     "array_names",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
-__all__ = ["TreeDef", "flatten_state", "unflatten_state", "is_namedtuple", "find_masks", "tree_where"]
+__all__ = ["TreeDef", "flatten_state", "unflatten_state", "is_namedtuple", "find_masks", "find_regrown", "tree_where"]
 
 _LEAF = "*"
 
@@ -103,6 +103,37 @@ def unflatten_state(treedef: TreeDef, leaves: Sequence[Any]) -> Any:
         return kind(values)
 
     return build(treedef.node)
+
+
+def find_regrown(tree: Any, n: int) -> list[tuple]:
+    """The ``regrown`` masks of every dynamic-sparse-training state with ``n`` arrays in a state tree.
+
+    A state with a ``regrown`` field (:class:`gradclip_core.DSTState`: RigL, SET) marks the
+    elements its last ``update`` grew; adapters zero the optimizer state (momentum, Adam
+    moments) of those elements after the step, as RigL does. Arrays that the rule does not
+    prune hold 0-d ``False``.
+
+    Example:
+      >>> import numpy as np
+      >>> from gradclip_core import DSTState
+      >>> state = (None, DSTState(np.int32(0), (np.array([True, True]),), (np.array([False, True]),)))
+      >>> [r.tolist() for rs in find_regrown({"opt": state}, 1) for r in rs]
+      [[False, True]]
+    """
+    found: list[tuple] = []
+
+    def walk(node: Any) -> None:
+        if is_namedtuple(node) and "regrown" in node._fields:
+            regrown = node.regrown
+            if isinstance(regrown, tuple) and len(regrown) == n:
+                found.append(regrown)
+            return
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, (tuple, list)) else ()
+        for v in children:
+            walk(v)
+
+    walk(tree)
+    return found
 
 
 def find_masks(tree: Any, n: int) -> list[tuple]:

@@ -11,6 +11,7 @@ from ._block import POOLINGS, block_magnitude_prune
 from ._allocation import (ALLOCATIONS, Allocation, erk_sparsities, erk_sparsity, lamp_scores, owl_sparsities, owl_sparsity,
                           per_output)
 from ._groups import Group, blocks, nm, units
+from ._dst import DSTState, drop_fractions, rigl, set_, sparse_evolutionary
 from ._magnitude import global_magnitude_prune, magnitude_prune
 from ._random import random_prune
 from ._schedule import RELATIVE, ROUNDINGS, Schedule, constant_schedule, iterative_sparsity, one_shot, polynomial_schedule
@@ -63,4 +64,10 @@ __all__ = [
     "blocks",
     "units",
     "nm",
+    # dynamic sparse training (issue 19 item 4)
+    "rigl",
+    "sparse_evolutionary",
+    "set_",
+    "DSTState",
+    "drop_fractions",
 ]

@@ -71,6 +71,9 @@ RULES = {
     "prune-blocks-max": lambda: gc.score_prune(0.5, allocation="global", group=gc.blocks(1, 3, "max")),
     "prune-heads": lambda: gc.score_prune(0.5, group=gc.units("out_first", size=3)),
     "prune-cols": lambda: gc.score_prune(0.5, group=gc.units((0,), ord=1)),
+    # issue 19 item 4: dynamic sparse training (update_every=1: the connectivity changes at steps 1 and 2)
+    "prune-rigl": lambda: gc.rigl(0.5, allocation="uniform", drop_fraction=0.5, update_every=1, end_step=3),
+    "prune-set": lambda: gc.sparse_evolutionary(0.5, drop_fraction=0.5, update_every=1, end_step=3, seed=3),
     "group-lasso": lambda: gc.group_lasso(0.5, axis="out_first"),
     "soft-threshold": lambda: gc.soft_threshold(0.25),
     "mcp": lambda: gc.mcp_threshold(0.25, 3.0),
@@ -104,7 +107,7 @@ CASES_FOR["group-lasso"] = FEW_CASES
 # namespace's sort/take/flip/concat); the other issue-19 rules share those paths.
 KERAS_CASES_FOR = {**{r: () for r in CASES_FOR}, **{r: ("random-float32",) for r in (
     "prune-wanda", "prune-wanda-rows", "prune-movement", "prune-random-erk", "prune-lamp", "prune-owl", "prune-blocks", "prune-heads",
-    "group-lasso")}}
+    "group-lasso", "prune-rigl", "prune-set")}}
 
 # Element-wise value clips, masks and the element-wise weight rules must match exactly,
 # in every dtype (masks are also compared directly, see reference.masks_of).
@@ -138,6 +141,8 @@ EXACT = {
     "prune-blocks-max",
     "prune-heads",
     "prune-cols",
+    "prune-rigl",
+    "prune-set",
     "soft-threshold",
     "mcp",
     "clip-weights",
@@ -201,6 +206,8 @@ RESUME = {
     "adagc-skip": RULES["adagc-skip"],
     "update-norm": lambda: gc.clip_update_norm(1.0, history=4),
     "monitor": RULES["monitor"],
+    # RigL: masks, regrown elements and the step count carried across the checkpoint
+    "prune-rigl": lambda: gc.rigl(0.5, allocation="uniform", drop_fraction=0.5, update_every=1, end_step=5),
 }
 SKIP = {
     "global-skip": RULES["global-skip"],
