@@ -306,6 +306,9 @@ def test_masks_are_recomputed_inside_the_compiled_step_not_eagerly(monkeypatch):
         assert len(calls) == 32  # torch's trainer runs the step eagerly: once per step, in the step
 
 
+# Two new processes (reload, resume): about a minute on TensorFlow. The default run checks them on
+# JAX; on the other backends they are in `-m slow`.
+@(pytest.mark.slow if BACKEND != "jax" else lambda f: f)
 def test_saved_model_reloads_without_custom_objects_and_resumes_mid_schedule_exactly(tmp_path):
     schedule = gk.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=16, frequency=2)
     x, y = regression(n=32)
