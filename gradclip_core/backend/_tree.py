@@ -105,6 +105,28 @@ def unflatten_state(treedef: TreeDef, leaves: Sequence[Any]) -> Any:
     return build(treedef.node)
 
 
+def _find_field(tree: Any, field: str, n: int) -> list[tuple]:
+    """The ``field`` of every NamedTuple in ``tree`` whose ``field`` is a tuple of ``n`` entries, depth first.
+
+    ``tree`` is any nesting of tuples, lists, NamedTuples and dicts; a matching NamedTuple is
+    not searched further.
+    """
+    found: list[tuple] = []
+
+    def walk(node: Any) -> None:
+        if is_namedtuple(node) and field in node._fields:
+            value = getattr(node, field)
+            if isinstance(value, tuple) and len(value) == n:
+                found.append(value)
+            return
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, (tuple, list)) else ()
+        for v in children:
+            walk(v)
+
+    walk(tree)
+    return found
+
+
 def find_regrown(tree: Any, n: int) -> list[tuple]:
     """The ``regrown`` masks of every dynamic-sparse-training state with ``n`` arrays in a state tree.
 
@@ -120,20 +142,7 @@ def find_regrown(tree: Any, n: int) -> list[tuple]:
       >>> [r.tolist() for rs in find_regrown({"opt": state}, 1) for r in rs]
       [[False, True]]
     """
-    found: list[tuple] = []
-
-    def walk(node: Any) -> None:
-        if is_namedtuple(node) and "regrown" in node._fields:
-            regrown = node.regrown
-            if isinstance(regrown, tuple) and len(regrown) == n:
-                found.append(regrown)
-            return
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, (tuple, list)) else ()
-        for v in children:
-            walk(v)
-
-    walk(tree)
-    return found
+    return _find_field(tree, "regrown", n)
 
 
 def find_masks(tree: Any, n: int) -> list[tuple]:
@@ -151,20 +160,7 @@ def find_masks(tree: Any, n: int) -> list[tuple]:
       >>> [m.tolist() for ms in find_masks({"opt": state}, 1) for m in ms]
       [[True, False]]
     """
-    found: list[tuple] = []
-
-    def walk(node: Any) -> None:
-        if is_namedtuple(node) and "masks" in node._fields:
-            masks = node.masks
-            if isinstance(masks, tuple) and len(masks) == n:
-                found.append(masks)
-            return
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, (tuple, list)) else ()
-        for v in children:
-            walk(v)
-
-    walk(tree)
-    return found
+    return _find_field(tree, "masks", n)
 
 
 def tree_where(xp: Any, pred: Any, on_true: Any, on_false: Any) -> Any:
