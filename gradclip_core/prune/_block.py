@@ -10,13 +10,12 @@ from ..backend._namespace import device_kw
 from ..backend._primitives import size
 from ..backend._selection import float32_scores
 from ..backend._names import array_label
+from ._groups import POOLINGS
 from ._schedule import check_amount, check_rounding, check_schedule, prune_count
 from ._select import prune_smallest
 from ._state import mask_rule
 
 __all__ = ["block_magnitude_prune", "POOLINGS"]
-
-POOLINGS = ("avg", "max")
 
 
 def _check_block(block: Any) -> tuple[int, int]:
