@@ -36,9 +36,10 @@ Example:
 
 from .._effect import check_effect
 from .._params import prepare_selection, selected
-from ._collective import Participants, Reducer, active, all_gather, all_reduce, collective, participant_index, static_total
+from ._collective import (Participants, Reducer, active, all_gather, all_reduce, collective, participant_index,
+                          split_on_leading_axis, static_total)
 from ._layout import LAYOUTS, AxisSpec, check_axis, layout_override, reduce_axes, register_layout
-from ._names import array_label, array_names, name_info
+from ._names import array_label, array_names, current_names, name_info
 from ._namespace import device_kw, ensure_kernels, namespace, namespace_name, register_namespace, registered_namespaces, state_namespace
 from ._primitives import (
     apply_effect,
@@ -111,6 +112,7 @@ __all__ = [
     "all_reduce",
     "all_gather",
     "static_total",
+    "split_on_leading_axis",
     "active",
     "participant_index",
     "Participants",
@@ -125,6 +127,7 @@ __all__ = [
     "tree_where",
     # array names
     "array_names",
+    "current_names",
     "array_label",
     "name_info",
 ]

@@ -29,7 +29,11 @@ three optional attributes, which :class:`Participants` bundles:
 
 - ``size``: the number of participants (a Python int);
 - ``index(xp)``: this participant's position (0-d integer array or int);
-- ``total(n)``: the sum of a Python int over participants, as a Python int.
+- ``total(n)``: the sum of a Python int over participants, as a Python int;
+- ``leading``: ``False`` when some arrays are split along another axis than the
+  leading one (tensor parallel ``Shard(1)``). Rules that only sum over every element
+  (norms, counts, histograms) do not mind; unit-wise rules refuse it
+  (:func:`split_on_leading_axis`).
 
 Example:
   >>> import numpy as np
@@ -49,7 +53,8 @@ from typing import Any, Callable, Iterator
 
 from ._scoped import ScopedValue
 
-__all__ = ["Reducer", "Participants", "all_reduce", "all_gather", "static_total", "collective", "active", "participant_index"]
+__all__ = ["Reducer", "Participants", "all_reduce", "all_gather", "static_total", "collective", "active", "participant_index",
+           "split_on_leading_axis"]
 
 OPS = ("sum", "max")
 
@@ -73,6 +78,8 @@ class Participants:
       size: number of participants (int >= 1).
       index: ``index(xp)`` -> this participant's position in ``[0, size)``.
       total: ``total(n)`` -> sum of the Python int ``n`` over participants.
+      leading: whether every shard is a block of its array's leading axis (default);
+        ``False``: some are blocks of other axes (each element is still seen once).
 
     Example:
       >>> import numpy as np
@@ -82,9 +89,13 @@ class Participants:
       ([[2, 3]], 5)
     """
 
-    def __init__(self, reduce: Reducer, *, size: int, index: Callable[[Any], Any], total: Callable[[int], int]) -> None:
+    def __init__(self, reduce: Reducer, *, size: int, index: Callable[[Any], Any], total: Callable[[int], int],
+                 leading: bool = True) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be an int >= 1, got {size!r}")
+        if not isinstance(leading, bool):
+            raise ValueError(f"leading must be a bool, got {leading!r}")
+        self.leading = leading
         self._reduce = reduce
         self.size = size
         self.index = index
@@ -147,6 +158,16 @@ def static_total(n: int) -> int:
 def participant_index(xp: Any, what: str = "exact pruning ties") -> Any:
     """This participant's position (needs a reducer with ``index``, e.g. :class:`Participants`)."""
     return _need("index", what)(xp)
+
+
+def split_on_leading_axis() -> bool:
+    """Whether every shard is a block of its array's leading axis (True without a reducer).
+
+    Example:
+      >>> split_on_leading_axis()
+      True
+    """
+    return getattr(_reducer(), "leading", True)
 
 
 def active() -> bool:

@@ -10,7 +10,7 @@ from .._numerics import acc_dtype, count, flat, fraction, unflat
 from .._rule import Rule, factory
 from .._stateless import stateless_rule
 from .._validate import check_threshold
-from ..backend._collective import active, all_reduce, static_total
+from ..backend._collective import active, all_reduce, split_on_leading_axis, static_total
 from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE, AxisSpec, check_axis, reduce_axes
 from ..backend._namespace import namespace_name
 from ..backend._primitives import is_complex, magnitude, size, upcast
@@ -158,6 +158,10 @@ def adaptive_clip(
 
     def clip(xp: Any, grads: list, params: list) -> tuple[Scale, dict]:
         sharded = active()
+        if sharded and not split_on_leading_axis():
+            raise ValueError("adaptive_clip: some arrays are split along another axis than the leading one (e.g. "
+                             "tensor parallel Shard(1)): their units would span shards on some participants only; "
+                             "apply AGC to arrays sharded on dim 0 (FSDP2, ColwiseParallel) or gather them")
         split = _sharded_unit_norms(xp, grads, params, axis) if sharded else {}
         axes = [_unit_axes(xp, axis, tuple(g.shape)) for g in grads]
         dt = acc_dtype(xp, grads)  # float64 when any array is float64, else float32
