@@ -69,6 +69,7 @@ ensure_kernels("array_api_compat.torch")
 
 from ._apply import apply_, clip_grad_norm_, project_  # noqa: E402
 from ._calibrate import activation_norms  # noqa: E402
+from ._distributed import Parallel  # noqa: E402
 from ._hooks import Handle, attach  # noqa: E402
 from ._inspect import get_info, masks  # noqa: E402
 from ._per_example import clip_per_example  # noqa: E402
@@ -76,7 +77,7 @@ from ._pruner import Pruner, prune, strip  # noqa: E402
 
 __version__ = "0.2.0"
 
-__all__ = ["apply_", "clip_grad_norm_", "project_", "attach", "Handle", "get_info", "prune", "strip", "masks", "Pruner", "clip_per_example",
+__all__ = ["apply_", "clip_grad_norm_", "project_", "attach", "Handle", "Parallel", "get_info", "prune", "strip", "masks", "Pruner", "clip_per_example",
            "activation_norms", "LightningCallback", "TransformersCallback"]
 
 # The trainer integrations import their trainer: loaded on first use only (gradclip_torch

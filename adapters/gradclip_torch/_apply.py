@@ -18,7 +18,7 @@ import torch
 from gradclip_core import Keep, Rule, Scale, clip_by_global_norm, feed_loss, needs_loss
 from gradclip_core.backend import apply_effect, array_names, check_effect, flatten_state, name_info, namespace
 
-from ._distributed import localize
+from ._distributed import as_parallel, localize
 from ._fused import split_fold
 
 __all__ = ["apply_", "project_", "clip_grad_norm_", "collect", "update_grads", "run_update", "project_params", "check_rule", "split_named",
@@ -118,7 +118,8 @@ def run_update(
       everything else of the effect is applied in place.
     """
     scale = skip = None
-    with torch.no_grad(), localize([params, grads], process_group) as (params, grads):
+    with torch.no_grad(), localize([params, grads], process_group) as loc:
+        params, grads = loc
         if not grads:  # nothing to clip: no state is made from zero arrays (it would be NumPy's)
             return state, {}, None, None
         views = [p.detach() for p in params] if (rule.needs_params or state is None) else None
@@ -132,13 +133,14 @@ def run_update(
             for flag in (v != 0 for k, v in info.items() if k == "skipped" or k.endswith("/skipped")):
                 skip = flag if skip is None else torch.logical_or(skip, flag)
         apply_effect(namespace(*grads), grads, effect, inplace=True)
+        loc.finish(effect, 1)
     return new_state, dict(info), scale, skip
 
 
 def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, process_group: Any = None) -> tuple[Any, dict]:
     """``rule.project_effect`` on the weights ``params``, applied in place; returns ``(state, info)``."""
-    with torch.no_grad(), localize([params], process_group) as (params,):
-        views = [p.detach() for p in params]
+    with torch.no_grad(), localize([params], process_group) as loc:
+        views = [p.detach() for p in loc[0]]
         if not views:  # (a state is only ever made from real tensors, on their device)
             return state, {}
         if state is None:
@@ -146,6 +148,7 @@ def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, proce
         effect, new_state, info = rule.project_effect(views, state)
         check_effect(effect, views, "gradclip_torch")
         apply_effect(namespace(*views), views, effect, inplace=True)
+        loc.finish(effect, 0)
     return new_state, dict(info)
 
 
@@ -169,7 +172,8 @@ def correct_update(
     Returns:
       ``(state, info)``.
     """
-    with torch.no_grad(), localize([params, before], process_group) as (params, before):
+    with torch.no_grad(), localize([params, before], process_group) as loc:
+        params, before = loc
         views = [p.detach() for p in params]
         if not views:
             return state, {}
@@ -189,6 +193,7 @@ def correct_update(
         else:  # any other effect: compare with the original delta, recomputed (the same op)
             for p, b, d in zip(views, before, deltas):
                 p.copy_(torch.where(d == p - b, p, b + d))
+        loc.sync(0)  # replicas this rank did not see: the weights of the rank that did
     return new_state, dict(info)
 
 
@@ -202,7 +207,7 @@ def _array_factors(effect: Any, n: int) -> list | None:
 
 
 def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_group: Any = None,
-           loss: Any = None) -> tuple[Any, dict]:
+           loss: Any = None, parallel: Any = None) -> tuple[Any, dict]:
     """Apply ``rule.update`` to the gradients of ``parameters``, in place (like ``clip_grad_norm_``).
 
     Parameters whose ``grad`` is ``None`` are skipped, as torch does: the rule sees only
@@ -228,6 +233,8 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_gro
         full arrays: reduce the rule's global quantities over this group. Not needed for
         DDP (replicated gradients) nor for FSDP2 (DTensors are detected, their mesh's
         group is used).
+      parallel: a :class:`gradclip_torch.Parallel`: pipeline stages and expert groups
+        (their global quantities are summed over those groups too).
       loss: the step's loss (a 0-d tensor, detached here), for rules that test it
         (:func:`gradclip_core.skip_on_spike` with ``loss=True``, which require it). A
         skip here only zeroes the gradients: check ``info["skipped"]`` before
@@ -253,6 +260,7 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_gro
     """
     check_rule(rule, "apply_")
     _refuse_on_update(rule, "apply_")
+    process_group = as_parallel(process_group, parallel)
     tensors, names = split_named(parameters)
     params, grads = collect(tensors)
     if names is not None:
@@ -276,7 +284,8 @@ def apply_(parameters: Parameters, rule: Rule, state: Any = None, *, process_gro
     return new_state, name_info(info, names)
 
 
-def project_(parameters: Parameters, rule: Rule, state: Any = None, *, process_group: Any = None) -> tuple[Any, dict]:
+def project_(parameters: Parameters, rule: Rule, state: Any = None, *, process_group: Any = None,
+             parallel: Any = None) -> tuple[Any, dict]:
     """Apply ``rule.project`` to the weights of ``parameters``, in place (after ``optimizer.step()``).
 
     Clipping rules do nothing here; constraints and pruning re-project the weights.
@@ -287,6 +296,7 @@ def project_(parameters: Parameters, rule: Rule, state: Any = None, *, process_g
       rule: a gradclip rule.
       state: the rule state (as returned by :func:`apply_`), or ``None`` for ``rule.init``.
       process_group: as in :func:`apply_` (sharded plain tensors).
+      parallel: as in :func:`apply_` (pipeline stages, expert groups).
 
     Returns:
       ``(state, info)`` like :func:`apply_`.
@@ -301,6 +311,7 @@ def project_(parameters: Parameters, rule: Rule, state: Any = None, *, process_g
       ([1.0, 1.0], {})
     """
     check_rule(rule, "project_")
+    process_group = as_parallel(process_group, parallel)
     params, names = split_named(parameters)
     _check_devices(params, "the parameters")
     with array_names(names):

@@ -84,7 +84,7 @@ from gradclip_core.backend import (apply_effect, array_names, find_regrown, name
                                    tree_where)
 
 from ._apply import _check_devices, check_rule, collect, correct_update, project_params, run_update, snapshot_params
-from ._distributed import is_dtensor, local
+from ._distributed import as_parallel, is_dtensor, local, localize
 from ._fused import resolve_fold
 from ._state import check_leaves, flatten, structure, unflatten
 
@@ -158,7 +158,8 @@ class Handle:
     def _materialize(self, params: list[torch.Tensor], names: list[str] | None = None) -> None:
         """Build the state on the first step: ``rule.init``, or the loaded checkpoint."""
         with torch.no_grad(), array_names(names, traced=torch.compiler.is_compiling()):  # (gc.Params patterns match the names)
-            template = self.rule.init([local(p.detach()) for p in params])  # DTensors: local shards
+            with localize([[p.detach() for p in params]], self.process_group) as views:  # what the rule sees
+                template = self.rule.init(views[0])
         if self._pending is not None:
             check_leaves(template, self._pending)
             device = params[0].device if params else None
@@ -489,7 +490,7 @@ class Handle:
 
 
 def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any = None, fold: Any = "auto",
-           sync_skip: Any = "auto") -> Handle:
+           sync_skip: Any = "auto", parallel: Any = None) -> Handle:
     """Run ``rule`` inside every ``optimizer.step()`` (step pre- and post-hooks).
 
     Works unchanged with DDP (replicated gradients) and FSDP2 (DTensor parameters:
@@ -503,6 +504,8 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
       rule: a gradclip rule.
       process_group: only for plain tensors that are each rank's shard of the full
         arrays: the group to reduce over.
+      parallel: a :class:`gradclip_torch.Parallel` for pipeline stages and expert groups
+        (see ``gradclip_torch._distributed``); DTensor meshes need none.
       fold: ``"auto"`` (default): with a fused optimizer, a global scale goes into its
         ``grad_scale`` and a skip into ``found_inf`` (one pass less, a true skip), except for
         rules with ``semantics="torch"``, which stay bit-exact; ``True``: always (requires a
@@ -534,7 +537,7 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     optimizer = unwrap_optimizer(optimizer)
     warn_attach(optimizer, rule, Handle)
-    return Handle(optimizer, rule, process_group, fold, sync_skip)
+    return Handle(optimizer, rule, as_parallel(process_group, parallel), fold, sync_skip)
 
 
 def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
