@@ -13,10 +13,7 @@ requires a GPU accelerator"): not tested here.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,10 +24,11 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
+from tests.distributed.ranks import run_ranks  # noqa: E402
+
 from .util import plain_loop, batches, rules  # noqa: E402
 
 WORKER = Path(__file__).with_name("_lightning_fsdp_worker.py")
-ROOT = Path(__file__).resolve().parents[2]
 # (ZClip makes the same one reduction as the global norm; under DDP the gradients are already global)
 SPECS = ["fsdp2:global_norm", "fsdp2:global_prune", "ddp:global_norm"]
 
@@ -46,23 +44,8 @@ def fsdp_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("lightning_fsdp")
     out = tmp / "result.pt"
     port = str(_free_port())
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, OMP_NUM_THREADS="1", LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                   PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "adapters"), os.environ.get("PYTHONPATH", "")]))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), *SPECS], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp))
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=240)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {rank} failed:\n{logs[rank][-4000:]}"
+    env = {"NODE_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    run_ranks(WORKER, 2, lambda r: [out, *SPECS], lambda r: {**env, "LOCAL_RANK": str(r)}, cwd=tmp)
     return torch.load(out, weights_only=True)
 
 
