@@ -7,7 +7,9 @@ the same computation, and records what differs. Rank 0 writes the results as JSO
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import os
 import sys
 
 import torch
@@ -199,12 +201,17 @@ def scenario_shards(rank: int, world: int) -> dict:
 
 
 def main(rank: int, world: int, init: str, path: str, scenarios: str) -> None:
+    faulthandler.dump_traceback_later(float(os.environ.get("GRADCLIP_WORKER_TIMEOUT", 200)), exit=True)  # a hung collective: tracebacks in the test's failure
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
         res = {}
+        from tests.distributed import _torch_parallel as par
+
+        more = {"shards": scenario_shards, "mesh": par.scenario_mesh, "pipeline": par.scenario_pipeline,
+                "expert": par.scenario_expert}
         for name in scenarios.split(","):
-            res[name] = scenario_shards(rank, world) if name == "shards" else scenario_train(name, rank, world)
+            res[name] = more[name](rank, world) if name in more else scenario_train(name, rank, world)
         ranks = [None] * world
         dist.all_gather_object(ranks, res)
         if rank == 0:

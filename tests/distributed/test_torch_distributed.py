@@ -21,10 +21,6 @@ What is compared:
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,39 +30,9 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-WORKER = Path(__file__).with_name("_torch_worker.py")
-ROOT = Path(__file__).resolve().parents[2]
+from .ranks import launch_torch  # noqa: E402
+
 RULES = ["global_norm", "global_norm_torch", "global_norm_inf", "agc", "zclip", "autoclip", "adagc", "global_prune"]
-
-
-def _launch(tmp: Path, world: int, scenarios: str) -> list[dict]:
-    """Start ``world`` ranks of the worker and return each rank's results."""
-    out = tmp / "result.json"
-    init = f"file://{tmp / 'rendezvous'}"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(r), str(world), init, str(out), scenarios],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
-        )
-        for r in range(world)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=240)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {r} failed:\n{logs[r][-4000:]}"
-    return json.loads(out.read_text())
-
-
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    return _launch(tmp_path_factory.mktemp("gloo2"), 2, "ddp,fsdp2,shards")
 
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
@@ -115,4 +81,4 @@ def test_dtensor_shards_equal_plain_tensors(two_ranks: list[dict]) -> None:
 
 def test_four_ranks_empty_shards(tmp_path: Path) -> None:
     """Four ranks: the (1, 7) weight and (1,) bias live on rank 0 only, (3,) is split 1/1/1/0."""
-    _check_shards(_launch(tmp_path, 4, "shards"))
+    _check_shards(launch_torch(tmp_path, 4, "shards"))

@@ -1,0 +1,110 @@
+"""torch.distributed beyond 1-D data parallel (gloo, local processes): results equal one process.
+
+The scenarios live in ``_torch_parallel.py`` (run by ``_torch_worker.py`` on every rank,
+see its docstring): DTensors with mixed placements on 1-D and 2x2 meshes, FSDP2 x tensor
+parallel training, pipeline stages, expert groups. Each compares the distributed result
+with the one-process result of the same full tensors.
+
+What is compared, for every rank:
+- the global norm: within 1 ulp of the one-process norm in float32 (the sums of squares
+  are added in another order; measured worst 1 ulp on the meshes, 0 for pipeline stages
+  and expert groups, whose arrays are whole on one rank);
+- gradients after the clip: bit for bit, except ``clip_by_norm``, whose per-array norms
+  are rebuilt from the shards' partial sums (measured worst 3 ulp);
+- weights after pruning: bit for bit (so the masks are identical; ties included for
+  pipeline stages; the meshes use tie-free weights, see ``gradclip_torch._distributed``);
+- collectives per step (``all_reduce`` + ``broadcast``): one per process group for the
+  norm rules, and one broadcast per group of replicas for effects that are not
+  elementwise scales (masks, AGC's per-unit factors).
+
+Two ranks run by default (one launch shared with test_torch_distributed.py); one and
+four ranks (the 2x2 mesh, pipeline x dp, pipeline x expert) are ``slow``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+from .ranks import launch_torch  # noqa: E402
+
+NORM_RULES = ["global_norm", "global_norm_torch", "global_norm_inf", "clip_by_norm", "zclip"]
+
+
+def expected_collectives(world: int, scenario: str) -> dict:
+    """Collectives per step, from the layout: reduction groups and groups of replicas to sync."""
+    if scenario == "mesh":  # one (flattened) mesh group; replicas: {dp} on 1-D, {tp}, {dp}, {dp, tp} on 2x2
+        groups, replicas = (1, 3) if world == 4 else (1, 1 if world > 1 else 0)
+    elif scenario == "pipeline":  # pp (and dp on 4 ranks); stages hold whole arrays: nothing to sync
+        groups, replicas = (2 if world == 4 else 1), 0
+    else:  # expert (and pp on 4 ranks); dense arrays replicated over the expert group
+        groups, replicas = (2 if world == 4 else 1), 1
+    if world == 1:  # groups of one are left out: the rule runs locally
+        groups, replicas = 0, 0
+    out = {r: [groups] * 3 for r in NORM_RULES}
+    out["agc"] = [2 * groups + replicas] * 3  # unit norms, clipped count (+ the per-unit factors to replicas)
+    # pruning: the masked gradients to replicas; the masks: element count, 2 histogram passes, tie
+    # offsets, sparsity (each per group), then the one-shot masks only re-applied: sparsity
+    out["global_prune"] = [[replicas, 5 * groups + replicas]] + [[replicas, groups + replicas]] * 2
+    return out
+
+
+def check(results: list[dict], world: int, scenarios=("mesh", "pipeline", "expert")) -> dict:
+    """Assert every scenario of every rank; return the worst norm ulp per scenario."""
+    worst = {}
+    for rank, res in enumerate(results):
+        for scenario in scenarios:
+            want = expected_collectives(world, scenario)
+            for name, r in res[scenario].items():
+                if not isinstance(r, dict) or "collectives" not in r:
+                    continue
+                where = (rank, scenario, name)
+                assert r["norm_ulp"] <= 1, where + (r["norm_ulp"],)
+                worst[scenario] = max(worst.get(scenario, 0), r["norm_ulp"])
+                if name == "clip_by_norm":
+                    assert r["grads_ulp"] <= 4, where + (r["grads_ulp"],)
+                else:
+                    assert r["grads_ulp"] <= 1 if scenario == "mesh" and name == "agc" else r["grads_equal"], where
+                assert r["weights_equal"], where
+                for key, (got, ref) in r["info"].items():
+                    assert got == pytest.approx(ref, rel=2.5e-7, abs=0), where + (key,)
+                assert r["collectives"] == want[name], where + (r["collectives"], want[name])
+    return worst
+
+
+def check_mesh_extras(results: list[dict], world: int) -> None:
+    for rank, res in enumerate(results):
+        m = res["mesh"]
+        if world > 1:  # AGC refuses arrays split on dim 1 (one process: nothing is split, AGC runs)
+            assert "adaptive_clip" in m["agc_shard1_error"] and "Shard(1)" in m["agc_shard1_error"], rank
+        else:
+            assert m["agc_shard1_error"] == "", rank
+        for name, r in m["tp_train"].items():
+            assert r["norm_ulp"] <= 1, (rank, name, r)
+            assert r["weights_rel"] <= 1e-6, (rank, name, r)
+            assert r["zeros_equal"], (rank, name)
+        assert m["tp_train"]["global_prune"]["zeros"] > 100  # half of the Linear weights (~124 of 248)
+        # tensor parallel + FSDP2 made these placements (world 2: a 1 x 2 mesh)
+        assert any("Shard(dim=1)" in p for p in m["tp_train"]["global_norm"]["placements"])
+        assert any("Replicate()" in p for p in m["tp_train"]["global_norm"]["placements"])
+
+
+def test_two_ranks(two_ranks: list[dict]) -> None:
+    """1-D mesh of 2 (Shard(0), Shard(1), Replicate), FSDP2 x TP on 1 x 2, 2 stages, 2 expert ranks."""
+    check(two_ranks, 2)
+    check_mesh_extras(two_ranks, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [1, 4])
+def test_one_and_four_ranks(tmp_path: Path, world: int) -> None:
+    """One rank (every group of size 1), four ranks: 2x2 (dp, tp) mesh, pipeline x dp, pipeline x expert."""
+    results = launch_torch(tmp_path, world, "mesh,pipeline,expert")
+    check(results, world)
+    check_mesh_extras(results, world)
