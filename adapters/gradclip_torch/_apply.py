@@ -134,7 +134,7 @@ def run_update(
                 skip = flag if skip is None else torch.logical_or(skip, flag)
         apply_effect(namespace(*grads), grads, effect, inplace=True)
         loc.finish(effect, 1)
-    return new_state, dict(info), scale, skip
+    return new_state, loc.info(info), scale, skip
 
 
 def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, process_group: Any = None) -> tuple[Any, dict]:
@@ -149,7 +149,7 @@ def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, proce
         check_effect(effect, views, "gradclip_torch")
         apply_effect(namespace(*views), views, effect, inplace=True)
         loc.finish(effect, 0)
-    return new_state, dict(info)
+    return new_state, loc.info(info)
 
 
 def snapshot_params(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -194,7 +194,7 @@ def correct_update(
             for p, b, d in zip(views, before, deltas):
                 p.copy_(torch.where(d == p - b, p, b + d))
         loc.sync(0)  # replicas this rank did not see: the weights of the rank that did
-    return new_state, dict(info)
+    return new_state, loc.info(info)
 
 
 def _array_factors(effect: Any, n: int) -> list | None:

@@ -427,6 +427,13 @@ class Local(list):
         self._full = full
         self._plan = plan
 
+    def info(self, info: dict) -> dict:
+        """``info`` with per-array keys named after the model's arrays when the rule saw other ranks' arrays too."""
+        plan = self._plan
+        if plan is None or not plan.pads or any(n is None for n in plan.names):
+            return dict(info)  # (unnamed: positions in the order of the stages / expert ranks)
+        return gcb.name_info(info, plan.names)
+
     def finish(self, effect: Any, group: int) -> None:
         """After ``effect`` was applied to ``self[group]``: bring it to the arrays this rank did not see.
 

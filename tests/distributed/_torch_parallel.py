@@ -174,6 +174,16 @@ def scenario_mesh(rank: int, world: int) -> dict:
         out["agc_shard1_error"] = ""
     except ValueError as e:
         out["agc_shard1_error"] = str(e)
+    # a Partial placement (gradients not reduced yet) is refused, naming the DTensor
+    from torch.distributed.tensor import Partial
+
+    p = torch.nn.Parameter(DTensor.from_local(torch.ones(2), mesh, [Partial()] * mesh.ndim))
+    p.grad = DTensor.from_local(torch.ones(2), mesh, [Partial()] * mesh.ndim)
+    try:
+        gradclip_torch.apply_([p], gc.clip_by_global_norm(1.0))
+        out["partial_error"] = ""
+    except ValueError as e:
+        out["partial_error"] = str(e)
     out["tp_train"] = _train_fsdp_tp(rank, world)
     return out
 
@@ -288,6 +298,15 @@ def scenario_pipeline(rank: int, world: int) -> dict:
     out = {}
     for name, make in RULES.items():
         out[name] = _compare(make, tied_w if name == "global_prune" else full_w, full_g, build, gather, parallel)
+    # named parameters: per-array info keys name every stage's arrays; a name pattern selects the same ones
+    def label(i):
+        return f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}"
+
+    rule = gc.magnitude_prune(0.5, params=gc.Params(include=("*.weight",), exclude=("layer1.*",)))
+    _, info = gradclip_torch.project_([(label(i), p) for i, p in zip(idx, build(full_w, True))], rule,
+                                      parallel=parallel)
+    _, ref = gradclip_torch.project_([(label(i), torch.nn.Parameter(w.clone())) for i, w in enumerate(full_w)], rule)
+    out["named"] = {k: [float(info[k]), float(ref[k])] for k in ref} if sorted(info) == sorted(ref) else sorted(info)
     return out
 
 

@@ -78,6 +78,16 @@ def check(results: list[dict], world: int, scenarios=("mesh", "pipeline", "exper
     return worst
 
 
+def check_named(results: list[dict]) -> None:
+    """Pipeline stages with named parameters: info names every stage's arrays, patterns select alike."""
+    for rank, res in enumerate(results):
+        named = res["pipeline"]["named"]
+        assert isinstance(named, dict), (rank, named)  # (else: the keys that differ from one process)
+        assert "sparsity/layer2.weight" in named and "sparsity/layer0.weight" in named, (rank, sorted(named))
+        for key, (got, want) in named.items():
+            assert got == want, (rank, key)
+
+
 def check_mesh_extras(results: list[dict], world: int) -> None:
     for rank, res in enumerate(results):
         m = res["mesh"]
@@ -85,6 +95,7 @@ def check_mesh_extras(results: list[dict], world: int) -> None:
             assert "adaptive_clip" in m["agc_shard1_error"] and "Shard(1)" in m["agc_shard1_error"], rank
         else:
             assert m["agc_shard1_error"] == "", rank
+        assert "DTensor 0 has a Partial placement" in m["partial_error"], (rank, m["partial_error"])
         for name, r in m["tp_train"].items():
             assert r["norm_ulp"] <= 1, (rank, name, r)
             assert r["weights_rel"] <= 1e-6, (rank, name, r)
@@ -98,6 +109,7 @@ def check_mesh_extras(results: list[dict], world: int) -> None:
 def test_two_ranks(two_ranks: list[dict]) -> None:
     """1-D mesh of 2 (Shard(0), Shard(1), Replicate), FSDP2 x TP on 1 x 2, 2 stages, 2 expert ranks."""
     check(two_ranks, 2)
+    check_named(two_ranks)
     check_mesh_extras(two_ranks, 2)
 
 
@@ -107,4 +119,29 @@ def test_one_and_four_ranks(tmp_path: Path, world: int) -> None:
     """One rank (every group of size 1), four ranks: 2x2 (dp, tp) mesh, pipeline x dp, pipeline x expert."""
     results = launch_torch(tmp_path, world, "mesh,pipeline,expert")
     check(results, world)
+    check_named(results)
     check_mesh_extras(results, world)
+
+
+# ------------------------------------------------------------------- bad input, one process
+
+
+def test_parallel_bad_input() -> None:
+    import gradclip_core as gc
+    import gradclip_torch
+
+    w = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match="experts= .*needs the expert group expert="):
+        gradclip_torch.Parallel(experts=[w])
+    with pytest.raises(ValueError, match=r"experts\[0\] must be a tensor"):
+        gradclip_torch.Parallel(expert=object(), experts=[3])
+    w.grad = torch.ones(2)
+    with pytest.raises(ValueError, match="parallel must be a gradclip_torch.Parallel"):
+        gradclip_torch.apply_([w], gc.clip_by_global_norm(1.0), parallel="pipeline")
+    with pytest.raises(ValueError, match="process_group= or Parallel\\(shards=\\)"):
+        gradclip_torch.apply_([w], gc.clip_by_global_norm(1.0), process_group=object(),
+                              parallel=gradclip_torch.Parallel(shards=object()))
+    if not dist.is_initialized():
+        with pytest.raises(ValueError, match="torch.distributed to be initialised"):
+            gradclip_torch.apply_([w], gc.clip_by_global_norm(1.0), parallel=gradclip_torch.Parallel(pipeline=object()))
+    assert torch.equal(w.grad, torch.ones(2))  # nothing changed
