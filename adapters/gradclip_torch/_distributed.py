@@ -513,7 +513,8 @@ def localize(groups: Sequence[Sequence[torch.Tensor]], process_group: Any = None
             for s, shape, dtype in plan.pads:
                 v[s] = _empty(shape, getattr(torch, dtype), device)
         views.append(v)
-    named = plan.names if plan.pads and all(n is not None for n in plan.names) else None
+    # other ranks' arrays among ours: their names too (exchanged), or positions when unnamed
+    named = plan.names if all(n is not None for n in plan.names) else None
     with gcb.collective(reducer(plan.groups, leading=plan.leading) if plan.groups else None), \
-            gcb.array_names(named):
+            (gcb.array_names(named) if plan.pads else contextlib.nullcontext()):
         yield Local(views, full, plan)

@@ -152,9 +152,11 @@ def scenario_mesh(rank: int, world: int) -> dict:
 
     mesh = _mesh(world)
     full_w, full_g = _full_tensors(SHAPES, 11)
+    tied_w = [torch.round(w * 2) / 2 for w in full_w]  # many ties: exact on dim-0 splits in mesh order
+    rules = {**RULES, "global_prune_ties": RULES["global_prune"]}
     out = {}
-    for name, make in RULES.items():
-        places = _placements(mesh, leading_only=name == "agc")
+    for name, make in rules.items():
+        places = _placements(mesh, leading_only=name in ("agc", "global_prune_ties"))
 
         def build(ts, params=False):
             d = [distribute_tensor(t, mesh, p) for t, p in zip(ts, places)]
@@ -163,7 +165,7 @@ def scenario_mesh(rank: int, world: int) -> dict:
         def gather(ts):
             return [t.full_tensor() if isinstance(t, DTensor) else t for t in ts]
 
-        out[name] = _compare(make, full_w, full_g, build, gather)
+        out[name] = _compare(make, tied_w if name.endswith("_ties") else full_w, full_g, build, gather)
     # AGC refuses a Shard(1) split (its units would span the tp shards only)
     places = _placements(mesh, leading_only=False)
     ps = [torch.nn.Parameter(distribute_tensor(w.clone(), mesh, p)) for w, p in zip(full_w, places)]

@@ -11,8 +11,10 @@ What is compared, for every rank:
   and expert groups, whose arrays are whole on one rank);
 - gradients after the clip: bit for bit, except ``clip_by_norm``, whose per-array norms
   are rebuilt from the shards' partial sums (measured worst 3 ulp);
-- weights after pruning: bit for bit (so the masks are identical; ties included for
-  pipeline stages; the meshes use tie-free weights, see ``gradclip_torch._distributed``);
+- weights after pruning: bit for bit (so the masks are identical), on tie-free weights
+  for every split, and on weights with many ties (a grid of 0.5) for pipeline stages and
+  for meshes whose arrays are split on dim 0 only (``global_prune_ties``); other splits
+  (``Shard(1)``, ``_StridedShard``) order ties differently, see ``gradclip_torch._distributed``;
 - collectives per step (``all_reduce`` + ``broadcast``): one per process group for the
   norm rules, and one broadcast per group of replicas for effects that are not
   elementwise scales (masks, AGC's per-unit factors).
@@ -52,6 +54,7 @@ def expected_collectives(world: int, scenario: str) -> dict:
     # pruning: the masked gradients to replicas; the masks: element count, 2 histogram passes, tie
     # offsets, sparsity (each per group), then the one-shot masks only re-applied: sparsity
     out["global_prune"] = [[replicas, 5 * groups + replicas]] + [[replicas, groups + replicas]] * 2
+    out["global_prune_ties"] = out["global_prune"]
     return out
 
 
