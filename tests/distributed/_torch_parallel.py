@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 import gradclip_core as gc
 import gradclip_torch
+from tests.distributed._torch_worker import RULES as WORKER_RULES
 
 STEPS = 3
 FACTORS = [1.0, 0.2, 4.0]  # gradient scale per step: clipped, not clipped, clipped
@@ -57,15 +58,10 @@ class Counter:
             setattr(dist, name, real)
 
 
-RULES = {
-    "global_norm": lambda: gc.clip_by_global_norm(0.5),
-    "global_norm_torch": lambda: gc.clip_by_global_norm(0.5, semantics="torch"),
-    "global_norm_inf": lambda: gc.clip_by_global_norm(0.2, ord="inf"),
-    "clip_by_norm": lambda: gc.clip_by_norm(1.0),
-    "zclip": lambda: gc.zclip(alpha=0.5, z_thresh=1.0, warmup_steps=1),
-    "agc": lambda: gc.adaptive_clip(0.05),
-    "global_prune": lambda: gc.global_magnitude_prune(0.5),
-}
+_SHARED = ("global_norm", "global_norm_torch", "global_norm_inf", "zclip", "agc")  # the worker's rules
+RULES = {**{k: WORKER_RULES[k] for k in _SHARED},
+         "clip_by_norm": lambda: gc.clip_by_norm(1.0),  # per-array norms
+         "global_prune": lambda: gc.global_magnitude_prune(0.5)}  # one-shot
 
 
 def _full_tensors(shapes: list, seed: int) -> tuple[list, list]:
