@@ -201,10 +201,12 @@ def _train_fsdp_tp(rank: int, world: int) -> dict:
     dp, tp = (2, 2) if world == 4 else (1, world)
     mesh = init_device_mesh("cpu", (dp, tp), mesh_dim_names=("dp", "tp"))
     g = torch.Generator().manual_seed(5)
-    data = [(torch.randn(8, 8, generator=g) * (20.0 if s == 1 else 1.0), torch.randn(8, 4, generator=g))
-            for s in range(3)]
+    data = [(torch.randn(8, 8, generator=g) * (20.0 if s == 3 else 1.0), torch.randn(8, 4, generator=g))
+            for s in range(4)]
     rules = {"global_norm": lambda: gc.clip_by_global_norm(0.5),
-             "global_prune": lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.global_magnitude_prune(0.5))}
+             "global_prune": lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.global_magnitude_prune(0.5)),
+             # update clipping (after the step; replicated weights synced from their first replica)
+             "update_norm": lambda: gc.clip_update_norm(sigma=0.5, history=4, min_history=2)}
     out = {}
     for name, make in rules.items():
         ref = _tp_model()
@@ -229,6 +231,8 @@ def _train_fsdp_tp(rank: int, world: int) -> dict:
                 opt.step()
                 infos.append(float(handle.info["norm"]) if "norm" in handle.info else
                              float(handle.info["clip_by_global_norm/norm"]))
+                if part is not None and "clipped" in handle.info:
+                    res["clipped"] = res.get("clipped", 0) + int(handle.info["clipped"])
         ulps = [ulp(a, b) for a, b in zip(infos[len(data):], infos[:len(data)])]
         weights = [p.full_tensor() if isinstance(p, DTensor) else p for p in model.parameters()]
         res["norm_ulp"] = max(ulps)

@@ -6,9 +6,10 @@ parallel training, pipeline stages, expert groups. Each compares the distributed
 with the one-process result of the same full tensors.
 
 What is compared, for every rank:
-- the global norm: within 1 ulp of the one-process norm in float32 (the sums of squares
-  are added in another order; measured worst 1 ulp on the meshes, 0 for pipeline stages
-  and expert groups, whose arrays are whole on one rank);
+- the global norm of the same gradients: within 1 ulp of the one-process norm in float32
+  (the sums of squares are added in another order; measured worst 1 ulp on the meshes,
+  0 for pipeline stages and expert groups, whose arrays are whole on one rank); in the
+  FSDP2 x TP training the gradients themselves differ in the last bits (4 ulp allowed);
 - gradients after the clip: bit for bit, except ``clip_by_norm``, whose per-array norms
   are rebuilt from the shards' partial sums (measured worst 3 ulp);
 - weights after pruning: bit for bit (so the masks are identical), on tie-free weights
@@ -100,10 +101,13 @@ def check_mesh_extras(results: list[dict], world: int) -> None:
             assert m["agc_shard1_error"] == "", rank
         assert "DTensor 0 has a Partial placement" in m["partial_error"], (rank, m["partial_error"])
         for name, r in m["tp_train"].items():
-            assert r["norm_ulp"] <= 1, (rank, name, r)
+            # the gradients themselves differ in the last bits here (tensor-parallel matmuls, FSDP's
+            # average over dp sum in another order), so the norm may too: measured <= 2 ulp
+            assert r["norm_ulp"] <= 4, (rank, name, r)
             assert r["weights_rel"] <= 1e-6, (rank, name, r)
             assert r["zeros_equal"], (rank, name)
         assert m["tp_train"]["global_prune"]["zeros"] > 100  # half of the Linear weights (~124 of 248)
+        assert m["tp_train"]["update_norm"]["clipped"] >= 1  # the update clip acted (on the spike step)
         # tensor parallel + FSDP2 made these placements (world 2: a 1 x 2 mesh)
         assert any("Shard(dim=1)" in p for p in m["tp_train"]["global_norm"]["placements"])
         assert any("Replicate()" in p for p in m["tp_train"]["global_norm"]["placements"])
