@@ -498,10 +498,11 @@ def localize(groups: Sequence[Sequence[torch.Tensor]], process_group: Any = None
     """
     first = list(groups[0]) if groups else []
     plan = _plan(first, process_group) if first or process_group is not None else None
-    full = [[local(t) for t in g] for g in groups]
-    if plan is None:
-        yield Local([list(g) for g in groups], full, None)
+    if plan is None:  # (the single-process path: nothing looked at per tensor)
+        same = [list(g) for g in groups]
+        yield Local(same, same, None)
         return
+    full = [[local(t) for t in g] for g in groups]
     views = []
     for g in full:
         v: list = [None] * plan.n_slots
