@@ -49,7 +49,7 @@ class LightningCallback(pl.Callback):
       prefix: prefix of the logged names (``"gradclip/"`` gives ``gradclip/norm``); with
         several optimizers the optimizer index follows it (``gradclip/1/norm``).
       **attach_kwargs: passed to :func:`gradclip_torch.attach` (``fold``, ``sync_skip``,
-        ``process_group``).
+        ``process_group``, ``parallel``: pipeline stages, expert groups).
 
     Attributes:
       handles: one :class:`gradclip_torch.Handle` per optimizer of the running (or last)
