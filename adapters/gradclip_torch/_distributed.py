@@ -44,6 +44,12 @@ threshold; with ties at the threshold the same number of elements is pruned, the
 ones chosen in (participant, local) order. Unit-wise rules (AGC) refuse arrays split on
 another axis than dim 0 (their units would span shards on only some participants).
 
+Numerics: a norm is rebuilt from the shards' float32 partial sums, added in another
+order than in one process, so it can differ in the last bits: within 1 ulp on small
+arrays, tens of ulp on arrays of 10^5-10^6 elements (float32 accumulation itself is off
+by that much from the exact norm, whatever the split). Pipeline stages and expert ranks
+hold whole arrays: their norms are the one-process norms bit for bit.
+
 Rule states are built from what the rule sees: pruning masks are sharded like the
 weights (``handle.state_dict()`` is per rank; empty for the arrays a rank does not see),
 norm histories and EMA states are the same on every rank.

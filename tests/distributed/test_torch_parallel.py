@@ -9,7 +9,9 @@ What is compared, for every rank:
 - the global norm of the same gradients: within 1 ulp of the one-process norm in float32
   (the sums of squares are added in another order; measured worst 1 ulp on the meshes,
   0 for pipeline stages and expert groups, whose arrays are whole on one rank); in the
-  FSDP2 x TP training the gradients themselves differ in the last bits (4 ulp allowed);
+  FSDP2 x TP training the gradients themselves differ in the last bits (4 ulp allowed).
+  These arrays are small (<= 48 elements); on arrays of 10^5-10^6 elements float32
+  partial sums depend on the split by tens of ulp (see ``gradclip_torch._distributed``);
 - gradients after the clip: bit for bit, except ``clip_by_norm``, whose per-array norms
   are rebuilt from the shards' partial sums (measured worst 3 ulp);
 - weights after pruning: bit for bit (so the masks are identical), on tie-free weights
