@@ -47,8 +47,9 @@ another axis than dim 0 (their units would span shards on only some participants
 Numerics: a norm is rebuilt from the shards' float32 partial sums, added in another
 order than in one process, so it can differ in the last bits: within 1 ulp on small
 arrays, tens of ulp on arrays of 10^5-10^6 elements (float32 accumulation itself is off
-by that much from the exact norm, whatever the split). Pipeline stages and expert ranks
-hold whole arrays: their norms are the one-process norms bit for bit.
+by that much from the exact norm, whatever the split). An array held whole by one rank
+(a pipeline stage's or an expert rank's, not sharded further) keeps its one-process norm
+bit for bit.
 
 Rule states are built from what the rule sees: pruning masks are sharded like the
 weights (``handle.state_dict()`` is per rank; empty for the arrays a rank does not see),
