@@ -42,6 +42,7 @@ import gradclip_core as gc  # noqa: E402
 import gradclip_optax  # noqa: E402
 
 from tests import fixtures  # noqa: E402
+from tests.distributed._jax_script import info_rel, rel  # noqa: E402  (a script too: sets the same XLA_FLAGS)
 from tests.optax.util import batch, mlp_loss, mlp_params  # noqa: E402
 from tests.parity.ulp import ulp_distance  # noqa: E402
 
@@ -160,14 +161,6 @@ def info_ulps(a: list, b: list) -> dict:
     return {k: max(ulp_distance(x[k], y[k]) for x, y in zip(a, b)) for k in b[0]}
 
 
-def rel(a: dict, b: dict) -> float:
-    worst = 0.0
-    for k in b:
-        x, y = np.asarray(a[k], np.float64), np.asarray(b[k], np.float64)
-        worst = max(worst, float(np.max(np.abs(x - y)) / max(1e-30, float(np.max(np.abs(y))))))
-    return worst
-
-
 def same_masks(a: list, b: list) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
@@ -226,7 +219,7 @@ def main() -> None:
             q1, j1, n1 = run_train(name)
             q2, j2, n2 = run_train(name, mesh)
             r["train"] = {"weights_rel": rel(q2, q1), "masks_equal": same_masks(n2, n1),
-                          "info_rel": max(abs(x[k] - y[k]) / max(1e-30, abs(y[k])) for x, y in zip(j2, j1) for k in y)}
+                          "info_rel": info_rel(j2, j1)}
         if "shard_map" in modes:
             for axes in (("data", "model"), "model"):
                 key = "shard_map_" + "_".join(np.atleast_1d(axes))

@@ -24,19 +24,16 @@ The default run takes the cases below (about 25 s); ``-m slow`` runs every rule 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .util import run_json
 
 pytest.importorskip("jax")
 pytest.importorskip("optax")
 
 SCRIPT = Path(__file__).with_name("_jax_mesh_script.py")
-ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["global_norm=jit+shard_map", "agc=jit", "global_prune=jit"]
 CLIPS = ["global_norm", "zclip", "autoclip"]
 ALL_RULES = ["global_norm", "agc", "zclip", "autoclip", "global_prune", "score_prune_erk", "rigl"]
@@ -44,12 +41,7 @@ WEIGHT_ULP = {"agc": 8}
 
 
 def _run(args: list) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("", "adapters")), JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    res = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=900)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_json(SCRIPT, args, timeout=900, JAX_PLATFORMS="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -16,32 +16,21 @@ also ``Callback(global_magnitude_prune)`` (its state is placed on the weights' m
 global pruning, each alone.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import keras
 import pytest
+
+from tests.distributed.util import ROOT, run_json
 
 if keras.backend.backend() != "jax":
     pytest.skip("keras.distribution.ModelParallel runs on the JAX backend", allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "distributed" / "_keras_mesh_script.py"
 QUICK = ["opt_prune_and_clip"]
 SLOW = ["opt_global_norm", "opt_agc", "opt_zclip", "opt_global_prune", "callback_prune", "constraint"]
 
 
 def _run(cases: list) -> dict:
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("", "adapters")))
-    env.pop("XLA_FLAGS", None)
-    res = subprocess.run([sys.executable, str(SCRIPT), *cases], capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_json(SCRIPT, cases, timeout=600, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
 
 
 @pytest.fixture(scope="module")
