@@ -63,10 +63,22 @@ RULES = {
 }
 
 
+PRUNING = ("global_prune", "score_prune_erk", "rigl")
+
+
 def make_tx(rule: gc.Rule, axis_name=None) -> optax.GradientTransformation:
     if rule.has_project:
         return gradclip_optax.wrap(rule, optax.sgd(0.1, momentum=0.9), axis_name=axis_name)
     return optax.chain(gradclip_optax.transform(rule, axis_name=axis_name), optax.sgd(0.1, momentum=0.9))
+
+
+def params0(name: str) -> dict:
+    """The network's initial weights; for the pruning rules on a grid of 1/8: many ties (a quarter
+    of them 0), so the masks depend on the tie order (global flat index: participant order under
+    shard_map). (Not for the clips: where a step cancels a grid value, 1 ULP of the update is
+    many ULP of the small result.)"""
+    p = mlp_params(0, SIZES)
+    return {k: jnp.round(v * 8.0) / 8.0 for k, v in p.items()} if name in PRUNING else p
 
 
 def given_grads(step: int) -> dict:
@@ -108,7 +120,7 @@ def largest_gather(hlo: str) -> int:
 
 def run_fixed(name: str, mesh=None) -> tuple:
     tx = make_tx(RULES[name]())
-    params = mlp_params(0, SIZES)
+    params = params0(name)
     shard = (lambda t: jax.device_put(t, {k: NamedSharding(mesh, SPECS[k]) for k in t})) if mesh else (lambda t: t)
     params = shard(params)
     state = tx.init(params)
@@ -132,7 +144,7 @@ def run_fixed(name: str, mesh=None) -> tuple:
 
 def run_train(name: str, mesh=None) -> tuple:
     tx = make_tx(RULES[name]())
-    params = mlp_params(0, SIZES)
+    params = params0(name)
     if mesh is not None:
         params = jax.device_put(params, {k: NamedSharding(mesh, SPECS[k]) for k in params})
     state = tx.init(params)
@@ -175,7 +187,7 @@ def run_shard_map(name: str, mesh, axes) -> tuple:
     """The given-gradient steps inside ``jax.shard_map``: every array a block of leading rows over ``axes``."""
     spec = P(axes)
     tx = make_tx(RULES[name](), axis_name=axes)
-    params = mlp_params(0, SIZES)
+    params = params0(name)
     state = tx.init(params)
     sspec = _state_specs(state, spec)
     pspec = jax.tree.map(lambda _: spec, params)

@@ -19,7 +19,11 @@ against the same steps on one device:
   block of leading rows over both axes) and ``axis_name="model"`` (data replicated):
   ULP bounds as for ``jit``, one ``psum`` per step for the norm clips.
 
-The default run takes the cases below (about 25 s); ``-m slow`` runs every rule in every mode.
+For the pruning rules the initial weights lie on a grid of 1/8 (a quarter of them 0): the first pruning step
+prunes 154 of 227 zeros, so the masks depend on the tie order (the global flat index,
+participant order ``axis_index(("data", "model"))`` under ``shard_map``).
+
+The default run takes the cases below (about 17 s of CPU); ``-m slow`` runs every rule in every mode.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ pytest.importorskip("jax")
 pytest.importorskip("optax")
 
 SCRIPT = Path(__file__).with_name("_jax_mesh_script.py")
-QUICK = ["global_norm=jit+shard_map", "agc=jit", "global_prune=jit"]
+QUICK = ["global_norm=jit+shard_map", "agc=jit", "global_prune=jit+shard_map"]
 CLIPS = ["global_norm", "zclip", "autoclip"]
 ALL_RULES = ["global_norm", "agc", "zclip", "autoclip", "global_prune", "score_prune_erk", "rigl"]
 WEIGHT_ULP = {"agc": 8}
@@ -72,7 +76,7 @@ def check_jit(name: str, r: dict) -> None:
 def check_shard_map(name: str, r: dict) -> None:
     for key in ("shard_map_data_model", "shard_map_model"):
         s = r[key]
-        if name in ("score_prune_erk", "rigl"):
+        if name in ("score_prune_erk", "rigl"):  # they refuse shards (per-array counts)
             assert "sharded arrays" in s["error"], s
             continue
         assert s["weights_ulp"] <= WEIGHT_ULP.get(name, 4), s
