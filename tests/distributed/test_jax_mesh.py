@@ -11,8 +11,9 @@ against the same steps on one device:
   identical; the compiled step's collectives are the rule's (the plain step has none):
   one all-reduce for the norm clips, small unit-norm vectors for AGC; for pruning the
   histogram all-reduces, and, only inside the recomputation's ``lax.cond`` branch, XLA's
-  all-gathers of one array at a time (an array split along a non-leading axis, which the
-  selection flattens in row-major order, and the int32 tie ranks, a cumulative sum);
+  all-gathers of an array split along a non-leading axis (the selection flattens it in
+  row-major order); ties are ranked by histograms too (a cumulative sum over the array
+  made XLA gather it);
 - ``train``: real training, the batch split over ``"data"`` (the gradients themselves
   then differ in summation order): weights to 1e-6 relative, info to 1e-5, masks identical;
 - ``shard_map``: ``transform/wrap(rule, axis_name=("data", "model"))`` (every array a
@@ -71,6 +72,8 @@ def check_jit(name: str, r: dict) -> None:
     else:  # the histogram passes are all-reduced; what XLA gathers is in the recomputation's lax.cond branch
         assert ops.get("all-reduce", 0) >= 1, ops
         assert j["gathers_outside_cond"] == 0, j
+        # and only w1 (256, split by columns: flattened row-major), never w0 (512, split by rows)
+        assert j["largest_gather"] <= 256 < j["largest_param"], j
 
 
 def check_shard_map(name: str, r: dict) -> None:
