@@ -67,6 +67,21 @@ def _with_count(state: Any, count: Any) -> Any:
     return state
 
 
+def _placement(a: Any, values: list) -> Any:
+    """Where a JAX state array goes: where it is, or replicated on the weights' mesh.
+
+    Under ``keras.distribution.ModelParallel`` the weights are sharded over a mesh, and a
+    state that ``rule.init`` made on one device (a step count) cannot enter ``jax.jit``
+    beside them: it is replicated over their mesh (XLA reshards it as the step needs).
+    """
+    spread = next((v.sharding for v in values if len(v.sharding.device_set) > 1), None)
+    if spread is None or a.sharding.device_set == spread.device_set or getattr(spread, "mesh", None) is None:
+        return a.sharding
+    import jax
+
+    return jax.sharding.NamedSharding(spread.mesh, jax.sharding.PartitionSpec())
+
+
 class Callback(keras.callbacks.Callback):
     """Apply ``rule.project`` to the model's weights on a schedule during ``fit``.
 
@@ -223,7 +238,8 @@ class Callback(keras.callbacks.Callback):
                 def run(values: list, state: Any) -> tuple:
                     # Every argument committed to where it is: the weights arrive uncommitted
                     # or not, depending on the trainer's last step, and jit keys its cache on it.
-                    values, state = jax.tree.map(lambda a: jax.device_put(a, a.sharding), (values, state))
+                    values = jax.tree.map(lambda a: jax.device_put(a, a.sharding), values)
+                    state = jax.tree.map(lambda a: jax.device_put(a, _placement(a, values)), state)
                     with rule_scope(names):
                         return jitted(values, state)
 

@@ -6,6 +6,16 @@ their leading axis (``shard_map`` with ``in_specs=P("x")`` on the first dimensio
 ZeRO/FSDP-style sharding): every global quantity of the rule (norms, pruning counts) is
 reduced over the axis, once per quantity (see :func:`gradclip_core.backend.collective`).
 
+On a 2-D mesh pass the tuple of axes the arrays are split over, in the order of their
+``PartitionSpec``: ``axis_name=("data", "model")`` for ``P(("data", "model"))`` on the
+leading dimension (participant ``i`` = ``axis_index(("data", "model"))`` holds the
+``i``-th block), or ``axis_name="model"`` for ``P("model")`` when the gradients are
+replicated over ``"data"`` (tested: ``tests/distributed/test_jax_mesh.py``). Every array
+must be such a block: an array split along another dimension, or a replicated one (a
+bias) beside sharded ones, is outside this contract (the replicated one would be counted
+once per participant); for such layouts run the step under ``jax.jit`` with
+``NamedSharding`` instead, where the rule sees global arrays.
+
 Not for replicated gradients: after ``lax.pmean(grads, "x")`` in a data-parallel step,
 every device holds the full gradients, and the rule must run without ``axis_name``
 (each device computes the same result). Under ``jax.jit`` with ``NamedSharding``

@@ -97,7 +97,10 @@ def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransfor
     each instance holds a shard (block of leading rows) of every array, pass the mapped
     axis as ``axis_name``: global norms and counts are then reduced with ``lax.psum`` /
     ``lax.pmax`` over it, once per step for a global-norm clip. Leave it ``None`` for
-    replicated gradients (after ``lax.pmean``).
+    replicated gradients (after ``lax.pmean``). On a 2-D mesh, pass the tuple of axes
+    the leading dimension of *every* array is split over (``("data", "model")`` for
+    ``P(("data", "model"))``); arrays split along another dimension, or replicated ones
+    beside sharded ones, need ``jax.jit`` with ``NamedSharding`` instead.
 
     Args:
       rule: a :class:`gradclip_core.Rule` without a ``project`` part.

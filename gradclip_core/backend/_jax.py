@@ -10,7 +10,9 @@ Loaded the first time a JAX array (or tracer) reaches a primitive; shared by
 - selection (:mod:`gradclip_core.prune._select`): 11-bit digits, 3 passes in one
   ``lax.fori_loop`` (one loop body to compile: the portable 31 unrolled passes took XLA
   minutes to compile for a model's worth of arrays), histograms by ``at[].add`` into
-  2048 bins; the threshold is decoded by a bitcast (exact for subnormals too).
+  2048 bins; the threshold is decoded by a bitcast (exact for subnormals too); ties at
+  the threshold by a radix selection on their flat index, not a cumulative sum (which
+  XLA all-gathers when the array is sharded).
 """
 
 from __future__ import annotations
@@ -62,6 +64,40 @@ def _histogram(xp: Any, key: jax.Array, shift: Any, prefix: Any, digit: int, dty
     return acc.at[jnp.reshape(d, (-1,))].add(jnp.ones((), dtype=dtype), mode="drop")
 
 
+def _keep(xp: Any, key: jax.Array, T: Any, r: Any, before: Any, out: Any, ws: Any) -> tuple:
+    """``key > T``, and ties ``key == T`` kept after the first ``r - before`` of them here.
+
+    The first ``m`` ties in flat order are found by a radix selection on their flat index
+    (histograms by ``at[].add``, in a ``lax.cond`` taken only when some but not all ties
+    here are pruned), not by a running count: XLA partitions a scatter-add over a sharded
+    array (partial counts, one all-reduce) but all-gathers a cumulative sum, so under
+    ``jax.jit`` with ``NamedSharding`` no array is gathered for the ties.
+    """
+    del xp, out, ws
+    eq = key == T
+    ties = jnp.count_nonzero(eq).astype(before.dtype)
+    m = jnp.clip(r - before, 0, ties)
+    n = key.shape[0]
+    bins = 1 << DIGIT
+
+    def some() -> jax.Array:
+        idx = jnp.arange(n, dtype=jnp.int32)
+        passes = -(-max(1, (n - 1).bit_length()) // DIGIT)
+        prefix, below = jnp.int32(0), jnp.zeros((), before.dtype)
+        for p in range(passes):  # prefix ends as the flat index of the m-th tie
+            top = jax.lax.shift_right_logical(idx, jnp.int32(DIGIT * (passes - 1 - p)))
+            d = jnp.where(eq & (jax.lax.shift_right_logical(top, jnp.int32(DIGIT)) == prefix), top & (bins - 1), bins)
+            hist = jnp.zeros((bins,), before.dtype).at[d].add(jnp.ones((), before.dtype), mode="drop")
+            cum = jnp.cumsum(hist) + below
+            b = jnp.minimum(jnp.count_nonzero(cum < m), bins - 1).astype(jnp.int32)
+            below = cum[b] - hist[b]
+            prefix = (prefix << DIGIT) | b
+        return (key > T) | (eq & (idx > prefix))
+
+    kept = jax.lax.cond((m > 0) & (m < ties), some, lambda: (key > T) | (eq & (m == 0)))
+    return kept, ties
+
+
 def _loop(n: int, body: Any, carry: Any) -> Any:
     return jax.lax.fori_loop(0, n, body, carry)
 
@@ -72,7 +108,7 @@ def _value(xp: Any, T: jax.Array) -> jax.Array:
     return jnp.where(T == 0, jnp.float32(0), thr)
 
 
-SELECTION = Selection(digit=DIGIT, chunk=None, histogram=_histogram, loop=_loop, value=_value)
+SELECTION = Selection(digit=DIGIT, chunk=None, histogram=_histogram, keep=_keep, loop=_loop, value=_value)
 
 
 def register() -> None:

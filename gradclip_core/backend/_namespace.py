@@ -202,6 +202,15 @@ def device_kw(arrays: Any) -> dict:
     devices = getattr(device, "device_set", None)
     if devices is not None and len(devices) > 1:
         return {}
+    # An uncommitted JAX array (made without a device, e.g. a temporary of a rule's init
+    # on sharded params) would become committed by ``device=``, and a state committed to
+    # one device cannot enter ``jax.jit`` beside params sharded over several.
+    try:
+        committed = getattr(arrays[0], "committed", True)
+    except Exception:  # a JAX tracer refuses the question (under jit, placement is XLA's anyway)
+        committed = True
+    if committed is False:
+        return {}
     return {"device": device}
 
 

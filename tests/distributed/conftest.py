@@ -1,4 +1,4 @@
-"""The worker scripts run in their own processes (gloo ranks; JAX with 4 host devices).
+"""The worker scripts run in their own processes (gloo ranks; JAX and Keras with 4 host devices).
 
 They are not test modules, and importing ``_jax_script`` here would set ``XLA_FLAGS``
 in this process: keep pytest's doctest collection away from them.
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-collect_ignore = ["_jax_script.py", "_torch_worker.py", "_torch_parallel.py"]
+collect_ignore = ["_jax_script.py", "_torch_worker.py", "_torch_parallel.py", "_jax_mesh_script.py", "_keras_mesh_script.py"]
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""Start N local processes (gloo ranks) of a worker script and wait for them: shared by the distributed tests.
+"""Run worker scripts in fresh processes: N gloo ranks, or one process with its own device count.
 
-Used by tests/distributed (the torch workers) and tests/trainers (Lightning FSDP2 / DDP).
+Used by tests/distributed (the torch workers, the JAX / Keras mesh scripts), tests/keras
+(ModelParallel) and tests/trainers (Lightning FSDP2 / DDP).
 """
 
 from __future__ import annotations
@@ -78,3 +79,23 @@ def launch_torch(tmp: Path, world: int, scenarios: str) -> list[dict]:
     init = f"file://{tmp / 'rendezvous'}"
     run_ranks(TORCH_WORKER, world, lambda r: [r, world, init, out, scenarios])
     return json.loads(out.read_text())
+
+
+def run_json(script: Path, args: list, timeout: float, **env: str) -> dict:
+    """Run ``script`` with ``args`` in one fresh Python (the repo and ``adapters/`` on the path,
+    ``XLA_FLAGS`` unset: the script sets its own device count), and parse the last line of its stdout.
+
+    Example:
+      >>> import tempfile
+      >>> with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+      ...     _ = f.write("import sys, json; print(json.dumps(sys.argv[1:]))")
+      >>> run_json(Path(f.name), ["a"], timeout=60)
+      ['a']
+      >>> os.unlink(f.name)
+    """
+    full = dict(os.environ, PYTHONPATH=python_path(), **env)
+    full.pop("XLA_FLAGS", None)
+    res = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=full,
+                         cwd=ROOT, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
