@@ -439,7 +439,10 @@ class Optimizer(keras.optimizers.Optimizer):
             for var, a, b, d, f in zip(built, after, before, deltas, scales):
                 if f is not None:
                     f = ops.cast(f, d.dtype)
-                    var.assign(ops.where(ops.equal(f, 1), a, ops.cast(b + d * f, a.dtype)))
+                    # b - (b - a) * f is b + d * f bit for bit (negation is exact), but not the rule's `d`:
+                    # XLA fuses each a - b into its one reader instead of keeping d alive (one full-size
+                    # temporary less under jit, where d and w_new were both held until the write-back)
+                    var.assign(ops.where(ops.equal(f, 1), a, ops.cast(b - (b - a) * f, a.dtype)))
         for var, a, b, d, d0 in zip(built, after, before, out or (), deltas):
             d = ops.cast(d, d0.dtype)
             var.assign(ops.where(ops.equal(d, d0), a, ops.cast(b + d, a.dtype)))

@@ -185,6 +185,9 @@ def correct_update(
         if isinstance(effect, Keep):
             return new_state, dict(info)
         factors = _array_factors(effect, len(deltas))
+        if factors is not None and _on_host(views, factors):  # CPU: write back only the arrays whose factor is not 1
+            _write_back_scaled(views, before, deltas, factors)
+            return new_state, dict(info)
         apply_effect(namespace(*deltas), deltas, effect, inplace=True)  # deltas := delta'
         if factors is not None:  # one factor per array (both update rules): unchanged where it is 1
             torch._foreach_add_(deltas, list(before))  # deltas := w_old + delta'
@@ -195,6 +198,30 @@ def correct_update(
                 p.copy_(torch.where(d == p - b, p, b + d))
         loc.sync(0)  # replicas this rank did not see: the weights of the rank that did
     return new_state, loc.info(info)
+
+
+def _on_host(views: Sequence[torch.Tensor], factors: Sequence[torch.Tensor]) -> bool:
+    """Whether the factors can be read without a device sync: every tensor on the CPU, eager."""
+    return not torch.compiler.is_compiling() and all(t.device.type == "cpu" for t in (*views, *factors))
+
+
+def _write_back_scaled(views: Sequence[torch.Tensor], before: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor],
+                       factors: Sequence[torch.Tensor]) -> None:
+    """``w := w_old + delta * f`` for the arrays whose factor (cast to their dtype) is not 1, read on the host.
+
+    The same values as the device path of :func:`correct_update` (``where(f == 1, w_new, w_old +
+    delta * f)``), without its three passes over every weight: an update that is not clipped
+    (the common step) costs no write at all, and a clipped array one multiply, one add, one copy.
+    """
+    seen: dict = {}  # (factor, dtype) -> whether it changes its arrays (a global factor is read once)
+    for p, b, d, f in zip(views, before, deltas, factors):
+        key = (id(f), d.dtype)
+        if key not in seen:
+            f_d = f.to(d.dtype)
+            seen[key] = (f_d, bool(f_d != 1))  # (NaN != 1: written, as the device path does)
+        f_d, changes = seen[key]
+        if changes:
+            p.copy_(d.mul_(f_d).add_(b))
 
 
 def _array_factors(effect: Any, n: int) -> list | None:

@@ -33,7 +33,8 @@ the rule runs), runs the rule on it with ``params = w_old``, and writes ``w_old 
 where the rule changed the update (``w_new`` bit for bit where it did not). Peak extra
 memory: two copies of the stepped weights during ``step()``, none between steps; memory
 traffic: the copy (read + write), ``delta`` (two reads, one write), the rule's reads,
-and the write-back (three reads, one write). Fused optimizers work unchanged (nothing is
+and the write-back (three reads, one write; on the CPU, where the factors are read on the
+host without a sync, only for the arrays the rule scaled: none on an unclipped step). Fused optimizers work unchanged (nothing is
 folded); a step ``GradScaler`` skips keeps the rule's state. ``nonfinite="skip"`` on a
 non-finite update restores the weights (so does a rule that raises, e.g. ``nonfinite="raise"``,
 before the error propagates from ``step()``), but the optimizer's own state (momentum, Adam's

@@ -126,3 +126,28 @@ def test_a_rule_that_raises_after_the_step_leaves_the_weights_as_before_it():
         opt.step()
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p.detach(), b)
+
+
+@pytest.mark.parametrize("rule", [lambda: gc.clippy(0.02, 1e-3), lambda: gc.clip_update_norm(0.5, history=2, min_history=1)],
+                         ids=["clippy", "clip_update_norm"])
+def test_the_cpu_write_back_equals_the_device_path_bit_for_bit(rule, monkeypatch):
+    from gradclip_torch import _apply
+
+    def run(on_host):
+        monkeypatch.setattr(_apply, "_on_host", lambda views, factors: on_host)
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+        handle = gradclip_torch.attach(opt, rule())
+        changed = 0
+        for step, scale in enumerate([1.0, 1.0, 10.0, 1.0]):
+            _backward(model, step, scale)
+            opt.step()
+            info = handle.info
+            changed += float(info["min_scale"]) < 1 if "min_scale" in info else int(info["clipped"])
+        return [p.detach().clone() for p in model.parameters()], changed
+
+    host, n_host = run(True)
+    device, n_device = run(False)
+    assert n_host == n_device > 0  # some steps were clipped (written back), others not
+    for a, b in zip(host, device):
+        assert torch.equal(a, b)
