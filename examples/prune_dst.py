@@ -72,8 +72,10 @@ def main(argv=None) -> dict:
     cfg, data, _, results = dense_and_oneshot(args.steps, args.sparsity, ONESHOT, frameworks)
     for framework, rows in run_dst(cfg, data, args.sparsity, args.update_every, frameworks).items():
         results[framework].update(rows)
-    print(f"demo MLP, {args.steps} steps of SGD (lr {cfg.lr}, batch {cfg.batch_size}); both kernels {args.sparsity:.0%} "
-          "sparse: one-shot after dense training, or trained sparse from scratch")
+    erk = gc.erk_sparsities([m.shape for m in results[column(frameworks[0])][ONESHOT[0]][1]], args.sparsity)
+    print(f"demo MLP, {args.steps} steps of SGD (lr {cfg.lr}, batch {cfg.batch_size}); {args.sparsity:.0%} of the kernels "
+          f"pruned (uniform: each; ERK: {' / '.join(f'{s:.1%}' for s in erk)}), once after dense training, or trained "
+          "sparse from the first step (no fine-tuning after one-shot pruning)")
     print("\n".join(table(results)))
     names = list(results)
     for label in results[names[0]]:
