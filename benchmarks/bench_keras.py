@@ -7,7 +7,9 @@ Times, in one run, on the same 148 gradients (124M parameters), one optimizer st
 
 and likewise ``clipnorm`` vs ``clip_by_norm(semantics="keras")`` and ``clipvalue`` vs
 ``clip_by_value``, and the rules Keras lacks (canonical global norm, block RMS, AutoClip,
-ZClip, ``record_norms``, AGC, max-norm) next to ``global_clipnorm``,
+ZClip, ``record_norms``, AGC, max-norm) next to ``global_clipnorm``, and issue 19's
+pruning rules (``_prune_cases.py``: scores, allocations, block and padded N:M pruning,
+RigL, SET) next to the wrapper with ``magnitude_prune(0.5)``, masks recomputed every step,
 
 each on its own copy of the variables, the way Keras' trainer runs it on the active
 backend (``KERAS_BACKEND``): TensorFlow ``optimizer.apply`` inside a ``tf.function``,
@@ -34,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gradclip_core as gc  # noqa: E402
 import gradclip_keras  # noqa: E402
 from _measure import peak_extra, repeats_for, time_pair  # noqa: E402
+from _prune_cases import REF, prune_cases  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
 
@@ -49,9 +52,11 @@ def make_grads(seed: int = 0, shapes: str = "gpt2") -> list[Any]:
     return [keras.ops.convert_to_tensor(rng.standard_normal(s, dtype=np.float32)) for _, s in shape_set(shapes)]
 
 
-def make_variables(shapes: str = "gpt2") -> list[keras.Variable]:
-    """Zero-initialised variables of a shape set."""
-    return [keras.Variable(keras.ops.zeros(s), name=n.replace(".", "_")) for n, s in shape_set(shapes)]
+def make_variables(shapes: str = "gpt2", seed: int | None = None) -> list[keras.Variable]:
+    """Zero-initialised variables of a shape set (standard normal with a ``seed``: weights to prune)."""
+    rng = None if seed is None else np.random.default_rng(seed)
+    return [keras.Variable(keras.ops.zeros(s) if rng is None else rng.standard_normal(s, dtype=np.float32),
+                           name=n.replace(".", "_")) for n, s in shape_set(shapes)]
 
 
 def _sync(x: Any) -> None:
@@ -150,6 +155,21 @@ def suite(repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", only_rules: 
                         peak_extra(ours, _sync, "rss"), peak_extra(native, _sync, "rss"), target, paired_ratio=r,
                         has_native=not native_name.startswith("(ref)")))
         del native, ours
+    # issue 19's pruning rules next to magnitude_prune, each recomputing its masks on every step (RigL / SET:
+    # a connectivity update on every step), on random weights
+    cases = prune_cases(shapes, every_step=True)
+    for label, case in cases.items():
+        if label == REF or (only_rules and only_rules not in label):
+            continue
+        print(f"  keras/{backend}: {label}...", file=sys.stderr, flush=True)
+        ref = step_fn(gradclip_keras.Optimizer(keras.optimizers.SGD(LR), cases[REF].rule), make_variables(shapes, 1),
+                      grads)
+        ours = step_fn(gradclip_keras.Optimizer(keras.optimizers.SGD(LR), case.rule), make_variables(shapes, 1), grads)
+        t_o, t_n, r = time_pair(ours, ref, _sync, repeats_for(repeats, case.target), warmup)
+        rows.append(Row(label, f"keras/{backend}", "Optimizer, " + PATHS[backend], f"(ref) Optimizer(SGD, {REF})",
+                        t_o * 1e3, t_n * 1e3, peak_extra(ours, _sync, "rss"), peak_extra(ref, _sync, "rss"),
+                        case.target, case.note or "masks recomputed every step", paired_ratio=r, has_native=False))
+        del ref, ours
     return rows
 
 

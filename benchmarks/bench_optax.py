@@ -10,6 +10,8 @@ each rule's ``gradclip_optax.transform(rule).update`` against the native transfo
   vs ``optax.clip_by_block_rms``; ``adaptive_clip`` vs ``optax.adaptive_grad_clip``;
 - pruning (``jit(rule.project)``, one-shot: the masks are recomputed every call) and the
   rules with no optax counterpart next to ``optax.clip_by_global_norm`` as a reference;
+- issue 19's scores, allocations, block and padded N:M pruning, RigL and SET next to
+  ``magnitude_prune(0.5)`` (``_prune_cases.py``; a score <= 2.0x: one extra pass);
   jaxpruner's ``GlobalMagnitudePruning`` when jaxpruner is importable.
 
 Run::
@@ -28,6 +30,7 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _measure import peak_extra, repeats_for, time_pair  # noqa: E402
+from _prune_cases import REF, prune_cases  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
 
@@ -116,6 +119,24 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
         constraint = label.startswith("max_norm")
         note = "" if constraint else "one-shot: masks recomputed (no jaxpruner here to compare with)"
         jobs.append((label, "jit(project)", lambda proj=proj: proj(flat), *ref, "<= 1.1x" if constraint else "", False, note))
+    # issue 19's pruning rules next to magnitude_prune: one mask recomputation (jit(project) from the state after
+    # one update: movement / Taylor scores), or one RigL / SET connectivity update (jit(update + project), step 1)
+    gflat = list(grads.values())
+    cases = prune_cases(shapes)
+    for label, case in cases.items():
+        rule, state = case.rule, case.rule.init(flat)
+        if case.dst:
+            state = state._replace(count=jnp.ones((), jnp.int32))
+            step = jax.jit(lambda gs, ps, st, rule=rule: rule.project(ps, rule.update(gs, st, ps)[1])[0])
+            fn, path = (lambda step=step, state=state: step(gflat, flat, state)), "jit(update + project)"
+        else:
+            state = jax.jit(rule.update)(gflat, state, flat)[1]
+            proj = jax.jit(lambda ps, st, rule=rule: rule.project(ps, st)[0])
+            fn, path = (lambda proj=proj, state=state: proj(flat, state)), "jit(project)"
+        if label == REF:
+            ref_prune = (f"(ref) {REF} jit(project)", fn)
+        else:
+            jobs.append((label, path, fn, *ref_prune, case.target, False, case.note))
     # update clipping (rule.on_update), as it runs after the optimizer (the update read once; Clippy also the weights)
     jobs.append(("clip_update_norm()", "transform, jit", jitted_update(T(gc.clip_update_norm()), grads), *ref, "<= 1.1x",
                  False, "on the update"))

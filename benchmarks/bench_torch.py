@@ -17,7 +17,9 @@ through the adapter against its native counterpart, alternating calls (median of
 - rules with no torch counterpart next to ``clip_grad_norm_`` as a reference, with their
   memory-traffic targets: per-array norm, block RMS, update RMS, AutoClip, ZClip and
   ``record_norms`` <= 1.05x (one read, one in-place scale), AGC and the norm constraints
-  <= 1.4x (they also read the weights); N:M without a target.
+  <= 1.4x (they also read the weights); N:M without a target;
+- issue 19's scores, allocations, block and padded N:M pruning, RigL and SET next to
+  ``magnitude_prune(0.5)`` (``_prune_cases.py``; a score <= 2.0x: one extra pass).
 
 Every clipping row also checks DESIGN.md's memory target: extra peak memory <= 1% of the
 gradients.
@@ -44,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gradclip_core as gc  # noqa: E402
 import gradclip_torch  # noqa: E402
 from _measure import peak_extra, repeats_for, time_pair  # noqa: E402
+from _prune_cases import REF, prune_cases  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
 
@@ -201,6 +204,18 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         reset = restore if path == "project_" else None
         cases.append(Case(label, path, fn, "(ref) " + norm_native[0], norm_native[1], reset, target=target,
                           has_native=False, mem=not label.startswith("nm_prune")))
+    # issue 19's pruning rules next to magnitude_prune: one mask recomputation (project_ with the state
+    # after one apply_: movement / Taylor scores; the count stays 0), or one RigL / SET update step (attach)
+    for label, case in prune_cases(shapes).items():
+        if label == REF:
+            continue
+        if case.dst:
+            fn, path = hook_path(case.rule), "attach"
+        else:
+            state, _ = gradclip_torch.apply_(params, case.rule)
+            fn, path = (lambda rule=case.rule, state=state: gradclip_torch.project_(params, rule, state)), "project_"
+        cases.append(Case(label, path, fn, f"(ref) {REF} project_", lambda: gradclip_torch.project_(params, mag),
+                          restore, target=case.target, has_native=False, note=case.note))
     # update clipping (rule.on_update): a copy of the weights before the step, the correction after it
     # (gradclip_torch.attach); NoStep leaves the weights as they are, the hooks do their whole work
     for label, rule in (("clip_update_norm()", gc.clip_update_norm()), ("clippy()", gc.clippy()),

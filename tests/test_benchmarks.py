@@ -55,7 +55,7 @@ def test_run_rejects_unknown_suite_and_missing_cuda():
         assert out.returncode == 2 and "no CUDA device" in out.stderr
 
 
-@pytest.mark.parametrize("module", ["_shapes", "_measure", "_table"])
+@pytest.mark.parametrize("module", ["_shapes", "_measure", "_table", "_prune_cases"])
 def test_helper_doctests(module, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     result = doctest.testmod(importlib.import_module(module))

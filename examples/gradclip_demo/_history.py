@@ -23,6 +23,8 @@ class History:
       skipped: ``skip_on_spike``'s ``info["skipped"]`` (1.0: the optimizer step was skipped).
       seconds: wall time of the training loop (compilation included).
       weights: the final weights, ``(in, out)`` layout (``None`` if not kept).
+      masks: the final keep-masks of the rule's pruning, one bool array per weight,
+        ``(in, out)`` layout (``None`` if not kept).
 
     Example:
       >>> h = History.empty("numpy", 3)
@@ -39,6 +41,7 @@ class History:
     skipped: np.ndarray
     seconds: float = 0.0
     weights: list | None = dataclasses.field(default=None, repr=False)
+    masks: list | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def empty(cls, framework: str, steps: int) -> "History":

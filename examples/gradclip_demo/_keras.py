@@ -31,7 +31,8 @@ def build(weights: list[np.ndarray]) -> keras.Sequential:
     return model
 
 
-def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = print) -> History:
+def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = print,
+          make_rule: callable = recipe) -> History:
     """Train with ``train_on_batch`` (the ``fit`` train step, one batch at a time).
 
     Args:
@@ -39,6 +40,8 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
       data: the split digits.
       weights: the initial weights (``(in, out)`` layout).
       log: progress printer.
+      make_rule: ``make_rule(cfg, axis)`` gives the rule (default: the demo's :func:`recipe`;
+        ``examples/prune_dst.py`` passes RigL/SET).
 
     Returns:
       The run's :class:`History` (framework ``keras/<backend>``).
@@ -46,7 +49,7 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
     keras.utils.set_random_seed(cfg.seed)
     model = build(weights)
     # axis "out_last": the wrapper's own default for Keras kernels, spelled out.
-    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(cfg.lr), recipe(cfg, "out_last"))
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(cfg.lr), make_rule(cfg, "out_last"))
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     name = f"keras/{keras.backend.backend()}"
     tag = f"keras/{keras.backend.backend()[:5]}"
@@ -67,4 +70,5 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
                 f"sparsity {hist.sparsity[step]:.3f}")
     hist.seconds = time.perf_counter() - t0
     hist.weights = [np.asarray(w) for w in model.get_weights()]
+    hist.masks = [keras.ops.convert_to_numpy(m) for m in gradclip_keras.masks(opt) if len(m.shape) == 2]
     return hist

@@ -28,7 +28,8 @@ def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(forward(params, x), y).mean()
 
 
-def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = print) -> History:
+def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = print,
+          make_rule: callable = recipe) -> History:
     """Train with the recipe wrapped around ``optax.sgd``; returns the per-step :class:`History`.
 
     Args:
@@ -36,6 +37,8 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
       data: the split digits.
       weights: the initial weights (``(in, out)`` layout).
       log: progress printer.
+      make_rule: ``make_rule(cfg, axis)`` gives the rule (default: the demo's :func:`recipe`;
+        ``examples/prune_dst.py`` passes RigL/SET).
 
     Returns:
       The run's :class:`History`.
@@ -44,7 +47,7 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
     # [w1, b1, w2, b2]; a dict would be flattened in sorted key order (b1, b2, w1, w2).
     names = ["w1", "b1", "w2", "b2"]
     params = [jnp.asarray(w) for w in weights]
-    tx = gradclip_optax.wrap(recipe(cfg, "out_last"), optax.sgd(cfg.lr))
+    tx = gradclip_optax.wrap(make_rule(cfg, "out_last"), optax.sgd(cfg.lr))
     state = tx.init(params)
 
     @jax.jit
@@ -72,4 +75,5 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
                 f"sparsity {hist.sparsity[step]:.3f}")
     hist.seconds = time.perf_counter() - t0
     hist.weights = [np.asarray(p) for p in params]
+    hist.masks = [np.asarray(m) for m in gradclip_optax.masks(params, state) if m.ndim == 2]
     return hist

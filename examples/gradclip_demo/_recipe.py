@@ -7,7 +7,7 @@ import gradclip_core as gc
 from ._config import Config
 
 
-def recipe(cfg: Config, axis: str) -> gc.Rule:
+def recipe(cfg: Config, axis: str, prune: gc.Rule | None = None) -> gc.Rule:
     """Skip on spike, global-norm clip, gradual global magnitude pruning, max-norm constraint.
 
     ``update`` (before the optimizer step) skips the whole step when the global gradient
@@ -22,6 +22,8 @@ def recipe(cfg: Config, axis: str) -> gc.Rule:
       axis: the kernels' layout for the max-norm units: ``"out_first"`` for torch's
         ``(out, in)`` Linear weights, ``"out_last"`` for ``(in, out)`` kernels (optax
         here, Keras). Both give the norm of each output unit's incoming weights.
+      prune: the pruning rule in place of the gradual global magnitude pruning
+        (``examples/prune_dst.py``: RigL, SET).
 
     Returns:
       A chained :class:`gradclip_core.Rule`.
@@ -30,10 +32,12 @@ def recipe(cfg: Config, axis: str) -> gc.Rule:
       >>> recipe(Config(), "out_last").name
       'chain'
     """
-    schedule = gc.polynomial_schedule(0, cfg.prune_end_step, cfg.prune_every)
+    if prune is None:
+        prune = gc.global_magnitude_prune(cfg.sparsity, schedule=gc.polynomial_schedule(0, cfg.prune_end_step,
+                                                                                        cfg.prune_every))
     return gc.chain(
         gc.skip_on_spike(window=cfg.spike_window, k=cfg.spike_k, warmup=cfg.spike_window // 2),
         gc.clip_by_global_norm(cfg.clip_norm),
-        gc.global_magnitude_prune(cfg.sparsity, schedule=schedule),
+        prune,
         gc.max_norm(cfg.max_unit_norm, axis=axis),
     )

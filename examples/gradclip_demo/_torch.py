@@ -25,7 +25,8 @@ def build(weights: list[np.ndarray]) -> torch.nn.Sequential:
     return model
 
 
-def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = print) -> History:
+def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = print,
+          make_rule: callable = recipe) -> History:
     """Train with the recipe attached to the optimizer; returns the per-step :class:`History`.
 
     Args:
@@ -33,6 +34,8 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
       data: the split digits.
       weights: the initial weights (``(in, out)`` layout).
       log: progress printer.
+      make_rule: ``make_rule(cfg, axis)`` gives the rule (default: the demo's :func:`recipe`;
+        ``examples/prune_dst.py`` passes RigL/SET).
 
     Returns:
       The run's :class:`History`.
@@ -42,7 +45,7 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     # skip_on_spike skips finite steps: attach makes a skipped step a true skip (SGD is not
     # fused, so that costs one host sync per step: sync_skip="auto")
-    handle = gradclip_torch.attach(opt, recipe(cfg, "out_first"))
+    handle = gradclip_torch.attach(opt, make_rule(cfg, "out_first"))
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train).long()
     x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test).long()
     hist = History.empty("torch", cfg.steps)
@@ -63,6 +66,7 @@ def train(cfg: Config, data: Data, weights: list[np.ndarray], log: callable = pr
             log(f"  torch   step {step + 1:4d}  loss {hist.loss[step]:.4f}  acc {float(acc):.3f}  "
                 f"sparsity {hist.sparsity[step]:.3f}")
     hist.seconds = time.perf_counter() - t0
+    hist.masks = [m.numpy().T for m in gradclip_torch.masks(handle) if m.ndim == 2]  # (in, out) like the others
     handle.remove()
     w1, b1, w2, b2 = (p.detach().numpy().copy() for p in model.parameters())
     hist.weights = [w1.T, b1, w2.T, b2]  # back to the (in, out) layout

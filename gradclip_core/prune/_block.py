@@ -6,11 +6,10 @@ from typing import Any
 
 from .._params import on
 from .._rule import Rule, factory
-from ..backend._namespace import device_kw
 from ..backend._primitives import size
 from ..backend._selection import float32_scores
 from ..backend._names import array_label
-from ._groups import POOLINGS
+from ._groups import POOLINGS, blocks, expand, pool
 from ._schedule import check_amount, check_rounding, check_schedule, prune_count
 from ._select import prune_smallest
 from ._state import mask_rule
@@ -28,54 +27,15 @@ def _check_block(block: Any) -> tuple[int, int]:
     return out  # type: ignore[return-value]
 
 
-def _pad(xp: Any, x: Any, rows: int, cols: int, fill: Any) -> Any:
-    """``x`` (2-D) extended by ``rows`` rows and ``cols`` columns of ``fill``."""
-    h, w = x.shape
-    if rows:
-        x = xp.concat([x, xp.full((rows, w), fill, dtype=x.dtype, **device_kw([x]))], axis=0)
-    if cols:
-        x = xp.concat([x, xp.full((h + rows, cols), fill, dtype=x.dtype, **device_kw([x]))], axis=1)
-    return x
-
-
 def block_scores(xp: Any, p: Any, block: tuple[int, int], pooling: str) -> Any:
     """The pooled float32 ``|w|`` of every block of the 2-D ``p``: shape ``(ceil(h / bh), ceil(w / bw))``.
 
-    Blocks start at ``(0, 0)``; the last block row / column may be partial. ``"avg"``:
-    the mean over the block's weights (partial blocks: over the weights they have), taken
-    as tfmot's ``factorized_pool`` does, over each block's rows first (a running sum in
-    row order, divided by their count), then over its columns; ``"max"``: the largest.
-    A block holding a NaN scores NaN (ranks above +inf: never pruned before a number).
-    Every operation is an elementwise float32 add / divide / maximum in a fixed order, so
-    the scores are bit-identical in every framework.
+    The one block pooling of :mod:`gradclip_core.prune._groups` (``score_prune(group=blocks(...))``):
+    blocks start at ``(0, 0)``, the last block row / column may be partial; ``"avg"``: the mean
+    over the block's weights as tfmot's ``factorized_pool`` takes it (rows first); ``"max"``:
+    the largest; a block holding a NaN scores NaN. Bit-identical in every framework.
     """
-    h, w = p.shape
-    bh, bw = block
-    nh, nw = -(-h // bh), -(-w // bw)
-    s = float32_scores(xp, p)
-    nan = xp.isnan(s)
-    s = xp.where(nan, xp.zeros_like(s), s)
-    r = xp.reshape(_pad(xp, s, nh * bh - h, nw * bw - w, 0.0), (nh, bh, nw, bw))
-    if pooling == "max":
-        acc = r[:, 0, :, :]
-        for i in range(1, bh):
-            acc = xp.maximum(acc, r[:, i, :, :])
-        out = acc[:, :, 0]
-        for j in range(1, bw):
-            out = xp.maximum(out, acc[:, :, j])
-    else:
-        acc = r[:, 0, :, :]
-        for i in range(1, bh):
-            acc = acc + r[:, i, :, :]
-        rows = xp.asarray([float(min(bh, h - i * bh)) for i in range(nh)], dtype=xp.float32, **device_kw([s]))
-        acc = acc / xp.reshape(rows, (nh, 1, 1))
-        out = acc[:, :, 0]
-        for j in range(1, bw):
-            out = out + acc[:, :, j]
-        cols = xp.asarray([float(min(bw, w - j * bw)) for j in range(nw)], dtype=xp.float32, **device_kw([s]))
-        out = out / xp.reshape(cols, (1, nw))
-    has_nan = xp.any(xp.reshape(_pad(xp, nan, nh * bh - h, nw * bw - w, False), (nh, bh, nw, bw)), axis=(1, 3))
-    return xp.where(has_nan, xp.full_like(out, float("nan")), out)
+    return pool(xp, blocks(*block, pooling), float32_scores(xp, p))
 
 
 @factory
@@ -137,7 +97,7 @@ def block_magnitude_prune(
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
     rounding = check_rounding(rounding)
-    bh, bw = block
+    group, any_alive = blocks(*block, pooling), blocks(*block, "max")
 
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
         masks = []
@@ -145,14 +105,11 @@ def block_magnitude_prune(
             if p.ndim != 2 or size(p) == 0:
                 masks.append(m)
                 continue
-            h, w = p.shape
-            nh, nw = -(-h // bh), -(-w // bw)
             scores = block_scores(xp, p, block, pooling)
-            alive = xp.any(xp.reshape(_pad(xp, m, nh * bh - h, nw * bw - w, False), (nh, bh, nw, bw)), axis=(1, 3))
-            k = prune_count(xp, target, nh * nw, rounding, where=f"the blocks of {array_label(i)}")
+            alive = pool(xp, any_alive, xp.astype(m, xp.float32)) > 0
+            k = prune_count(xp, target, size(scores), rounding, where=f"the blocks of {array_label(i)}")
             keep, _ = prune_smallest(xp, [scores], k, [alive])
-            full = xp.reshape(xp.broadcast_to(xp.reshape(keep[0], (nh, 1, nw, 1)), (nh, bh, nw, bw)), (nh * bh, nw * bw))
-            masks.append(full[:h, :w] & m)
+            masks.append(expand(xp, group, keep[0], tuple(p.shape)) & m)
         return masks, None
 
     return on(mask_rule("block_magnitude_prune", compute, schedule, amount), params)

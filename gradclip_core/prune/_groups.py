@@ -8,9 +8,11 @@ those, and the group decisions are broadcast back to the elements (:func:`expand
   (tfmot's ``block_size`` / ``block_pooling_type``): a block's score is the mean
   (``"avg"``) or the maximum (``"max"``) of its elements' scores. Arrays whose last two
   dimensions are not multiples of the block get partial blocks at the edges, pooled
-  over the elements they have (tfmot pools with ``SAME`` padding). The mean is a sum
-  in a fixed order (row-major within the block) divided by the element count:
-  identical in every framework. Arrays of rank < 2 are left dense.
+  over the elements they have (tfmot pools with ``SAME`` padding). The mean is taken
+  as tfmot's ``factorized_pool`` does, over the rows then the columns, each a sum in a
+  fixed order divided by its count: identical in every framework, and the pooling of
+  :func:`gradclip_core.block_magnitude_prune` (one definition, :func:`_pool_blocks`).
+  Arrays of rank < 2 are left dense.
 - :func:`units` ``(axis, ord=2, size=1)``: whole units by the L_ord norm of their scores
   over the reduced ``axis`` (as :func:`gradclip_core.ln_structured_prune`: ``"out_first"``
   for the rows / output channels / conv filters of torch weights, ``"out_last"`` for
@@ -27,8 +29,6 @@ from __future__ import annotations
 
 import math
 from typing import Any, Mapping, NamedTuple
-
-import numpy as np
 
 from .._validate import check_choice, check_ord
 from ..backend._layout import check_axis, reduce_axes
@@ -139,33 +139,58 @@ def _unit_axes(xp: Any, group: Group, shape: tuple) -> tuple | None:
     return axes, None
 
 
+def _pad2(xp: Any, x: Any, rows: int, cols: int, fill: Any) -> Any:
+    """``x`` extended by ``rows`` rows and ``cols`` columns (its last two axes) of ``fill``."""
+    lead, (h, w) = tuple(x.shape[:-2]), tuple(x.shape[-2:])
+    if rows:
+        x = xp.concat([x, xp.full(lead + (rows, w), fill, dtype=x.dtype, **device_kw([x]))], axis=-2)
+    if cols:
+        x = xp.concat([x, xp.full(lead + (h + rows, cols), fill, dtype=x.dtype, **device_kw([x]))], axis=-1)
+    return x
+
+
+def _pool_blocks(xp: Any, s: Any, block: tuple, pooling: str) -> Any:
+    """One float32 score per ``block = (r, c)`` of the last two axes of ``s``: shape ``(..., ceil(R / r), ceil(C / c))``.
+
+    Blocks start at the first element; the last block row / column may be partial. ``"avg"``:
+    the mean over the block's elements (partial blocks: over those they have), taken as tfmot's
+    ``factorized_pool`` does, over each block's rows first (a running sum in row order, divided
+    by their count), then over its columns; ``"max"``: the largest (padding ranks below every
+    score: signed scores too). A block holding a NaN scores NaN (ranks above +inf: never pruned
+    before a number). Every operation is an elementwise float32 add / divide / maximum in a fixed
+    order, so the scores are bit-identical in every framework. The one block pooling of
+    :func:`gradclip_core.block_magnitude_prune` and ``score_prune(group=blocks(...))``.
+    """
+    shape = tuple(s.shape)
+    lead, (h, w), (r, c) = shape[:-2], shape[-2:], block
+    nh, nw = -(-h // r), -(-w // c)
+    fill = -math.inf if pooling == "max" else 0.0
+    nan = xp.isnan(s)
+    x = _pad2(xp, xp.where(nan, xp.full_like(s, fill), s), nh * r - h, nw * c - w, fill)
+    x = xp.reshape(x, lead + (nh, r, nw, c))
+    acc = x[..., 0, :, :]
+    for i in range(1, r):
+        acc = xp.maximum(acc, x[..., i, :, :]) if pooling == "max" else acc + x[..., i, :, :]
+    if pooling != "max":
+        rows = xp.asarray([float(min(r, h - i * r)) for i in range(nh)], dtype=xp.float32, **device_kw([s]))
+        acc = acc / xp.reshape(rows, (nh, 1, 1))
+    out = acc[..., 0]
+    for j in range(1, c):
+        out = xp.maximum(out, acc[..., j]) if pooling == "max" else out + acc[..., j]
+    if pooling != "max":
+        cols = xp.asarray([float(min(c, w - j * c)) for j in range(nw)], dtype=xp.float32, **device_kw([s]))
+        out = out / xp.reshape(cols, (1, nw))
+    has_nan = xp.any(xp.reshape(_pad2(xp, nan, nh * r - h, nw * c - w, False), lead + (nh, r, nw, c)), axis=(-3, -1))
+    return xp.where(has_nan, xp.full_like(out, math.nan), out)
+
+
 def pool(xp: Any, group: Group, s: Any) -> Any:
     """One score per group of ``s`` (non-negative float32 element scores), or ``None`` (left dense)."""
     shape = tuple(s.shape)
     if group.kind == "blocks":
         if len(shape) < 2 or size(s) == 0:
             return None
-        (r, c), (R, C) = group.block, shape[-2:]
-        pr, pc = -R % r, -C % c
-        x = s
-        fill = -math.inf if group.pooling == "max" else 0.0  # (signed scores: a padded element never wins a max)
-        if pr:
-            x = xp.concat([x, xp.full(shape[:-2] + (pr, C), fill, dtype=x.dtype, **device_kw([x]))], axis=-2)
-        if pc:
-            x = xp.concat([x, xp.full(shape[:-2] + (R + pr, pc), fill, dtype=x.dtype, **device_kw([x]))], axis=-1)
-        lead = shape[:-2]
-        x = xp.reshape(x, lead + ((R + pr) // r, r, (C + pc) // c, c))
-        acc = None
-        for i in range(r):  # a fixed order: bit-identical sums everywhere
-            for j in range(c):
-                e = x[..., i, :, j]
-                acc = e if acc is None else (xp.maximum(acc, e) if group.pooling == "max" else acc + e)
-        if group.pooling == "max" or (pr == 0 and pc == 0):
-            return acc if group.pooling == "max" else acc / float(r * c)
-        rows = [min(r, R - b * r) for b in range((R + pr) // r)]
-        cols = [min(c, C - b * c) for b in range((C + pc) // c)]
-        counts = np.outer(np.asarray(rows, np.float32), np.asarray(cols, np.float32))
-        return acc / xp.asarray(counts, dtype=xp.float32, **device_kw([s]))
+        return _pool_blocks(xp, s, group.block, group.pooling)
     if group.kind == "units":
         ax = _unit_axes(xp, group, shape)
         if ax is None:

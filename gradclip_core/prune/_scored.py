@@ -258,17 +258,21 @@ def wanda_prune(
                        schedule=schedule, rounding=rounding, params=params)
 
 
-@factory
-def movement_prune(
-    amount: float,
-    *,
-    allocation: Any = "uniform",
-    group: Any = None,
-    schedule: Any = None,
-    rounding: str = "prune",
-    params: Any = "weights",
-) -> Rule:
-    """Movement pruning (Sanh et al. 2020, arXiv 2005.07683): prune the smallest ``-sum_t W_t * G_t``.
+def _gradient_scored(name: str, score: Any, doc: str) -> Any:
+    """The public factory ``name``: :func:`score_prune` with a score accumulated from the gradients (``score()``)."""
+
+    def make(amount: float, *, allocation: Any = "uniform", group: Any = None, schedule: Any = None,
+             rounding: str = "prune", params: Any = "weights") -> Rule:
+        return score_prune(amount, score=score(), allocation=allocation, group=group, schedule=schedule,
+                           rounding=rounding, params=params)
+
+    make.__name__ = make.__qualname__ = name
+    make.__doc__ = doc
+    return factory(make)
+
+
+movement_prune = _gradient_scored("movement_prune", movement_score, """\
+    Movement pruning (Sanh et al. 2020, arXiv 2005.07683): prune the smallest ``-sum_t W_t * G_t``.
 
     ``score_prune(amount, score="movement", ...)``: ``update`` accumulates the score from
     every step's gradients (it needs ``params``: every adapter that owns the optimizer
@@ -296,22 +300,10 @@ def movement_prune(
       >>> w, state, info = rule.project(w, state)               # step 1 prunes by -W*G
       >>> w[0].tolist()
       [[0.0, -1.0, 0.5, 0.0]]
-    """
-    return score_prune(amount, score=movement_score(), allocation=allocation, group=group, schedule=schedule,
-                       rounding=rounding, params=params)
+    """)
 
-
-@factory
-def taylor_prune(
-    amount: float,
-    *,
-    allocation: Any = "uniform",
-    group: Any = None,
-    schedule: Any = None,
-    rounding: str = "prune",
-    params: Any = "weights",
-) -> Rule:
-    """First-order Taylor / SNIP pruning: prune the smallest ``sum_t |W_t * G_t|`` since the last pruning step.
+taylor_prune = _gradient_scored("taylor_prune", taylor_score, """\
+    First-order Taylor / SNIP pruning: prune the smallest ``sum_t |W_t * G_t|`` since the last pruning step.
 
     ``score_prune(amount, score="taylor", ...)`` (Molchanov et al. 2019, arXiv
     1906.10771; with one batch before a one-shot step at initialisation, SNIP: Lee et
@@ -335,6 +327,4 @@ def taylor_prune(
       >>> w, state, info = rule.project(w, state)
       >>> w[0].tolist()
       [[1.0, 0.0, 0.5, 0.0]]
-    """
-    return score_prune(amount, score=taylor_score(), allocation=allocation, group=group, schedule=schedule,
-                       rounding=rounding, params=params)
+    """)

@@ -256,6 +256,36 @@ def test_blocks_pool_scores_like_tfmot(xp, pooling):
 
 
 @pytest.mark.parametrize("xp", NAMESPACES)
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_blocks_group_pools_like_block_magnitude_prune_edge_blocks_and_nan_included(xp, pooling):
+    # tfmot's block_magnitude_prune and score_prune(group=gc.blocks(...)) share one pooling: the same
+    # scores bit for bit (partial edge blocks pooled over the elements they have, NaN blocks NaN), so the
+    # same masks, schedule steps included
+    from gradclip_core.prune._block import block_scores
+    from gradclip_core.prune._groups import pool
+
+    for shape, block in [((7, 5), (2, 2)), ((5, 9), (4, 1)), ((9, 10), (4, 3)), ((3, 3), (1, 1)), ((6, 8), (3, 4)),
+                         ((2, 3), (5, 5))]:
+        w = RNG.normal(size=shape).astype(np.float32) * RNG.choice([1e-3, 1.0, 1e3], size=shape).astype(np.float32)
+        w[0, -1] = np.nan
+        xw = xp.asarray(w)
+        pooled = np.asarray(pool(xp, gc.blocks(*block, pooling), xp.abs(xw)))
+        np.testing.assert_array_equal(pooled, np.asarray(block_scores(xp, xw, block, pooling)))
+        schedule = gc.polynomial_schedule(0, 2, 1)
+        a = gc.block_magnitude_prune(0.6, block, pooling=pooling, schedule=schedule)
+        b = gc.score_prune(0.6, group=gc.blocks(*block, pooling), schedule=schedule)
+        ws = [w, np.ones(3, np.float32)]
+        sa, sb = a.init(to_xp(xp, ws)), b.init(to_xp(xp, ws))
+        for step in range(3):
+            wa, sa, _ = a.project(to_xp(xp, ws), sa)
+            wb, sb, _ = b.project(to_xp(xp, ws), sb)
+            np.testing.assert_array_equal(np.asarray(sa.masks[0]), np.asarray(sb.masks[0]), err_msg=f"{shape} {step}")
+            np.testing.assert_array_equal(to_np(wa)[0], to_np(wb)[0])
+            ws = [w * (1 + step), ws[1]]  # the masks are monotone: pruned blocks stay pruned
+        assert 0 < np.asarray(sa.masks[0]).sum() < w.size or block == (5, 5)
+
+
+@pytest.mark.parametrize("xp", NAMESPACES)
 def test_heads_and_columns_by_group_norm(xp):
     w = RNG.normal(size=(8, 3)).astype(np.float32)  # torch (out, in): 4 heads of 2 rows
     _, state, _ = project(gc.score_prune(0.5, group=gc.units("out_first", size=2)), xp, [w])
