@@ -183,17 +183,17 @@ def correct_update(
         effect, new_state, info = rule.update_effect(list(deltas), state, list(before))
         check_effect(effect, deltas, "gradclip_torch")
         if isinstance(effect, Keep):
-            return new_state, dict(info)
+            return new_state, loc.info(info)
         factors = _array_factors(effect, len(deltas))
         if factors is not None and _on_host(views, factors):  # CPU: write back only the arrays whose factor is not 1
             _write_back_scaled(views, before, deltas, factors)
-            return new_state, dict(info)
-        apply_effect(namespace(*deltas), deltas, effect, inplace=True)  # deltas := delta'
-        if factors is not None:  # one factor per array (both update rules): unchanged where it is 1
+        elif factors is not None:  # one factor per array (both update rules): unchanged where it is 1
+            apply_effect(namespace(*deltas), deltas, effect, inplace=True)  # deltas := delta'
             torch._foreach_add_(deltas, list(before))  # deltas := w_old + delta'
             for p, d, f in zip(views, deltas, factors):  # (the factor as applied: cast to the array's dtype)
                 torch.where(f.to(d.dtype) == 1, p, d, out=p)
         else:  # any other effect: compare with the original delta, recomputed (the same op)
+            apply_effect(namespace(*deltas), deltas, effect, inplace=True)  # deltas := delta'
             for p, b, d in zip(views, before, deltas):
                 p.copy_(torch.where(d == p - b, p, b + d))
         loc.sync(0)  # replicas this rank did not see: the weights of the rank that did
