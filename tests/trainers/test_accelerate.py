@@ -54,15 +54,7 @@ def test_accumulation_runs_the_rule_once_per_optimizer_step() -> None:
     data = batches(4)
     got, handle = _accelerate(rule, data, accumulate=2)
     assert int(handle.state[0].count) == 2
-    # the plain loop on the same micro-batches: gradients summed over pairs (each loss / 2, as Accelerate scales it)
-    net = make_net()
-    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    want_handle = gradclip_torch.attach(opt, rule)
-    for i in range(0, len(data), 2):
-        opt.zero_grad()
-        for batch in data[i:i + 2]:
-            (loss_fn(net, batch) / 2).backward()
-        opt.step()
-    assert_same(got, [p.detach() for p in net.parameters()])
+    want, want_handle = plain_loop(rule, data, accumulate=2)  # the same micro-batches, gradients summed over pairs
+    assert_same(got, want)
     want_info = {k: float(v) for k, v in want_handle.info.items()}
     assert want_info and {k: float(v) for k, v in handle.info.items()} == pytest.approx(want_info, rel=1e-6)

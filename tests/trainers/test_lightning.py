@@ -75,15 +75,8 @@ def test_gradient_accumulation_steps_and_logs_once_per_optimizer_step(tmp_path: 
     trainer.fit(module, _loader(data))
     assert trainer.global_step == 2 and int(callback.handles[0].state[0].count) == 2
     assert not any("skipped" in key for key in trainer.callback_metrics)  # (logged after the steps only)
-    net = make_net()  # the plain loop: each loss / 2, gradients summed over pairs
-    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    handle = gradclip_torch.attach(opt, rule)
-    for i in range(0, len(data), 2):
-        opt.zero_grad()
-        for batch in data[i:i + 2]:
-            (loss_fn(net, batch) / 2).backward()
-        opt.step()
-    assert_same([p.detach() for p in module.parameters()], [p.detach() for p in net.parameters()])
+    want, handle = plain_loop(rule, data, accumulate=2)  # each loss / 2, gradients summed over pairs
+    assert_same([p.detach() for p in module.parameters()], want)
     for key, value in handle.info.items():
         assert float(trainer.callback_metrics[f"gradclip/{key}"]) == pytest.approx(float(value), rel=1e-6)
 

@@ -29,15 +29,23 @@ def loss_fn(net: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> t
     return torch.nn.functional.mse_loss(net(x), y)
 
 
-def plain_loop(rule: gc.Rule, data: list, seed: int = 0) -> tuple[list[torch.Tensor], gradclip_torch.Handle]:
-    """The reference: backward, then ``optimizer.step()`` with the rule attached (SGD with momentum)."""
+def plain_loop(rule: gc.Rule, data: list, seed: int = 0,
+               accumulate: int = 1) -> tuple[list[torch.Tensor], gradclip_torch.Handle]:
+    """The reference: backward, then ``optimizer.step()`` with the rule attached (SGD with momentum).
+
+    With ``accumulate=k``, each step sums the gradients of ``k`` batches, each loss divided
+    by ``k`` (as Lightning's ``accumulate_grad_batches`` and Accelerate scale it).
+    """
     net = make_net(seed)
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     handle = gradclip_torch.attach(opt, rule)
-    for batch in data:
+    for i in range(0, len(data), accumulate):
         opt.zero_grad()
-        loss = loss_fn(net, batch)
-        loss.backward()
+        for batch in data[i:i + accumulate]:
+            loss = loss_fn(net, batch)
+            if accumulate > 1:
+                loss = loss / accumulate
+            loss.backward()
         if gc.needs_loss(rule):
             handle.set_loss(loss)
         opt.step()
