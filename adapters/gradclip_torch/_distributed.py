@@ -120,17 +120,23 @@ class Parallel:
 
 
 def as_parallel(process_group: Any = None, parallel: Parallel | None = None) -> Any:
-    """The one distribution argument of ``apply_`` / ``project_`` / ``attach`` (``None``: local)."""
-    if parallel is None:
-        return process_group
-    if not isinstance(parallel, Parallel):
+    """The one distribution argument of ``apply_`` / ``project_`` / ``attach`` (``None``: local).
+
+    Raises:
+      ValueError: ``parallel`` is not a :class:`Parallel`, or a group is given while
+        ``torch.distributed`` is not initialised (at ``attach``, not at the first step).
+    """
+    if parallel is not None and not isinstance(parallel, Parallel):
         raise ValueError(f"parallel must be a gradclip_torch.Parallel, got {type(parallel).__name__}")
-    if process_group is not None:
+    if parallel is not None and process_group is not None:
         if parallel.shards is not None:
             raise ValueError("give the shards' group once: process_group= or Parallel(shards=)")
         parallel = Parallel(pipeline=parallel.pipeline, expert=parallel.expert, experts=parallel._keep,
                             shards=process_group)
-    return parallel
+    out = process_group if parallel is None else parallel
+    if out is not None:
+        _check_initialised()
+    return out
 
 
 def _dtensor_type() -> type | None:

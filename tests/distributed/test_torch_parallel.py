@@ -153,4 +153,7 @@ def test_parallel_bad_input() -> None:
     if not dist.is_initialized():
         with pytest.raises(ValueError, match="torch.distributed to be initialised"):
             gradclip_torch.apply_([w], gc.clip_by_global_norm(1.0), parallel=gradclip_torch.Parallel(pipeline=object()))
+        with pytest.raises(ValueError, match="torch.distributed to be initialised"):  # at attach, not the first step
+            gradclip_torch.attach(torch.optim.SGD([w], lr=0.1), gc.clip_by_global_norm(1.0),
+                                  parallel=gradclip_torch.Parallel(pipeline=object()))
     assert torch.equal(w.grad, torch.ones(2))  # nothing changed
