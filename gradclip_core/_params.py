@@ -283,14 +283,15 @@ def _restrict(inner: Any, spec: Params, config: Any) -> Any:
         # The inner rule's errors must name its arrays as the caller knows them: by their names
         # (a nested array_names block), or, without names, by their positions among all arrays
         # (an index map; no ContextVar is touched then, which torch.compile could not trace).
+        # The index map also gives the inner rule its arrays' split axes on shards (split_axes).
         named = subset and names is not None and len(names) == len(arrays)
-        if subset and not named:
+        if subset:
             POSITIONS.append(idx)
         try:
             with array_names([names[j] for j in idx]) if named else _nothing():
                 effect, new_state, info = call(idx, [arrays[j] for j in idx], _contract(state, idx, len(arrays), inner.name))
         finally:
-            if subset and not named:
+            if subset:
                 POSITIONS.pop()
         new_state = _expand(new_state, idx, arrays)
         if not isinstance(effect, Keep) and len(idx) != len(arrays):

@@ -37,7 +37,7 @@ Example:
 from .._effect import check_effect
 from .._params import prepare_selection, selected
 from ._collective import (Participants, Reducer, active, all_gather, all_reduce, collective, participant_index,
-                          split_on_leading_axis, static_total)
+                          split_axes, split_on_leading_axis, static_total)
 from ._layout import LAYOUTS, AxisSpec, check_axis, layout_override, reduce_axes, register_layout
 from ._names import array_label, array_names, current_names, name_info
 from ._namespace import device_kw, ensure_kernels, namespace, namespace_name, register_namespace, registered_namespaces, state_namespace
@@ -113,6 +113,7 @@ __all__ = [
     "all_gather",
     "static_total",
     "split_on_leading_axis",
+    "split_axes",
     "active",
     "participant_index",
     "Participants",

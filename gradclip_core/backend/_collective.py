@@ -16,10 +16,13 @@ AGC at most two (unit norms split across shards, then the clipped count), and a 
 pruning recomputation one per selection pass (see :mod:`gradclip_core._select`).
 
 Contract: with a reducer active, every array passed to the rule is a *shard* and the
-shards over all participants partition the full arrays **along their leading axis, in
-participant order** (participant ``i`` holds the ``i``-th block of rows: FSDP2's
-``Shard(0)``, ``shard_map`` with ``P(axis)`` on the first dimension). No replicated array
-may be passed (it would be counted once per participant). Every participant must call
+shards over all participants partition the full arrays **along each array's split
+axis** (by default the leading one, in participant order: participant ``i`` holds the
+``i``-th block of rows: FSDP2's ``Shard(0)``, ``shard_map`` with ``P(axis)`` on the first
+dimension; ``Participants(axes=...)`` names another axis per array, e.g. tensor
+parallel ``Shard(1)``). An array held whole by one participant is split too (the others
+pass an empty shard, empty along the split axis). No replicated array may be passed (it
+would be counted once per participant). Every participant must call
 the rule with the same number of arrays (empty shards are fine), since every
 participant must make the same collectives.
 
@@ -30,10 +33,13 @@ three optional attributes, which :class:`Participants` bundles:
 - ``size``: the number of participants (a Python int);
 - ``index(xp)``: this participant's position (0-d integer array or int);
 - ``total(n)``: the sum of a Python int over participants, as a Python int;
-- ``leading``: ``False`` when some arrays are split along another axis than the
-  leading one (tensor parallel ``Shard(1)``). Rules that only sum over every element
-  (norms, counts, histograms) do not mind; unit-wise rules refuse it
-  (:func:`split_on_leading_axis`).
+- ``axes``: per array, the axes its shards split (tensor parallel ``Shard(1)``: ``1``).
+  Rules that only sum over every element (norms, counts, histograms) do not mind;
+  unit-wise rules (AGC, max-norm) ask :func:`split_axes`: a unit whose reduced axes
+  include the split axes spans shards (its partial norms are summed over participants),
+  one whose reduced axes exclude them is whole on one participant;
+- ``leading``: ``False`` when some arrays are split along another axis than the leading
+  one without saying which (derived from ``axes`` when given; unit-wise rules refuse it).
 
 Example:
   >>> import numpy as np
@@ -54,7 +60,7 @@ from typing import Any, Callable, Iterator
 from ._scoped import ScopedValue
 
 __all__ = ["Reducer", "Participants", "all_reduce", "all_gather", "static_total", "collective", "active", "participant_index",
-           "split_on_leading_axis"]
+           "split_on_leading_axis", "split_axes"]
 
 OPS = ("sum", "max")
 
@@ -80,6 +86,14 @@ class Participants:
       total: ``total(n)`` -> sum of the Python int ``n`` over participants.
       leading: whether every shard is a block of its array's leading axis (default);
         ``False``: some are blocks of other axes (each element is still seen once).
+        Derived from ``axes`` when that is given (a conflicting ``leading`` is an error).
+      axes: one entry per array the rule is called with: the axis its shards split
+        (an int), several axes (a tuple: one tensor split along two axes, e.g. FSDP2
+        ``Shard(0)`` x tensor parallel ``Shard(1)``), or ``None`` (the leading axis).
+        ``None`` (the default): every array is split along its leading axis.
+
+    Raises:
+      ValueError: a bad ``size``, ``leading`` or ``axes`` (naming the argument).
 
     Example:
       >>> import numpy as np
@@ -90,12 +104,18 @@ class Participants:
     """
 
     def __init__(self, reduce: Reducer, *, size: int, index: Callable[[Any], Any], total: Callable[[int], int],
-                 leading: bool = True) -> None:
+                 leading: bool | None = None, axes: Any = None) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be an int >= 1, got {size!r}")
-        if not isinstance(leading, bool):
+        if leading is not None and not isinstance(leading, bool):
             raise ValueError(f"leading must be a bool, got {leading!r}")
-        self.leading = leading
+        self.axes = None if axes is None else tuple(_check_split(i, a) for i, a in enumerate(axes))
+        derived = None if self.axes is None else all(a == (0,) for a in self.axes)
+        if leading is not None and derived is not None and leading != derived:
+            raise ValueError(f"leading={leading} contradicts axes={axes!r} (leading is derived from axes: omit it)")
+        self.leading = leading if derived is None else derived
+        if self.leading is None:
+            self.leading = True
         self._reduce = reduce
         self.size = size
         self.index = index
@@ -103,6 +123,17 @@ class Participants:
 
     def __call__(self, xp: Any, x: Any, op: str) -> Any:
         return self._reduce(xp, x, op)
+
+
+def _check_split(i: int, a: Any) -> tuple:
+    """One entry of ``Participants(axes=...)`` as a sorted tuple of axes (``None``: ``(0,)``)."""
+    if a is None:
+        return (0,)
+    one = isinstance(a, int) and not isinstance(a, bool)
+    many = isinstance(a, (tuple, list)) and a and all(isinstance(x, int) and not isinstance(x, bool) for x in a)
+    if not (one or many) or any(x < 0 for x in ((a,) if one else a)) or (many and len(set(a)) != len(a)):
+        raise ValueError(f"axes[{i}] must be None, an axis (int >= 0) or a tuple of distinct axes, got {a!r}")
+    return (a,) if one else tuple(sorted(a))
 
 
 def _need(attr: str, what: str) -> Any:
@@ -168,6 +199,40 @@ def split_on_leading_axis() -> bool:
       True
     """
     return getattr(_reducer(), "leading", True)
+
+
+def split_axes(i: int) -> tuple | None:
+    """The axes along which the shards of array ``i`` (as the calling rule numbers it) split.
+
+    ``(0,)`` without a reducer, or with one that gives no ``axes`` (every array split
+    along its leading axis); ``None`` when the reducer says ``leading=False`` without
+    ``axes`` (unknown: unit-wise rules refuse it). A rule restricted to some arrays
+    (:func:`gradclip_core.on`) numbers its own arrays: ``i`` is mapped to the position
+    among all arrays the way :func:`gradclip_core.backend.array_label` maps it.
+
+    Raises:
+      ValueError: the reducer's ``axes`` has no entry for array ``i``.
+
+    Example:
+      >>> import numpy as np
+      >>> p = Participants(lambda xp, x, op: x, size=2, index=lambda xp: 0, total=lambda n: n, axes=[None, 1])
+      >>> with collective(p):
+      ...     split_axes(0), split_axes(1)
+      ((0,), (1,))
+      >>> split_axes(1)
+      (0,)
+    """
+    reducer = _reducer()
+    axes = getattr(reducer, "axes", None)
+    if axes is None:
+        return (0,) if getattr(reducer, "leading", True) else None
+    from ._names import global_index  # (one re-indexing of restricted rules: the names' one)
+
+    j = global_index(i)
+    if not 0 <= j < len(axes):
+        raise ValueError(f"the reducer's axes= has {len(axes)} entries, but the rule sees array {j} "
+                         "(give one entry per array)")
+    return axes[j]
 
 
 def active() -> bool:

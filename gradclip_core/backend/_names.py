@@ -21,11 +21,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ._scoped import ScopedValue
 
-__all__ = ["array_names", "array_label", "name_info", "current_names"]
+__all__ = ["array_names", "array_label", "name_info", "current_names", "global_index"]
 
 _NAMES = ScopedValue("gradclip_array_names")  # (read without the ContextVar while no block is open: torch.compile)
-# Index maps of the restricted rules running without names (gc.on: the i-th array the inner
-# rule sees is array POSITIONS[-1][i]), for error labels only.
+# Index maps of the restricted rules (gc.on: the i-th array the inner rule sees is array
+# POSITIONS[-1][i] of the outer one), for error labels without names and for the split axes
+# of a sharded run (gradclip_core.backend.split_axes): see global_index.
 POSITIONS: list = []
 # The per-array info keys of the core: ``sparsity/<i>`` (pruning), ``norm/<i>`` (monitor),
 # ``ratio/<i>`` (update_ratio), also under a chain's prefix.
@@ -101,10 +102,22 @@ def array_label(i: int) -> str:
     if names is not None and 0 <= i < len(names):
         name = names[i]
         return f"array {name}" if name.isdigit() else repr(name)  # (digits: a position, e.g. in a list)
+    return f"array {global_index(i)}"
+
+
+def global_index(i: int) -> int:
+    """The position among all arrays of the array a restricted rule (``gc.on``) calls ``i``.
+
+    ``i`` itself outside restricted rules; nested restrictions map innermost first.
+
+    Example:
+      >>> global_index(2)
+      2
+    """
     for positions in reversed(POSITIONS):  # a rule restricted to some arrays (gc.on): their positions
         if 0 <= i < len(positions):
             i = positions[i]
-    return f"array {i}"
+    return i
 
 
 def name_info(info: Mapping[str, Any], names: Sequence[str] | Callable[[], Sequence[str]] | None) -> dict:

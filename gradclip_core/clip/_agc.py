@@ -6,14 +6,14 @@ from typing import Any
 
 from .._effect import Scale
 from .._nonfinite import check_policy
-from .._numerics import acc_dtype, count, flat, fraction, unflat
+from .._numerics import count, flat, fraction, unflat
 from .._rule import Rule, factory
 from .._stateless import stateless_rule
+from .._units import sharded_unit_norms
 from .._validate import check_threshold
-from ..backend._collective import active, all_reduce, split_on_leading_axis, static_total
-from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE, AxisSpec, check_axis, reduce_axes
-from ..backend._namespace import namespace_name
-from ..backend._primitives import is_complex, magnitude, size, upcast
+from ..backend._collective import active, all_reduce
+from ..backend._layout import AxisSpec, check_axis
+from ..backend._primitives import size
 from ..backend._primitives import unit_norms as _unit_norms
 
 __all__ = ["adaptive_clip", "unit_norms"]
@@ -34,67 +34,11 @@ def unit_norms(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
     return _unit_norms(xp, [x], [axes], [dtype])[0]
 
 
-def _unit_sumsq(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
-    xc = magnitude(xp, x, dtype) if is_complex(x) else upcast(xp, x, dtype)  # complex: |z|
-    return xp.sum(xc * xc, axis=axes, keepdims=True)
-
-
-def _unit_axes(xp: Any, axis: Any, shape: tuple) -> tuple | None:
-    """``reduce_axes`` of the *full* array: shards have a smaller leading dimension.
-
-    ``"out_first"``, ``"out_last"`` and explicit axes depend on the rank only; ``"optax"``
-    (which skips size-1 dimensions) and callables see the full shape, whose leading
-    dimension is summed over participants (:func:`gradclip_core.backend.static_total`).
-    """
-    if not active() or not shape:
-        return reduce_axes(xp, axis, shape)
-    resolved = axis
-    if resolved is None:
-        resolved = _OVERRIDE.get() or _DEFAULT_LAYOUT.get(namespace_name(xp))
-    if resolved == "optax" or callable(resolved):
-        shape = (static_total(shape[0]),) + tuple(shape[1:])
-    return reduce_axes(xp, axis, shape)
-
-
-def _split(axes: tuple | None, ndim: int) -> bool:
-    """Whether a unit spans shards: shards split the leading axis, and the unit reduces it."""
-    return ndim >= 1 and (axes is None or 0 in axes)
-
-
-def _sharded_unit_norms(xp: Any, grads: list, params: list, axis: Any) -> dict:
-    """``{i: (g_norm, p_norm)}`` of the full units of arrays whose units span shards.
-
-    One collective: the per-unit sums of squares of all those arrays (gradients and
-    weights) are concatenated into one vector, summed over participants, split back.
-    """
-    idx, parts = [], []
-    for i, (g, p) in enumerate(zip(grads, params)):
-        axes = _unit_axes(xp, axis, tuple(g.shape))
-        if _split(axes, g.ndim):
-            dt = acc_dtype(xp, [g])
-            idx.append(i)
-            parts += [_unit_sumsq(xp, g, axes, dt), _unit_sumsq(xp, p, axes, dt)]
-    if not idx:
-        return {}
-    dt = xp.float64 if any(x.dtype == xp.float64 for x in parts) else xp.float32
-    flat = xp.concat([xp.reshape(upcast(xp, x, dt), (-1,)) for x in parts])
-    total = xp.sqrt(all_reduce(xp, flat, "sum"))
-    out, start = {}, 0
-    for j, i in enumerate(idx):
-        pair = []
-        for x in parts[2 * j : 2 * j + 2]:
-            n = size(x)
-            pair.append(upcast(xp, xp.reshape(total[start : start + n], x.shape), x.dtype))
-            start += n
-        out[i] = tuple(pair)
-    return out
-
-
 def _sharded_fraction(xp: Any, flags: list, split: dict) -> Any:
     """Clipped fraction of all units over participants (one collective).
 
-    Units that span shards have the same flag on every participant and count once;
-    the others are summed over participants.
+    Units that span shards (``split``: their arrays' positions) have the same flag on
+    every participant and count once; the others are summed over participants.
     """
     local = [f for i, f in enumerate(flags) if i not in split]
     shared = [f for i, f in enumerate(flags) if i in split]
@@ -141,6 +85,12 @@ def adaptive_clip(
       A stateless :class:`Rule` that needs ``params`` in ``update``; info has
       ``clipped_fraction`` (fraction of units scaled down).
 
+    On shards (a reducer active, :mod:`gradclip_core.backend._collective`), a unit that
+    spans shards (its reduced axes hold the array's split axis, e.g. ``"out_first"`` on a
+    tensor parallel ``Shard(1)`` weight) gets its norm from the participants' partial
+    sums, and counts once in ``clipped_fraction``; an array split along two axes whose
+    units span only one of them is refused.
+
     Example:
       >>> import numpy as np
       >>> import gradclip_core as gc
@@ -158,22 +108,8 @@ def adaptive_clip(
 
     def clip(xp: Any, grads: list, params: list) -> tuple[Scale, dict]:
         sharded = active()
-        if sharded and not split_on_leading_axis():
-            raise ValueError("adaptive_clip: some arrays are split along another axis than the leading one (e.g. "
-                             "tensor parallel Shard(1)): their units would span shards on some participants only; "
-                             "apply AGC to arrays sharded on dim 0 (FSDP2, ColwiseParallel) or gather them")
-        split = _sharded_unit_norms(xp, grads, params, axis) if sharded else {}
-        axes = [_unit_axes(xp, axis, tuple(g.shape)) for g in grads]
-        dt = acc_dtype(xp, grads)  # float64 when any array is float64, else float32
-        local = [i for i in range(len(grads)) if i not in split]
-        g_local = _unit_norms(xp, [grads[i] for i in local], [axes[i] for i in local], [dt] * len(local))
-        p_local = _unit_norms(xp, [params[i] for i in local], [axes[i] for i in local], [dt] * len(local))
-        g_norms: list = [None] * len(grads)
-        p_norms: list = [None] * len(grads)
-        for i, gn, pn in zip(local, g_local, p_local):
-            g_norms[i], p_norms[i] = gn, pn
-        for i, (gn, pn) in split.items():
-            g_norms[i], p_norms[i] = upcast(xp, gn, dt), upcast(xp, pn, dt)
+        # on shards: units that span shards (their reduced axes hold the split axis) are summed over participants
+        (g_norms, p_norms), split = sharded_unit_norms(xp, "adaptive_clip", [grads, params], axis)
         # Every unit of every array as one vector: a few operations in all, not a few per array.
         gv, pv = flat(xp, g_norms), flat(xp, p_norms)
         max_norm = clipping * xp.clip(pv, min=eps)

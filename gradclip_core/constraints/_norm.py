@@ -2,7 +2,8 @@
 
 Each unit's L2 norm is computed in float32 (float64 kept); the effect is one factor per
 unit (``desired / (eps + norm)``; ``unit_norm`` divides by ``eps + norm``), cast to the
-weight dtype and applied in place by the torch adapter.
+weight dtype and applied in place by the torch adapter. On shards, a unit that spans
+shards gets its norm from every participant's partial sum (see :mod:`gradclip_core._units`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Any, Callable
 from .._effect import Scale
 from .._rule import Rule, factory
 from .._validate import check_threshold, is_number
-from ..backend._layout import AxisSpec, check_axis, reduce_axes
-from ..backend._primitives import unit_norms
-from .._numerics import acc_dtype, flat, unflat
+from .._units import sharded_unit_norms
+from ..backend._layout import AxisSpec, check_axis
+from .._numerics import flat, unflat
 from ._base import KERAS_EPS, project_rule
 
 __all__ = ["max_norm", "min_max_norm", "unit_norm"]
@@ -28,8 +29,8 @@ def _norm_rule(name: str, axis: AxisSpec, eps: float, desired: Callable[[Any, An
     """
 
     def fn(xp: Any, params: list) -> tuple[Scale, dict]:
-        axes = [reduce_axes(xp, axis, tuple(p.shape)) for p in params]
-        norms = unit_norms(xp, params, axes, [acc_dtype(xp, params)] * len(params))
+        # on shards: a unit spanning shards (e.g. a Shard(1) weight's rows) gets its norm from all participants
+        (norms,), _ = sharded_unit_norms(xp, name, [params], axis)
         n = flat(xp, norms)  # every unit of every weight as one vector: a few operations in all
         f = eps + n if desired is None else desired(xp, n) / (eps + n)
         return Scale(tuple(unflat(xp, f, norms)), divide=desired is None), {}
