@@ -41,8 +41,12 @@ dim 0 only, in mesh order (``Shard(0)`` on one mesh dimension, or ``Shard(0)`` o
 in mesh order), for pipeline stages and for expert groups. Other splits (``Shard(1)``,
 ``_StridedShard``) give the same masks as one process when no two scores tie at the
 threshold; with ties at the threshold the same number of elements is pruned, the tied
-ones chosen in (participant, local) order. Unit-wise rules (AGC) refuse arrays split on
-another axis than dim 0 (their units would span shards on only some participants).
+ones chosen in (participant, local) order. Unit-wise rules (AGC, max-norm constraints)
+learn each array's split axis (``Shard(d)`` on a mesh dimension of size > 1 splits tensor
+dim ``d``; :func:`gradclip_core.backend.split_axes`): units spanning the shards (a
+``RowwiseParallel`` weight's rows, ``Shard(1)``) get their norms from every shard; an array
+split along two tensor dims (FSDP2 ``Shard(0)`` x ``RowwiseParallel`` ``Shard(1)``) whose
+units span one of them only is refused by the rule, naming it.
 
 Numerics: a norm is rebuilt from the shards' float32 partial sums, added in another
 order than in one process, so it can differ in the last bits: within 1 ulp on small
@@ -170,7 +174,7 @@ def _check_initialised() -> None:
                          "(init_process_group)")
 
 
-def reducer(group: Any = None, *, leading: bool = True) -> gcb.Participants:
+def reducer(group: Any = None, *, leading: bool | None = None, axes: Any = None) -> gcb.Participants:
     """A :class:`gradclip_core.Participants` reducing over ``group`` with ``torch.distributed``.
 
     Args:
@@ -178,7 +182,8 @@ def reducer(group: Any = None, *, leading: bool = True) -> gcb.Participants:
         groups, reduced one after the other (participants in row-major order, the first
         group the slowest).
       leading: whether every shard is a block of the leading axis (see
-        :class:`gradclip_core.backend.Participants`).
+        :class:`gradclip_core.backend.Participants`; derived from ``axes`` when given).
+      axes: per array the rule sees, the tensor dims its shards split (``None``: dim 0).
 
     Returns:
       The reducer: ``all_reduce`` (SUM / MAX) on a copy of the partials (one per group),
@@ -212,7 +217,7 @@ def reducer(group: Any = None, *, leading: bool = True) -> gcb.Participants:
     for g in reversed(groups):  # row-major: the last group varies fastest
         rank += dist.get_rank(g) * size
         size *= dist.get_world_size(g)
-    return gcb.Participants(reduce, size=size, index=lambda xp: rank, total=total, leading=leading)
+    return gcb.Participants(reduce, size=size, index=lambda xp: rank, total=total, leading=leading, axes=axes)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -293,7 +298,7 @@ class _Plan:
 
     def __init__(self) -> None:
         self.groups: list = []  # process groups the reducer reduces over, in order
-        self.leading = True
+        self.axes: list = []  # per slot: the tensor dims its shards split (gradclip_core.backend.split_axes)
         # per local array i: slot index in the rule's list, or the owner's data if a replica
         self.slot_of: list[int] = []
         self.seen: list[bool] = []  # whether this rank's rule sees array i (False: an empty shard)
@@ -329,6 +334,7 @@ def _plan(first: Sequence[torch.Tensor], par: Any) -> _Plan | None:
     n = len(first)
     plan.seen = [True] * n
     plan.replica_group = [None] * n
+    split = [(0,)] * n  # per array: the tensor dims split over the reduced mesh dims
     mesh_groups: list = []
     if any(dts):
         if not all(dts):
@@ -348,7 +354,7 @@ def _plan(first: Sequence[torch.Tensor], par: Any) -> _Plan | None:
         mesh_groups = _mesh_groups(mesh, reduce_dims)
         coord = mesh.get_coordinate()
         for i, (sh, rep, tdims) in enumerate(lay):
-            plan.leading &= set(tdims[d] for d in sh if d in wide) <= {0}
+            split[i] = tuple(sorted({tdims[d] for d in sh if d in wide})) or (0,)
             dup = tuple(d for d in reduce_dims if d in rep)
             if dup and any(coord[d] != 0 for d in dup):
                 plan.seen[i] = False
@@ -371,7 +377,7 @@ def _plan(first: Sequence[torch.Tensor], par: Any) -> _Plan | None:
 
     def desc(ix: list) -> tuple:
         return tuple((tuple(local(first[i]).shape), str(local(first[i]).dtype).replace("torch.", ""),
-                      None if names is None or i >= len(names) else str(names[i])) for i in ix)
+                      None if names is None or i >= len(names) else str(names[i]), split[i]) for i in ix)
 
     if expert_group is not None:
         ep_rank = dist.get_rank(expert_group)
@@ -392,20 +398,22 @@ def _plan(first: Sequence[torch.Tensor], par: Any) -> _Plan | None:
     slot = 0
     plan.slot_of = [-1] * n
     for s, (dense, experts_by_rank) in enumerate(stages):
-        for j, (shape, dtype, name) in enumerate(dense):
+        for j, (shape, dtype, name, axes) in enumerate(dense):
             if s == pp_rank:
                 plan.slot_of[mine[j]] = slot
             else:
-                plan.pads.append((slot, shape, dtype))
+                plan.pads.append((slot, _empty_shape(shape, axes), dtype))
             plan.names.append(name)
+            plan.axes.append(axes)
             slot += 1
         for e, ex in enumerate(experts_by_rank):
-            for j, (shape, dtype, name) in enumerate(ex):
+            for j, (shape, dtype, name, axes) in enumerate(ex):
                 if s == pp_rank and e == ep_rank:
                     plan.slot_of[exps[j]] = slot
                 else:
-                    plan.pads.append((slot, shape, dtype))
+                    plan.pads.append((slot, _empty_shape(shape, axes), dtype))
                 plan.names.append(name)
+                plan.axes.append(axes)
                 slot += 1
     plan.n_slots = slot
     plan.groups = mesh_groups + ([expert_group] if expert_group is not None else []) + (
@@ -413,8 +421,18 @@ def _plan(first: Sequence[torch.Tensor], par: Any) -> _Plan | None:
     return plan
 
 
-def _empty(shape: tuple, dtype: Any, device: Any) -> torch.Tensor:
-    return torch.empty((0,) + tuple(shape[1:]), dtype=dtype, device=device)
+def _empty_shape(shape: tuple, axes: tuple) -> tuple:
+    """The shape of an empty shard of an array whose shards (of ``shape``) split ``axes``: empty along ``axes[0]``.
+
+    (Every participant then has the same units where they span the shards.)
+    """
+    d = axes[0] if len(shape) > axes[0] else 0
+    return tuple(shape[:d]) + (0,) + tuple(shape[d + 1:])
+
+
+def _none_of(t: torch.Tensor, axes: tuple) -> torch.Tensor:
+    """An empty view of ``t`` shaped like :func:`_empty_shape` (what a replica that does not see ``t`` passes)."""
+    return t.reshape(1)[:0] if not t.ndim else t.narrow(axes[0] if t.ndim > axes[0] else 0, 0, 0)
 
 
 def _elementwise(effect: Any) -> bool:
@@ -520,15 +538,15 @@ def localize(groups: Sequence[Sequence[torch.Tensor]], process_group: Any = None
     for g in full:
         v: list = [None] * plan.n_slots
         for i, t in enumerate(g):
-            v[plan.slot_of[i]] = t if plan.seen[i] else t[:0] if t.ndim else t.reshape(1)[:0]
+            v[plan.slot_of[i]] = t if plan.seen[i] else _none_of(t, plan.axes[plan.slot_of[i]])
         if plan.pads:
             ref = g[0] if g else None
             device = ref.device if ref is not None else torch.device("cpu")
             for s, shape, dtype in plan.pads:
-                v[s] = _empty(shape, getattr(torch, dtype), device)
+                v[s] = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
         views.append(v)
     # other ranks' arrays among ours: their names too (exchanged), or positions when unnamed
     named = plan.names if all(n is not None for n in plan.names) else None
-    with gcb.collective(reducer(plan.groups, leading=plan.leading) if plan.groups else None), \
+    with gcb.collective(reducer(plan.groups, axes=plan.axes) if plan.groups else None), \
             (gcb.array_names(named) if plan.pads else contextlib.nullcontext()):
         yield Local(views, full, plan)

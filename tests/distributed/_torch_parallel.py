@@ -111,6 +111,8 @@ def _compare(make, full_w: list, full_g: list, build, gather, parallel=None) -> 
         "grads_ulp": max((int((a.view(torch.int32).long() - b.grad.view(torch.int32).long()).abs().max())
                           for a, b in zip(grads, ref) if a.numel()), default=0),
         "weights_equal": all(torch.equal(a, b.detach()) for a, b in zip(weights, ref, strict=True)),
+        "weights_ulp": max((int((a.view(torch.int32).long() - b.detach().view(torch.int32).long()).abs().max())
+                            for a, b in zip(weights, ref) if a.numel()), default=0),
         "info": {k: [float(info[k]), float(ref_info[k])] for k in ref_info if not k.startswith("sparsity/")},
         "norm_ulp": max(ulps, default=0),
         "collectives": counts,
@@ -130,17 +132,29 @@ def _mesh(world: int):
     return init_device_mesh("cpu", (world,), mesh_dim_names=("dp",))
 
 
-def _placements(mesh, leading_only: bool) -> list:
+def _placements(mesh, leading_only: bool = False, one_dim: bool = False) -> list:
     from torch.distributed.tensor import Replicate, Shard
 
+    if one_dim:  # each array split along one tensor dim (any), as tensor parallel x replicated dp makes
+        if mesh.ndim == 1:
+            return [[Shard(1)], [Replicate()], [Shard(0)], [Shard(0)], [Shard(2)], [Shard(1)], [Shard(1)]]
+        return [[Replicate(), Shard(1)], [Shard(0), Replicate()], [Replicate(), Shard(0)], [Replicate(), Replicate()],
+                [Shard(0), Shard(0)], [Shard(1), Replicate()], [Shard(1), Shard(1)]]
     if mesh.ndim == 1:
         opts = [[Shard(0)], [Replicate()], [Shard(0)], [Shard(0)], [Replicate()], [Shard(0)], [Shard(1)]]
     else:
         opts = [[Shard(0), Shard(1)], [Shard(0), Replicate()], [Replicate(), Shard(0)], [Replicate(), Replicate()],
                 [Shard(0), Shard(0)], [Shard(1), Replicate()], [Shard(1), Shard(0)]]
-    if leading_only:  # every split on dim 0 (what AGC accepts)
+    if leading_only:  # every split on dim 0 (exact pruning ties)
         opts = [[Shard(0) if getattr(p, "dim", None) is not None else p for p in o] for o in opts]
     return opts
+
+
+# unit-wise rules on arrays split along any one tensor dim: units spanning the shards (rows of a
+# Shard(1) weight under "out_first") and whole ones; max_norm with Keras' axis=0 too
+UNIT_RULES = {"agc_split": lambda: gc.adaptive_clip(10.0),  # (at the last step some units clipped, some not)
+              "max_norm": lambda: gc.max_norm(1.5),
+              "max_norm_axis0": lambda: gc.max_norm(1.5, axis=0)}
 
 
 def scenario_mesh(rank: int, world: int) -> dict:
@@ -149,10 +163,10 @@ def scenario_mesh(rank: int, world: int) -> dict:
     mesh = _mesh(world)
     full_w, full_g = _full_tensors(SHAPES, 11)
     tied_w = [torch.round(w * 2) / 2 for w in full_w]  # many ties: exact on dim-0 splits in mesh order
-    rules = {**RULES, "global_prune_ties": RULES["global_prune"]}
+    rules = {**RULES, "global_prune_ties": RULES["global_prune"], **UNIT_RULES}
     out = {}
     for name, make in rules.items():
-        places = _placements(mesh, leading_only=name in ("agc", "global_prune_ties"))
+        places = _placements(mesh, leading_only=name in ("agc", "global_prune_ties"), one_dim=name in UNIT_RULES)
 
         def build(ts, params=False):
             d = [distribute_tensor(t, mesh, p) for t, p in zip(ts, places)]
@@ -162,16 +176,17 @@ def scenario_mesh(rank: int, world: int) -> dict:
             return [t.full_tensor() if isinstance(t, DTensor) else t for t in ts]
 
         out[name] = _compare(make, tied_w if name.endswith("_ties") else full_w, full_g, build, gather)
-    # AGC refuses a Shard(1) split (its units would span the tp shards only)
-    places = _placements(mesh, leading_only=False)
+    # AGC refuses an array split along two tensor dims whose units span one of them (array 0 on
+    # the 2x2 mesh: Shard(0) x Shard(1), units reduce dim 1); on a 1-D mesh every array splits one dim
+    places = _placements(mesh)
     ps = [torch.nn.Parameter(distribute_tensor(w.clone(), mesh, p)) for w, p in zip(full_w, places)]
-    for p, gr in zip(ps, full_g):
-        p.grad = distribute_tensor(gr.clone(), mesh, places[SHAPES.index(tuple(gr.shape))])
+    for p, gr, pl in zip(ps, full_g, places):
+        p.grad = distribute_tensor(gr.clone(), mesh, pl)
     try:
         gradclip_torch.apply_(ps, gc.adaptive_clip(0.05))
-        out["agc_shard1_error"] = ""
+        out["agc_2d_error"] = ""
     except ValueError as e:
-        out["agc_shard1_error"] = str(e)
+        out["agc_2d_error"] = str(e)
     # a Partial placement (gradients not reduced yet) is refused, naming the DTensor
     from torch.distributed.tensor import Partial
 
@@ -183,6 +198,10 @@ def scenario_mesh(rank: int, world: int) -> dict:
     except ValueError as e:
         out["partial_error"] = str(e)
     out["tp_train"] = _train_fsdp_tp(rank, world)
+    # tensor parallel alone (ColwiseParallel Shard(0), RowwiseParallel Shard(1) over tp; dp replicas
+    # train on the same batch): AGC and max_norm, units spanning the Rowwise shards
+    out["tp_units"] = _train_fsdp_tp(rank, world, fsdp=False, rules={
+        "agc": lambda: gc.adaptive_clip(0.02), "max_norm": lambda: gc.max_norm(0.6)})
     return out
 
 
@@ -192,10 +211,13 @@ def _tp_model() -> torch.nn.Module:
                                torch.nn.Linear(6, 4))
 
 
-def _train_fsdp_tp(rank: int, world: int) -> dict:
-    """FSDP2 over dp x tensor parallel over tp (a 2-D mesh; 1 x world when world < 4), vs one process."""
+def _train_fsdp_tp(rank: int, world: int, *, fsdp: bool = True, rules: dict | None = None) -> dict:
+    """FSDP2 over dp x tensor parallel over tp (a 2-D mesh; 1 x world when world < 4), vs one process.
+
+    ``fsdp=False``: tensor parallel only, every dp replica training on the whole batch.
+    """
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import DTensor, init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate, init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     dp, tp = (2, 2) if world == 4 else (1, world)
@@ -203,7 +225,7 @@ def _train_fsdp_tp(rank: int, world: int) -> dict:
     g = torch.Generator().manual_seed(5)
     data = [(torch.randn(8, 8, generator=g) * (20.0 if s == 3 else 1.0), torch.randn(8, 4, generator=g))
             for s in range(4)]
-    rules = {"global_norm": lambda: gc.clip_by_global_norm(0.5),
+    rules = rules or {"global_norm": lambda: gc.clip_by_global_norm(0.5),
              "global_prune": lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.global_magnitude_prune(0.5)),
              # update clipping (after the step; replicated weights synced from their first replica)
              "update_norm": lambda: gc.clip_update_norm(sigma=0.5, history=4, min_history=2)}
@@ -211,11 +233,15 @@ def _train_fsdp_tp(rank: int, world: int) -> dict:
     for name, make in rules.items():
         ref = _tp_model()
         model = _tp_model()
-        parallelize_module(model, mesh["tp"], {"0": ColwiseParallel(), "2": RowwiseParallel()})
-        for layer in model:
-            if isinstance(layer, torch.nn.Linear):
-                fully_shard(layer, mesh=mesh["dp"])
-        fully_shard(model, mesh=mesh["dp"])
+        plan = {"0": ColwiseParallel(), "2": RowwiseParallel()}
+        if not fsdp:  # (every parameter a DTensor: the last layer too)
+            plan["4"] = ColwiseParallel(output_layouts=Replicate())
+        parallelize_module(model, mesh["tp"], plan)
+        if fsdp:
+            for layer in model:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer, mesh=mesh["dp"])
+            fully_shard(model, mesh=mesh["dp"])
         res = {"placements": sorted({str(tuple(p.placements)) for p in model.parameters()})}
         ulps = []
         infos = []
@@ -223,14 +249,17 @@ def _train_fsdp_tp(rank: int, world: int) -> dict:
             opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
             handle = gradclip_torch.attach(opt, make())
             for x, y in data:
-                if part is not None:  # each dp rank its half of the batch (the tp ranks the same)
+                if part is not None and fsdp:  # each dp rank its half of the batch (the tp ranks the same)
                     n = x.shape[0] // dp
                     x, y = x[part * n:(part + 1) * n], y[part * n:(part + 1) * n]
                 opt.zero_grad()
                 torch.nn.functional.mse_loss(m(x), y).backward()
                 opt.step()
-                infos.append(float(handle.info["norm"]) if "norm" in handle.info else
-                             float(handle.info["clip_by_global_norm/norm"]))
+                key = next((k for k in ("norm", "clip_by_global_norm/norm", "clipped_fraction") if k in handle.info),
+                           None)
+                infos.append(0.0 if key is None else float(handle.info[key]))
+                if "clipped_fraction" in handle.info:
+                    res.setdefault("fractions", []).append(infos[-1])
                 if part is not None and "clipped" in handle.info:
                     res["clipped"] = res.get("clipped", 0) + int(handle.info["clipped"])
         ulps = [ulp(a, b) for a, b in zip(infos[len(data):], infos[:len(data)])]
