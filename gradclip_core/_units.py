@@ -43,6 +43,21 @@ def full_unit_axes(xp: Any, name: str, axis: Any, shape: tuple, i: int) -> tuple
     ``"out_first"``, ``"out_last"`` and explicit axes depend on the rank only; ``"optax"``
     (which skips size-1 dimensions) and callables see the full shape, whose split axis is
     summed over participants (:func:`gradclip_core.backend.static_total`).
+
+    Args:
+      xp: the namespace.
+      name: the rule's name (errors).
+      axis: the rule's ``axis``.
+      shape: the shard's shape.
+      i: the array's position (its split axes: :func:`gradclip_core.backend.split_axes`).
+
+    Returns:
+      The axes to reduce (``None``: the whole array).
+
+    Example:
+      >>> import numpy as np
+      >>> full_unit_axes(np, "r", "out_first", (4, 3), 0)
+      (1,)
     """
     if not active() or not shape:
         return reduce_axes(xp, axis, shape)

@@ -14,7 +14,7 @@ framework use only the names here:
 - **layouts**: which axes form a unit (:func:`reduce_axes`, :func:`layout_override`,
   :func:`register_layout`);
 - **collectives** for rules on shards: :func:`collective`, :func:`all_reduce`,
-  :class:`Participants`;
+  :class:`Participants`, :func:`split_axes` (the axis each array's shards split);
 - **state trees**: :func:`flatten_state` / :func:`unflatten_state` (torch ``state_dict`` s and
   Keras variables), :func:`find_masks` (pruning masks anywhere in a state);
 - **array names**: :func:`array_names` (adapters name the arrays, so the core's errors say

@@ -210,6 +210,12 @@ def split_axes(i: int) -> tuple | None:
     (:func:`gradclip_core.on`) numbers its own arrays: ``i`` is mapped to the position
     among all arrays the way :func:`gradclip_core.backend.array_label` maps it.
 
+    Args:
+      i: the array's position in the list the calling rule was given.
+
+    Returns:
+      A sorted tuple of axes (``(0,)``: the leading one), or ``None`` (unknown).
+
     Raises:
       ValueError: the reducer's ``axes`` has no entry for array ``i``.
 

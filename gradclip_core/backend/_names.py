@@ -108,7 +108,11 @@ def array_label(i: int) -> str:
 def global_index(i: int) -> int:
     """The position among all arrays of the array a restricted rule (``gc.on``) calls ``i``.
 
-    ``i`` itself outside restricted rules; nested restrictions map innermost first.
+    Args:
+      i: the position in the list the (restricted) rule was given.
+
+    Returns:
+      ``i`` itself outside restricted rules; nested restrictions map innermost first.
 
     Example:
       >>> global_index(2)
