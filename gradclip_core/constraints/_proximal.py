@@ -12,7 +12,8 @@ from typing import Any
 from .._effect import Replace
 from .._rule import Rule, factory
 from .._validate import check_threshold, is_number
-from ..backend._layout import AxisSpec, check_axis, reduce_axes
+from .._units import sharded_unit_norms
+from ..backend._layout import AxisSpec, check_axis
 from ..backend._primitives import size, upcast
 from ._base import formula_dtype, project_rule, zeros_info
 
@@ -139,15 +140,16 @@ def group_lasso(threshold: float, *, axis: AxisSpec = None) -> Rule:
     axis = check_axis(axis)
 
     def fn(xp: Any, params: list) -> tuple[list, dict]:
+        # (on shards: a group spanning shards gets its norm from every participant, see gradclip_core._units)
+        (norms,), _ = sharded_unit_norms(xp, "group_lasso", [params], axis)
         out = []
-        for p in params:
+        for p, n in zip(params, norms):
             if size(p) == 0:
                 out.append(p)
                 continue
             dt = formula_dtype(xp, p)
             w = upcast(xp, p, dt)
-            axes = reduce_axes(xp, axis, tuple(p.shape))
-            norm = xp.linalg.vector_norm(w, axis=axes, keepdims=axes is not None)
+            norm = upcast(xp, n, dt)
             big = norm > xp.asarray(t, dtype=dt)
             factor = xp.where(big, 1.0 - xp.asarray(t, dtype=dt) / xp.where(big, norm, xp.ones_like(norm)),
                               xp.zeros_like(norm))

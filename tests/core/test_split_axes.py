@@ -126,8 +126,9 @@ def test_optax_layout_sees_the_full_shape_along_the_split_axis() -> None:
 
 
 @pytest.mark.parametrize("make", [lambda: gc.max_norm(1.5, axis=0), lambda: gc.max_norm(1.5, axis="out_first"),
-                                  lambda: gc.min_max_norm(1.0, 2.0, axis=0), lambda: gc.unit_norm(axis=1)],
-                         ids=["max_norm_axis0", "max_norm_out_first", "min_max_norm", "unit_norm"])
+                                  lambda: gc.min_max_norm(1.0, 2.0, axis=0), lambda: gc.unit_norm(axis=1),
+                                  lambda: gc.group_lasso(1.5, axis="out_first")],
+                         ids=["max_norm_axis0", "max_norm_out_first", "min_max_norm", "unit_norm", "group_lasso"])
 def test_norm_constraints_split_any_axis(make) -> None:
     rule = make()
     w, _ = _arrays(1)
