@@ -20,7 +20,7 @@ What is compared, for every rank:
   (``Shard(1)``, ``_StridedShard``) order ties differently, see ``gradclip_torch._distributed``;
 - unit-wise rules on arrays split along any one tensor dim (``Shard(1)`` / ``Shard(2)``
   beside ``Shard(0)`` and replicated ones; units spanning the shards or not): AGC's
-  gradients and max-norm's weights within 4 ulp of one process (measured worst 2),
+  gradients and max-norm's weights within 4 ulp of one process (measured worst 3),
   ``clipped_fraction`` equal; tensor parallel training (``ColwiseParallel`` +
   ``RowwiseParallel``) with AGC / ``max_norm`` attached; an array split along two tensor
   dims whose units span one of them is refused by AGC (2x2 mesh);
