@@ -1,4 +1,4 @@
-"""score_prune and RigL / SET on shards: the masks of one process, bit for bit (NumPy, simulated participants).
+"""score_prune, random_prune and RigL / SET on shards: the masks of one process, bit for bit (NumPy, simulated participants).
 
 Each participant is a thread holding a block of leading rows of every array (uneven
 blocks, one of them empty: what FSDP2's ``Shard(0)`` gives a rank beyond the rows),
@@ -138,6 +138,8 @@ CASES = {
     "blocks_1x2": lambda: gc.score_prune(0.5, allocation="global", group=gc.blocks(1, 2, "max")),
     "units_rows": lambda: gc.score_prune(0.5, group=gc.units("out_first")),
     "per_output_rows": lambda: gc.score_prune(0.5, allocation=gc.per_output("out_first")),
+    "random_prune": lambda: gc.random_prune(0.5, seed=3, params="all"),
+    "random_prune_global": lambda: gc.random_prune(0.5, scope="global", seed=3),
 }
 
 
