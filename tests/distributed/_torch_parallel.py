@@ -302,8 +302,9 @@ def scenario_pipeline(rank: int, world: int) -> dict:
         return full
 
     out = {}
-    for name, make in RULES.items():
-        out[name] = _compare(make, tied_w if name == "global_prune" else full_w, full_g, build, gather, parallel)
+    for name, make in {**RULES, **PER_ARRAY}.items():
+        tied = name == "global_prune" or name.endswith("_ties")
+        out[name] = _compare(make, tied_w if tied else full_w, full_g, build, gather, parallel)
     # named parameters: per-array info keys name every stage's arrays; a name pattern selects the same ones
     def label(i):
         return f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}"
