@@ -19,8 +19,9 @@ against the same steps on one device:
 - ``shard_map``: ``transform/wrap(rule, axis_name=("data", "model"))`` (every array a
   block of leading rows over both axes) and ``axis_name="model"`` (data replicated):
   ULP bounds as for ``jit``, one ``psum`` per step for the norm clips; per-array pruning
-  (``score_prune`` with ERK, Taylor scores, RigL) gives the one-device masks too: per-array
-  counts and ERK from the full shapes, each array's selection over the shards.
+  (``score_prune`` with ERK, Taylor scores, RigL, Wanda chained with SET, whose growth hashes
+  the global flat index) gives the one-device masks too: per-array counts and ERK from the
+  full shapes, each array's selection over the shards.
 
 For the pruning rules the initial weights lie on a grid of 1/8 (a quarter of them 0): the first pruning step
 prunes 154 of 227 zeros, so the masks depend on the tie order (the global flat index,
@@ -43,7 +44,7 @@ pytest.importorskip("optax")
 SCRIPT = Path(__file__).with_name("_jax_mesh_script.py")
 QUICK = ["global_norm=jit+shard_map", "agc=jit", "global_prune=jit+shard_map", "score_prune_erk=shard_map"]
 CLIPS = ["global_norm", "zclip", "autoclip"]
-ALL_RULES = ["global_norm", "agc", "zclip", "autoclip", "global_prune", "score_prune_erk", "rigl", "taylor_erk"]
+ALL_RULES = ["global_norm", "agc", "zclip", "autoclip", "global_prune", "score_prune_erk", "rigl", "taylor_erk", "set_wanda"]
 WEIGHT_ULP = {"agc": 8}
 
 
