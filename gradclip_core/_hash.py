@@ -58,13 +58,19 @@ def array_bases(seed: int, i: int) -> tuple[int, int]:
     return b1, fmix32_int(b1 ^ 0x5BD1E995)
 
 
-def hash_keys(xp: Any, shape: tuple, seed: int, i: int) -> Any:
-    """int32 array of ``shape``: the 24-bit random scores ``h(seed, i, j) >>> 8``."""
+def hash_keys(xp: Any, shape: tuple, seed: int, i: int, offset: Any = 0) -> Any:
+    """int32 array of ``shape``: the 24-bit random scores ``h(seed, i, j) >>> 8``.
+
+    ``offset``: the flat index of the first element (an int or a 0-d int32 array; a
+    shard's position in its full array, so a shard gets the full array's scores).
+    """
     n = 1
     for d in shape:
         n *= d
     b1, b2 = array_bases(seed, i)
     j = xp.arange(n, dtype=xp.int32)
+    if not isinstance(offset, int) or offset:
+        j = j + (offset if isinstance(offset, int) else xp.astype(offset, xp.int32))
     h = _fmix32(xp, j + _s32(b1))
     h = _fmix32(xp, h ^ _s32(b2))
     return xp.reshape(_shr(xp, h, 8), shape)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
+from ..backend._collective import active, all_reduce, static_total
 from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
 from ..backend._namespace import namespace_name
 from ..backend._primitives import size
@@ -203,14 +204,22 @@ def owl_sparsities(xp: Any, scores: Sequence[Any], sparsity: Any, m: float, lam:
       >>> [round(float(v), 4) for v in owl_sparsities(np, s, 0.5, 2.0, 0.1)]
       [0.4, 0.6]
     """
-    ratios = []
-    for s in scores:
-        n = size(s)
-        if n == 0:
-            ratios.append(xp.zeros((), dtype=xp.float32))
-            continue
-        mean = xp.sum(s) / float(n)
-        ratios.append(xp.astype(xp.count_nonzero(s > m * mean), xp.float32) / float(n))
+    if active():  # shards: the full arrays' sums, then outlier counts (two collectives for all arrays)
+        ns = [static_total(size(s)) for s in scores]
+        sums = all_reduce(xp, xp.stack([xp.sum(s) for s in scores]), "sum")
+        means = [sums[i] / float(max(n, 1)) for i, n in enumerate(ns)]
+        counts = all_reduce(xp, xp.stack([xp.astype(xp.count_nonzero(s > m * mu), xp.float32)
+                                          for s, mu in zip(scores, means)]), "sum")
+        ratios = [counts[i] / float(n) if n else xp.zeros((), dtype=xp.float32) for i, n in enumerate(ns)]
+    else:
+        ratios = []
+        for s in scores:
+            n = size(s)
+            if n == 0:
+                ratios.append(xp.zeros((), dtype=xp.float32))
+                continue
+            mean = xp.sum(s) / float(n)
+            ratios.append(xp.astype(xp.count_nonzero(s > m * mean), xp.float32) / float(n))
     # Element-wise float32 steps in a fixed order (no reduction whose order a framework picks).
     lo, hi = ratios[0], ratios[0]
     for d in ratios[1:]:

@@ -26,6 +26,15 @@ formulas are transcribed, not the code:
   weights and sets the regrown ones to 0. The optimizer state of the regrown weights
   must restart at 0 (RigL, jaxpruner): the core cannot reach it, the adapters do
   (:func:`gradclip_core.backend.find_regrown`): ``gradclip_optax.wrap``, ``gradclip_torch.attach``.
+
+On shards (a collective: torch process groups / DTensor ``Shard(0)``, JAX ``shard_map``;
+every array a block of leading rows in participant order) the masks are those of one
+process: counts and ERK come from the full shapes (:mod:`gradclip_core.prune._shards`),
+the random hash is taken at the global flat index, and each drop / grow is the one driver
+over the shards (per array: its histogram passes and one tie gather, so a connectivity
+update costs ``2 * arrays * (passes + 1)`` collectives, plus one integer sum per array for
+the full shapes and one for ``regrown``; other steps one, for ``regrown``). Arrays split
+along another axis (``Shard(1)``) are refused.
 """
 
 from __future__ import annotations
@@ -38,12 +47,13 @@ from .._hash import _fmix32, _s32, _shr, hash_keys
 from .._params import on
 from .._rule import Rule, factory
 from .._validate import check_choice, check_real
-from ..backend._collective import active
+from ..backend._collective import active, all_reduce
 from ..backend._namespace import device_kw, namespace
-from ..backend._primitives import cond, size
+from ..backend._primitives import cond
 from ._allocation import erk_sparsities
 from ._select import _pick, prune_smallest
-from ._state import _RANKS, sparsity_info
+from ._shards import flat_offsets, full_shape, refuse_split
+from ._state import _RANKS, _sparsity_info_sharded, sparsity_info
 
 __all__ = ["DSTState", "rigl", "sparse_evolutionary", "set_", "drop_fractions"]
 
@@ -89,36 +99,37 @@ def _dst(name: str, sparsity: float, allocation: str, drop_fraction: float, upda
          grow: str, seed: int, init_masks: str) -> Rule:
     fracs = drop_fractions(float(drop_fraction), update_every, end_step)
 
-    def targets(params: list) -> list[float]:
+    def targets(shapes: list) -> list[float]:
         if allocation == "erk":
-            live = [i for i, p in enumerate(params) if size(p) > 0]
-            finals = erk_sparsities([tuple(params[i].shape) for i in live], float(sparsity))
-            out = [0.0] * len(params)
+            live = [i for i, s in enumerate(shapes) if math.prod(s) > 0]
+            finals = erk_sparsities([shapes[i] for i in live], float(sparsity))
+            out = [0.0] * len(shapes)
             for i, s in zip(live, finals):
                 out[i] = s
             return out
-        return [float(sparsity)] * len(params)
+        return [float(sparsity)] * len(shapes)
 
-    def _local_only() -> None:
-        if active():
-            raise ValueError(f"{name} does not run on sharded arrays yet (its counts are per array, and a shard is not "
-                             "one): gather the weights, or run it where each array is whole")
+    def full_shapes(arrays: list) -> list:
+        # On shards (a collective): the full arrays' shapes, so counts and ERK are those of one process.
+        refuse_split(name)
+        return [full_shape(tuple(a.shape)) for a in arrays]
 
     def init(params: Sequence[Any]) -> DSTState:
         params = list(params)
-        _local_only()
         if not params:
             import numpy as np
 
             return DSTState(np.zeros((), np.int32), (), ())
         check_real(name, params, _RANKS)
         xp = namespace(*params)
+        shapes = full_shapes(params)
+        offsets = flat_offsets(xp, params) if init_masks == "random" else [0] * len(params)
         masks, regrown = [], []
-        for i, (p, s) in enumerate(zip(params, targets(params))):
+        for i, (p, s) in enumerate(zip(params, targets(shapes))):
             kw = device_kw([p])
-            k = round(s * size(p))
+            k = round(s * math.prod(shapes[i]))
             if init_masks == "random":
-                score = xp.asarray(xp.astype(hash_keys(xp, tuple(p.shape), seed, i), xp.float32), **kw)
+                score = xp.asarray(xp.astype(hash_keys(xp, tuple(p.shape), seed, i, offsets[i]), xp.float32), **kw)
             else:
                 score = p
             masks.append(prune_smallest(xp, [score], k)[0][0] if k else xp.ones(p.shape, dtype=xp.bool, **kw))
@@ -135,10 +146,10 @@ def _dst(name: str, sparsity: float, allocation: str, drop_fraction: float, upda
             if tuple(a.shape) != tuple(m.shape):
                 raise ValueError(f"{name}: array {i} has shape {tuple(a.shape)} but its mask {tuple(m.shape)}")
 
-    def grow_scores(xp: Any, g: Any, i: int, t: Any) -> Any:
+    def grow_scores(xp: Any, g: Any, i: int, t: Any, offset: Any) -> Any:
         if grow == "gradient":
             return g
-        keys = hash_keys(xp, tuple(g.shape), seed, i)
+        keys = hash_keys(xp, tuple(g.shape), seed, i, offset)
         h = _fmix32(xp, keys + (xp.zeros_like(keys) + xp.astype(t, keys.dtype)) * _s32(0x9E3779B9))
         return xp.asarray(xp.astype(_shr(xp, h, 8), xp.float32), **device_kw([g]))
 
@@ -150,7 +161,6 @@ def _dst(name: str, sparsity: float, allocation: str, drop_fraction: float, upda
         if params is None:
             raise ValueError(f"{name}: update needs params= (the drop step ranks the weights by |w|)")
         params = list(params)
-        _local_only()
         check_real(name, grads, _RANKS)
         xp = namespace(*grads)
         t = state.count
@@ -159,18 +169,21 @@ def _dst(name: str, sparsity: float, allocation: str, drop_fraction: float, upda
 
         def regrow() -> tuple:
             j = t // update_every
+            shapes = full_shapes(params)
+            targets_ = targets(shapes)
+            offsets = flat_offsets(xp, grads) if grow == "random" else [0] * len(grads)
             new, grown = [], []
             for i, (p, g, m) in enumerate(zip(params, grads, old)):
-                n = size(p)
+                n = math.prod(shapes[i])
                 if n == 0:
                     new.append(m)
                     grown.append(xp.zeros(m.shape, dtype=xp.bool, **device_kw([m])))
                     continue
-                active = n - round(targets_[i] * n)
-                table = xp.asarray([round(f * active) for f in fracs], dtype=xp.int32, **device_kw([p]))
+                on_ = n - round(targets_[i] * n)  # active weights of the full array
+                table = xp.asarray([round(f * on_) for f in fracs], dtype=xp.int32, **device_kw([p]))
                 d = _pick(xp, table, j)
-                kept = prune_smallest(xp, [p], (n - active) + d, [m])[0][0]        # drop the d smallest |w|
-                s = grow_scores(xp, g, i, t)
+                kept = prune_smallest(xp, [p], (n - on_) + d, [m])[0][0]        # drop the d smallest |w|
+                s = grow_scores(xp, g, i, t, offsets[i])
                 grown_i = prune_smallest(xp, [s], n - d, [~kept])[0][0]            # grow the d largest scores
                 new_i = kept | grown_i
                 new.append(new_i)
@@ -180,9 +193,10 @@ def _dst(name: str, sparsity: float, allocation: str, drop_fraction: float, upda
         def keep() -> tuple:
             return tuple(old), tuple(xp.zeros(m.shape, dtype=xp.bool, **device_kw([m])) for m in old)
 
-        targets_ = targets(params)
         masks, regrown = cond(xp, pred, regrow, keep)
         n_grown = sum((xp.astype(xp.count_nonzero(r), xp.float32) for r in regrown), xp.zeros((), dtype=xp.float32))
+        if active():  # of the full arrays
+            n_grown = all_reduce(xp, n_grown, "sum")
         info = {"regrown": n_grown}
         train = tuple(m & ~r for m, r in zip(masks, regrown))
         return Mask(train), DSTState(t, tuple(masks), tuple(regrown)), info
@@ -195,7 +209,7 @@ def _dst(name: str, sparsity: float, allocation: str, drop_fraction: float, upda
         xp = namespace(*params)
         masks = list(state.masks)
         effective = tuple(m & ~r for m, r in zip(masks, state.regrown))
-        info = sparsity_info(xp, masks)
+        info = _sparsity_info_sharded(xp, masks) if active() else sparsity_info(xp, masks)
         return Mask(effective), state._replace(count=state.count + 1), info
 
     return Rule(init=init, update_effect=update, project_effect=project, name=name, needs_params=True)

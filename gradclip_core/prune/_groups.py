@@ -184,15 +184,21 @@ def _pool_blocks(xp: Any, s: Any, block: tuple, pooling: str) -> Any:
     return xp.where(has_nan, xp.full_like(out, math.nan), out)
 
 
-def pool(xp: Any, group: Group, s: Any) -> Any:
-    """One score per group of ``s`` (non-negative float32 element scores), or ``None`` (left dense)."""
+def pool(xp: Any, group: Group, s: Any, full: tuple | None = None) -> Any:
+    """One score per group of ``s`` (non-negative float32 element scores), or ``None`` (left dense).
+
+    ``full``: the full array's shape when ``s`` is a shard of it (rows of the leading
+    axis): whether the array is left dense is decided from it, so an empty shard pools
+    (to no group) where the others do.
+    """
     shape = tuple(s.shape)
+    decide = shape if full is None else tuple(full)
     if group.kind == "blocks":
-        if len(shape) < 2 or size(s) == 0:
+        if len(shape) < 2 or math.prod(decide) == 0:
             return None
         return _pool_blocks(xp, s, group.block, group.pooling)
     if group.kind == "units":
-        ax = _unit_axes(xp, group, shape)
+        ax = _unit_axes(xp, group, decide)
         if ax is None:
             return None
         axes, kept = ax
@@ -207,8 +213,11 @@ def pool(xp: Any, group: Group, s: Any) -> Any:
     raise ValueError(f"pool: no pooling for group kind {group.kind!r}")
 
 
-def expand(xp: Any, group: Group, keep: Any, shape: tuple) -> Any:
-    """Element keep-mask of ``shape`` from the group keep-mask ``keep`` (the output of :func:`pool`'s shape)."""
+def expand(xp: Any, group: Group, keep: Any, shape: tuple, full: tuple | None = None) -> Any:
+    """Element keep-mask of ``shape`` from the group keep-mask ``keep`` (the output of :func:`pool`'s shape).
+
+    ``full``: the full array's shape when ``shape`` is a shard's (as for :func:`pool`).
+    """
     if group.kind == "blocks":
         (r, c), (R, C) = group.block, shape[-2:]
         lead = shape[:-2]
@@ -217,7 +226,7 @@ def expand(xp: Any, group: Group, keep: Any, shape: tuple) -> Any:
         k = xp.broadcast_to(k, lead + (gr, r, gc_, c))
         k = xp.reshape(k, lead + (gr * r, gc_ * c))
         return k[..., :R, :C]
-    axes, kept = _unit_axes(xp, group, shape)
+    axes, kept = _unit_axes(xp, group, shape if full is None else tuple(full))
     if kept is None:
         return xp.broadcast_to(keep, shape)
     g, lead, u = group.size, tuple(keep.shape[:-1]), keep.shape[-1]  # keep: (1, ..., 1, heads)

@@ -8,10 +8,12 @@ from .._hash import hash_keys
 from .._params import on
 from .._rule import Rule, factory
 from .._validate import check_choice
+from ..backend._collective import active, static_total
 from ..backend._primitives import size
 from ..backend._names import array_label
 from ._schedule import alive_counts, check_amount, check_relative, check_rounding, check_schedule, prune_count
 from ._select import prune_smallest
+from ._shards import flat_offsets, refuse_split
 from ._state import mask_rule
 
 __all__ = ["random_prune"]
@@ -68,18 +70,22 @@ def random_prune(
     remaining = check_relative(relative_to) == "remaining"
 
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
-        scores = [xp.astype(hash_keys(xp, tuple(p.shape), seed, i), xp.float32) for i, p in enumerate(params)]
+        refuse_split("random_prune")  # on shards: the hash at the global flat index, counts of the full arrays
+        offsets = flat_offsets(xp, params)
+        scores = [xp.astype(hash_keys(xp, tuple(p.shape), seed, i, o), xp.float32)
+                  for i, (p, o) in enumerate(zip(params, offsets))]
+        ns = [static_total(size(p)) for p in params] if active() else [size(p) for p in params]
         alive = alive_counts(xp, old) if remaining else [None] * len(old)
         if scope == "global":
             total = None if not remaining else sum(alive[1:], alive[0])
-            k = prune_count(xp, target, sum(size(p) for p in params), rounding, total)
+            k = prune_count(xp, target, sum(ns), rounding, total)
             return prune_smallest(xp, scores, k, old)[0], None
         masks = []
         for i, (s, m) in enumerate(zip(scores, old)):
-            if size(s) == 0:
+            if ns[i] == 0:
                 masks.append(m)
             else:
-                k = prune_count(xp, target, size(s), rounding, alive[i], where=array_label(i))
+                k = prune_count(xp, target, ns[i], rounding, alive[i], where=array_label(i))
                 masks.append(prune_smallest(xp, [s], k, [m])[0][0])
         return masks, None
 

@@ -7,8 +7,18 @@ An algorithm is a score (:mod:`gradclip_core.prune._scores`), a sparsity allocat
 bit-identical across frameworks. ``wanda_prune``, ``movement_prune`` and
 ``taylor_prune`` are ``score_prune`` with their score.
 
-Sharded arrays (:mod:`gradclip_core.backend` collectives: DTensor, JAX shards) are not
-supported yet: ``score_prune`` raises there (the magnitude rules support them).
+On shards (:mod:`gradclip_core.backend` collectives: torch process groups / DTensor
+``Shard(0)``, JAX ``shard_map``), every array a block of leading rows in participant
+order, the masks are those of one process: counts and allocations (uniform, global,
+ERK, OWL) come from the full arrays (:mod:`gradclip_core.prune._shards`), element
+scores are elementwise (the random hash and Wanda's norms indexed by the global
+position), and each selection is the one driver with its collectives. Refused there,
+with an error naming what: ``allocation="lamp"`` (a sort of each whole array), groups
+that pool across the split rows (``nm`` along axis 0, ``units`` whose units span rows,
+2-d ``blocks`` whose row extent does not divide every shard's rows),
+``per_output`` with the output axis not the leading one, and, where arrays are split
+along another axis than the leading one, everything that needs positions or full
+shapes (ERK, ``per_output``, groups, the random and Wanda scores).
 """
 
 from __future__ import annotations
@@ -18,13 +28,14 @@ from typing import Any
 
 from .._params import on
 from .._rule import Rule, factory
-from ..backend._collective import active
+from ..backend._collective import active, all_reduce, static_total
 from ..backend._namespace import device_kw
 from ..backend._primitives import size
 from ..backend._names import array_label
-from ._allocation import check_allocation, erk_sparsities, lamp_scores, owl_sparsities, per_output_keep
-from ._groups import check_group, expand, nm_keep, pool
-from ._schedule import _fraction, check_amount, check_relative, check_rounding, check_schedule, prune_count
+from ._allocation import _output_axis, check_allocation, erk_sparsities, lamp_scores, owl_sparsities, per_output_keep
+from ._groups import _unit_axes, check_group, expand, nm_keep, pool
+from ._schedule import _fraction, alive_counts, check_amount, check_relative, check_rounding, check_schedule, prune_count
+from ._shards import flat_offsets, full_shape, refuse_split
 from ._scores import accumulate_scores, check_score, compute_scores, movement_score, ordered, taylor_score, wanda_score
 from ._select import prune_smallest
 from ._state import mask_rule
@@ -32,7 +43,8 @@ from ._state import mask_rule
 __all__ = ["score_prune", "wanda_prune", "movement_prune", "taylor_prune"]
 
 
-def _global_limits(xp: Any, gs: list, galive: list, k: Any, lo: float, hi: float, rounding: str) -> tuple[list, list, Any]:
+def _global_limits(xp: Any, gs: list, galive: list, k: Any, lo: float, hi: float, rounding: str,
+                   ns: list) -> tuple[list, list, Any]:
     """Scores, masks and count of a global selection whose per-array sparsity stays in ``[lo, hi]``.
 
     Per array, the ``round(lo * n_i)`` smallest scores are pruned first (they enter as
@@ -41,8 +53,7 @@ def _global_limits(xp: Any, gs: list, galive: list, k: Any, lo: float, hi: float
     becomes +inf); ``k`` is clamped to the protected-free count.
     """
     scores, masks, cap = [], [], 0
-    for s, m in zip(gs, galive):
-        n = size(s)
+    for s, m, n in zip(gs, galive, ns):  # n: the full array's count (on shards too)
         kmin, kmax = prune_count(xp, lo, n, rounding), prune_count(xp, hi, n, rounding)
         cap += kmax
         forced = prune_smallest(xp, [s], kmin, [m])[0][0] if kmin else m
@@ -142,11 +153,46 @@ def score_prune(
     if grp is not None and grp.kind == "nm" and (alloc.kind != "uniform" or remaining):
         raise ValueError("an N:M group has a fixed count per group: use allocation='uniform', relative_to='all'")
 
+    def check_shards(xp: Any, params: list) -> None:
+        """Refuse, on every participant alike, what cannot run on leading-row shards (see the module docstring)."""
+        what = f"score_prune(allocation={alloc.kind!r}, group={None if grp is None else grp.kind!r}, score={score.kind!r})"
+        if alloc.kind == "lamp":
+            raise ValueError("score_prune(allocation='lamp') does not run on sharded arrays: LAMP scores need a sort of "
+                             "each whole array; use allocation='global' / 'erk' / 'owl' there, or gather the weights")
+        if alloc.kind in ("erk", "per_output") or grp is not None or score.kind in ("random", "wanda"):
+            refuse_split(what)
+        ranked = [p for p in params if p.ndim >= 2]
+        if alloc.kind == "per_output" and any(_output_axis(xp, alloc.axis, p.ndim) != 0 for p in ranked):
+            raise ValueError("score_prune(allocation=per_output(...)) on sharded arrays needs the output axis to be the "
+                             "leading (split) one ('out_first'): an output unit along another axis spans the shards")
+        if grp is None:
+            return
+        if grp.kind == "nm" and any(grp.axis % p.ndim == 0 for p in ranked if -p.ndim <= grp.axis < p.ndim):
+            raise ValueError(f"score_prune(group=nm(..., axis={grp.axis})) on sharded arrays: N:M groups along axis 0 "
+                             "(the split rows) span the shards; group along another axis (e.g. axis=-1)")
+        rows = 1
+        if grp.kind == "units":
+            for p in ranked:
+                ax = _unit_axes(xp, grp, full_shape(tuple(p.shape)))
+                if ax is not None and 0 in ax[0]:
+                    raise ValueError("score_prune(group=units(...)) on sharded arrays: the unit norms reduce over "
+                                     "axis 0 (the split rows), across the shards; use units along axis 0 "
+                                     "('out_first'), or gather the weights")
+            rows = grp.size
+        elif grp.kind == "blocks":
+            rows = grp.block[0]
+            ranked = [p for p in ranked if p.ndim == 2]  # (higher ranks: the blocks tile the last two axes, not rows)
+        if rows > 1 and static_total(sum(p.shape[0] % rows != 0 for p in ranked)):
+            raise ValueError(f"score_prune(group={grp.kind}(...)) on sharded arrays: a group of {rows} rows crosses "
+                             f"the shards where a shard's row count is not a multiple of {rows}")
+
     def compute(xp: Any, params: list, old: list, target_of: Any, scores: Any = ()) -> tuple[list, Any]:
-        if active():
-            raise ValueError("score_prune does not run on sharded arrays yet (counts and pools are per local shard); "
-                             "use magnitude_prune / global_magnitude_prune there, or gather the weights")
-        el = compute_scores(xp, score, params, scores)
+        sharded = active()
+        if sharded:
+            check_shards(xp, params)
+        offsets = flat_offsets(xp, params) if sharded and score.kind in ("random", "wanda") else None
+        el = compute_scores(xp, score, params, scores, offsets)
+        shapes = [full_shape(tuple(p.shape)) for p in params] if sharded else [tuple(p.shape) for p in params]
         if grp is not None and grp.kind == "nm":
             return [nm_keep(xp, grp, ordered(xp, s) if score.signed else s, m) for s, m in zip(el, old)], None
         if alloc.kind == "per_output":
@@ -155,15 +201,16 @@ def score_prune(
                     for s, m in zip(el, old)], None
         live, gs, galive = [], [], []
         for i, (s, m) in enumerate(zip(el, old)):
-            if size(s) == 0:
+            if math.prod(shapes[i]) == 0:  # (from the full shape: every participant skips alike)
                 continue
             if grp is None:
                 g, a = s, m
             else:
-                g = pool(xp, grp, s)
+                full = shapes[i] if sharded else None
+                g = pool(xp, grp, s, full)
                 if g is None:
                     continue
-                a = pool(xp, grp._replace(pooling="max"), xp.astype(m, xp.float32)) > 0
+                a = pool(xp, grp._replace(pooling="max"), xp.astype(m, xp.float32), full) > 0
             if score.signed:
                 g = ordered(xp, g)
             if alloc.kind == "lamp":
@@ -174,33 +221,37 @@ def score_prune(
         masks = list(old)
         if not live:
             return masks, None
+        if not sharded:
+            ns = [size(g) for g in gs]
+        else:  # the full arrays' counts (of groups: summed over the shards, each holding whole groups)
+            ns = [math.prod(shapes[i]) if grp is None else static_total(size(g)) for i, g in zip(live, gs)]
         if alloc.is_global:
-            n = sum(size(g) for g in gs)
+            n = sum(ns)
             alive = None
             if remaining:
                 counts = [xp.count_nonzero(a) for a in galive]
-                alive = sum(counts[1:], counts[0])
+                alive = all_reduce(xp, sum(counts[1:], counts[0]), "sum")
             k = prune_count(xp, target_of(amount), n, rounding, alive)
             sel_scores, sel_masks = gs, galive
             if lo > 0 or hi < 1:
-                sel_scores, sel_masks, k = _global_limits(xp, gs, galive, k, lo, hi, rounding)
+                sel_scores, sel_masks, k = _global_limits(xp, gs, galive, k, lo, hi, rounding, ns)
             keeps = prune_smallest(xp, sel_scores, k, sel_masks)[0]
         else:
             if alloc.kind == "erk":
-                finals = erk_sparsities([tuple(params[i].shape) for i in live], amount, alloc.power_scale)
+                finals = erk_sparsities([shapes[i] for i in live], amount, alloc.power_scale)
                 targets = [target_of(f) for f in finals]
             elif alloc.kind == "owl":
                 targets = owl_sparsities(xp, gs, target_of(amount), alloc.m, alloc.lam)
             else:
                 targets = [target_of(amount)] * len(live)
+            alive = alive_counts(xp, galive) if remaining else [None] * len(live)
             keeps = []
             for j, (i, g, a, t) in enumerate(zip(live, gs, galive, targets)):
-                alive = xp.count_nonzero(a) if remaining else None
-                k = prune_count(xp, t, size(g), rounding, alive, where=array_label(i))
+                k = prune_count(xp, t, ns[j], rounding, alive[j], where=array_label(i))
                 keeps.append(prune_smallest(xp, [g], k, [a])[0][0])
         for i, kg in zip(live, keeps):
             shape = tuple(params[i].shape)
-            masks[i] = (kg if grp is None else expand(xp, grp, kg, shape)) & old[i]
+            masks[i] = (kg if grp is None else expand(xp, grp, kg, shape, shapes[i] if sharded else None)) & old[i]
         return masks, None
 
     def accumulate(xp: Any, grads: list, params: list, acc: list) -> list:

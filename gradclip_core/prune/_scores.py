@@ -51,10 +51,12 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .._hash import hash_keys
+from ..backend._primitives import size
 from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
 from ..backend._namespace import device_kw, namespace_name
 from ..backend._names import current_names
 from ..backend._selection import NAN_BITS, float32_scores, float_from_bits, order_keys
+from ._shards import full_shape
 
 __all__ = ["Score", "SCORES", "magnitude_score", "random_score", "wanda_score", "movement_score", "taylor_score",
            "check_score", "compute_scores", "accumulate_scores", "ordered", "activation_sumsq"]
@@ -221,7 +223,8 @@ def _norms_for(score: Score, n: int) -> list:
     return norms
 
 
-def compute_scores(xp: Any, score: Score, params: Sequence[Any], acc: Sequence[Any] = ()) -> list:
+def compute_scores(xp: Any, score: Score, params: Sequence[Any], acc: Sequence[Any] = (),
+                   offsets: Sequence[Any] | None = None) -> list:
     """The score of every element of every array, float32 (signed for ``movement``).
 
     Args:
@@ -229,6 +232,9 @@ def compute_scores(xp: Any, score: Score, params: Sequence[Any], acc: Sequence[A
       score: a :class:`Score`.
       params: the arrays.
       acc: the accumulated scores (``PruneState.scores``) of the gradient scores.
+      offsets: on shards (blocks of leading rows), the global flat index of each shard's
+        first element (:func:`gradclip_core.prune._shards.flat_offsets`): the random hash
+        and Wanda's input norms along axis 0 then index the full array.
 
     Returns:
       One float32 array per array, shaped like it.
@@ -242,8 +248,11 @@ def compute_scores(xp: Any, score: Score, params: Sequence[Any], acc: Sequence[A
     params = list(params)
     if score.kind == "magnitude":
         return [float32_scores(xp, p) for p in params]
+    sharded = offsets is not None
+    offsets = [0] * len(params) if offsets is None else list(offsets)
     if score.kind == "random":
-        return [xp.astype(hash_keys(xp, tuple(p.shape), score.seed, i), xp.float32) for i, p in enumerate(params)]
+        return [xp.astype(hash_keys(xp, tuple(p.shape), score.seed, i, o), xp.float32)
+                for i, (p, o) in enumerate(zip(params, offsets))]
     if score.kind in _GRAD_SCORES:
         return list(acc)
     out = []
@@ -253,13 +262,19 @@ def compute_scores(xp: Any, score: Score, params: Sequence[Any], acc: Sequence[A
             out.append(s)
             continue
         ax = _input_axis(xp, score.axis, p.ndim)
-        if len(v) != p.shape[ax]:
-            raise ValueError(f"wanda_score: array {i} of shape {tuple(p.shape)} has {p.shape[ax]} input channels "
+        rows = sharded and ax == 0  # a shard's rows are input channels
+        channels = full_shape(tuple(p.shape))[0] if rows else p.shape[ax]
+        if len(v) != channels:
+            raise ValueError(f"wanda_score: array {i} of shape {tuple(p.shape)} has {channels} input channels "
                              f"on axis {ax}, but its act_norms has {len(v)}")
+        norm = xp.asarray(np.asarray(v, np.float32), **device_kw([p]))
+        if rows:  # this shard's channels: from its first row on
+            row = max(1, size(p) // max(1, p.shape[0]))
+            first = xp.astype(offsets[i], xp.int32) // row
+            norm = xp.take(norm, xp.arange(p.shape[0], dtype=xp.int32, **device_kw([p])) + first, axis=0)
         shape = [1] * p.ndim
-        shape[ax] = len(v)
-        norm = xp.reshape(xp.asarray(np.asarray(v, np.float32), **device_kw([p])), tuple(shape))
-        out.append(s * norm)
+        shape[ax] = p.shape[ax]
+        out.append(s * xp.reshape(norm, tuple(shape)))
     return out
 
 

@@ -60,10 +60,14 @@ RULES = {
     "global_prune": lambda: gc.global_magnitude_prune(0.6, schedule=gc.polynomial_schedule(0, 3, 1, initial_sparsity=0.2)),
     "score_prune_erk": lambda: gc.score_prune(0.6, allocation="erk", schedule=gc.polynomial_schedule(0, 3, 1, initial_sparsity=0.2)),
     "rigl": lambda: gc.rigl(0.5, drop_fraction=0.3, update_every=1, end_step=10),
+    "taylor_erk": lambda: gc.taylor_prune(0.5, allocation="erk", schedule=gc.one_shot(2)),
+    "set_wanda": lambda: gc.chain(gc.wanda_prune(0.3, act_norms=[np.linspace(0.5, 2.0, 16), np.linspace(2.0, 0.5, 32)],
+                                                 axis=1),
+                                  gc.sparse_evolutionary(0.5, drop_fraction=0.3, update_every=1, end_step=10)),
 }
 
 
-PRUNING = ("global_prune", "score_prune_erk", "rigl")
+PRUNING = ("global_prune", "score_prune_erk", "rigl", "taylor_erk", "set_wanda")
 
 
 def make_tx(rule: gc.Rule, axis_name=None) -> optax.GradientTransformation:

@@ -62,6 +62,10 @@ _SHARED = ("global_norm", "global_norm_torch", "global_norm_inf", "zclip", "agc"
 RULES = {**{k: WORKER_RULES[k] for k in _SHARED},
          "clip_by_norm": lambda: gc.clip_by_norm(1.0),  # per-array norms
          "global_prune": lambda: gc.global_magnitude_prune(0.5)}  # one-shot
+# per-array pruning on shards (tied weights, every split on dim 0): counts and ERK from the full shapes
+PER_ARRAY = {"score_prune_erk_ties": lambda: gc.score_prune(0.5, allocation="erk"),
+             "taylor_erk_ties": lambda: gc.taylor_prune(0.5, allocation="erk", schedule=gc.one_shot(2)),
+             "rigl_ties": lambda: gc.rigl(0.5, drop_fraction=0.5, update_every=1, end_step=10)}
 
 
 def _full_tensors(shapes: list, seed: int) -> tuple[list, list]:
@@ -163,10 +167,10 @@ def scenario_mesh(rank: int, world: int) -> dict:
     mesh = _mesh(world)
     full_w, full_g = _full_tensors(SHAPES, 11)
     tied_w = [torch.round(w * 2) / 2 for w in full_w]  # many ties: exact on dim-0 splits in mesh order
-    rules = {**RULES, "global_prune_ties": RULES["global_prune"], **UNIT_RULES}
+    rules = {**RULES, "global_prune_ties": RULES["global_prune"], **PER_ARRAY, **UNIT_RULES}
     out = {}
     for name, make in rules.items():
-        places = _placements(mesh, leading_only=name in ("agc", "global_prune_ties"), one_dim=name in UNIT_RULES)
+        places = _placements(mesh, leading_only=name == "agc" or name.endswith("_ties"), one_dim=name in UNIT_RULES)
 
         def build(ts, params=False):
             d = [distribute_tensor(t, mesh, p) for t, p in zip(ts, places)]
@@ -327,8 +331,9 @@ def scenario_pipeline(rank: int, world: int) -> dict:
         return full
 
     out = {}
-    for name, make in RULES.items():
-        out[name] = _compare(make, tied_w if name == "global_prune" else full_w, full_g, build, gather, parallel)
+    for name, make in {**RULES, **PER_ARRAY}.items():
+        tied = name == "global_prune" or name.endswith("_ties")
+        out[name] = _compare(make, tied_w if tied else full_w, full_g, build, gather, parallel)
     # named parameters: per-array info keys name every stage's arrays; a name pattern selects the same ones
     def label(i):
         return f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}"

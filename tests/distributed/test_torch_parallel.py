@@ -16,7 +16,9 @@ What is compared, for every rank:
   are rebuilt from the shards' partial sums (measured worst 3 ulp);
 - weights after pruning: bit for bit (so the masks are identical), on tie-free weights
   for every split, and on weights with many ties (a grid of 0.5) for pipeline stages and
-  for meshes whose arrays are split on dim 0 only (``global_prune_ties``); other splits
+  for meshes whose arrays are split on dim 0 only (``global_prune_ties``; and the
+  per-array rules ``score_prune`` with ERK, Taylor scores and RigL, ``*_ties``, on meshes
+  and pipeline stages); other splits
   (``Shard(1)``, ``_StridedShard``) order ties differently, see ``gradclip_torch._distributed``;
 - unit-wise rules on arrays split along any one tensor dim (``Shard(1)`` / ``Shard(2)``
   beside ``Shard(0)`` and replicated ones; units spanning the shards or not): AGC's
@@ -66,6 +68,16 @@ def expected_collectives(world: int, scenario: str) -> dict:
     # offsets, sparsity (each per group), then the one-shot masks only re-applied: sparsity
     out["global_prune"] = [[replicas, 5 * groups + replicas]] + [[replicas, groups + replicas]] * 2
     out["global_prune_ties"] = out["global_prune"]
+    if scenario in ("mesh", "pipeline"):  # per-array pruning on shards (tied weights, dim-0 splits): a weight arrays
+        # (mesh 5, pipeline 3); a recomputation: the full shapes (an integer sum per array), each array's selection
+        # (2 histogram passes, tie offsets), sparsity; then the masks to the replicas
+        a, a_init = (5, 4) if scenario == "mesh" else (3, 3)  # (ERK leaves the mesh's (1, 5) array dense)
+        g, r = groups, replicas
+        out["score_prune_erk_ties"] = [[r, (a + 3 * a + 1) * g + r]] + [[r, g + r]] * 2
+        out["taylor_erk_ties"] = [[r, g + r]] * 2 + [[r, (a + 3 * a + 1) * g + r]]  # one-shot at step 2
+        # RigL: init (shard offsets, full shapes, a random selection per array not left dense) + the regrown count;
+        # each update step: the full shapes, drop + grow per array (2 x 3), the regrown count
+        out["rigl_ties"] = [[(1 + a + 3 * a_init + 1) * g + r, g + r]] + [[(a + 2 * 3 * a + 1) * g + r, g + r]] * 2
     return out
 
 
