@@ -35,6 +35,9 @@ def unit_norms(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
 
 
 def _unit_sumsq(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
+    if dtype == xp.float64 and x.dtype != xp.float64 and size(x):  # gc.accumulate: no float64 copy of x (backends chunk)
+        n = _unit_norms(xp, [x], [axes], [dtype])[0]
+        return n * n
     xc = magnitude(xp, x, dtype) if is_complex(x) else upcast(xp, x, dtype)  # complex: |z|
     return xp.sum(xc * xc, axis=axes, keepdims=True)
 

@@ -68,3 +68,23 @@ def test_state_dict_dtypes_kept():
 def test_compiled_training_step_float64():
     infos = _compile_case(lambda: gc.accumulate(gc.clip_by_global_norm(1.0)))
     assert float(infos[0]["scale"]) < 1 and infos[0]["norm"].dtype == torch.float32
+
+
+def test_float64_kernels_of_big_tensors_chunked():
+    from gradclip_core.backend import array_norms, namespace, unit_norms
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1200, 1000, generator=g) * 1e3  # > 2^20 elements: the chunked paths
+    xp = namespace(x)
+    ref = x.double()
+    for ord in (1.0, 2.0, float("inf")):
+        got = array_norms(xp, [x, x[:3]], ord, torch.float64)
+        want = [torch.linalg.vector_norm(ref, ord), torch.linalg.vector_norm(ref[:3], ord)]
+        for a, b in zip(got, want):
+            assert a.dtype == torch.float64
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
+    for axes in [(1,), (0,), None]:
+        got = unit_norms(xp, [x], [axes], [torch.float64])[0]
+        want = torch.linalg.vector_norm(ref, 2, dim=axes, keepdim=True) if axes else torch.linalg.vector_norm(ref).reshape(1, 1)
+        assert got.dtype == torch.float64 and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
