@@ -1,6 +1,7 @@
 """gc.accumulate(rule, "float64") in JAX, in a subprocess: without x64 a clear ValueError; with x64 a jitted
-optax step keeps the unwrapped dtypes, and under ``jax.shard_map`` on 1, 2 and 4 host devices the global norm of one 2^20-element float32 gradient (half ~1e3, half ~1e-2), split by rows:
-with float64 accumulation it is the exactly rounded norm on every split, and info / updates
+optax step keeps the unwrapped dtypes, and under ``jax.shard_map`` on 1, 2 and 4 host
+devices the global norm of one 2^20-element float32 gradient (half ~1e3, half ~1e-2),
+split by rows: with float64 accumulation it is the exactly rounded norm on every split, and info / updates
 stay float32. (XLA's CPU float32 reductions happen to be exact on this gradient too, so unlike
 torch's there is no float32 drift to show here; see tests/distributed/test_torch_parallel.py.)
 """
