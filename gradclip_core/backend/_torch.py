@@ -663,7 +663,7 @@ def register() -> None:
     register_primitives(NAMESPACE, array_norms=array_norms, array_rms=array_rms, unit_norms=unit_norms,
                         multiply=multiply, clip=clip, count_outside=count_outside, min_bound_ratio=min_bound_ratio,
                         apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
-                        apply_effect_=apply_effect_)
+                        apply_effect_=apply_effect_, compiling=lambda xp: _compiling())
     register_selection(NAMESPACE, _choose)
 
 

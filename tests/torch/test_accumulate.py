@@ -88,3 +88,18 @@ def test_float64_kernels_of_big_tensors_chunked():
         want = torch.linalg.vector_norm(ref, 2, dim=axes, keepdim=True) if axes else torch.linalg.vector_norm(ref).reshape(1, 1)
         assert got.dtype == torch.float64 and got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+
+
+@pytest.mark.slow
+def test_no_graph_break_of_its_own():
+    """Inside torch.compile the wrapper keeps its dtype on a plain stack, not a ContextVar (a graph break)."""
+    counts = []
+    for rule in (gc.clip_by_global_norm(1.0), gc.clip_by_global_norm(1.0), gc.accumulate(gc.clip_by_global_norm(1.0))):
+        torch._dynamo.reset()
+
+        def f(a, b, rule=rule):
+            out, _, info = rule.update([a, b], ())
+            return out, info["norm"]
+
+        counts.append(torch._dynamo.explain(f)(torch.randn(100, 10), torch.randn(7)).graph_break_count)
+    assert counts[2] == counts[1], counts  # (the first call also loads the kernels: not counted)
