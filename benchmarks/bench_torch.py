@@ -188,6 +188,7 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         "record_norms(100)": ("attach", gc.record_norms(100), "<= 1.05x"),
         "skip_on_spike()": ("attach", gc.skip_on_spike(), "<= 1.1x"),
         "monitor(clip_by_global_norm(1.0))": ("attach", gc.monitor(gc.clip_by_global_norm(1.0)), "<= 1.1x"),
+        'accumulate(clip_by_global_norm(1.0), "float64")': ("apply_", gc.accumulate(gc.clip_by_global_norm(1.0)), ""),
         "adaptive_clip(0.01)": ("apply_", gc.adaptive_clip(0.01), "<= 1.4x"),
         "max_norm(2.0)": ("project_", gc.max_norm(2.0), "<= 1.4x"),
         "min_max_norm(0.5, 2.0)": ("project_", gc.min_max_norm(0.5, 2.0), "<= 1.4x"),

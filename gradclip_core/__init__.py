@@ -32,6 +32,7 @@ Example:
   ([1.0, 0.0], 10.0)
 """
 
+from ._accumulate import accumulate
 from ._effect import Clamp, Effect, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
 from ._params import Params, on
 from ._nonfinite import POLICIES
@@ -124,6 +125,7 @@ __all__ = [
     "EmptyState",
     "chain",
     "from_config",
+    "accumulate",
     # effects (what a rule does to its arrays)
     "Effect",
     "Keep",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .backend._primitives import size, upcast
+from .backend._scoped import ScopedValue
 from ._validate import is_number
 
 __all__ = ["acc_dtype", "const_like", "count", "min_ratio", "fraction", "ratio", "stack_norm", "flat", "unflat"]
@@ -17,11 +18,21 @@ def const_like(xp: Any, ref: Any, value: Any) -> Any:
     return xp.broadcast_to(upcast(xp, value, ref.dtype), ref.shape)
 
 
+# "float64" inside a rule wrapped by gradclip_core.accumulate(rule, "float64") (None elsewhere:
+# a plain attribute read, see _scoped.py).
+ACCUMULATE = ScopedValue("gradclip_accumulate")
+# The same inside a compiler's trace (torch.compile cannot trace a ContextVar; the trace runs in one thread).
+ACCUMULATE_TRACED: list = []
+
+
 def acc_dtype(xp: Any, xs: Sequence[Any]) -> Any:
     """Accumulation dtype: float64 if any array is float64 (or complex128), else float32 (bf16/fp16 upcast).
 
+    Always float64 inside a rule wrapped by :func:`gradclip_core.accumulate` ``(rule, "float64")``.
     Always a real dtype: the norms of complex arrays are norms of ``|z|``.
     """
+    if ACCUMULATE_TRACED or ACCUMULATE.get() is not None:
+        return xp.float64
     c128 = getattr(xp, "complex128", None)
     return xp.float64 if any(x.dtype == xp.float64 or (c128 is not None and x.dtype == c128) for x in xs) else xp.float32
 

@@ -244,6 +244,8 @@ def describe(config: Mapping[str, Any]) -> str:
     if name == "monitor":
         inner = kwargs.pop("rule_config")
         return "monitor(" + ", ".join([describe(inner) if inner else "None", *(f"{k}={v!r}" for k, v in kwargs.items())]) + ")"
+    if name == "accumulate":
+        return f"accumulate({describe(kwargs['rule_config'])}, {kwargs['dtype']!r})"
     return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
 
 
@@ -295,6 +297,10 @@ def from_config(config: Mapping[str, Any]) -> Rule:
 
         inner = kwargs.pop("rule_config")
         return monitor(None if inner is None else from_config(inner), **kwargs)
+    if name == "accumulate":
+        from ._accumulate import accumulate
+
+        return accumulate(from_config(kwargs["rule_config"]), kwargs["dtype"])
     if name not in _FACTORIES:
         raise ValueError(f"unknown rule {name!r} in config; known: {sorted(_FACTORIES) + ['chain']}")
     return _FACTORIES[name](**kwargs)

@@ -89,6 +89,9 @@ def _spans(name: str, i: int, axes: tuple | None) -> bool:
 
 
 def _unit_sumsq(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
+    if dtype == xp.float64 and x.dtype != xp.float64 and size(x):  # gc.accumulate: no float64 copy of x (backends chunk)
+        n = _unit_norms(xp, [x], [axes], [dtype])[0]
+        return n * n
     xc = magnitude(xp, x, dtype) if is_complex(x) else upcast(xp, x, dtype)  # complex: |z|
     return xp.sum(xc * xc, axis=axes, keepdims=True)
 

@@ -50,7 +50,7 @@ __all__ = [
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
-              "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio")
+              "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio", "compiling")
 
 
 def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
@@ -63,7 +63,8 @@ def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
         ``multiply(xp, xs, factors)``, ``clip(xp, xs, lo, hi)``, ``count_outside(xp, xs, lo, hi)``,
         ``apply_masks(xp, xs, masks)``, ``cond(xp, pred, true_fn, false_fn)``,
         ``order_keys(xp, scores)`` and ``apply_effect_(xp, xs, effect)`` (in place), with
-        the signatures and results of the defaults.
+        the signatures and results of the defaults; and ``compiling(xp) -> bool``: whether a
+        compiler that cannot trace a ``ContextVar`` is tracing (``torch.compile``).
 
     Example:
       >>> register_primitives("array_api_compat.numpy")  # nothing overridden

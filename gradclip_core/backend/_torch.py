@@ -84,6 +84,14 @@ def array_norms(xp: Any, xs: Sequence[torch.Tensor], ord: float, dtype: torch.dt
         # Complex tensors: torch's norms are norms of |z|, accumulated in a complex dtype
         # (complex64 for float32 results): what clip_grad_norm_ computes on complex grads.
         want = _complex_acc(dtype) if xdtype.is_complex else dtype
+        if want in _WIDE and xdtype != want:  # float64 accumulation (gc.accumulate): no float64 copy of big tensors
+            big = [j for j in idx if xs[live[j]].numel() > _CHUNK64]
+            for j in big:
+                out[live[j]] = _chunked_norm(xs[live[j]], ord, want)
+            idx = [j for j in idx if j not in set(big)]
+            group = [xs[live[j]] for j in idx]
+            if not group:
+                continue
         if _has_foreach(device):
             # dtype=None when no upcast is needed: the very call clip_grad_norm_ makes.
             norms = torch._foreach_norm(group, ord, dtype=None if xdtype == want else want)
@@ -92,6 +100,30 @@ def array_norms(xp: Any, xs: Sequence[torch.Tensor], ord: float, dtype: torch.dt
         for j, n in zip(idx, norms):
             out[live[j]] = n
     return out
+
+
+_CHUNK64 = 1 << 20  # elements of one chunk of a float64-accumulated norm (an 8 MiB float64 temporary)
+_WIDE = (torch.float64, torch.complex128)
+
+
+def _chunked_norm(x: torch.Tensor, ord: float, want: torch.dtype) -> torch.Tensor:
+    """``vector_norm(x, ord, dtype=want)`` chunk by chunk: torch casts the whole tensor to ``want`` first.
+
+    The chunks' norms (each accumulated in ``want``) are combined by the norm of their vector,
+    in float64: for ord 2 a sum of float64 squares, so the result is the float64 norm to a
+    few float64 ulp (far below a float32 ulp).
+    """
+    flat = x.reshape(-1)
+    norms = [torch.linalg.vector_norm(c, ord=ord, dtype=want) for c in flat.split(_CHUNK64)]
+    return torch.linalg.vector_norm(torch.stack(norms), ord=ord)
+
+
+def _rows_norms(x: torch.Tensor, ax: tuple, want: torch.dtype) -> torch.Tensor | None:
+    """Unit norms over trailing ``ax`` (axis 0 kept) row block by row block, or ``None`` where that does not apply."""
+    if x.ndim < 2 or 0 in [a % x.ndim for a in ax] or x.numel() <= _CHUNK64:
+        return None
+    step = max(1, _CHUNK64 // max(1, x[0].numel()))
+    return torch.cat([torch.linalg.vector_norm(c, 2, dim=ax, keepdim=True, dtype=want) for c in x.split(step, 0)], 0)
 
 
 def _complex_acc(dtype: torch.dtype) -> torch.dtype:
@@ -133,6 +165,14 @@ def unit_norms(xp: Any, xs: Sequence[torch.Tensor], axes: Sequence[Any], dtypes:
         if lead and not x.is_complex() and not torch.compiler.is_compiling():
             out.append(_leading_norms(x, lead, want))
             continue
+        if want in _WIDE and x.dtype != want and x.numel() > _CHUNK64:  # float64 accumulation: no float64 copy
+            if ax is None:
+                out.append(torch.reshape(_chunked_norm(x, 2.0, want), (1,) * x.ndim))
+                continue
+            rows = _rows_norms(x, tuple(ax), want)
+            if rows is not None:
+                out.append(rows)
+                continue
         out.append(torch.linalg.vector_norm(x, 2, dim=None if ax is None else tuple(ax), keepdim=True, dtype=want))
     return out
 
@@ -623,7 +663,7 @@ def register() -> None:
     register_primitives(NAMESPACE, array_norms=array_norms, array_rms=array_rms, unit_norms=unit_norms,
                         multiply=multiply, clip=clip, count_outside=count_outside, min_bound_ratio=min_bound_ratio,
                         apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
-                        apply_effect_=apply_effect_)
+                        apply_effect_=apply_effect_, compiling=lambda xp: _compiling())
     register_selection(NAMESPACE, _choose)
 
 

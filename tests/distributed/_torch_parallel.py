@@ -206,6 +206,29 @@ def scenario_mesh(rank: int, world: int) -> dict:
     # train on the same batch): AGC and max_norm, units spanning the Rowwise shards
     out["tp_units"] = _train_fsdp_tp(rank, world, fsdp=False, rules={
         "agc": lambda: gc.adaptive_clip(0.02), "max_norm": lambda: gc.max_norm(0.6)})
+    out["float64"] = _float64_split(mesh)
+    return out
+
+
+def _float64_split(mesh) -> dict:
+    """The global norm of a 2^20-element gradient (half ~1e3, half ~1e-2) split on dim 0 over the whole
+    mesh, and of the full gradient in one process, with float32 and with float64 accumulation (issue 20)."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    rng = np.random.default_rng(20)
+    full = np.concatenate([rng.standard_normal(1 << 19) * 1e3, rng.standard_normal(1 << 19) * 1e-2]).astype(np.float32)
+    rng.shuffle(full)
+    full = torch.from_numpy(full.reshape(-1, 64))
+    out = {"exact": float(np.float32(np.sqrt(np.sum(full.numpy().astype(np.longdouble) ** 2))))}
+    for key, make in (("float32", lambda: gc.clip_by_global_norm(1.0)),
+                      ("float64", lambda: gc.accumulate(gc.clip_by_global_norm(1.0), "float64"))):
+        one = torch.nn.Parameter(torch.zeros_like(full))
+        one.grad = full.clone()
+        _, info1 = gradclip_torch.apply_([one], make())
+        mine = torch.nn.Parameter(distribute_tensor(torch.zeros_like(full), mesh, [Shard(0)] * mesh.ndim))
+        mine.grad = distribute_tensor(full.clone(), mesh, [Shard(0)] * mesh.ndim)
+        _, info = gradclip_torch.apply_([mine], make())
+        out[key] = [float(info["norm"]), float(info1["norm"]), str(info["norm"].dtype)]
     return out
 
 
