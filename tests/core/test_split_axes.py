@@ -282,8 +282,10 @@ def test_agc_two_split_axes_equals_one_process(axis) -> None:
     assert calls == [2] * 4  # still one collective for the unit norms, one for the clipped count
 
 
-@pytest.mark.parametrize("make", [lambda: gc.max_norm(1.5, axis="out_first"), lambda: gc.max_norm(1.5, axis=0)],
-                         ids=["max_norm_out_first", "max_norm_axis0"])
+@pytest.mark.parametrize("make", [lambda: gc.max_norm(1.5, axis="out_first"), lambda: gc.max_norm(1.5, axis=0),
+                                  lambda: gc.min_max_norm(1.0, 2.0, axis="out_first"), lambda: gc.unit_norm(axis=0),
+                                  lambda: gc.group_lasso(1.5, axis="out_first")],
+                         ids=["max_norm_out_first", "max_norm_axis0", "min_max_norm", "unit_norm", "group_lasso"])
 def test_max_norm_two_split_axes_equals_one_process(make) -> None:
     w, _ = _grid_arrays(4)
     w = [x * 2 for x in w]
@@ -293,7 +295,22 @@ def test_max_norm_two_split_axes_equals_one_process(make) -> None:
     outs = simulate(lambda a: rule.project(a, ()), ws, GRID_AXES, offs)
     got = _grid_gather([o[0] for o in outs], w, GRID_AXES)
     assert max(ulps(a, b) for a, b in zip(got, ref)) <= 4
-    assert not np.array_equal(got[0], w[0])  # (some rows shrunk)
+    assert not np.array_equal(got[0], w[0])  # (some rows changed)
+
+
+def test_restricted_rule_sees_its_arrays_offsets() -> None:
+    """``gc.on``: the inner rule's array ``i`` gets array ``idx[i]``'s offsets (as its split axes)."""
+    w, g = _grid_arrays(5)
+    rule = gc.on(gc.adaptive_clip(0.5, axis="out_first"), gc.Params(exclude=["0", "3"]))
+    ref, _, ref_info = rule.update([xp.asarray(x) for x in g], (), [xp.asarray(x) for x in w])
+    (ws, offs), (gs, _) = _grid_split(w, GRID_AXES), _grid_split(g, GRID_AXES)
+    with gcb.array_names([str(i) for i in range(len(w))]):
+        outs = simulate(lambda a: rule.update(a[len(w):], (), a[:len(w)]), [ws[p] + gs[p] for p in range(4)],
+                        GRID_AXES + GRID_AXES, [offs[p] + offs[p] for p in range(4)])
+    got = _grid_gather([o[0] for o in outs], w, GRID_AXES)
+    assert np.array_equal(got[0], g[0]) and np.array_equal(got[3], g[3])  # (left out)
+    assert max(ulps(a, b) for a, b in zip(got, ref)) <= 4 and not np.array_equal(got[1], g[1])
+    assert [float(o[2]["clipped_fraction"]) for o in outs] == [float(ref_info["clipped_fraction"])] * 4
 
 
 def test_split_offsets_accessor_and_bad_input() -> None:
