@@ -44,9 +44,13 @@ threshold; with ties at the threshold the same number of elements is pruned, the
 ones chosen in (participant, local) order. Unit-wise rules (AGC, max-norm constraints)
 learn each array's split axis (``Shard(d)`` on a mesh dimension of size > 1 splits tensor
 dim ``d``; :func:`gradclip_core.backend.split_axes`): units spanning the shards (a
-``RowwiseParallel`` weight's rows, ``Shard(1)``) get their norms from every shard; an array
+``RowwiseParallel`` weight's rows, ``Shard(1)``) get their norms from every shard. An array
 split along two tensor dims (FSDP2 ``Shard(0)`` x ``RowwiseParallel`` ``Shard(1)``) whose
-units span one of them only is refused by the rule, naming it.
+units span one of them only (rows: spanning the tp shards, split by dp) also gets each
+rank's place in the full tensor (:func:`gradclip_core.backend.split_offsets`, from the
+DTensor's global offset), so the rule sums its rows' partial norms in the same one
+collective; when a split is a ``_StridedShard`` (not a block of the full tensor) the
+offsets are unknown and the rule refuses the array, naming it.
 
 Numerics: a norm is rebuilt from the shards' float32 partial sums, added in another
 order than in one process, so it can differ in the last bits: within 1 ulp on small
@@ -174,7 +178,8 @@ def _check_initialised() -> None:
                          "(init_process_group)")
 
 
-def reducer(group: Any = None, *, leading: bool | None = None, axes: Any = None) -> gcb.Participants:
+def reducer(group: Any = None, *, leading: bool | None = None, axes: Any = None,
+            offsets: Any = None) -> gcb.Participants:
     """A :class:`gradclip_core.Participants` reducing over ``group`` with ``torch.distributed``.
 
     Args:
@@ -184,6 +189,8 @@ def reducer(group: Any = None, *, leading: bool | None = None, axes: Any = None)
       leading: whether every shard is a block of the leading axis (see
         :class:`gradclip_core.backend.Participants`; derived from ``axes`` when given).
       axes: per array the rule sees, the tensor dims its shards split (``None``: dim 0).
+      offsets: per array, ``None`` or this rank's ``(start, full)`` along each of its
+        split dims (see :class:`gradclip_core.backend.Participants`).
 
     Returns:
       The reducer: ``all_reduce`` (SUM / MAX) on a copy of the partials (one per group),
@@ -217,7 +224,8 @@ def reducer(group: Any = None, *, leading: bool | None = None, axes: Any = None)
     for g in reversed(groups):  # row-major: the last group varies fastest
         rank += dist.get_rank(g) * size
         size *= dist.get_world_size(g)
-    return gcb.Participants(reduce, size=size, index=lambda xp: rank, total=total, leading=leading, axes=axes)
+    return gcb.Participants(reduce, size=size, index=lambda xp: rank, total=total, leading=leading, axes=axes,
+                            offsets=offsets)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -299,6 +307,7 @@ class _Plan:
     def __init__(self) -> None:
         self.groups: list = []  # process groups the reducer reduces over, in order
         self.axes: list = []  # per slot: the tensor dims its shards split (gradclip_core.backend.split_axes)
+        self.offsets: list = []  # per slot: None or ((start, full), ...) per split dim (backend.split_offsets)
         # per local array i: slot index in the rule's list, or the owner's data if a replica
         self.slot_of: list[int] = []
         self.seen: list[bool] = []  # whether this rank's rule sees array i (False: an empty shard)
@@ -335,6 +344,7 @@ def _plan(first: Sequence[torch.Tensor], par: Any) -> _Plan | None:
     plan.seen = [True] * n
     plan.replica_group = [None] * n
     split = [(0,)] * n  # per array: the tensor dims split over the reduced mesh dims
+    where: list = [None] * n  # per array split along two dims or more: ((start, full), ...) (_offsets)
     mesh_groups: list = []
     if any(dts):
         if not all(dts):
@@ -355,6 +365,8 @@ def _plan(first: Sequence[torch.Tensor], par: Any) -> _Plan | None:
         coord = mesh.get_coordinate()
         for i, (sh, rep, tdims) in enumerate(lay):
             split[i] = tuple(sorted({tdims[d] for d in sh if d in wide})) or (0,)
+            if len(split[i]) > 1:
+                where[i] = _offsets(first[i], split[i])
             dup = tuple(d for d in reduce_dims if d in rep)
             if dup and any(coord[d] != 0 for d in dup):
                 plan.seen[i] = False
@@ -377,7 +389,8 @@ def _plan(first: Sequence[torch.Tensor], par: Any) -> _Plan | None:
 
     def desc(ix: list) -> tuple:
         return tuple((tuple(local(first[i]).shape), str(local(first[i]).dtype).replace("torch.", ""),
-                      None if names is None or i >= len(names) else str(names[i]), split[i]) for i in ix)
+                      None if names is None or i >= len(names) else str(names[i]), split[i],
+                      None if where[i] is None else tuple(f for _, f in where[i])) for i in ix)
 
     if expert_group is not None:
         ep_rank = dist.get_rank(expert_group)
@@ -398,22 +411,25 @@ def _plan(first: Sequence[torch.Tensor], par: Any) -> _Plan | None:
     slot = 0
     plan.slot_of = [-1] * n
     for s, (dense, experts_by_rank) in enumerate(stages):
-        for j, (shape, dtype, name, axes) in enumerate(dense):
+        for j, (shape, dtype, name, axes, full) in enumerate(dense):
             if s == pp_rank:
                 plan.slot_of[mine[j]] = slot
             else:
                 plan.pads.append((slot, _empty_shape(shape, axes), dtype))
             plan.names.append(name)
             plan.axes.append(axes)
+            plan.offsets.append(where[mine[j]] if s == pp_rank else _pad_offsets(full))
             slot += 1
         for e, ex in enumerate(experts_by_rank):
-            for j, (shape, dtype, name, axes) in enumerate(ex):
-                if s == pp_rank and e == ep_rank:
+            for j, (shape, dtype, name, axes, full) in enumerate(ex):
+                own = s == pp_rank and e == ep_rank
+                if own:
                     plan.slot_of[exps[j]] = slot
                 else:
                     plan.pads.append((slot, _empty_shape(shape, axes), dtype))
                 plan.names.append(name)
                 plan.axes.append(axes)
+                plan.offsets.append(where[exps[j]] if own else _pad_offsets(full))
                 slot += 1
     plan.n_slots = slot
     plan.groups = mesh_groups + ([expert_group] if expert_group is not None else []) + (
@@ -421,18 +437,45 @@ def _plan(first: Sequence[torch.Tensor], par: Any) -> _Plan | None:
     return plan
 
 
-def _empty_shape(shape: tuple, axes: tuple) -> tuple:
-    """The shape of an empty shard of an array whose shards (of ``shape``) split ``axes``: empty along ``axes[0]``.
+def _offsets(t: Any, axes: tuple) -> tuple | None:
+    """``((start, full), ...)`` of DTensor ``t``'s local shard along tensor dims ``axes``; ``None`` if not blocks.
 
-    (Every participant then has the same units where they span the shards.)
+    (A ``_StridedShard`` interleaves blocks: no single offset; the rule then refuses the
+    array where it would need one.)
     """
-    d = axes[0] if len(shape) > axes[0] else 0
-    return tuple(shape[:d]) + (0,) + tuple(shape[d + 1:])
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if any(not p.is_replicate() and type(p) is not Shard for p in t.placements):
+        return None
+    _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    if len(offset) != t.ndim:
+        return None
+    return tuple((int(offset[d]), int(t.shape[d])) for d in axes)
+
+
+def _pad_offsets(full: tuple | None) -> tuple | None:
+    """The offsets of an empty shard (another stage's / expert rank's array): start 0 of each full extent."""
+    return None if full is None else tuple((0, f) for f in full)
+
+
+def _empty_shape(shape: tuple, axes: tuple) -> tuple:
+    """The shape of an empty shard of an array whose shards (of ``shape``) split ``axes``: empty along each.
+
+    (Every participant then has the same units where they span the shards, and none of
+    those split among some participants only.)
+    """
+    dims = [d for d in axes if d < len(shape)] or [0]
+    return tuple(0 if d in dims else n for d, n in enumerate(shape))
 
 
 def _none_of(t: torch.Tensor, axes: tuple) -> torch.Tensor:
     """An empty view of ``t`` shaped like :func:`_empty_shape` (what a replica that does not see ``t`` passes)."""
-    return t.reshape(1)[:0] if not t.ndim else t.narrow(axes[0] if t.ndim > axes[0] else 0, 0, 0)
+    if not t.ndim:
+        return t.reshape(1)[:0]
+    for d in [d for d in axes if d < t.ndim] or [0]:
+        t = t.narrow(d, 0, 0)
+    return t
 
 
 def _elementwise(effect: Any) -> bool:
@@ -547,6 +590,6 @@ def localize(groups: Sequence[Sequence[torch.Tensor]], process_group: Any = None
         views.append(v)
     # other ranks' arrays among ours: their names too (exchanged), or positions when unnamed
     named = plan.names if all(n is not None for n in plan.names) else None
-    with gcb.collective(reducer(plan.groups, axes=plan.axes) if plan.groups else None), \
+    with gcb.collective(reducer(plan.groups, axes=plan.axes, offsets=plan.offsets) if plan.groups else None), \
             (gcb.array_names(named) if plan.pads else contextlib.nullcontext()):
         yield Local(views, full, plan)

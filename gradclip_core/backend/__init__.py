@@ -14,7 +14,8 @@ framework use only the names here:
 - **layouts**: which axes form a unit (:func:`reduce_axes`, :func:`layout_override`,
   :func:`register_layout`);
 - **collectives** for rules on shards: :func:`collective`, :func:`all_reduce`,
-  :class:`Participants`, :func:`split_axes` (the axis each array's shards split);
+  :class:`Participants`, :func:`split_axes` (the axis each array's shards split),
+  :func:`split_offsets` (where a shard lies in its array);
 - **state trees**: :func:`flatten_state` / :func:`unflatten_state` (torch ``state_dict`` s and
   Keras variables), :func:`find_masks` (pruning masks anywhere in a state);
 - **array names**: :func:`array_names` (adapters name the arrays, so the core's errors say
@@ -37,7 +38,7 @@ Example:
 from .._effect import check_effect
 from .._params import prepare_selection, selected
 from ._collective import (Participants, Reducer, active, all_gather, all_reduce, collective, participant_index,
-                          split_axes, split_on_leading_axis, static_total)
+                          split_axes, split_offsets, split_on_leading_axis, static_total)
 from ._layout import LAYOUTS, AxisSpec, check_axis, layout_override, reduce_axes, register_layout
 from ._names import array_label, array_names, current_names, name_info
 from ._namespace import device_kw, ensure_kernels, namespace, namespace_name, register_namespace, registered_namespaces, state_namespace
@@ -114,6 +115,7 @@ __all__ = [
     "static_total",
     "split_on_leading_axis",
     "split_axes",
+    "split_offsets",
     "active",
     "participant_index",
     "Participants",

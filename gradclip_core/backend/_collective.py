@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterator
 from ._scoped import ScopedValue
 
 __all__ = ["Reducer", "Participants", "all_reduce", "all_gather", "static_total", "collective", "active", "participant_index",
-           "split_on_leading_axis", "split_axes"]
+           "split_on_leading_axis", "split_axes", "split_offsets"]
 
 OPS = ("sum", "max")
 
@@ -91,9 +91,15 @@ class Participants:
         (an int), several axes (a tuple: one tensor split along two axes, e.g. FSDP2
         ``Shard(0)`` x tensor parallel ``Shard(1)``), or ``None`` (the leading axis).
         ``None`` (the default): every array is split along its leading axis.
+      offsets: with ``axes``, one entry per array: ``None`` (unknown) or, per split axis
+        of that array (in sorted order), ``(start, full)``: where this participant's
+        shard starts along that axis of the full array, and the full extent. Unit-wise
+        rules need it for an array split along two axes whose units reduce only some
+        of them (FSDP2 ``Shard(0)`` x ``RowwiseParallel`` ``Shard(1)``, units = rows):
+        see :func:`split_offsets`.
 
     Raises:
-      ValueError: a bad ``size``, ``leading`` or ``axes`` (naming the argument).
+      ValueError: a bad ``size``, ``leading``, ``axes`` or ``offsets`` (naming the argument).
 
     Example:
       >>> import numpy as np
@@ -104,7 +110,7 @@ class Participants:
     """
 
     def __init__(self, reduce: Reducer, *, size: int, index: Callable[[Any], Any], total: Callable[[int], int],
-                 leading: bool | None = None, axes: Any = None) -> None:
+                 leading: bool | None = None, axes: Any = None, offsets: Any = None) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be an int >= 1, got {size!r}")
         if leading is not None and not isinstance(leading, bool):
@@ -114,6 +120,7 @@ class Participants:
         if leading is not None and derived is not None and leading != derived:
             raise ValueError(f"leading={leading} contradicts axes={axes!r} (leading is derived from axes: omit it)")
         self.leading = leading if derived is None else derived
+        self.offsets = None if offsets is None else _check_offsets(self.axes, offsets)
         if self.leading is None:
             self.leading = True
         self._reduce = reduce
@@ -134,6 +141,29 @@ def _check_split(i: int, a: Any) -> tuple:
     if not (one or many) or any(x < 0 for x in ((a,) if one else a)) or (many and len(set(a)) != len(a)):
         raise ValueError(f"axes[{i}] must be None, an axis (int >= 0) or a tuple of distinct axes, got {a!r}")
     return (a,) if one else tuple(sorted(a))
+
+
+def _check_offsets(axes: tuple | None, offsets: Any) -> tuple:
+    """``Participants(offsets=...)`` as a tuple (per array ``None`` or ``((start, full), ...)``)."""
+    if axes is None:
+        raise ValueError("offsets= needs axes= (one (start, full) pair per split axis of each array)")
+    if not isinstance(offsets, (tuple, list)) or len(offsets) != len(axes):
+        raise ValueError(f"offsets must be a sequence with one entry per array ({len(axes)}), got {offsets!r}")
+    out = []
+    for i, (o, a) in enumerate(zip(offsets, axes)):
+        if o is None:
+            out.append(None)
+            continue
+
+        def ok(pair: Any) -> bool:
+            return (isinstance(pair, (tuple, list)) and len(pair) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in pair) and 0 <= pair[0] <= pair[1])
+
+        if not isinstance(o, (tuple, list)) or len(o) != len(a) or not all(ok(pair) for pair in o):
+            raise ValueError(f"offsets[{i}] must be None or one (start, full) pair of ints, 0 <= start <= full, per "
+                             f"split axis {a}, got {o!r}")
+        out.append(tuple((int(s), int(f)) for s, f in o))
+    return tuple(out)
 
 
 def _need(attr: str, what: str) -> Any:
@@ -239,6 +269,38 @@ def split_axes(i: int) -> tuple | None:
         raise ValueError(f"the reducer's axes= has {len(axes)} entries, but the rule sees array {j} "
                          "(give one entry per array)")
     return axes[j]
+
+
+def split_offsets(i: int) -> tuple | None:
+    """Where this participant's shard of array ``i`` lies in the full array, per split axis.
+
+    ``((start, full), ...)``, one pair per axis of :func:`split_axes` ``(i)`` (sorted):
+    the shard's first index along that axis of the full array, and the full extent.
+    ``None`` when unknown (no reducer, a reducer without ``offsets``, or ``None`` for
+    that array). Re-indexed for :func:`gradclip_core.on` like :func:`split_axes`.
+
+    Raises:
+      ValueError: the reducer's ``offsets`` has no entry for array ``i``.
+
+    Example:
+      >>> p = Participants(lambda xp, x, op: x, size=4, index=lambda xp: 1, total=lambda n: n,
+      ...                  axes=[(0, 1)], offsets=[((0, 8), (3, 6))])
+      >>> with collective(p):
+      ...     split_offsets(0)
+      ((0, 8), (3, 6))
+      >>> split_offsets(0) is None
+      True
+    """
+    offsets = getattr(_reducer(), "offsets", None)
+    if offsets is None:
+        return None
+    from ._names import global_index
+
+    j = global_index(i)
+    if not 0 <= j < len(offsets):
+        raise ValueError(f"the reducer's offsets= has {len(offsets)} entries, but the rule sees array {j} "
+                         "(give one entry per array)")
+    return offsets[j]
 
 
 def active() -> bool:

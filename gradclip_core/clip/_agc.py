@@ -34,13 +34,14 @@ def unit_norms(xp: Any, x: Any, axes: tuple | None, dtype: Any) -> Any:
     return _unit_norms(xp, [x], [axes], [dtype])[0]
 
 
-def _sharded_fraction(xp: Any, flags: list, split: dict) -> Any:
+def _sharded_fraction(xp: Any, flags: list, split: set, echoes: set) -> Any:
     """Clipped fraction of all units over participants (one collective).
 
     Units that span shards (``split``: their arrays' positions) have the same flag on
-    every participant and count once; the others are summed over participants.
+    every participant and count once; units another participant counts (``echoes``: an
+    array split along two axes) are left out here; the others are summed over participants.
     """
-    local = [f for i, f in enumerate(flags) if i not in split]
+    local = [f for i, f in enumerate(flags) if i not in split and i not in echoes]
     shared = [f for i, f in enumerate(flags) if i in split]
     zero = xp.zeros((), dtype=xp.float32)
     hits = sum((count(xp, f) for f in local), zero)
@@ -88,8 +89,9 @@ def adaptive_clip(
     On shards (a reducer active, :mod:`gradclip_core.backend._collective`), a unit that
     spans shards (its reduced axes hold the array's split axis, e.g. ``"out_first"`` on a
     tensor parallel ``Shard(1)`` weight) gets its norm from the participants' partial
-    sums, and counts once in ``clipped_fraction``; an array split along two axes whose
-    units span only one of them is refused.
+    sums, and counts once in ``clipped_fraction``; so does a unit of an array split along
+    two axes that spans only one of them (FSDP2 ``Shard(0)`` x ``RowwiseParallel``
+    ``Shard(1)``) when the reducer gives the shards' offsets (refused without them).
 
     Example:
       >>> import numpy as np
@@ -109,7 +111,7 @@ def adaptive_clip(
     def clip(xp: Any, grads: list, params: list) -> tuple[Scale, dict]:
         sharded = active()
         # on shards: units that span shards (their reduced axes hold the split axis) are summed over participants
-        (g_norms, p_norms), split = sharded_unit_norms(xp, "adaptive_clip", [grads, params], axis)
+        (g_norms, p_norms), split, echoes = sharded_unit_norms(xp, "adaptive_clip", [grads, params], axis)
         # Every unit of every array as one vector: a few operations in all, not a few per array.
         gv, pv = flat(xp, g_norms), flat(xp, p_norms)
         max_norm = clipping * xp.clip(pv, min=eps)
@@ -118,7 +120,7 @@ def adaptive_clip(
         factors = unflat(xp, xp.where(trigger, xp.ones_like(ratio), ratio), g_norms)
         if sharded:
             flags = unflat(xp, xp.logical_not(trigger), g_norms)
-            return Scale(tuple(factors)), {"clipped_fraction": _sharded_fraction(xp, flags, split)}
+            return Scale(tuple(factors)), {"clipped_fraction": _sharded_fraction(xp, flags, split, echoes)}
         return Scale(tuple(factors)), {"clipped_fraction": fraction(xp, [xp.logical_not(trigger)])}
 
     return stateless_rule("adaptive_clip", clip, nonfinite, needs_params=True)

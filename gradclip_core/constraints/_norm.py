@@ -30,7 +30,7 @@ def _norm_rule(name: str, axis: AxisSpec, eps: float, desired: Callable[[Any, An
 
     def fn(xp: Any, params: list) -> tuple[Scale, dict]:
         # on shards: a unit spanning shards (e.g. a Shard(1) weight's rows) gets its norm from all participants
-        (norms,), _ = sharded_unit_norms(xp, name, [params], axis)
+        (norms,), _, _ = sharded_unit_norms(xp, name, [params], axis)
         n = flat(xp, norms)  # every unit of every weight as one vector: a few operations in all
         f = eps + n if desired is None else desired(xp, n) / (eps + n)
         return Scale(tuple(unflat(xp, f, norms)), divide=desired is None), {}

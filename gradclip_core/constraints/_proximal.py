@@ -141,7 +141,7 @@ def group_lasso(threshold: float, *, axis: AxisSpec = None) -> Rule:
 
     def fn(xp: Any, params: list) -> tuple[list, dict]:
         # (on shards: a group spanning shards gets its norm from every participant, see gradclip_core._units)
-        (norms,), _ = sharded_unit_norms(xp, "group_lasso", [params], axis)
+        (norms,), _, _ = sharded_unit_norms(xp, "group_lasso", [params], axis)
         out = []
         for p, n in zip(params, norms):
             if size(p) == 0:

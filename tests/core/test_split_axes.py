@@ -21,7 +21,7 @@ from array_api_compat import numpy as xp
 P = 2  # participants
 
 
-def _reducer(p: int, axes: list, prev: list | None, rec: list) -> gcb.Participants:
+def _reducer(p: int, axes: list, prev: list | None, rec: list, size: int = P, offsets=None) -> gcb.Participants:
     calls = [0]
 
     def reduce(_xp, x, op):
@@ -33,22 +33,28 @@ def _reducer(p: int, axes: list, prev: list | None, rec: list) -> gcb.Participan
         vals = np.stack([r[k] for r in prev])
         return xp.asarray((vals.sum(axis=0) if op == "sum" else vals.max(axis=0)).astype(np.asarray(x).dtype))
 
-    return gcb.Participants(reduce, size=P, index=lambda _xp: p, total=lambda n: int(reduce(xp, np.array(n), "sum")),
-                            axes=axes)
+    return gcb.Participants(reduce, size=size, index=lambda _xp: p,
+                            total=lambda n: int(reduce(xp, np.array(n), "sum")), axes=axes, offsets=offsets)
 
 
-def simulate(call, shards: list, axes: list) -> list:
-    """``call(arrays)`` on each participant's ``shards[p]`` under a simulated collective."""
+def simulate(call, shards: list, axes: list, offsets: list | None = None, calls: list | None = None) -> list:
+    """``call(arrays)`` on each participant's ``shards[p]`` under a simulated collective.
+
+    ``offsets``: per participant, its ``Participants(offsets=...)``; ``calls``: if given,
+    receives the number of collectives each participant made.
+    """
     prev = None
     for _ in range(8):
         recs, outs = [], []
-        for p in range(P):
+        for p in range(len(shards)):
             rec: list = []
-            with gcb.collective(_reducer(p, axes, prev, rec)):
+            with gcb.collective(_reducer(p, axes, prev, rec, len(shards), None if offsets is None else offsets[p])):
                 outs.append(call([xp.asarray(a) for a in shards[p]]))
             recs.append(rec)
         if prev is not None and all(len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
                                     for a, b in zip(recs, prev)):
+            if calls is not None:
+                calls[:] = [len(r) for r in recs]
             return outs
         prev = recs
     raise AssertionError("the simulated collectives did not settle")
@@ -191,7 +197,7 @@ def test_split_axes_default_and_bad_input() -> None:
 def test_two_split_axes_refused_where_units_span_one() -> None:
     w = [np.ones((4, 4), np.float32)]
     rule = gc.adaptive_clip(0.1, axis="out_first")  # units reduce dim 1; the array is split on 0 and 1
-    with pytest.raises(ValueError, match=r"adaptive_clip: array 0 is split along axes \(0, 1\) and its units reduce"):
+    with pytest.raises(ValueError, match=r"adaptive_clip: array 0 is split along axes \(0, 1\) and its units reduce.*Participants\(offsets=...\)"):
         simulate(lambda a: rule.update(a, (), a), [[w[0][:2, :2]]] * P, [(0, 1)])
     # units reducing both split axes (one norm per array) are fine
     ok = gc.adaptive_clip(0.1, axis=(0, 1))
@@ -202,3 +208,132 @@ def test_two_split_axes_refused_where_units_span_one() -> None:
     unknown = gcb.Participants(lambda _xp, x, op: x, size=2, index=lambda _xp: 0, total=lambda n: n, leading=False)
     with gcb.collective(unknown), pytest.raises(ValueError, match=r"pass Participants\(axes=...\)"):
         rule.update([xp.asarray(w[0])], (), [xp.asarray(w[0])])
+
+
+# ------------------------------------------------- one tensor split along two axes (FSDP2 x TP)
+
+GRID = (2, 2)  # (dp, tp) participants, row-major: participant p = dp * 2 + tp
+# (8, 6) and (5, 7) split rows by dp, columns by tp (Shard(0) x RowwiseParallel Shard(1); (5, 7):
+# uneven blocks), (6, 4, 4) dims 0 and 2; (12,) on dim 0 over all four; (3,) whole on participant 0
+GRID_SHAPES = [(8, 6), (5, 7), (6, 4, 4), (12,), (3,)]
+GRID_AXES = [(0, 1), (0, 1), (0, 2), 0, None]
+
+
+def _grid_split(full: list, axes: list) -> tuple[list, list]:
+    """Per participant its shards of every array, and its offsets (``Participants(offsets=)``)."""
+    shards, offsets = [[] for _ in range(4)], [[] for _ in range(4)]
+    for x, a in zip(full, axes):
+        for p in range(4):
+            coord = divmod(p, GRID[1])
+            if a is None:
+                shards[p].append(x if p == 0 else x[:0])
+                offsets[p].append(((0, x.shape[0]),))
+            elif isinstance(a, int):
+                shards[p].append(np.array_split(x, 4, axis=a)[p])
+                offsets[p].append(((sum(len(b) for b in np.array_split(x, 4, axis=a)[:p]), x.shape[a]),))
+            else:
+                block, where = x, []
+                for d, c, n in zip(a, coord, GRID):
+                    pieces = np.array_split(block, n, axis=d)
+                    where.append((sum(q.shape[d] for q in pieces[:c]), x.shape[d]))
+                    block = pieces[c]
+                shards[p].append(block)
+                offsets[p].append(tuple(where))
+    return shards, offsets
+
+
+def _grid_gather(parts: list, full: list, axes: list) -> list:
+    """The full arrays from each participant's results (the inverse of :func:`_grid_split`)."""
+    out = []
+    for i, (x, a) in enumerate(zip(full, axes)):
+        if a is None:
+            out.append(np.asarray(parts[0][i]))
+        elif isinstance(a, int):
+            out.append(np.concatenate([np.asarray(q[i]) for q in parts], axis=a))
+        else:
+            rows = [np.concatenate([np.asarray(parts[r * GRID[1] + c][i]) for c in range(GRID[1])], axis=a[1])
+                    for r in range(GRID[0])]
+            out.append(np.concatenate(rows, axis=a[0]))
+    return out
+
+
+def _grid_arrays(seed: int) -> tuple[list, list]:
+    rng = np.random.default_rng(seed)
+    w = [rng.standard_normal(s).astype(np.float32) for s in GRID_SHAPES]
+    g = [(rng.standard_normal(s) * rng.choice([0.01, 1.0], size=s)).astype(np.float32) for s in GRID_SHAPES]
+    return w, g
+
+
+@pytest.mark.parametrize("axis", ["out_first", "out_last"])
+def test_agc_two_split_axes_equals_one_process(axis) -> None:
+    """Units reducing one of two split axes: rows (out_first) or columns (out_last) over a 2x2 grid."""
+    w, g = _grid_arrays(3)
+    rule = gc.adaptive_clip(0.5, axis=axis)
+    ref, _, ref_info = rule.update([xp.asarray(x) for x in g], (), [xp.asarray(x) for x in w])
+    (ws, offs), (gs, _) = _grid_split(w, GRID_AXES), _grid_split(g, GRID_AXES)
+    calls: list = []
+    outs = simulate(lambda a: rule.update(a[len(w):], (), a[:len(w)]), [ws[p] + gs[p] for p in range(4)],
+                    GRID_AXES + GRID_AXES, [offs[p] + offs[p] for p in range(4)], calls)
+    got = _grid_gather([o[0] for o in outs], w, GRID_AXES)
+    assert max(ulps(a, b) for a, b in zip(got, ref)) <= 4
+    assert not all(np.array_equal(a, b) for a, b in zip(got, g))  # (the clip acted)
+    want = float(ref_info["clipped_fraction"])
+    assert 0.0 < want < 1.0 and [float(o[2]["clipped_fraction"]) for o in outs] == [want] * 4
+    assert calls == [2] * 4  # still one collective for the unit norms, one for the clipped count
+
+
+@pytest.mark.parametrize("make", [lambda: gc.max_norm(1.5, axis="out_first"), lambda: gc.max_norm(1.5, axis=0),
+                                  lambda: gc.min_max_norm(1.0, 2.0, axis="out_first"), lambda: gc.unit_norm(axis=0),
+                                  lambda: gc.group_lasso(1.5, axis="out_first")],
+                         ids=["max_norm_out_first", "max_norm_axis0", "min_max_norm", "unit_norm", "group_lasso"])
+def test_max_norm_two_split_axes_equals_one_process(make) -> None:
+    w, _ = _grid_arrays(4)
+    w = [x * 2 for x in w]
+    rule = make()
+    ref, _, _ = rule.project([xp.asarray(x) for x in w], ())
+    ws, offs = _grid_split(w, GRID_AXES)
+    outs = simulate(lambda a: rule.project(a, ()), ws, GRID_AXES, offs)
+    got = _grid_gather([o[0] for o in outs], w, GRID_AXES)
+    assert max(ulps(a, b) for a, b in zip(got, ref)) <= 4
+    assert not np.array_equal(got[0], w[0])  # (some rows changed)
+
+
+def test_restricted_rule_sees_its_arrays_offsets() -> None:
+    """``gc.on``: the inner rule's array ``i`` gets array ``idx[i]``'s offsets (as its split axes)."""
+    w, g = _grid_arrays(5)
+    rule = gc.on(gc.adaptive_clip(0.5, axis="out_first"), gc.Params(exclude=["0", "3"]))
+    ref, _, ref_info = rule.update([xp.asarray(x) for x in g], (), [xp.asarray(x) for x in w])
+    (ws, offs), (gs, _) = _grid_split(w, GRID_AXES), _grid_split(g, GRID_AXES)
+    with gcb.array_names([str(i) for i in range(len(w))]):
+        outs = simulate(lambda a: rule.update(a[len(w):], (), a[:len(w)]), [ws[p] + gs[p] for p in range(4)],
+                        GRID_AXES + GRID_AXES, [offs[p] + offs[p] for p in range(4)])
+    got = _grid_gather([o[0] for o in outs], w, GRID_AXES)
+    assert np.array_equal(got[0], g[0]) and np.array_equal(got[3], g[3])  # (left out)
+    assert max(ulps(a, b) for a, b in zip(got, ref)) <= 4 and not np.array_equal(got[1], g[1])
+    assert [float(o[2]["clipped_fraction"]) for o in outs] == [float(ref_info["clipped_fraction"])] * 4
+
+
+def test_split_offsets_accessor_and_bad_input() -> None:
+    def make(**kw):
+        return gcb.Participants(lambda _xp, x, op: x, size=2, index=lambda _xp: 0, total=lambda n: n, **kw)
+
+    assert gcb.split_offsets(0) is None  # no reducer
+    p = make(axes=[(0, 1), 0], offsets=[((2, 4), (0, 6)), None])
+    with gcb.collective(p):
+        assert gcb.split_offsets(0) == ((2, 4), (0, 6)) and gcb.split_offsets(1) is None
+        with pytest.raises(ValueError, match="offsets= has 2 entries, but the rule sees array 2"):
+            gcb.split_offsets(2)
+    with pytest.raises(ValueError, match="offsets= needs axes="):
+        make(offsets=[None])
+    with pytest.raises(ValueError, match="offsets must be a sequence with one entry per array"):
+        make(axes=[0, 1], offsets=[None])
+    with pytest.raises(ValueError, match=r"offsets\[0\] must be None or one \(start, full\) pair"):
+        make(axes=[(0, 1)], offsets=[((0, 4),)])  # one pair for two split axes
+    with pytest.raises(ValueError, match=r"offsets\[0\] must be None or one \(start, full\) pair"):
+        make(axes=[0], offsets=[((5, 4),)])  # start past the full extent
+    # a shard that overruns the full extent the offsets give is refused, naming the array
+    rule = gc.adaptive_clip(0.1, axis="out_first")
+    x = xp.asarray(np.ones((3, 2), np.float32))
+    with gcb.collective(make(axes=[(0, 1)], offsets=[((2, 4), (0, 4))])), \
+            pytest.raises(ValueError, match=r"array 0's shard \(3 along axis 0, from 2\) overruns the full extent 4"):
+        rule.update([x], (), [x])

@@ -159,6 +159,9 @@ def _placements(mesh, leading_only: bool = False, one_dim: bool = False) -> list
 UNIT_RULES = {"agc_split": lambda: gc.adaptive_clip(10.0),  # (at the last step some units clipped, some not)
               "max_norm": lambda: gc.max_norm(1.5),
               "max_norm_axis0": lambda: gc.max_norm(1.5, axis=0)}
+# ... and on arrays split along two tensor dims (2x2 mesh: Shard(0) x Shard(1) and Shard(1) x Shard(0),
+# units spanning one of them: rows split by one mesh dim, partial across the other), beside the rest
+TWO_DIM_RULES = {"agc_2d": lambda: gc.adaptive_clip(10.0), "max_norm_2d": lambda: gc.max_norm(1.5)}
 
 
 def scenario_mesh(rank: int, world: int) -> dict:
@@ -167,7 +170,8 @@ def scenario_mesh(rank: int, world: int) -> dict:
     mesh = _mesh(world)
     full_w, full_g = _full_tensors(SHAPES, 11)
     tied_w = [torch.round(w * 2) / 2 for w in full_w]  # many ties: exact on dim-0 splits in mesh order
-    rules = {**RULES, "global_prune_ties": RULES["global_prune"], **PER_ARRAY, **UNIT_RULES}
+    rules = {**RULES, "global_prune_ties": RULES["global_prune"], **PER_ARRAY, **UNIT_RULES,
+             **(TWO_DIM_RULES if mesh.ndim == 2 else {})}  # (a 1-D mesh splits one dim: UNIT_RULES' case)
     out = {}
     for name, make in rules.items():
         places = _placements(mesh, leading_only=name == "agc" or name.endswith("_ties"), one_dim=name in UNIT_RULES)
@@ -180,17 +184,8 @@ def scenario_mesh(rank: int, world: int) -> dict:
             return [t.full_tensor() if isinstance(t, DTensor) else t for t in ts]
 
         out[name] = _compare(make, tied_w if name.endswith("_ties") else full_w, full_g, build, gather)
-    # AGC refuses an array split along two tensor dims whose units span one of them (array 0 on
-    # the 2x2 mesh: Shard(0) x Shard(1), units reduce dim 1); on a 1-D mesh every array splits one dim
-    places = _placements(mesh)
-    ps = [torch.nn.Parameter(distribute_tensor(w.clone(), mesh, p)) for w, p in zip(full_w, places)]
-    for p, gr, pl in zip(ps, full_g, places):
-        p.grad = distribute_tensor(gr.clone(), mesh, pl)
-    try:
-        gradclip_torch.apply_(ps, gc.adaptive_clip(0.05))
-        out["agc_2d_error"] = ""
-    except ValueError as e:
-        out["agc_2d_error"] = str(e)
+    # a _StridedShard split along two tensor dims (no block of the full tensor: no offset) is refused
+    out["agc_strided_error"] = _strided_refusal(mesh, full_w[0], full_g[0])
     # a Partial placement (gradients not reduced yet) is refused, naming the DTensor
     from torch.distributed.tensor import Partial
 
@@ -202,6 +197,11 @@ def scenario_mesh(rank: int, world: int) -> dict:
     except ValueError as e:
         out["partial_error"] = str(e)
     out["tp_train"] = _train_fsdp_tp(rank, world)
+    # FSDP2 x tensor parallel with AGC / max_norm: on 2x2 the RowwiseParallel weight is Shard(0) x Shard(1),
+    # its rows split by dp and spanning the tp shards (on 2 ranks, dp = 1: tp_units below covers it)
+    if world == 4:
+        out["fsdp_tp_units"] = _train_fsdp_tp(rank, world, rules={
+            "agc": lambda: gc.adaptive_clip(0.02), "max_norm": lambda: gc.max_norm(0.6)})
     # tensor parallel alone (ColwiseParallel Shard(0), RowwiseParallel Shard(1) over tp; dp replicas
     # train on the same batch): AGC and max_norm, units spanning the Rowwise shards
     out["tp_units"] = _train_fsdp_tp(rank, world, fsdp=False, rules={
@@ -230,6 +230,23 @@ def _float64_split(mesh) -> dict:
         _, info = gradclip_torch.apply_([mine], make())
         out[key] = [float(info["norm"]), float(info1["norm"]), str(info["norm"].dtype)]
     return out
+
+
+def _strided_refusal(mesh, w: torch.Tensor, g: torch.Tensor) -> str:
+    """AGC on a DTensor ``_StridedShard(0)`` x ``Shard(1)`` (2x2 mesh): the error ("" if none or not 2x2)."""
+    if mesh.ndim != 2:
+        return ""
+    from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    places = [_StridedShard(0, split_factor=2), Shard(1)]
+    p = torch.nn.Parameter(distribute_tensor(w.clone(), mesh, places))
+    p.grad = distribute_tensor(g.clone(), mesh, places)
+    try:
+        gradclip_torch.apply_([p], gc.adaptive_clip(0.05))
+    except ValueError as e:
+        return str(e)
+    return ""
 
 
 def _tp_model() -> torch.nn.Module:
