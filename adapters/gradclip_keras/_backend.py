@@ -18,7 +18,7 @@ import gradclip_core as gc
 from gradclip_core.backend import array_names, ensure_kernels, namespace, namespace_name
 
 __all__ = ["LAYOUT", "backend", "to_tensor", "snapshot", "rule_scope", "variable_names", "run_unless", "is_symbolic", "storage_precision",
-           "prepare_namespaces"]
+           "prepare_namespaces", "unconverted"]
 
 LAYOUT = "out_last"  # Keras kernels are (..., in, out) on every backend
 
@@ -74,6 +74,22 @@ def rule_scope(names: Sequence[str] | None = None) -> Iterator[None]:
         else:
             with array_names(names):
                 yield
+
+
+def unconverted(fn: Callable) -> Callable:
+    """``fn`` marked for TensorFlow's autograph not to convert it (nor anything it calls); ``fn`` elsewhere.
+
+    Keras traces a TF train step with autograph on, which rewrites every Python function
+    called from it, recursively, before tracing it. Rules have no data-dependent Python
+    control flow (DESIGN.md), so the rewrite changes nothing but costs seconds per rule
+    function: a pruning rule's first ``fit`` step traced for minutes, most of it in
+    autograph's source transformation of the core.
+    """
+    if backend() != "tensorflow":
+        return fn
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(fn)
 
 
 def variable_names(variables: Sequence[Any]) -> list[str]:

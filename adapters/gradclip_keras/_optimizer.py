@@ -14,7 +14,7 @@ import gradclip_core as gc
 from gradclip_core.backend import apply_effect, namespace
 
 from ._backend import (backend, is_symbolic, prepare_namespaces, rule_scope, run_unless, snapshot, storage_precision, to_tensor,
-                       variable_names)
+                       unconverted, variable_names)
 from ._registry import rule_config, rule_from_config, serializable
 from ._state import check_rule, flatten, has_project, name_info, sanitize, skipped, unflatten
 
@@ -383,13 +383,13 @@ class Optimizer(keras.optimizers.Optimizer):
         if loss is not None:
             state = gc.feed_loss(state, loss)
         with rule_scope(slots.paths):
-            out, new_state, info = slots.rule.update(grads, state, params if slots.rule.needs_params else None)
+            out, new_state, info = unconverted(slots.rule.update)(grads, state, params if slots.rule.needs_params else None)
         return list(out), flatten(new_state), dict(info)
 
     def _project(self, params: list, state_values: list) -> tuple[list, list, dict]:
         slots = self._gradclip
         with rule_scope(slots.paths):
-            out, new_state, info = slots.rule.project(params, unflatten(slots.treedef, state_values))
+            out, new_state, info = unconverted(slots.rule.project)(params, unflatten(slots.treedef, state_values))
         out = [ops.cast(o, p.dtype) for o, p in zip(out, params)]
         return out, flatten(new_state), dict(info)
 
@@ -428,9 +428,9 @@ class Optimizer(keras.optimizers.Optimizer):
         deltas = [a - b for a, b in zip(after, before)]
         try:
             with rule_scope(slots.paths):
-                effect, new_state, info = slots.rule.update_effect(deltas, unflatten(slots.treedef, state_values), before)
+                effect, new_state, info = unconverted(slots.rule.update_effect)(deltas, unflatten(slots.treedef, state_values), before)
                 scales = _scalar_factors(effect, len(deltas))
-                out = None if scales is not None else apply_effect(namespace(*deltas), deltas, effect)
+                out = None if scales is not None else unconverted(apply_effect)(namespace(*deltas), deltas, effect)
         except Exception:  # (e.g. nonfinite="raise", eager): the weights go back to where the step started
             for var, b in zip(built, before):
                 var.assign(b)

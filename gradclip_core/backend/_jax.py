@@ -45,6 +45,20 @@ def float_from_bits(xp: Any, u: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(u.astype(jnp.int32), jnp.float32)
 
 
+def argsort_keys(xp: Any, keys: jax.Array) -> jax.Array:
+    """Stable ascending order of 1-d int32 ``keys``: ``lax.sort`` of ``(keys, index)`` as two keys (unstable
+    sort, the same order), about twice as fast on XLA's CPU sort as ``argsort(stable=True)``."""
+    del xp
+    idx = jax.lax.iota(jnp.int32, keys.shape[0])
+    return jax.lax.sort((keys.astype(jnp.int32), idx), num_keys=2, is_stable=False)[1]
+
+
+def unpermute(xp: Any, values: jax.Array, order: jax.Array) -> jax.Array:
+    """``out[order] = values`` (a scatter; the default is a second sort)."""
+    del xp
+    return jnp.zeros_like(values).at[order].set(values, unique_indices=True)
+
+
 def cond(xp: Any, pred: Any, true_fn: Any, false_fn: Any) -> Any:
     """``lax.cond(pred, true_fn, false_fn)``."""
     del xp
@@ -117,5 +131,6 @@ def register() -> None:
     Example:
       >>> register()
     """
-    register_primitives(NAMESPACE, order_keys=order_keys, float_from_bits=float_from_bits, cond=cond)
+    register_primitives(NAMESPACE, order_keys=order_keys, float_from_bits=float_from_bits, cond=cond,
+                        argsort_keys=argsort_keys, unpermute=unpermute)
     register_selection(NAMESPACE, SELECTION)

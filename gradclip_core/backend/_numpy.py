@@ -95,11 +95,19 @@ SELECTION = Selection(digit=16, chunk=CHUNK, keys=_keys, histogram=_histogram, k
                       scatter=_scatter, value=_value)
 
 
+def unpermute(xp: Any, values: Any, order: Any) -> np.ndarray:
+    """``out[order] = values`` (index assignment; the default is a second sort)."""
+    del xp
+    out = np.empty_like(values)
+    out[np.asarray(order)] = values
+    return out
+
+
 def register() -> None:
     """Register the NumPy kernels (done on first use).
 
     Example:
       >>> register()
     """
-    register_primitives(NAME, order_keys=order_keys, float_from_bits=float_from_bits, cond=_cond)
+    register_primitives(NAME, order_keys=order_keys, float_from_bits=float_from_bits, cond=_cond, unpermute=unpermute)
     register_selection(NAME, SELECTION)

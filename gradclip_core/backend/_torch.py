@@ -654,6 +654,12 @@ def _choose(xp: Any, xs: list) -> Selection:
     return CPU_SELECTION if (EAGER_CPU and cpu and not _compiling() and not active()) else DEVICE_SELECTION
 
 
+def unpermute(xp: Any, values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``out[order] = values`` (one ``scatter``; the default is a second sort)."""
+    del xp
+    return torch.empty_like(values).scatter_(0, order.to(torch.int64), values)
+
+
 def register() -> None:
     """Register the torch kernels with the core (done on first use of a torch tensor).
 
@@ -663,7 +669,7 @@ def register() -> None:
     register_primitives(NAMESPACE, array_norms=array_norms, array_rms=array_rms, unit_norms=unit_norms,
                         multiply=multiply, clip=clip, count_outside=count_outside, min_bound_ratio=min_bound_ratio,
                         apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
-                        apply_effect_=apply_effect_, compiling=lambda xp: _compiling())
+                        apply_effect_=apply_effect_, unpermute=unpermute, compiling=lambda xp: _compiling())
     register_selection(NAMESPACE, _choose)
 
 

@@ -43,7 +43,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 from ..backend._collective import active, all_reduce, static_total
 from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
 from ..backend._namespace import namespace_name
-from ..backend._primitives import size
+from ..backend._primitives import argsort_keys, size, unpermute
 from ..backend._selection import order_keys
 from ._schedule import prune_count
 
@@ -254,12 +254,12 @@ def lamp_scores(xp: Any, s: Any) -> Any:
     if size(flat) == 0:
         return s
     flat = xp.where(xp.isnan(flat), xp.full_like(flat, math.inf), flat)  # (NaN sorts as +inf everywhere)
-    order = xp.argsort(flat, stable=True)
+    # int32 order keys sort like the floats (+0 and -0 apart, both with LAMP score 0)
+    order = argsort_keys(xp, order_keys(xp, flat))
     sq = xp.take(flat, order) ** 2
     suffix = xp.flip(xp.cumulative_sum(xp.flip(sq, axis=0), axis=0), axis=0)
     lamp = xp.where(suffix > 0, sq / xp.where(suffix > 0, suffix, xp.ones_like(suffix)), xp.zeros_like(sq))
-    inv = xp.argsort(order, stable=True)
-    return xp.reshape(xp.take(lamp, inv), tuple(s.shape))
+    return xp.reshape(unpermute(xp, lamp, order), tuple(s.shape))
 
 
 def _output_axis(xp: Any, axis: Any, ndim: int) -> int:

@@ -338,3 +338,38 @@ def test_configs_round_trip_and_restricted_scores():
     assert [np.shape(s) for s in state.scores] == [(2, 2), ()]
     _, state, _ = rule.update([np.full((2, 2), 2.0, np.float32), np.ones((3, 3), np.float32)], state, ws)
     assert np.array_equal(np.asarray(state.scores[0]), np.full((2, 2), -2.0))
+
+
+@pytest.mark.parametrize("framework", ["numpy", "jax", "torch"])
+def test_lamp_scores_kernels_give_the_portable_scores(framework):
+    """LAMP's sort and inverse permutation (``argsort_keys`` / ``unpermute`` overrides: JAX's two-key sort,
+    scatters) give the Array API defaults' scores bit for bit, ties, zeros of both signs, NaN and inf included."""
+    import array_api_strict as xs
+
+    from gradclip_core.backend._primitives import argsort_keys, unpermute
+
+    rng = np.random.default_rng(0)
+    s = np.abs(np.round(rng.standard_normal(400), 1)).astype(np.float32)
+    s[[3, 50, 51]] = [np.nan, np.inf, -0.0]
+    want = np.asarray(gc.lamp_scores(xs, xs.asarray(s)))
+    if framework == "numpy":
+        xp, arr, back = np, s, np.asarray
+    elif framework == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+        xp, arr, back = jnp, jnp.asarray(s), np.asarray
+    else:
+        torch = pytest.importorskip("torch")
+        import array_api_compat.torch as xp
+
+        arr, back = torch.from_numpy(s), lambda t: t.numpy()
+    got = back(gc.lamp_scores(xp, arr))
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+    keys = np.array([5, 1, 5, 0, 1, 5], np.int32)
+    order = back(argsort_keys(xp, xp.asarray(keys)))
+    np.testing.assert_array_equal(order, np.argsort(keys, kind="stable"))
+    vals = np.arange(6, dtype=np.float32)
+    perm = np.array([2, 0, 5, 1, 3, 4])
+    out = back(unpermute(xp, xp.asarray(vals), xp.asarray(perm)))
+    expect = np.empty_like(vals)
+    expect[perm] = vals
+    np.testing.assert_array_equal(out, expect)

@@ -225,3 +225,54 @@ def test_cond_runs_one_branch_eagerly_and_in_a_graph():
         return gcb.cond(gcb.namespace(x), p, lambda: (tf.fill((2,), 1.0),), lambda: (tf.fill((2,), 0.0),))[0]
 
     assert float(graph(tf.constant(True))[0]) == 1.0 and float(graph(tf.constant(False))[0]) == 0.0
+
+
+SELECT_CASES = [
+    [np.array([[0.5, -0.5, NAN], [INF, 1e-40, 0.0]], np.float32), np.full((3, 4), 0.25, np.float32),
+     np.array([2.0, -0.0, 3e-39, 0.25, 0.25], np.float32)],
+    [np.random.default_rng(0).standard_normal((40, 30)).round(1).astype(np.float32), np.zeros((0,), np.float32),
+     np.random.default_rng(1).standard_normal(77).astype(np.float32)],
+]
+
+
+@pytest.mark.parametrize("case", range(len(SELECT_CASES)))
+def test_selection_kernels_give_numpys_masks_and_threshold_eager_in_a_graph_and_under_xla(case):
+    """TensorFlow's selection (bitcast keys, 11-bit bincount passes in a while_loop, a cond for split ties)
+    equals the NumPy kernels bit for bit: masks (old masks and divisors included) and the threshold."""
+    from gradclip_core.prune import prune_smallest
+
+    arrays = SELECT_CASES[case]
+    rng = np.random.default_rng(case)
+    n = sum(a.size for a in arrays)
+    old = [rng.random(a.shape) < 0.8 for a in arrays]
+    divs = [np.asarray(rng.uniform(0.5, 2), np.float32) for _ in arrays]
+    fns = {"eager": lambda *a: prune_smallest(None, *a),
+           "graph": tf.function(lambda *a: prune_smallest(None, *a)),
+           "xla": tf.function(lambda *a: prune_smallest(None, *a), jit_compile=True)}
+    # (a score divided by a divisor is a float op, and TensorFlow's CPU kernels flush subnormals, as XLA's)
+    normal = [np.where(np.abs(a) < np.finfo(np.float32).tiny, np.float32(0), a) for a in arrays]
+    for k in (0, 1, 13, n // 2, n):
+        for masks, d in ((None, None), (old, None), (None, divs)):
+            xs_ = arrays if d is None else normal
+            want, want_thr = prune_smallest(None, xs_, k, masks, d)
+            tf_args = ([tf.constant(a) for a in xs_], tf.constant(k),
+                       None if masks is None else [tf.constant(m) for m in masks],
+                       None if d is None else [tf.constant(v) for v in d])
+            for name, fn in fns.items():
+                got, thr = fn(*tf_args)
+                for a, b in zip(got, want):
+                    np.testing.assert_array_equal(a.numpy(), b, err_msg=f"{name}, k={k}")
+                assert np.asarray(thr.numpy(), np.float32).view(np.int32) == np.asarray(want_thr, np.float32).view(
+                    np.int32) or (np.isnan(thr.numpy()) and np.isnan(want_thr)), (name, k)
+
+
+def test_selection_graph_is_small():
+    """One selection is a few hundred graph ops (the portable kernels unrolled 31 one-bit passes with
+    arithmetic keys: thousands per array, minutes to trace a Keras pruning step on GPT-2 small)."""
+    from gradclip_core.prune import prune_smallest
+
+    specs = [tf.TensorSpec((64, 32), tf.float32), tf.TensorSpec((100,), tf.float32)]
+    fn = tf.function(lambda xs: prune_smallest(None, xs, 1000)[0])
+    ops = fn.get_concrete_function(specs).graph.get_operations()
+    assert len(ops) < 300, len(ops)
+    assert any(op.type in ("While", "StatelessWhile") for op in ops)
