@@ -235,7 +235,7 @@ SELECT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", range(len(SELECT_CASES)))
+@pytest.mark.parametrize("case", [0, pytest.param(1, marks=pytest.mark.slow)])  # (case 1: 7 s of traces)
 def test_selection_kernels_give_numpys_masks_and_threshold_eager_in_a_graph_and_under_xla(case):
     """TensorFlow's selection (bitcast keys, 11-bit bincount passes in a while_loop, a cond for split ties)
     equals the NumPy kernels bit for bit: masks (old masks and divisors included) and the threshold."""
