@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ._effect import On, Scale, Skip, Then
-from ._numerics import ACCUMULATE, ACCUMULATE_TRACED
+from ._numerics import ACCUMULATE
 from ._rule import Rule
 from .backend._namespace import namespace
 from .backend._primitives import override, upcast
@@ -97,16 +97,9 @@ def _run(arrays: list, state: Any, call: Any) -> tuple:
         return call()
     xp = namespace(*arrays)
     _check_float64(xp, arrays)
-    compiling = override(xp, "compiling")
-    if compiling is not None and compiling(xp):  # (no ContextVar: a graph break in torch.compile)
-        ACCUMULATE_TRACED.append("float64")
-        try:
-            effect, new_state, info = call()
-        finally:
-            ACCUMULATE_TRACED.pop()
-    else:
-        with ACCUMULATE.scope("float64"):
-            effect, new_state, info = call()
+    compiling = override(xp, "compiling")  # (torch.compile: no ContextVar, or a graph break)
+    with ACCUMULATE.scope("float64", traced=compiling is not None and compiling(xp)):
+        effect, new_state, info = call()
     wide = [x.dtype == xp.float64 or x.dtype == getattr(xp, "complex128", None) for x in arrays]
     if not any(wide):  # without the wrapper every norm in info would be float32
         info = {k: _down(xp, v) for k, v in info.items()}

@@ -21,8 +21,6 @@ def const_like(xp: Any, ref: Any, value: Any) -> Any:
 # "float64" inside a rule wrapped by gradclip_core.accumulate(rule, "float64") (None elsewhere:
 # a plain attribute read, see _scoped.py).
 ACCUMULATE = ScopedValue("gradclip_accumulate")
-# The same inside a compiler's trace (torch.compile cannot trace a ContextVar; the trace runs in one thread).
-ACCUMULATE_TRACED: list = []
 
 
 def acc_dtype(xp: Any, xs: Sequence[Any]) -> Any:
@@ -31,7 +29,7 @@ def acc_dtype(xp: Any, xs: Sequence[Any]) -> Any:
     Always float64 inside a rule wrapped by :func:`gradclip_core.accumulate` ``(rule, "float64")``.
     Always a real dtype: the norms of complex arrays are norms of ``|z|``.
     """
-    if ACCUMULATE_TRACED or ACCUMULATE.get() is not None:
+    if ACCUMULATE.get() is not None:
         return xp.float64
     c128 = getattr(xp, "complex128", None)
     return xp.float64 if any(x.dtype == xp.float64 or (c128 is not None and x.dtype == c128) for x in xs) else xp.float32

@@ -45,7 +45,6 @@ class _Lazy:
         return self._names
 
 
-_TRACED: list = []  # blocks opened inside a compiler's trace (torch.compile): a plain stack, no ContextVar
 
 
 @contextlib.contextmanager
@@ -67,27 +66,17 @@ def array_names(names: Sequence[str] | Callable[[], Sequence[str]] | None, *, tr
       >>> array_label(1)
       'array 1'
     """
-    if names is None and not _NAMES.is_open and not _TRACED:  # nothing to name, nothing named: touch no ContextVar
+    if names is None and not _NAMES.is_open:  # nothing to name, nothing named: touch no ContextVar
         yield
         return
     value = _Lazy(names) if callable(names) else (None if names is None else list(names))
-    if traced or _TRACED:  # (a block inside a traced one is traced too)
-        _TRACED.append(value)
-        try:
-            yield
-        finally:
-            _TRACED.pop()
-        return
-    with _NAMES.scope(value):
+    with _NAMES.scope(value, traced=traced):
         yield
 
 
 def current_names() -> Sequence[str] | None:
     """The names of the innermost :func:`array_names` block, or ``None`` (resolved if lazy)."""
-    if _TRACED:
-        value = _TRACED[-1]
-    else:
-        value = _NAMES.get()
+    value = _NAMES.get()
     return value.get() if isinstance(value, _Lazy) else value
 
 
