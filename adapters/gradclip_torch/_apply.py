@@ -152,14 +152,39 @@ def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, proce
     return new_state, loc.info(info)
 
 
-def snapshot_params(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """A copy of the weights before the step, for update clipping (one copy of ``params``)."""
+def snapshot_params(params: Sequence[torch.Tensor], into: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """A copy of the weights before the step, for update clipping (one copy of ``params``).
+
+    ``into``: the buffers of the last step's snapshot. When they still fit (the same
+    shapes, dtypes, devices and layouts) the weights are copied into them, so a training
+    loop allocates the snapshot once instead of every step: on the CPU a fresh
+    weight-sized allocation is page-faulted in again at every step (more than the copy
+    itself), and on a GPU the caching allocator keeps that memory anyway. Inside a
+    ``torch.compile`` trace a fresh copy is made.
+    """
     with torch.no_grad():
+        if into is not None and not torch.compiler.is_compiling() and _fits(into, params):
+            views = [p.detach() for p in params]
+            if all(type(v) is torch.Tensor for v in views):
+                torch._foreach_copy_(list(into), views)
+            else:  # (DTensors: no foreach copy sharding strategy)
+                for b, v in zip(into, views):
+                    b.copy_(v)
+            return list(into)
         return [p.detach().clone() for p in params]
 
 
+def _fits(buffers: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> bool:
+    """Whether ``buffers`` can hold a copy of ``params`` (one each, the same kind of tensor)."""
+    return len(buffers) == len(params) and all(
+        type(b) is type(p.detach()) and b.shape == p.shape and b.dtype == p.dtype and b.device == p.device
+        and b.stride() == p.stride() and getattr(b, "placements", None) == getattr(p, "placements", None)
+        for b, p in zip(buffers, params))
+
+
 def correct_update(
-    rule: Rule, params: Sequence[torch.Tensor], before: Sequence[torch.Tensor], state: Any, process_group: Any = None
+    rule: Rule, params: Sequence[torch.Tensor], before: Sequence[torch.Tensor], state: Any, process_group: Any = None,
+    scratch: dict | None = None,
 ) -> tuple[Any, dict]:
     """Update clipping (``rule.on_update``) after ``optimizer.step()``: the rule on ``params - before``.
 
@@ -167,7 +192,9 @@ def correct_update(
     anything is written; then a weight becomes ``w_old + delta'`` where the rule changed its
     update and stays ``w_new`` (bit for bit) where it did not. Memory: ``delta`` (one copy of
     the stepped weights, on top of the ``before`` snapshot); a per-array scale (Clippy, the
-    update-norm clip) is applied in place in ``delta`` with no other temporary.
+    update-norm clip) is applied in place in ``delta`` with no other temporary. ``scratch``
+    (a dict the caller keeps from step to step) holds the ``delta`` buffers for the next
+    call, which reuses them while they fit (no weight-sized allocation per step).
 
     Returns:
       ``(state, info)``.
@@ -179,7 +206,7 @@ def correct_update(
             return state, {}
         if state is None:
             state = rule.init(list(before))
-        deltas = torch._foreach_sub(views, list(before))
+        deltas = _delta(views, list(before), scratch)
         effect, new_state, info = rule.update_effect(list(deltas), state, list(before))
         check_effect(effect, deltas, "gradclip_torch")
         if isinstance(effect, Keep):
@@ -198,6 +225,19 @@ def correct_update(
                 p.copy_(torch.where(d == p - b, p, b + d))
         loc.sync(0)  # replicas this rank did not see: the weights of the rank that did
     return new_state, loc.info(info)
+
+
+def _delta(views: list[torch.Tensor], before: list[torch.Tensor], scratch: dict | None) -> list[torch.Tensor]:
+    """``w_new - w_old``, in the buffers of ``scratch["delta"]`` when they fit (and kept there)."""
+    if scratch is None or torch.compiler.is_compiling():
+        return torch._foreach_sub(views, before)
+    kept = scratch.get("delta")
+    if kept is None or not _fits(kept, views):
+        kept = scratch["delta"] = torch._foreach_sub(views, before)
+        return list(kept)
+    for v, b, d in zip(views, before, kept):  # (elementwise into a buffer that aliases neither input)
+        torch.sub(v, b, out=d)
+    return list(kept)
 
 
 def _on_host(views: Sequence[torch.Tensor], factors: Sequence[torch.Tensor]) -> bool:

@@ -151,3 +151,37 @@ def test_the_cpu_write_back_equals_the_device_path_bit_for_bit(rule, monkeypatch
     assert n_host == n_device > 0  # some steps were clipped (written back), others not
     for a, b in zip(host, device):
         assert torch.equal(a, b)
+
+
+def test_the_snapshot_and_delta_buffers_are_reused_and_refit_when_the_stepped_set_changes():
+    model, twin = _model(), _model()
+    opt, twin_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(twin.parameters(), lr=0.1)
+    handle = gradclip_torch.attach(opt, gc.clippy(0.02, 1e-3, nonfinite="skip"))
+    ptrs = []
+    for step, (drop, nan) in enumerate([(False, False), (False, False), (False, True), (True, False), (False, False)]):
+        _backward(model, step, 3.0)
+        if drop:  # a parameter without a gradient this step: the stepped set (and the buffers' shapes) change
+            model[2].bias.grad = None
+        if nan:
+            model[0].weight.grad[0, 0] = float("nan")
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), twin.parameters()):
+                q.copy_(p)
+                q.grad = None if p.grad is None else p.grad.clone()
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step()
+        twin_opt.step()
+        ptrs.append([b.data_ptr() for b in handle._snapshot] + [d.data_ptr() for d in handle._scratch["delta"]])
+        if nan:  # skipped: every weight as before the step, bit for bit
+            assert int(handle.info["skipped"]) == 1
+            for p, b in zip(model.parameters(), before):
+                assert torch.equal(p.detach(), b)
+            continue
+        for p, q, b in zip(model.parameters(), twin.parameters(), before):
+            want, scale = shrink_by_references((q.detach() - b).numpy(), b.numpy(), 0.02, 1e-3)
+            expected = q.detach().numpy() if scale == 1 else b.numpy() + want
+            np.testing.assert_allclose(p.detach().numpy(), expected, rtol=0, atol=2e-7 * max(1.0, float(np.abs(expected).max())))
+    assert ptrs[0] == ptrs[1] == ptrs[2]  # allocated once, then reused
+    assert len(ptrs[3]) < len(ptrs[0]) and len(ptrs[4]) == len(ptrs[0])  # refitted to the stepped set, both ways
+    handle.remove()
+    assert handle._snapshot is None and handle._scratch == {}
