@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ._numerics import acc_dtype
-from .backend._collective import active, all_reduce, split_axes, split_offsets, static_total
+from .backend._collective import active, all_reduce, full_shape, split_axes, split_offsets
 from .backend._layout import _DEFAULT_LAYOUT, _OVERRIDE, reduce_axes
 from .backend._names import array_label
 from .backend._namespace import device_kw, namespace_name
@@ -74,9 +74,7 @@ def full_unit_axes(xp: Any, name: str, axis: Any, shape: tuple, i: int) -> tuple
         if len(split) > 1:
             raise ValueError(f"{name}: {array_label(i)} is split along axes {split} (one tensor sharded on two "
                              f"axes); the layout {resolved!r} needs its full shape: shard it along one axis")
-        d = split[0]
-        if d < len(shape):
-            shape = tuple(shape[:d]) + (static_total(shape[d]),) + tuple(shape[d + 1:])
+        shape = full_shape(shape, split[0])
     return reduce_axes(xp, axis, shape)
 
 

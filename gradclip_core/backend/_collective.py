@@ -59,7 +59,7 @@ from typing import Any, Callable, Iterator
 
 from ._scoped import ScopedValue
 
-__all__ = ["Reducer", "Participants", "all_reduce", "all_gather", "static_total", "collective", "active", "participant_index",
+__all__ = ["Reducer", "Participants", "all_reduce", "all_gather", "static_total", "full_shape", "collective", "active", "participant_index",
            "split_on_leading_axis", "split_axes", "split_offsets"]
 
 OPS = ("sum", "max")
@@ -214,6 +214,21 @@ def static_total(n: int) -> int:
     if _reducer() is None:
         return n
     return int(_need("total", "a global element count")(int(n)))
+
+
+def full_shape(shape: tuple, axis: int = 0) -> tuple:
+    """The full array's shape of a shard shaped ``shape``, split along ``axis`` (summed over participants).
+
+    ``shape`` itself without a reducer, or when the array has no axis ``axis``.
+
+    Example:
+      >>> full_shape((4, 3), 1)
+      (4, 3)
+    """
+    shape = tuple(int(d) for d in shape)
+    if not active() or axis >= len(shape):
+        return shape
+    return shape[:axis] + (static_total(shape[axis]),) + shape[axis + 1:]
 
 
 def participant_index(xp: Any, what: str = "exact pruning ties") -> Any:

@@ -5,7 +5,8 @@ is a block of leading rows of the full array, in participant order. Per-array co
 (``round_half_even(s_i * n_i)``), ERK allocations and the global flat index of the
 random hash need the *full* array, which these helpers rebuild:
 
-- :func:`full_shape`: ``(sum of the rows over participants,) + shape[1:]`` (one
+- :func:`full_shape` (from :mod:`gradclip_core.backend._collective`, which the unit-wise
+  rules share): ``(sum of the rows over participants,) + shape[1:]`` (one
   :func:`static_total` per array: a host-side integer sum in torch, ``n * size`` in JAX);
 - :func:`flat_offsets`: the flat index of each shard's first element in its full array
   (one :func:`all_gather` of the local sizes for all arrays together);
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..backend._collective import active, all_gather, participant_index, split_on_leading_axis, static_total
+from ..backend._collective import active, all_gather, full_shape, participant_index, split_on_leading_axis
 from ..backend._namespace import device_kw
 from ..backend._primitives import size
 
@@ -31,14 +32,6 @@ def refuse_split(what: str) -> None:
     if active() and not split_on_leading_axis():
         raise ValueError(f"{what} needs every shard to be a block of leading rows (Shard(0)); some arrays are split "
                          "along another axis (Shard(1), tensor parallel): shard them by rows, or gather them")
-
-
-def full_shape(shape: tuple) -> tuple:
-    """The full array's shape of a shard shaped ``shape`` (``shape`` itself without a collective)."""
-    shape = tuple(int(d) for d in shape)
-    if not active() or not shape:
-        return shape
-    return (static_total(shape[0]),) + shape[1:]
 
 
 def flat_offsets(xp: Any, arrays: Sequence[Any]) -> list:
