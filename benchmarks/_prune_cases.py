@@ -59,7 +59,7 @@ def prune_cases(shapes: str, every_step: bool = False) -> dict:
     return {
         REF: PruneCase(gc.magnitude_prune(0.5, **kw), "", "the reference", False),
         "block_magnitude_prune(0.5, (4, 4))": PruneCase(gc.block_magnitude_prune(0.5, (4, 4), **kw), "", "", False),
-        'nm_prune(2, 4, axis=0, remainder="pad")': PruneCase(gc.nm_prune(2, 4, axis=0, remainder="pad", **kw), "",
+        'nm_prune(2, 4, axis=0, remainder="pad")': PruneCase(gc.nm_prune(2, 4, axis=0, remainder="pad", **kw), "<= 2.0x",
                                                               "", False),
         "wanda_prune(0.5)": PruneCase(gc.wanda_prune(0.5, act_norms=norms, axis=1, **kw), SCORE_TARGET, "", False),
         "movement_prune(0.5)": PruneCase(gc.movement_prune(0.5, **kw), SCORE_TARGET, "", False),

@@ -24,7 +24,7 @@ import math
 from typing import Any, Callable, Sequence
 
 from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
-from ._namespace import ensure_kernels, namespace_name
+from ._namespace import device_kw, ensure_kernels, namespace_name
 
 __all__ = [
     "register_primitives",
@@ -48,12 +48,13 @@ __all__ = [
     "min_bound_ratio",
     "argsort_keys",
     "unpermute",
+    "group_keep",
 ]
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
               "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio", "compiling",
-              "argsort_keys", "unpermute")
+              "argsort_keys", "unpermute", "group_keep")
 
 
 def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
@@ -121,6 +122,37 @@ def unpermute(xp: Any, values: Any, order: Any) -> Any:
     if fast is not None:
         return fast(xp, values, order)
     return xp.take(values, xp.argsort(order, stable=True))
+
+
+def group_keep(xp: Any, cols: Any, n_prune: int) -> Any:
+    """Which members of each group survive: ``cols[j, g]`` is member ``j``'s key in group ``g``.
+
+    A member's rank is the number of members before it (smaller key, or an equal key
+    at a smaller ``j``); the ``n_prune`` first are pruned. ``cols`` is a 2-d integer
+    array ``(group, groups)``, contiguous per member; one comparison per pair of
+    members (``group * (group - 1) / 2`` comparisons). Overridable (``"group_keep"``:
+    torch counts in place, in int8).
+
+    Returns:
+      A bool array shaped like ``cols``.
+
+    Example:
+      >>> import numpy as np
+      >>> group_keep(np, np.array([[3, 1], [1, 1], [2, 0], [5, 1]]), 2).T.tolist()
+      [[True, False, False, True], [False, True, False, True]]
+    """
+    fast = override(xp, "group_keep")
+    if fast is not None:
+        return fast(xp, cols, n_prune)
+    n_group = cols.shape[0]
+    dtype = xp.int16 if n_group < 2**15 else xp.int32
+    ranks = [xp.zeros(cols.shape[1:], dtype=dtype, **device_kw([cols])) for _ in range(n_group)]
+    for i in range(n_group):
+        for j in range(i + 1, n_group):
+            first = xp.astype(cols[i, ...] <= cols[j, ...], dtype)  # i (the smaller position) comes before j
+            ranks[j] = ranks[j] + first
+            ranks[i] = ranks[i] + (1 - first)
+    return xp.stack([r >= n_prune for r in ranks], axis=0)
 
 
 def size(x: Any) -> int:

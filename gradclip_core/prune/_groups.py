@@ -33,7 +33,7 @@ from typing import Any, Mapping, NamedTuple
 from .._validate import check_choice, check_ord
 from ..backend._layout import check_axis, reduce_axes
 from ..backend._namespace import device_kw
-from ..backend._primitives import size
+from ..backend._primitives import group_keep, size
 from ..backend._selection import order_keys
 
 __all__ = ["Group", "blocks", "units", "nm", "check_group", "pool", "expand", "nm_keep", "POOLINGS"]
@@ -254,24 +254,17 @@ def nm_keep(xp: Any, group: Group, s: Any, m: Any, remainder: str = "dense") -> 
     ax = axis % nd
     key = order_keys(xp, s) + 1
     key = xp.where(m, key, xp.zeros_like(key))
-    moved = xp.moveaxis(key, ax, -1)
-    shp = tuple(moved.shape)
     if pad:
-        filler = xp.full(shp[:-1] + (pad,), -1, dtype=moved.dtype, **device_kw([moved]))
-        moved = xp.concat([moved, filler], axis=-1)
-        shp = tuple(moved.shape)
-    g = xp.reshape(moved, shp[:-1] + (shp[-1] // n_group, n_group))
-    cols = [g[..., j] for j in range(n_group)]
-    kept = []
-    for i in range(n_group):
-        rank = xp.zeros(cols[i].shape, dtype=xp.int32)
-        for j in range(n_group):
-            if j == i:
-                continue
-            before = (cols[j] < cols[i]) | (cols[j] == cols[i]) if j < i else cols[j] < cols[i]
-            rank = rank + xp.astype(before, xp.int32)
-        kept.append(rank >= n_prune)
-    mask = xp.reshape(xp.stack(kept, axis=-1), shp)
+        filler = xp.full(tuple(key.shape[:ax]) + (pad,) + tuple(key.shape[ax + 1:]), -1, dtype=key.dtype,
+                         **device_kw([key]))
+        key = xp.concat([key, filler], axis=ax)
+    shp = tuple(key.shape)
+    split = shp[:ax] + (shp[ax] // n_group, n_group) + shp[ax + 1:]  # the group axis split into (groups, member)
+    # each member's keys in a contiguous row of its own: one copy (eager ops on strided columns are slow;
+    # through 1-D, since a reshape to a moved view's own shape would keep it strided)
+    cols = xp.reshape(xp.reshape(xp.moveaxis(xp.reshape(key, split), ax + 1, 0), (-1,)), (n_group, -1))
+    keep = xp.reshape(group_keep(xp, cols, n_prune), (n_group,) + split[:ax + 1] + split[ax + 2:])
+    mask = xp.reshape(xp.moveaxis(keep, 0, ax + 1), shp)
     if pad:
-        mask = mask[..., : shp[-1] - pad]
-    return xp.moveaxis(mask, -1, ax) & m
+        mask = mask[(slice(None),) * ax + (slice(0, shp[ax] - pad), ...)]
+    return mask & m

@@ -190,3 +190,15 @@ def test_min_bound_ratio_equals_default(dtype, monkeypatch):
     for g, e in zip(got, expected):
         _same(g, e)
     assert float(got[2]) == 1.0  # empty
+
+
+@pytest.mark.parametrize("group,n_prune", [(2, 1), (4, 2), (8, 5), (40, 20)])
+def test_group_keep_equals_default_with_ties(group, n_prune):
+    """N:M ranks counted in place (int8) equal the portable pairwise definition."""
+    g = torch.Generator().manual_seed(group)
+    cols = torch.randint(0, 3, (group, 257), generator=g, dtype=torch.int32)  # few distinct keys: many ties
+    with portable():
+        expected = _primitives.group_keep(XP, cols, n_prune)
+    got = kernels.group_keep(None, cols, n_prune)
+    _same(got, expected)
+    assert torch.equal(got.sum(0), torch.full((257,), group - n_prune))  # each group keeps group - n_prune
