@@ -58,17 +58,21 @@ def prune_cases(shapes: str, every_step: bool = False) -> dict:
     note = "an update step: drop + grow selection per array"
     return {
         REF: PruneCase(gc.magnitude_prune(0.5, **kw), "", "the reference", False),
-        "block_magnitude_prune(0.5, (4, 4))": PruneCase(gc.block_magnitude_prune(0.5, (4, 4), **kw), "", "", False),
+        "block_magnitude_prune(0.5, (4, 4))": PruneCase(gc.block_magnitude_prune(0.5, (4, 4), **kw), SCORE_TARGET,
+                                                         "block norms: one extra pass", False),
         'nm_prune(2, 4, axis=0, remainder="pad")': PruneCase(gc.nm_prune(2, 4, axis=0, remainder="pad", **kw), "<= 2.0x",
                                                               "", False),
         "wanda_prune(0.5)": PruneCase(gc.wanda_prune(0.5, act_norms=norms, axis=1, **kw), SCORE_TARGET, "", False),
         "movement_prune(0.5)": PruneCase(gc.movement_prune(0.5, **kw), SCORE_TARGET, "", False),
         "taylor_prune(0.5)": PruneCase(gc.taylor_prune(0.5, **kw), SCORE_TARGET, "", False),
-        'score_prune(0.5, allocation="erk")': PruneCase(gc.score_prune(0.5, allocation="erk", **kw), "", "", False),
+        'score_prune(0.5, allocation="erk")': PruneCase(gc.score_prune(0.5, allocation="erk", **kw), "<= 1.2x",
+                                                        "the same selection, a count per array from the shapes", False),
         'score_prune(0.5, allocation="lamp")': PruneCase(gc.score_prune(0.5, allocation="lamp", **kw), "",
                                                          "a sort per array (LAMP's score)", False),
         'score_prune(0.5, wanda, allocation="owl")': PruneCase(
-            gc.score_prune(0.5, score=gc.wanda_score(norms, axis=1), allocation="owl", **kw), "", "", False),
-        "rigl(0.5, update_every=1)": PruneCase(gc.rigl(0.5, **dst), "", note, True),
-        "sparse_evolutionary(0.5, update_every=1)": PruneCase(gc.sparse_evolutionary(0.5, **dst), "", note, True),
+            gc.score_prune(0.5, score=gc.wanda_score(norms, axis=1), allocation="owl", **kw), SCORE_TARGET,
+            "Wanda scores and their outlier ratios", False),
+        "rigl(0.5, update_every=1)": PruneCase(gc.rigl(0.5, **dst), "<= 2.5x", note + " (+ the gradients' read)", True),
+        "sparse_evolutionary(0.5, update_every=1)": PruneCase(gc.sparse_evolutionary(0.5, **dst), "<= 3.0x",
+                                                              note + " (+ the hash of every index)", True),
     }

@@ -12,7 +12,8 @@ each rule's ``gradclip_optax.transform(rule).update`` against the native transfo
   rules with no optax counterpart next to ``optax.clip_by_global_norm`` as a reference;
 - issue 19's scores, allocations, block and padded N:M pruning, RigL and SET next to
   ``magnitude_prune(0.5)`` (``_prune_cases.py``; a score <= 2.0x: one extra pass);
-  jaxpruner's ``GlobalMagnitudePruning`` when jaxpruner is importable.
+  magnitude (per array and global) and 2:4 pruning against jaxpruner's mask calculators,
+  written out (``jaxpruner_prune``: its argsorts; jaxpruner itself is not installed here).
 
 Run::
 
@@ -22,7 +23,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from typing import Any, Callable
@@ -114,11 +114,16 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
     for label, rule in no_native.items():
         jobs.append((label, "transform, jit", jitted_update(T(rule), grads), *ref, "<= 1.1x", False, ""))
     flat = list(params.values())
+    jaxpruner = {"global_magnitude_prune(0.5)": "global", "magnitude_prune(0.5)": "array", "nm_prune(2, 4, axis=-1)": "2:4"}
     for label, rule in prune_rules.items():
         proj = jax.jit(lambda ps, rule=rule: rule.project(ps, rule.init(ps))[0])
-        constraint = label.startswith("max_norm")
-        note = "" if constraint else "one-shot: masks recomputed (no jaxpruner here to compare with)"
-        jobs.append((label, "jit(project)", lambda proj=proj: proj(flat), *ref, "<= 1.1x" if constraint else "", False, note))
+        if label in jaxpruner:  # jaxpruner's mask calculators, written out (argsorts): one-shot, masks recomputed
+            how = jaxpruner[label]
+            theirs = jax.jit(lambda ps, how=how: jaxpruner_prune(ps, 0.5, how))
+            jobs.append((label, "jit(project)", lambda proj=proj: proj(flat), f"(ref) jaxpruner-style {how} masks",
+                         lambda theirs=theirs: theirs(flat), "<= 1.0x", False, "one-shot: masks recomputed"))
+            continue
+        jobs.append((label, "jit(project)", lambda proj=proj: proj(flat), *ref, "<= 1.1x", False, ""))
     # issue 19's pruning rules next to magnitude_prune: one mask recomputation (jit(project) from the state after
     # one update: movement / Taylor scores), or one RigL / SET connectivity update (jit(update + project), step 1)
     gflat = list(grads.values())
@@ -144,8 +149,6 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
                  "on the update; reads the weights too"))
     jobs.append(("update_ratio()", "transform, jit", jitted_update(T(gc.update_ratio()), grads, params), *ref, "<= 1.4x",
                  False, "on the update; reads the weights too"))
-    if importlib.util.find_spec("jaxpruner") is None:
-        print("  optax: jaxpruner is not installed: no native pruning baseline", file=sys.stderr)
 
     rows = []
     for label, path, ours, nname, native, target, has_native, note in jobs:
@@ -156,10 +159,55 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
         if shapes == "gpt2" and "lamp" in label:  # XLA's CPU sort of every array: about a minute per call here
             n, w = min(3, n), 1
             note += f"; {n} pairs, {w} warm-up (limited: XLA's CPU sort is slow)"
+        if shapes == "gpt2" and nname.startswith("(ref) jaxpruner-style") and "2:4" not in nname:  # (XLA's CPU sort)
+            n, w = min(3, n), 1
+            note += f"; {n} pairs, {w} warm-up"
         t_o, t_n, r = time_pair(ours, native, sync, n, w)
         rows.append(Row(label, "optax", path, nname, t_o * 1e3, t_n * 1e3, peak_extra(ours, sync, mem_kind),
                         peak_extra(native, sync, mem_kind), target, note, has_native, paired_ratio=r))
     return rows
+
+
+def jaxpruner_prune(params: list, amount: float, how: str) -> list:
+    """Pruning as jaxpruner computes its masks (``mask_calculator.py``; jaxpruner is not installed here).
+
+    ``how``: ``"array"`` / ``"global"``: ``_topk_mask_calculator_internal`` (an ``argsort`` of
+    the negated flat scores, the kept count's threshold, ties by flat index) per array, or
+    on all arrays' scores concatenated (jaxpruner's global pruners); ``"2:4"``:
+    ``topk_n_by_m_mask_calculator`` (``argsort().argsort()`` ranks in groups of 4 along the
+    last axis). The benchmark's reference for our magnitude and N:M pruning under ``jax.jit``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> [m.tolist() for m in jaxpruner_prune([jnp.array([3.0, -1.0, 2.0, 0.5])], 0.5, "array")]
+      [[3.0, 0.0, 2.0, 0.0]]
+    """
+    jax = _jax()
+    jnp = jax.numpy
+
+    def keep(scores):
+        flat = scores.reshape(-1)
+        num_ones = max(1, round(flat.size * (1 - amount)))
+        top = jnp.argsort(-flat)[num_ones - 1]
+        threshold = flat[top]
+        return ((flat >= threshold) & ((jnp.arange(flat.size) <= top) | (flat != threshold))).reshape(scores.shape)
+
+    def n_by_m(scores, n=2, m=4):
+        ranks = scores.reshape(-1, m).argsort().argsort()
+        return (ranks >= m - n).reshape(scores.shape)
+
+    scores = [jnp.abs(p) for p in params]
+    if how == "global":
+        mask = keep(jnp.concatenate([s.ravel() for s in scores]))
+        masks, start = [], 0
+        for p in params:
+            masks.append(mask[start: start + p.size].reshape(p.shape))
+            start += p.size
+    elif how == "2:4":
+        masks = [n_by_m(s) if s.ndim >= 2 and s.shape[-1] % 4 == 0 else jnp.ones(s.shape, bool) for s in scores]
+    else:
+        masks = [keep(s) for s in scores]
+    return [jnp.where(m, p, 0) for m, p in zip(masks, params)]
 
 
 def main(argv: list[str] | None = None) -> list[Row]:

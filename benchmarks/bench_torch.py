@@ -155,7 +155,7 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
     cases.append(Case("clip_by_value(0.5)", "apply_", lambda: gradclip_torch.apply_(params, value), *clamp_native,
                       target="<= 1.1x", mem=True))
     cases.append(Case('clip_by_value(0.5, info="full")', "apply_", lambda: gradclip_torch.apply_(params, counted),
-                      *clamp_native, note="+ clipped_fraction: one more read"))
+                      *clamp_native, target="<= 1.5x", note="opt-in + clipped_fraction: one more read"))
     # the clip folded into a fused optimizer step, against clip_grad_norm_ + the same step
     for label, rule in (("clip_by_global_norm(1.0)", gc.clip_by_global_norm(1.0)), ("zclip()", gc.zclip())):
         ours_opt = torch.optim.AdamW(params, lr=1e-9, fused=True)
@@ -167,17 +167,16 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
             native_opt.step()
 
         cases.append(Case(label, "attach + AdamW(fused=True)", ours_opt.step, "clip_grad_norm_ + AdamW(fused=True)",
-                          native_step, target="<= 0.88x" if label.startswith("clip_by_global") else "",
-                          note="scale folded into grad_scale"))
+                          native_step, target="<= 0.88x", note="scale folded into grad_scale"))
     mag, ln, rnd = gc.magnitude_prune(0.5), gc.ln_structured_prune(0.5, ord=2, axis="out_first"), gc.random_prune(0.5, seed=0)
     cases.append(Case("magnitude_prune(0.5)", "project_", lambda: gradclip_torch.project_(params, mag), "prune.l1_unstructured",
-                      lambda: [P.l1_unstructured(m, "weight", 0.5) for m in mods], restore))
+                      lambda: [P.l1_unstructured(m, "weight", 0.5) for m in mods], restore, target="<= 1.0x"))
     ln_params = [m.weight for m in two_d]
     cases.append(Case("ln_structured_prune(0.5, ord=2) [2-D]", "project_", lambda: gradclip_torch.project_(ln_params, ln),
                       "prune.ln_structured(n=2, dim=0)", lambda: [P.ln_structured(m, "weight", 0.5, n=2, dim=0) for m in two_d],
-                      restore))
+                      restore, target="<= 1.0x"))
     cases.append(Case("random_prune(0.5)", "project_", lambda: gradclip_torch.project_(params, rnd), "prune.random_unstructured",
-                      lambda: [P.random_unstructured(m, "weight", 0.5) for m in mods], restore))
+                      lambda: [P.random_unstructured(m, "weight", 0.5) for m in mods], restore, target="<= 1.0x"))
     # rules without a torch counterpart, next to clip_grad_norm_ (their memory-traffic limit relative to it)
     no_native = {
         "clip_by_norm(1.0)": ("apply_", gc.clip_by_norm(1.0), "<= 1.05x"),
@@ -189,7 +188,8 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         "record_norms(100)": ("attach", gc.record_norms(100), "<= 1.05x"),
         "skip_on_spike()": ("attach", gc.skip_on_spike(), "<= 1.1x"),
         "monitor(clip_by_global_norm(1.0))": ("attach", gc.monitor(gc.clip_by_global_norm(1.0)), "<= 1.1x"),
-        'accumulate(clip_by_global_norm(1.0), "float64")': ("apply_", gc.accumulate(gc.clip_by_global_norm(1.0)), ""),
+        # float64 sums by design (opt-in): the norm pass runs at half the float32 vector width, in chunks
+        'accumulate(clip_by_global_norm(1.0), "float64")': ("apply_", gc.accumulate(gc.clip_by_global_norm(1.0)), "<= 2.5x"),
         "adaptive_clip(0.01)": ("apply_", gc.adaptive_clip(0.01), "<= 1.4x"),
         "max_norm(2.0)": ("project_", gc.max_norm(2.0), "<= 1.4x"),
         "min_max_norm(0.5, 2.0)": ("project_", gc.min_max_norm(0.5, 2.0), "<= 1.4x"),
