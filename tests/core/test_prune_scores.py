@@ -340,6 +340,19 @@ def test_configs_round_trip_and_restricted_scores():
     assert np.array_equal(np.asarray(state.scores[0]), np.full((2, 2), -2.0))
 
 
+def _on(framework, s):
+    """``(xp, s in that framework, back to NumPy)`` for ``"numpy"``, ``"jax"`` or ``"torch"``."""
+    if framework == "numpy":
+        return np, s, np.asarray
+    if framework == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+        return jnp, jnp.asarray(s), np.asarray
+    torch = pytest.importorskip("torch")
+    import array_api_compat.torch as xp
+
+    return xp, torch.from_numpy(s.copy()), lambda t: t.numpy()
+
+
 @pytest.mark.parametrize("framework", ["numpy", "jax", "torch"])
 def test_lamp_scores_kernels_give_the_portable_scores(framework):
     """LAMP's sort and inverse permutation (``argsort_keys`` / ``unpermute`` overrides: JAX's two-key sort,
@@ -352,16 +365,7 @@ def test_lamp_scores_kernels_give_the_portable_scores(framework):
     s = np.abs(np.round(rng.standard_normal(400), 1)).astype(np.float32)
     s[[3, 50, 51]] = [np.nan, np.inf, -0.0]
     want = np.asarray(gc.lamp_scores(xs, xs.asarray(s)))
-    if framework == "numpy":
-        xp, arr, back = np, s, np.asarray
-    elif framework == "jax":
-        jnp = pytest.importorskip("jax.numpy")
-        xp, arr, back = jnp, jnp.asarray(s), np.asarray
-    else:
-        torch = pytest.importorskip("torch")
-        import array_api_compat.torch as xp
-
-        arr, back = torch.from_numpy(s), lambda t: t.numpy()
+    xp, arr, back = _on(framework, s)
     got = back(gc.lamp_scores(xp, arr))
     np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
     keys = np.array([5, 1, 5, 0, 1, 5], np.int32)
@@ -403,15 +407,6 @@ def test_lamp_scores_from_the_sorted_keys_equal_the_gathered_values(framework):
     s.flat[100:140] = 0.0
     s.flat[200:230] = 1.5
     want = _lamp_reference(s)
-    if framework == "numpy":
-        xp, arr, back = np, s, np.asarray
-    elif framework == "jax":
-        jnp = pytest.importorskip("jax.numpy")
-        xp, arr, back = jnp, jnp.asarray(s), np.asarray
-    else:
-        torch = pytest.importorskip("torch")
-        import array_api_compat.torch as xp
-
-        arr, back = torch.from_numpy(s.copy()), lambda t: t.numpy()
+    xp, arr, back = _on(framework, s)
     got = back(gc.lamp_scores(xp, arr))
     np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
