@@ -114,6 +114,13 @@ def sort_keys(xp: Any, keys: Any) -> tuple[Any, Any]:
     ``lax.sort`` return the sorted keys with the order, so no gather of the keys follows
     (the default is :func:`argsort_keys` and a ``take``).
 
+    Args:
+      keys: a 1-d int32 array.
+
+    Returns:
+      ``(sorted_keys, order)``: ``keys`` ascending, and ``order`` with ``keys[order] ==
+      sorted_keys`` (equal keys in index order; the framework's index dtype).
+
     Example:
       >>> import numpy as np
       >>> [a.tolist() for a in sort_keys(np, np.array([3, 1, 3, 0], np.int32))]
