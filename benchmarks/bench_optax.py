@@ -11,7 +11,8 @@ each rule's ``gradclip_optax.transform(rule).update`` against the native transfo
 - pruning (``jit(rule.project)``, one-shot: the masks are recomputed every call) and the
   rules with no optax counterpart next to ``optax.clip_by_global_norm`` as a reference;
 - issue 19's scores, allocations, block and padded N:M pruning, RigL and SET next to
-  ``magnitude_prune(0.5)`` (``_prune_cases.py``; a score <= 2.0x: one extra pass);
+  ``magnitude_prune(0.5)`` (``_prune_cases.py``; a score <= 2.0x: one extra pass), LAMP next to
+  ``jnp.sort`` of every pruned array's int32 bits (its limit: <= 3.0x);
   magnitude (per array and global) and 2:4 pruning against jaxpruner's mask calculators,
   written out (``jaxpruner_prune``: its argsorts; jaxpruner itself is not installed here).
 
@@ -30,7 +31,7 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _measure import peak_extra, repeats_for, time_pair  # noqa: E402
-from _prune_cases import REF, prune_cases  # noqa: E402
+from _prune_cases import REF, SORT_REF, prune_cases  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
 
@@ -128,6 +129,11 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
     # one update: movement / Taylor scores), or one RigL / SET connectivity update (jit(update + project), step 1)
     gflat = list(grads.values())
     cases = prune_cases(shapes)
+    # jnp.sort of the int32 bits of every pruned array: one operand, XLA's fast sort (a float32 sort or a
+    # sort with a second operand runs the comparator sort, several times slower on the CPU)
+    sort_all = jax.jit(lambda ps: [jnp.sort(jax.lax.bitcast_convert_type(p.reshape(-1), jnp.int32))
+                                   for p in ps if p.ndim >= 2])
+    sort_ref = (f"(ref) {SORT_REF} (jit(jnp.sort), int32 bits)", lambda: sort_all(flat))
     for label, case in cases.items():
         rule, state = case.rule, case.rule.init(flat)
         if case.dst:
@@ -140,6 +146,8 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
             fn, path = (lambda proj=proj, state=state: proj(flat, state)), "jit(project)"
         if label == REF:
             ref_prune = (f"(ref) {REF} jit(project)", fn)
+        elif case.ref == "sort":
+            jobs.append((label, path, fn, *sort_ref, case.target, False, case.note))
         else:
             jobs.append((label, path, fn, *ref_prune, case.target, False, case.note))
     # update clipping (rule.on_update), as it runs after the optimizer (the update read once; Clippy also the weights)

@@ -19,7 +19,8 @@ through the adapter against its native counterpart, alternating calls (median of
   ``record_norms`` <= 1.05x (one read, one in-place scale), AGC and the norm constraints
   <= 1.4x (they also read the weights); N:M without a target;
 - issue 19's scores, allocations, block and padded N:M pruning, RigL and SET next to
-  ``magnitude_prune(0.5)`` (``_prune_cases.py``; a score <= 2.0x: one extra pass).
+  ``magnitude_prune(0.5)`` (``_prune_cases.py``; a score <= 2.0x: one extra pass), LAMP next to
+  ``torch.sort`` of every pruned array's int32 bits (its limit: <= 3.0x).
 
 Every clipping row also checks DESIGN.md's memory target: extra peak memory <= 1% of the
 gradients.
@@ -46,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gradclip_core as gc  # noqa: E402
 import gradclip_torch  # noqa: E402
 from _measure import peak_extra, repeats_for, time_pair  # noqa: E402
-from _prune_cases import REF, prune_cases  # noqa: E402
+from _prune_cases import REF, SORT_REF, prune_cases  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
 
@@ -213,6 +214,12 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
                       has_native=False))
     # issue 19's pruning rules next to magnitude_prune: one mask recomputation (project_ with the state
     # after one apply_: movement / Taylor scores; the count stays 0), or one RigL / SET update step (attach)
+    ranked = [p for p in params if p.ndim >= 2]  # what params="weights" prunes
+
+    def sort_weights() -> list:
+        with torch.no_grad():
+            return [torch.sort(p.reshape(-1).view(torch.int32)) for p in ranked]
+
     for label, case in prune_cases(shapes).items():
         if label == REF:
             continue
@@ -221,8 +228,11 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         else:
             state, _ = gradclip_torch.apply_(params, case.rule)
             fn, path = (lambda rule=case.rule, state=state: gradclip_torch.project_(params, rule, state)), "project_"
-        cases.append(Case(label, path, fn, f"(ref) {REF} project_", lambda: gradclip_torch.project_(params, mag),
-                          restore, target=case.target, has_native=False, note=case.note))
+        ref_name, ref = f"(ref) {REF} project_", lambda: gradclip_torch.project_(params, mag)
+        if case.ref == "sort":  # torch.sort of the int32 bits: the radix sort (a float sort is ~4x slower)
+            ref_name, ref = f"(ref) {SORT_REF} (torch.sort, int32 bits)", sort_weights
+        cases.append(Case(label, path, fn, ref_name, ref, restore, target=case.target, has_native=False,
+                          note=case.note))
     # update clipping (rule.on_update): a copy of the weights before the step, the correction after it
     # (gradclip_torch.attach); NoStep leaves the weights as they are (an unclipped step: nothing is written
     # back), the hooks do their whole work. Passes over memory: the snapshot (2), w_new - w_old (3), the

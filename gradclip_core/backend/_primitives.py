@@ -47,6 +47,7 @@ __all__ = [
     "reuse_norms",
     "min_bound_ratio",
     "argsort_keys",
+    "sort_keys",
     "unpermute",
     "group_keep",
 ]
@@ -54,7 +55,7 @@ __all__ = [
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
               "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio", "compiling",
-              "argsort_keys", "unpermute", "group_keep")
+              "argsort_keys", "sort_keys", "unpermute", "group_keep")
 
 
 def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
@@ -67,8 +68,8 @@ def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
         ``multiply(xp, xs, factors)``, ``clip(xp, xs, lo, hi)``, ``count_outside(xp, xs, lo, hi)``,
         ``apply_masks(xp, xs, masks)``, ``cond(xp, pred, true_fn, false_fn)``,
         ``order_keys(xp, scores)``, ``apply_effect_(xp, xs, effect)`` (in place),
-        ``argsort_keys(xp, keys)`` and ``unpermute(xp, values, order)`` (see
-        :func:`argsort_keys`), with the signatures and results of the defaults; and
+        ``argsort_keys(xp, keys)``, ``sort_keys(xp, keys)`` and ``unpermute(xp, values, order)``
+        (see :func:`argsort_keys`), with the signatures and results of the defaults; and
         ``compiling(xp) -> bool``: whether a compiler that cannot trace a ``ContextVar`` is
         tracing (``torch.compile``).
 
@@ -105,6 +106,32 @@ def argsort_keys(xp: Any, keys: Any) -> Any:
     """
     fast = override(xp, "argsort_keys")
     return xp.argsort(keys, stable=True) if fast is None else fast(xp, keys)
+
+
+def sort_keys(xp: Any, keys: Any) -> tuple[Any, Any]:
+    """The sorted 1-d int32 ``keys`` and their stable ascending order (ties by index), from one sort.
+
+    Overridable (``"sort_keys"``): torch's ``sort(stable=True)`` and JAX's two-key
+    ``lax.sort`` return the sorted keys with the order, so no gather of the keys follows
+    (the default is :func:`argsort_keys` and a ``take``).
+
+    Args:
+      keys: a 1-d int32 array.
+
+    Returns:
+      ``(sorted_keys, order)``: ``keys`` ascending, and ``order`` with ``keys[order] ==
+      sorted_keys`` (equal keys in index order; the framework's index dtype).
+
+    Example:
+      >>> import numpy as np
+      >>> [a.tolist() for a in sort_keys(np, np.array([3, 1, 3, 0], np.int32))]
+      [[0, 1, 3, 3], [3, 1, 0, 2]]
+    """
+    fast = override(xp, "sort_keys")
+    if fast is not None:
+        return fast(xp, keys)
+    order = argsort_keys(xp, keys)
+    return xp.take(keys, order), order
 
 
 def unpermute(xp: Any, values: Any, order: Any) -> Any:

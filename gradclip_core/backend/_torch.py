@@ -668,6 +668,14 @@ def _choose(xp: Any, xs: list) -> Selection:
     return CPU_SELECTION if (EAGER_CPU and cpu and not _compiling() and not active()) else DEVICE_SELECTION
 
 
+def sort_keys(xp: Any, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted 1-d int32 ``keys`` and their stable order: one ``torch.sort(stable=True)`` (a radix sort of
+    int32 on the CPU, where ``argsort`` is the same kernel), no gather of the keys after it."""
+    del xp
+    out = torch.sort(keys, stable=True)
+    return out.values, out.indices
+
+
 def unpermute(xp: Any, values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """``out[order] = values`` (one ``scatter``; the default is a second sort)."""
     del xp
@@ -697,7 +705,8 @@ def register() -> None:
     register_primitives(NAMESPACE, array_norms=array_norms, array_rms=array_rms, unit_norms=unit_norms,
                         multiply=multiply, clip=clip, count_outside=count_outside, min_bound_ratio=min_bound_ratio,
                         apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
-                        apply_effect_=apply_effect_, unpermute=unpermute, group_keep=group_keep, compiling=lambda xp: _compiling())
+                        apply_effect_=apply_effect_, sort_keys=sort_keys, unpermute=unpermute, group_keep=group_keep,
+                        compiling=lambda xp: _compiling())
     register_selection(NAMESPACE, _choose)
 
 

@@ -42,16 +42,17 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 from ..backend._collective import active, all_reduce, static_total
 from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
-from ..backend._namespace import namespace_name
-from ..backend._primitives import argsort_keys, size, unpermute
-from ..backend._selection import order_keys
+from ..backend._namespace import device_kw, namespace_name
+from ..backend._primitives import size, sort_keys, unpermute
+from ..backend._selection import float_from_bits, order_keys
 from ._schedule import prune_count
 
 __all__ = ["Allocation", "ALLOCATIONS", "erk_sparsity", "owl_sparsity", "per_output", "per_output_keep", "check_allocation", "erk_sparsities",
            "owl_sparsities", "lamp_scores"]
 
 ALLOCATIONS = ("uniform", "global", "erk", "lamp", "owl", "per_output")
-_GRID = 65536.0  # OWL sparsities are rounded to multiples of 2**-16
+_GRID = 65536.0
+_INF_BITS = 0x7F800000  # the bits of float32 +inf  # OWL sparsities are rounded to multiples of 2**-16
 
 
 class Allocation(NamedTuple):
@@ -253,12 +254,15 @@ def lamp_scores(xp: Any, s: Any) -> Any:
     flat = xp.reshape(s, (-1,))
     if size(flat) == 0:
         return s
-    flat = xp.where(xp.isnan(flat), xp.full_like(flat, math.inf), flat)  # (NaN sorts as +inf everywhere)
-    # int32 order keys sort like the floats (+0 and -0 apart, both with LAMP score 0)
-    order = argsort_keys(xp, order_keys(xp, flat))
-    sq = xp.take(flat, order) ** 2
+    # int32 order keys sort like the floats (+0 and -0 apart, both with LAMP score 0); a NaN's key becomes
+    # +inf's (NaN sorts as +inf everywhere); the sorted keys come with the order, read back as the values
+    keys = xp.minimum(order_keys(xp, flat), xp.asarray(_INF_BITS, dtype=xp.int32, **device_kw([flat])))
+    sorted_keys, order = sort_keys(xp, keys)
+    sq = float_from_bits(xp, sorted_keys) ** 2
     suffix = xp.flip(xp.cumulative_sum(xp.flip(sq, axis=0), axis=0), axis=0)
-    lamp = xp.where(suffix > 0, sq / xp.where(suffix > 0, suffix, xp.ones_like(suffix)), xp.zeros_like(sq))
+    pos = suffix > 0
+    one = xp.asarray(1.0, dtype=sq.dtype, **device_kw([sq]))
+    lamp = xp.where(pos, sq / xp.where(pos, suffix, one), xp.zeros_like(one))
     return xp.reshape(unpermute(xp, lamp, order), tuple(s.shape))
 
 

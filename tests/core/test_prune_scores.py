@@ -340,36 +340,73 @@ def test_configs_round_trip_and_restricted_scores():
     assert np.array_equal(np.asarray(state.scores[0]), np.full((2, 2), -2.0))
 
 
+def _on(framework, s):
+    """``(xp, s in that framework, back to NumPy)`` for ``"numpy"``, ``"jax"`` or ``"torch"``."""
+    if framework == "numpy":
+        return np, s, np.asarray
+    if framework == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+        return jnp, jnp.asarray(s), np.asarray
+    torch = pytest.importorskip("torch")
+    import array_api_compat.torch as xp
+
+    return xp, torch.from_numpy(s.copy()), lambda t: t.numpy()
+
+
 @pytest.mark.parametrize("framework", ["numpy", "jax", "torch"])
 def test_lamp_scores_kernels_give_the_portable_scores(framework):
     """LAMP's sort and inverse permutation (``argsort_keys`` / ``unpermute`` overrides: JAX's two-key sort,
     scatters) give the Array API defaults' scores bit for bit, ties, zeros of both signs, NaN and inf included."""
     import array_api_strict as xs
 
-    from gradclip_core.backend._primitives import argsort_keys, unpermute
+    from gradclip_core.backend._primitives import argsort_keys, sort_keys, unpermute
 
     rng = np.random.default_rng(0)
     s = np.abs(np.round(rng.standard_normal(400), 1)).astype(np.float32)
     s[[3, 50, 51]] = [np.nan, np.inf, -0.0]
     want = np.asarray(gc.lamp_scores(xs, xs.asarray(s)))
-    if framework == "numpy":
-        xp, arr, back = np, s, np.asarray
-    elif framework == "jax":
-        jnp = pytest.importorskip("jax.numpy")
-        xp, arr, back = jnp, jnp.asarray(s), np.asarray
-    else:
-        torch = pytest.importorskip("torch")
-        import array_api_compat.torch as xp
-
-        arr, back = torch.from_numpy(s), lambda t: t.numpy()
+    xp, arr, back = _on(framework, s)
     got = back(gc.lamp_scores(xp, arr))
     np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
     keys = np.array([5, 1, 5, 0, 1, 5], np.int32)
     order = back(argsort_keys(xp, xp.asarray(keys)))
     np.testing.assert_array_equal(order, np.argsort(keys, kind="stable"))
+    sk, order = sort_keys(xp, xp.asarray(keys))
+    np.testing.assert_array_equal(back(order), np.argsort(keys, kind="stable"))
+    np.testing.assert_array_equal(back(sk), np.sort(keys))
     vals = np.arange(6, dtype=np.float32)
     perm = np.array([2, 0, 5, 1, 3, 4])
     out = back(unpermute(xp, xp.asarray(vals), xp.asarray(perm)))
     expect = np.empty_like(vals)
     expect[perm] = vals
     np.testing.assert_array_equal(out, expect)
+
+
+def _lamp_reference(s):
+    """LAMP scores as the first implementation computed them, in NumPy: NaN as +inf, a stable argsort of the
+    int32 bits, the values gathered, float32 squares and suffix sums, ``sq / suffix`` (0 where it is 0)."""
+    flat = np.where(np.isnan(s), np.float32(np.inf), s).reshape(-1).astype(np.float32)
+    order = np.argsort(flat.view(np.int32), kind="stable")
+    sq = flat[order] ** 2
+    suffix = np.flip(np.cumsum(np.flip(sq), dtype=np.float32))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lamp = np.where(suffix > 0, sq / np.where(suffix > 0, suffix, np.float32(1)), np.float32(0))
+    out = np.empty_like(lamp)
+    out[order] = lamp
+    return out.reshape(s.shape)
+
+
+@pytest.mark.parametrize("framework", ["numpy", "jax", "torch"])
+def test_lamp_scores_from_the_sorted_keys_equal_the_gathered_values(framework):
+    """The LAMP scores read the sorted values back from the sorted keys (``sort_keys``: no gather) and clamp a
+    NaN's key to +inf's: bit for bit the scores of a gather of the values by the order, on value ties, zeros of
+    both signs, NaN next to inf, squares that overflow and underflow, subnormals."""
+    rng = np.random.default_rng(1)
+    s = np.abs(np.round(rng.standard_normal((40, 25)), 1)).astype(np.float32)
+    s.flat[[0, 7, 8, 9, 30, 31, 32, 33]] = [np.nan, np.inf, np.nan, -0.0, 3e38, 2e20, 1e-30, 1e-44]
+    s.flat[100:140] = 0.0
+    s.flat[200:230] = 1.5
+    want = _lamp_reference(s)
+    xp, arr, back = _on(framework, s)
+    got = back(gc.lamp_scores(xp, arr))
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
