@@ -16,7 +16,8 @@ each rule's ``gradclip_optax.transform(rule).update`` against the native transfo
 - a control pair of native steps, ``optax.adaptive_grad_clip`` + ``optax.sgd`` next to
   ``optax.clip_by_global_norm`` + ``optax.sgd`` (``jit``, weights donated): what AGC's
   unit norms cost on this machine, the floor of the Keras rows' AGC ratio (their
-  reference is ``SGD(global_clipnorm)``'s step).
+  reference is ``SGD(global_clipnorm)``'s step); and ``optax.clip_by_global_norm`` against
+  a second ``jit`` of itself (A/A): its distance from 1.00x is the run's noise on these rows.
 
 Run::
 
@@ -140,6 +141,10 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
     for label, ours, nname, native, target in cases:
         p = params if "adaptive" in label else None
         jobs.append((label, "transform, jit", jitted_update(ours, grads, p), nname, jitted_update(native, grads, p), target, True, ""))
+    # control: the same native update compiled twice (A/A): how far a ratio strays from 1.00x on this run
+    jobs.append(("(A/A) optax.clip_by_global_norm(1.0)", "jit", jitted_update(optax.clip_by_global_norm(1.0), grads),
+                 "optax.clip_by_global_norm (a second jit)", ref[1], "", True,
+                 "control, no gradclip code: the run's noise on the optax rows (identical programs)"))
     for label, rule in no_native.items():
         jobs.append((label, "transform, jit", jitted_update(T(rule), grads), *ref, "<= 1.1x", False, ""))
     flat = list(params.values())
