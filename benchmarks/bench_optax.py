@@ -14,7 +14,12 @@ each rule's ``gradclip_optax.transform(rule).update`` against the native transfo
   ``magnitude_prune(0.5)`` (``_prune_cases.py``; a score <= 2.0x: one extra pass), LAMP next to
   ``jnp.sort`` of every pruned array's int32 bits (its limit: <= 3.0x);
   magnitude (per array and global) and 2:4 pruning against jaxpruner's mask calculators,
-  written out (``jaxpruner_prune``: its argsorts; jaxpruner itself is not installed here).
+  written out (``jaxpruner_prune``: its argsorts; jaxpruner itself is not installed here);
+- a control pair of native steps, ``optax.adaptive_grad_clip`` + ``optax.sgd`` next to
+  ``optax.clip_by_global_norm`` + ``optax.sgd`` (``jit``, weights donated): what AGC's
+  unit norms cost on this machine, the floor of the Keras rows' AGC ratio (their
+  reference is ``SGD(global_clipnorm)``'s step); and ``optax.clip_by_global_norm`` against
+  a second ``jit`` of itself (A/A): its distance from 1.00x is the run's noise on these rows.
 
 Run::
 
@@ -54,6 +59,31 @@ def jitted_update(tx: Any, grads: dict, params: dict | None = None) -> Callable[
     jax = _jax()
     update, state = jax.jit(tx.update), tx.init(grads)
     return lambda: update(grads, state, params)
+
+
+def jitted_step(tx: Any, grads: dict, params: dict) -> Callable[[], Any]:
+    """A no-argument optimizer step, ``tx.update`` then ``optax.apply_updates`` under one ``jax.jit``.
+
+    The weights (a copy of ``params``) and the optimizer state are donated, as a training
+    loop runs it, so the new weights are written in place.
+    """
+    jax = _jax()
+    import optax
+
+    state = {"p": jax.tree.map(lambda x: x.copy(), params)}
+    state["s"] = tx.init(state["p"])
+
+    def f(p: Any, s: Any, g: Any) -> tuple:
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    step = jax.jit(f, donate_argnums=(0, 1))
+
+    def run() -> Any:
+        state["p"], state["s"] = step(state["p"], state["s"], grads)
+        return state["p"]
+
+    return run
 
 
 def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", device: str = "cpu",
@@ -112,6 +142,10 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
     for label, ours, nname, native, target in cases:
         p = params if "adaptive" in label else None
         jobs.append((label, "transform, jit", jitted_update(ours, grads, p), nname, jitted_update(native, grads, p), target, True, ""))
+    # control: the same native update compiled twice (A/A): how far a ratio strays from 1.00x on this run
+    jobs.append(("(A/A) optax.clip_by_global_norm(1.0)", "jit", jitted_update(optax.clip_by_global_norm(1.0), grads),
+                 "optax.clip_by_global_norm (a second jit)", ref[1], "", True,
+                 "control, no gradclip code: the run's noise on the optax rows (identical programs)"))
     for label, rule in no_native.items():
         jobs.append((label, "transform, jit", jitted_update(T(rule), grads), *ref, "<= 1.1x", False, ""))
     flat = list(params.values())
@@ -157,6 +191,13 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
                  "on the update; reads the weights too"))
     jobs.append(("update_ratio()", "transform, jit", jitted_update(T(gc.update_ratio()), grads, params), *ref, "<= 1.4x",
                  False, "on the update; reads the weights too"))
+    # control: optax's own AGC step next to its own global-norm clip step (both with SGD; no gradclip code)
+    ref_step = ("(ref) optax.clip_by_global_norm(1.0) + sgd", jitted_step(optax.chain(optax.clip_by_global_norm(1.0),
+                                                                                      optax.sgd(1e-4)), grads, params))
+    jobs.append(("(native) optax.adaptive_grad_clip(0.01) + sgd", "jit(update + apply_updates)",
+                 jitted_step(optax.chain(optax.adaptive_grad_clip(0.01), optax.sgd(1e-4)), grads, params), *ref_step, "",
+                 False, "control, no gradclip code: native AGC's cost over a global-norm clip, the floor of the "
+                        "Keras adaptive_clip rows' ratio"))
 
     rows = []
     for label, path, ours, nname, native, target, has_native, note in jobs:
