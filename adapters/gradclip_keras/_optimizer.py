@@ -417,14 +417,51 @@ class Optimizer(keras.optimizers.Optimizer):
                     value = to_tensor(v)
                     v.assign(ops.where(r, ops.zeros_like(value), value))
 
+    def _probe_step(self, built: list, before: list, grads: list, variables: list, state_values: list) -> list:
+        """JAX under ``jit``: :meth:`_correct_update` with the inner step run twice; returns the new state.
+
+        The rule reads ``w_new - w_old`` and the write-back needs ``w_new`` and ``w_old``
+        again: with one inner step XLA held ``w_new`` in a weight-sized temporary between
+        the two (allocated, and on the CPU page-faulted in, on every step). So the inner
+        step runs a first time for the rule only (XLA fuses that ``w_new`` into the rule's
+        reductions: nothing stored), every variable is set back, and the step runs again
+        on the same values passed through ``optimization_barrier`` (so that XLA does not
+        merge the two): that ``w_new`` is fused into the write-back, in place, which waits
+        for the rule's factors. Costs one more read of what the inner step reads; both
+        steps are the same operations on the same values.
+        """
+        import jax
+
+        inner_vars = list(self.inner_optimizer.variables)
+        saved = [v.value for v in inner_vars]
+        self.inner_optimizer.apply(grads, variables)
+        probe = [storage_precision(to_tensor(v)) for v in built]
+        deltas, scales, out, new_state, info = self._rule_on_update(built, before, probe, state_values)
+        if scales is not None and info:
+            # a weight the rule leaves as it is (Keep, or a factor None) is still written through a factor
+            # that is 1 but computed from the rule's info: the write then waits for the rule's reads of
+            # that weight (without it XLA copied each such weight first, to write it in place)
+            seen = ops.stack([ops.all(ops.equal(v, v)) for v in info.values()])
+            one = 1.0 + 0.0 * ops.cast(ops.all(seen), "float32")  # (NaN included: v == v is 0 or 1, never NaN)
+            scales = [one if f is None else f for f in scales]
+        before, saved, grads = jax.lax.optimization_barrier((before, saved, grads))
+        for var, value in zip([*built, *inner_vars], [*before, *saved]):
+            var.assign(value)
+        self.inner_optimizer.apply(grads, variables)
+        return self._write_update(built, before, deltas, scales, out, new_state, info)
+
     def _correct_update(self, built: list, before: list, state_values: list) -> list:
         """Update clipping (``rule.on_update``): the rule on ``w_new - w_old``, written back; returns the new state.
 
         Where the rule changed the update the weight becomes ``w_old + delta'``; elsewhere it
         stays the inner optimizer's ``w_new`` bit for bit.
         """
-        slots = self._gradclip
         after = [storage_precision(to_tensor(v)) for v in built]  # (no copy: read before the write-back below)
+        return self._write_update(built, before, *self._rule_on_update(built, before, after, state_values))
+
+    def _rule_on_update(self, built: list, before: list, after: list, state_values: list) -> tuple:
+        """The update rule on ``after - before``: ``(deltas, scales, out, new_state, info)`` (``scales``: see :func:`_scalar_factors`)."""
+        slots = self._gradclip
         deltas = [a - b for a, b in zip(after, before)]
         try:
             with rule_scope(slots.paths):
@@ -435,6 +472,13 @@ class Optimizer(keras.optimizers.Optimizer):
             for var, b in zip(built, before):
                 var.assign(b)
             raise
+        return deltas, scales, out, flatten(new_state), dict(info)
+
+    def _write_update(self, built: list, before: list, deltas: list, scales: list | None, out: list | None,
+                      new_state: list, info: dict) -> list:
+        """Write the rule's update back over the inner optimizer's ``w_new`` (the weights now), and the state and info."""
+        slots = self._gradclip
+        after = [storage_precision(to_tensor(v)) for v in built]  # (no copy: read before the writes below)
         if scales is not None:  # Keep (nothing to write) or one factor per array: w_new stands where it is 1
             for var, a, b, d, f in zip(built, after, before, deltas, scales):
                 if f is not None:
@@ -446,7 +490,6 @@ class Optimizer(keras.optimizers.Optimizer):
         for var, a, b, d, d0 in zip(built, after, before, out or (), deltas):
             d = ops.cast(d, d0.dtype)
             var.assign(ops.where(ops.equal(d, d0), a, ops.cast(b + d, a.dtype)))
-        new_state = flatten(new_state)
         for var, value in zip(slots.state, new_state):
             var.assign(self._cast_like(value, var))
         for key in slots.update_keys:
@@ -535,9 +578,12 @@ class Optimizer(keras.optimizers.Optimizer):
 
         def step() -> None:
             before = [snapshot(v) for v in built] if on_update else None
-            self.inner_optimizer.apply(inner_grads, variables)
-            if on_update:
-                current[0] = self._correct_update(built, before, current[0])
+            if on_update and _traced_jax(before):
+                current[0] = self._probe_step(built, before, inner_grads, variables, current[0])
+            else:
+                self.inner_optimizer.apply(inner_grads, variables)
+                if on_update:
+                    current[0] = self._correct_update(built, before, current[0])
             if slots.regrows:
                 self._restart_regrown(built, current[0])
             if slots.project:
@@ -589,6 +635,11 @@ class Optimizer(keras.optimizers.Optimizer):
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         rule = rule_from_config(config.pop("rule"), custom_objects)
         return cls(inner, rule, **config)
+
+
+def _traced_jax(values: list) -> bool:
+    """Whether this is the JAX backend inside a trace (``jit(stateless_apply)``, a jitted ``apply``)."""
+    return backend() == "jax" and bool(values) and is_symbolic(values[0])
 
 
 def _scalar_factors(effect: Any, n: int) -> list | None:
