@@ -36,6 +36,7 @@ class _Slots:
         self.needs_loss = gc.needs_loss(rule)
         self.regrows = False  # the state has regrown masks (RigL / SET): the inner slots of grown elements restart
         self.loss: Any = None  # the step's loss (scale_loss / set_loss), used by the next apply
+        self.buffers: tuple | None = None  # torch, update rules: (snapshot, delta) buffers kept from step to step
 
 
 def _unaliased(outs: list, params: list, own: bool = False) -> list:
@@ -417,6 +418,40 @@ class Optimizer(keras.optimizers.Optimizer):
                     value = to_tensor(v)
                     v.assign(ops.where(r, ops.zeros_like(value), value))
 
+    def _torch_buffers(self, built: list) -> tuple | None:
+        """torch, eager: the ``(snapshot, delta)`` buffers of the weights, made once and reused (else ``None``).
+
+        A fresh weight-sized tensor per step is page-faulted in again on the CPU (it cost
+        more than the copy into it); as ``gradclip_torch.attach``, the buffers stay.
+        """
+        if backend() != "torch":
+            return None
+        import torch
+
+        if torch.compiler.is_compiling():
+            return None
+        slots = self._gradclip
+        values = [to_tensor(v) for v in built]
+        bufs = slots.buffers
+        if bufs is None or len(bufs[0]) != len(values) or any(
+                b.shape != v.shape or b.dtype != v.dtype or b.device != v.device for b, v in zip(bufs[0], values)):
+            bufs = slots.buffers = tuple([torch.empty_like(v, requires_grad=False) for v in values] for _ in range(2))
+        return bufs
+
+    def _snapshot_weights(self, built: list) -> list:
+        """The weights before the inner step (torch: copied into the kept buffers)."""
+        bufs = self._torch_buffers(built)
+        if bufs is None:
+            return [snapshot(v) for v in built]
+        for buf, var in zip(bufs[0], built):
+            buf.copy_(to_tensor(var).detach())
+        return list(bufs[0])
+
+    def _kept(self, before: list) -> tuple | None:
+        """The kept torch buffers if ``before`` is their snapshot (this step used them), else ``None``."""
+        bufs = self._gradclip.buffers
+        return bufs if bufs is not None and before and before[0] is bufs[0][0] else None
+
     def _probe_step(self, built: list, before: list, grads: list, variables: list, state_values: list) -> list:
         """JAX under ``jit``: :meth:`_correct_update` with the inner step run twice; returns the new state.
 
@@ -462,7 +497,13 @@ class Optimizer(keras.optimizers.Optimizer):
     def _rule_on_update(self, built: list, before: list, after: list, state_values: list) -> tuple:
         """The update rule on ``after - before``: ``(deltas, scales, out, new_state, info)`` (``scales``: see :func:`_scalar_factors`)."""
         slots = self._gradclip
-        deltas = [a - b for a, b in zip(after, before)]
+        bufs = self._kept(before)
+        if bufs is not None:  # torch: into the kept delta buffers
+            import torch
+
+            deltas = [torch.sub(a.detach(), b, out=d) for a, b, d in zip(after, before, bufs[1])]
+        else:
+            deltas = [a - b for a, b in zip(after, before)]
         try:
             with rule_scope(slots.paths):
                 effect, new_state, info = unconverted(slots.rule.update_effect)(deltas, unflatten(slots.treedef, state_values), before)
@@ -479,6 +520,15 @@ class Optimizer(keras.optimizers.Optimizer):
         """Write the rule's update back over the inner optimizer's ``w_new`` (the weights now), and the state and info."""
         slots = self._gradclip
         after = [storage_precision(to_tensor(v)) for v in built]  # (no copy: read before the writes below)
+        if scales is not None and self._kept(before) is not None:  # torch: in place, in the delta buffers
+            import torch
+
+            for var, a, b, d, f in zip(built, after, before, deltas, scales):
+                if f is not None:
+                    f = ops.cast(f, d.dtype)
+                    d.mul_(f).add_(b)  # b + d * f: b - (b - a) * f bit for bit (negation is exact), as below
+                    var.assign(torch.where(torch.eq(f, 1), a.detach(), d, out=d))
+            scales = None
         if scales is not None:  # Keep (nothing to write) or one factor per array: w_new stands where it is 1
             for var, a, b, d, f in zip(built, after, before, deltas, scales):
                 if f is not None:
@@ -577,7 +627,7 @@ class Optimizer(keras.optimizers.Optimizer):
         current = [new_state]  # (a holder, not `nonlocal`: TF's autograph converts this function)
 
         def step() -> None:
-            before = [snapshot(v) for v in built] if on_update else None
+            before = self._snapshot_weights(built) if on_update else None
             if on_update and _traced_jax(before):
                 current[0] = self._probe_step(built, before, inner_grads, variables, current[0])
             else:
