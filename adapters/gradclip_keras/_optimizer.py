@@ -146,10 +146,13 @@ class Optimizer(keras.optimizers.Optimizer):
     then the rule runs on its update ``delta = w_new - w_old`` (``params``: ``w_old``) and
     the weights become ``w_old + delta'`` where the rule changed the update (``w_new``
     bit for bit elsewhere). Keras optimizers apply their update in place, so ``w_old`` is
-    a snapshot taken before the step: on the JAX trainer's ``stateless_apply`` these are
-    the step's input values (no copy beyond what XLA keeps alive); on TensorFlow and torch
-    one copy of the trainable weights is held during the step, plus the update ``delta``
-    (one more weight-sized array) while the rule runs. ``nonfinite="skip"`` on a non-finite
+    a snapshot taken before the step: on JAX under ``jit`` (the trainer's
+    ``stateless_apply``) these are the step's input values, and the inner step is traced
+    twice (once read by the rule, once written back in place) so that XLA keeps no
+    weight-sized temporary; on TensorFlow one copy of the trainable weights is held
+    during the step, plus the update ``delta`` while the rule runs; on torch (eager) the
+    copy and ``delta`` live in two weight-sized buffers kept from step to step (as
+    ``gradclip_torch.attach``). ``nonfinite="skip"`` on a non-finite
     update restores the weights, but the inner optimizer's own variables (moments,
     iterations) have already taken the step.
 
