@@ -526,9 +526,13 @@ class Optimizer(keras.optimizers.Optimizer):
         if scales is not None and self._kept(before) is not None:  # torch: in place, in the delta buffers
             import torch
 
-            for var, a, b, d, f in zip(built, after, before, deltas, scales):
-                if f is not None:
-                    f = ops.cast(f, d.dtype)
+            factors = [None if f is None else ops.cast(f, d.dtype) for f, d in zip(scales, deltas)]
+            live = [f for f in factors if f is not None]
+            kept = iter(())
+            if live and all(f.device.type == "cpu" for f in live):  # one host read, free on the CPU:
+                kept = iter(torch.stack([f.float() for f in live]).eq(1).tolist())  # a factor 1 writes nothing
+            for var, a, b, d, f in zip(built, after, before, deltas, factors):
+                if f is not None and not next(kept, False):
                     d.mul_(f).add_(b)  # b + d * f: b - (b - a) * f bit for bit (negation is exact), as below
                     var.assign(torch.where(torch.eq(f, 1), a.detach(), d, out=d))
             scales = None
