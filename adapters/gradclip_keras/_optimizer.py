@@ -36,6 +36,7 @@ class _Slots:
         self.needs_loss = gc.needs_loss(rule)
         self.regrows = False  # the state has regrown masks (RigL / SET): the inner slots of grown elements restart
         self.loss: Any = None  # the step's loss (scale_loss / set_loss), used by the next apply
+        self.buffers: tuple | None = None  # torch, update rules: (snapshot, delta) buffers kept from step to step
 
 
 def _unaliased(outs: list, params: list, own: bool = False) -> list:
@@ -145,10 +146,13 @@ class Optimizer(keras.optimizers.Optimizer):
     then the rule runs on its update ``delta = w_new - w_old`` (``params``: ``w_old``) and
     the weights become ``w_old + delta'`` where the rule changed the update (``w_new``
     bit for bit elsewhere). Keras optimizers apply their update in place, so ``w_old`` is
-    a snapshot taken before the step: on the JAX trainer's ``stateless_apply`` these are
-    the step's input values (no copy beyond what XLA keeps alive); on TensorFlow and torch
-    one copy of the trainable weights is held during the step, plus the update ``delta``
-    (one more weight-sized array) while the rule runs. ``nonfinite="skip"`` on a non-finite
+    a snapshot taken before the step: on JAX under ``jit`` (the trainer's
+    ``stateless_apply``) these are the step's input values, and the inner step is traced
+    twice (once read by the rule, once written back in place) so that XLA keeps no
+    weight-sized temporary; on TensorFlow one copy of the trainable weights is held
+    during the step, plus the update ``delta`` while the rule runs; on torch (eager) the
+    copy and ``delta`` live in two weight-sized buffers kept from step to step (as
+    ``gradclip_torch.attach``). ``nonfinite="skip"`` on a non-finite
     update restores the weights, but the inner optimizer's own variables (moments,
     iterations) have already taken the step.
 
@@ -417,15 +421,92 @@ class Optimizer(keras.optimizers.Optimizer):
                     value = to_tensor(v)
                     v.assign(ops.where(r, ops.zeros_like(value), value))
 
+    def _torch_buffers(self, built: list) -> tuple | None:
+        """torch, eager: the ``(snapshot, delta)`` buffers of the weights, made once and reused (else ``None``).
+
+        A fresh weight-sized tensor per step is page-faulted in again on the CPU (it cost
+        more than the copy into it); as ``gradclip_torch.attach``, the buffers stay.
+        """
+        if backend() != "torch":
+            return None
+        import torch
+
+        if torch.compiler.is_compiling():
+            return None
+        slots = self._gradclip
+        values = [to_tensor(v) for v in built]
+        bufs = slots.buffers
+        if bufs is None or len(bufs[0]) != len(values) or any(
+                b.shape != v.shape or b.dtype != v.dtype or b.device != v.device for b, v in zip(bufs[0], values)):
+            bufs = slots.buffers = tuple([torch.empty_like(v, requires_grad=False) for v in values] for _ in range(2))
+        return bufs
+
+    def _snapshot_weights(self, built: list) -> list:
+        """The weights before the inner step (torch: copied into the kept buffers)."""
+        bufs = self._torch_buffers(built)
+        if bufs is None:
+            return [snapshot(v) for v in built]
+        for buf, var in zip(bufs[0], built):
+            buf.copy_(to_tensor(var).detach())
+        return list(bufs[0])
+
+    def _kept(self, before: list) -> tuple | None:
+        """The kept torch buffers if ``before`` is their snapshot (this step used them), else ``None``."""
+        bufs = self._gradclip.buffers
+        return bufs if bufs is not None and before and before[0] is bufs[0][0] else None
+
+    def _probe_step(self, built: list, before: list, grads: list, variables: list, state_values: list) -> list:
+        """JAX under ``jit``: :meth:`_correct_update` with the inner step run twice; returns the new state.
+
+        The rule reads ``w_new - w_old`` and the write-back needs ``w_new`` and ``w_old``
+        again: with one inner step XLA held ``w_new`` in a weight-sized temporary between
+        the two (allocated, and on the CPU page-faulted in, on every step). So the inner
+        step runs a first time for the rule only (XLA fuses that ``w_new`` into the rule's
+        reductions: nothing stored), every variable is set back, and the step runs again
+        on the same values passed through ``optimization_barrier`` (so that XLA does not
+        merge the two): that ``w_new`` is fused into the write-back, in place, which waits
+        for the rule's factors. Costs one more read of what the inner step reads; both
+        steps are the same operations on the same values.
+        """
+        import jax
+
+        inner_vars = list(self.inner_optimizer.variables)
+        saved = [v.value for v in inner_vars]
+        self.inner_optimizer.apply(grads, variables)
+        probe = [storage_precision(to_tensor(v)) for v in built]
+        deltas, scales, out, new_state, info = self._rule_on_update(built, before, probe, state_values)
+        if scales is not None and info:
+            # a weight the rule leaves as it is (Keep, or a factor None) is still written through a factor
+            # that is 1 but computed from the rule's info: the write then waits for the rule's reads of
+            # that weight (without it XLA copied each such weight first, to write it in place)
+            seen = ops.stack([ops.all(ops.equal(v, v)) for v in info.values()])
+            one = 1.0 + 0.0 * ops.cast(ops.all(seen), "float32")  # (NaN included: v == v is 0 or 1, never NaN)
+            scales = [one if f is None else f for f in scales]
+        before, saved, grads = jax.lax.optimization_barrier((before, saved, grads))
+        for var, value in zip([*built, *inner_vars], [*before, *saved]):
+            var.assign(value)
+        self.inner_optimizer.apply(grads, variables)
+        return self._write_update(built, before, deltas, scales, out, new_state, info)
+
     def _correct_update(self, built: list, before: list, state_values: list) -> list:
         """Update clipping (``rule.on_update``): the rule on ``w_new - w_old``, written back; returns the new state.
 
         Where the rule changed the update the weight becomes ``w_old + delta'``; elsewhere it
         stays the inner optimizer's ``w_new`` bit for bit.
         """
-        slots = self._gradclip
         after = [storage_precision(to_tensor(v)) for v in built]  # (no copy: read before the write-back below)
-        deltas = [a - b for a, b in zip(after, before)]
+        return self._write_update(built, before, *self._rule_on_update(built, before, after, state_values))
+
+    def _rule_on_update(self, built: list, before: list, after: list, state_values: list) -> tuple:
+        """The update rule on ``after - before``: ``(deltas, scales, out, new_state, info)`` (``scales``: see :func:`_scalar_factors`)."""
+        slots = self._gradclip
+        bufs = self._kept(before)
+        if bufs is not None:  # torch: into the kept delta buffers
+            import torch
+
+            deltas = [torch.sub(a.detach(), b, out=d) for a, b, d in zip(after, before, bufs[1])]
+        else:
+            deltas = [a - b for a, b in zip(after, before)]
         try:
             with rule_scope(slots.paths):
                 effect, new_state, info = unconverted(slots.rule.update_effect)(deltas, unflatten(slots.treedef, state_values), before)
@@ -435,6 +516,26 @@ class Optimizer(keras.optimizers.Optimizer):
             for var, b in zip(built, before):
                 var.assign(b)
             raise
+        return deltas, scales, out, flatten(new_state), dict(info)
+
+    def _write_update(self, built: list, before: list, deltas: list, scales: list | None, out: list | None,
+                      new_state: list, info: dict) -> list:
+        """Write the rule's update back over the inner optimizer's ``w_new`` (the weights now), and the state and info."""
+        slots = self._gradclip
+        after = [storage_precision(to_tensor(v)) for v in built]  # (no copy: read before the writes below)
+        if scales is not None and self._kept(before) is not None:  # torch: in place, in the delta buffers
+            import torch
+
+            factors = [None if f is None else ops.cast(f, d.dtype) for f, d in zip(scales, deltas)]
+            live = [f for f in factors if f is not None]
+            kept = iter(())
+            if live and all(f.device.type == "cpu" for f in live):  # one host read, free on the CPU:
+                kept = iter(torch.stack([f.float() for f in live]).eq(1).tolist())  # a factor 1 writes nothing
+            for var, a, b, d, f in zip(built, after, before, deltas, factors):
+                if f is not None and not next(kept, False):
+                    d.mul_(f).add_(b)  # b + d * f: b - (b - a) * f bit for bit (negation is exact), as below
+                    var.assign(torch.where(torch.eq(f, 1), a.detach(), d, out=d))
+            scales = None
         if scales is not None:  # Keep (nothing to write) or one factor per array: w_new stands where it is 1
             for var, a, b, d, f in zip(built, after, before, deltas, scales):
                 if f is not None:
@@ -446,7 +547,6 @@ class Optimizer(keras.optimizers.Optimizer):
         for var, a, b, d, d0 in zip(built, after, before, out or (), deltas):
             d = ops.cast(d, d0.dtype)
             var.assign(ops.where(ops.equal(d, d0), a, ops.cast(b + d, a.dtype)))
-        new_state = flatten(new_state)
         for var, value in zip(slots.state, new_state):
             var.assign(self._cast_like(value, var))
         for key in slots.update_keys:
@@ -534,10 +634,13 @@ class Optimizer(keras.optimizers.Optimizer):
         current = [new_state]  # (a holder, not `nonlocal`: TF's autograph converts this function)
 
         def step() -> None:
-            before = [snapshot(v) for v in built] if on_update else None
-            self.inner_optimizer.apply(inner_grads, variables)
-            if on_update:
-                current[0] = self._correct_update(built, before, current[0])
+            before = self._snapshot_weights(built) if on_update else None
+            if on_update and _traced_jax(before):
+                current[0] = self._probe_step(built, before, inner_grads, variables, current[0])
+            else:
+                self.inner_optimizer.apply(inner_grads, variables)
+                if on_update:
+                    current[0] = self._correct_update(built, before, current[0])
             if slots.regrows:
                 self._restart_regrown(built, current[0])
             if slots.project:
@@ -589,6 +692,11 @@ class Optimizer(keras.optimizers.Optimizer):
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         rule = rule_from_config(config.pop("rule"), custom_objects)
         return cls(inner, rule, **config)
+
+
+def _traced_jax(values: list) -> bool:
+    """Whether this is the JAX backend inside a trace (``jit(stateless_apply)``, a jitted ``apply``)."""
+    return backend() == "jax" and bool(values) and is_symbolic(values[0])
 
 
 def _scalar_factors(effect: Any, n: int) -> list | None:
