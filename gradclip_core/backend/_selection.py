@@ -193,6 +193,9 @@ class Selection(NamedTuple):
       scatter: ``scatter(xp, flat_mask, positions, values)``, in place.
       compact_limit: compaction only when the k-th key's bin holds at most this many keys.
       value: ``value(xp, T) -> float32``: the score of a key (:func:`key_value`).
+      signed_keys: ``signed_keys(xp, s, old, ws) -> int32 keys`` of a flat chunk of *signed*
+        float32 scores, ranked as ``gradclip_core.prune``'s ``ordered`` ranks them (the keys of
+        ``ordered(s)``), or ``None``: the driver makes ``ordered(s)`` of each array first.
     """
 
     digit: int = 1
@@ -206,6 +209,7 @@ class Selection(NamedTuple):
     scatter: Callable[..., Any] | None = None
     compact_limit: int = 1 << 22
     value: Callable[..., Any] = key_value
+    signed_keys: Callable[..., Any] | None = None
 
 
 PORTABLE = Selection()

@@ -199,6 +199,9 @@ def score_prune(
             t = target_of(amount)
             return [per_output_keep(xp, alloc.axis, ordered(xp, s) if score.signed else s, m, t, rounding)
                     for s, m in zip(el, old)], None
+        # signed scores (movement) are ranked by the selection itself, chunk by chunk (no ordered copy), except
+        # where per-array limits rewrite them first
+        fused = score.signed and lo == 0 and hi == 1
         live, gs, galive = [], [], []
         for i, (s, m) in enumerate(zip(el, old)):
             if math.prod(shapes[i]) == 0:  # (from the full shape: every participant skips alike)
@@ -211,7 +214,7 @@ def score_prune(
                 if g is None:
                     continue
                 a = pool(xp, grp._replace(pooling="max"), xp.astype(m, xp.float32), full) > 0
-            if score.signed:
+            if score.signed and not fused:
                 g = ordered(xp, g)
             if alloc.kind == "lamp":
                 g = lamp_scores(xp, g)
@@ -235,7 +238,7 @@ def score_prune(
             sel_scores, sel_masks = gs, galive
             if lo > 0 or hi < 1:
                 sel_scores, sel_masks, k = _global_limits(xp, gs, galive, k, lo, hi, rounding, ns)
-            keeps = prune_smallest(xp, sel_scores, k, sel_masks)[0]
+            keeps = prune_smallest(xp, sel_scores, k, sel_masks, signed=fused)[0]
         else:
             if alloc.kind == "erk":
                 finals = erk_sparsities([shapes[i] for i in live], amount, alloc.power_scale)
@@ -248,7 +251,7 @@ def score_prune(
             keeps = []
             for j, (i, g, a, t) in enumerate(zip(live, gs, galive, targets)):
                 k = prune_count(xp, t, ns[j], rounding, alive[j], where=array_label(i))
-                keeps.append(prune_smallest(xp, [g], k, [a])[0][0])
+                keeps.append(prune_smallest(xp, [g], k, [a], signed=fused)[0][0])
         for i, kg in zip(live, keeps):
             shape = tuple(params[i].shape)
             masks[i] = (kg if grp is None else expand(xp, grp, kg, shape, shapes[i] if sharded else None)) & old[i]

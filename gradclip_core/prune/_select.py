@@ -48,6 +48,7 @@ from ..backend._collective import active, all_gather, all_reduce, participant_in
 from ..backend._namespace import device_kw, namespace
 from ..backend._primitives import size
 from ..backend._selection import KEY_BITS, Selection, _count, selection_for
+from ._scores import ordered
 
 __all__ = ["prune_smallest"]
 
@@ -64,6 +65,7 @@ def prune_smallest(
     k: Any,
     masks: Sequence[Any] | None = None,
     divisors: Sequence[Any] | None = None,
+    signed: bool = False,
 ) -> tuple[list, Any]:
     """Keep-masks pruning exactly the ``k`` smallest scores of ``xs`` together.
 
@@ -75,6 +77,10 @@ def prune_smallest(
       masks: current keep-masks (bool); elements already pruned rank first and stay
         pruned (the result is ANDed with them, so more than ``k`` may be pruned).
       divisors: optional 0-d float32 arrays, one per array.
+      signed: the arrays are signed float32 scores ranked as
+        :func:`gradclip_core.prune._scores.ordered` ranks them (movement scores), not
+        ``|x|``; the backend's ``signed_keys`` kernel computes their keys chunk by chunk
+        (without one, the ordered scores are made first: a temporary per array).
 
     Returns:
       ``(keep_masks, threshold)``: bool arrays shaped like ``xs``, and the score of
@@ -91,8 +97,14 @@ def prune_smallest(
     if xp is None:
         xp = namespace(*xs)
     sel = selection_for(xp, xs)
+    if signed and divisors is not None:
+        raise ValueError("prune_smallest: signed scores take no divisors")
+    if signed and sel.signed_keys is None:
+        xs, signed = [ordered(xp, x) for x in xs], False
     sharded = active()
-    keep: list[Any] = [xp.ones(x.shape, dtype=xp.bool, **device_kw([x])) for x in xs]
+    # (chunked kernels write every element of every mask: no fill pass first)
+    fresh = xp.ones if sel.chunk is None else xp.empty
+    keep: list[Any] = [fresh(x.shape, dtype=xp.bool, **device_kw([x])) for x in xs]
     zero = xp.zeros((), dtype=xp.float32, **device_kw(xs))
     if not xs:
         return keep, zero
@@ -111,8 +123,14 @@ def prune_smallest(
         kk = xp.minimum(kk, xp.full_like(kk, n))
 
     ws = None if sel.workspace is None else sel.workspace(xp, [flats[i] for i in live])
-    if sel.chunk is None:
-        whole = {i: sel.keys(xp, flats[i], olds[i], divs[i], ws) for i in live}
+
+    def keys(x: Any, old: Any, divisor: Any) -> Any:
+        return sel.signed_keys(xp, x, old, ws) if signed else sel.keys(xp, x, old, divisor, ws)
+
+    # One chunk in all (one array of at most ``chunk`` elements: a per-array selection): its keys are
+    # computed once, in the workspace, for every pass (no kernel writes the buffer keys are made in).
+    if sel.chunk is None or (len(live) == 1 and size(flats[live[0]]) <= sel.chunk):
+        whole = {i: keys(flats[i], olds[i], divs[i]) for i in live}
 
         def chunks() -> Any:
             for i in live:
@@ -125,7 +143,7 @@ def prune_smallest(
                 for s in range(0, m, sel.chunk):
                     e = min(m, s + sel.chunk)
                     old = None if olds[i] is None else olds[i][s:e]
-                    yield i, s, e, sel.keys(xp, flats[i][s:e], old, divs[i], ws)
+                    yield i, s, e, keys(flats[i][s:e], old, divs[i])
 
     digit = sel.digit
     passes = -(-KEY_BITS // digit)

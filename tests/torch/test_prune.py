@@ -88,6 +88,35 @@ def test_torch_selection_equals_portable_default(chunk, limit, eager, monkeypatc
                 assert np.array_equal(np.float32(np.asarray(t1)), t2.numpy(), equal_nan=True)
 
 
+@pytest.mark.parametrize("chunk, limit", [(64, 1 << 22), (64, 0), (1 << 18, 1 << 22)])
+def test_torch_signed_selection_equals_ordered_portable(chunk, limit, monkeypatch):
+    """Signed scores (movement): the torch CPU kernel's keys, chunk by chunk (or once, for one chunk), give
+    the masks and threshold of the portable driver on ``ordered`` scores; NaNs of both signs (a payload-1
+    NaN whose halved bits equal +inf's), infinities, signed zeros and ties included (NumPy's selection, checked
+    against the portable one in tests/core, is the reference: the portable one takes 31 passes)."""
+    from gradclip_core.prune._scores import ordered
+
+    monkeypatch.setattr(kernels, "CPU_SELECTION", kernels.CPU_SELECTION._replace(chunk=chunk, compact_limit=limit))
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=s).astype(np.float32) for s in [(30, 7), (0, 3), (), (41,), (150,)]]
+    flat = xs[0].reshape(-1)  # (a view)
+    flat[:10] = -0.25  # ties
+    flat[10:14] = [0.0, -0.0, np.inf, -np.inf]
+    bits = np.array([0x7F800001, 0xFF800001, 0x7FC00000, 0xFFFFFFFF, 0x00000001, 0x80000001], np.uint32)
+    xs[3][:6] = bits.view(np.float32)  # NaNs of both signs, the smallest subnormals
+    xs[4][::7] = np.nan
+    olds = [rng.random(x.shape) > 0.3 for x in xs]
+    for arrays, masks in ((xs, olds), (xs[3:4], olds[3:4]), (xs[:1], olds[:1])):
+        n = sum(x.size for x in arrays)
+        for k in [1, n // 3, n]:
+            for old in (None, masks):
+                m1, t1 = prune_smallest(None, [ordered(np, x) for x in arrays], k, old)  # (NumPy's kernels)
+                m2, t2 = prune_smallest(None, [torch.tensor(x) for x in arrays], k,
+                                        None if old is None else [torch.tensor(o) for o in old], signed=True)
+                assert all(np.array_equal(np.asarray(a), b.numpy()) for a, b in zip(m1, m2))
+                assert np.array_equal(np.float32(np.asarray(t1)), t2.numpy(), equal_nan=True)
+
+
 def test_masks_are_buffers_that_survive_state_dict_and_deepcopy():
     m = model(3)
     gradclip_torch.prune(m, gc.global_magnitude_prune(0.5))
