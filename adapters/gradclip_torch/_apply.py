@@ -152,32 +152,36 @@ def project_params(rule: Rule, params: Sequence[torch.Tensor], state: Any, proce
     return new_state, loc.info(info)
 
 
-def snapshot_params(params: Sequence[torch.Tensor], into: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+def snapshot_params(params: Sequence[torch.Tensor], scratch: dict | None = None) -> list[torch.Tensor]:
     """A copy of the weights before the step, for update clipping (one copy of ``params``).
 
-    ``into``: the buffers of the last step's snapshot. When they still fit (the same
-    shapes, dtypes, devices and layouts) the weights are copied into them, so a training
-    loop allocates the snapshot once instead of every step: on the CPU a fresh
-    weight-sized allocation is page-faulted in again at every step (more than the copy
-    itself), and on a GPU the caching allocator keeps that memory anyway. Inside a
-    ``torch.compile`` trace a fresh copy is made.
+    ``scratch`` (a dict the caller keeps from step to step, shared with
+    :func:`correct_update`): ``scratch["snapshot"]`` holds the buffers, reused while they
+    fit (the same shapes, dtypes, devices and layouts), so a training loop allocates the
+    snapshot once instead of every step: on the CPU a fresh weight-sized allocation is
+    page-faulted in again at every step (more than the copy itself), and on a GPU the
+    caching allocator keeps that memory anyway. Inside a ``torch.compile`` trace a fresh
+    copy is made.
     """
     with torch.no_grad():
-        if into is not None and not torch.compiler.is_compiling() and _fits(into, params):
-            views = [p.detach() for p in params]
-            if all(type(v) is torch.Tensor for v in views):
-                torch._foreach_copy_(list(into), views)
-            else:  # (DTensors: no foreach copy sharding strategy)
-                for b, v in zip(into, views):
-                    b.copy_(v)
-            return list(into)
-        return [p.detach().clone() for p in params]
+        views = [p.detach() for p in params]
+        if scratch is None or torch.compiler.is_compiling():
+            return [v.clone() for v in views]
+        kept = scratch.get("snapshot")
+        if kept is None or not _fits(kept, views):
+            kept = scratch["snapshot"] = [v.clone() for v in views]
+        elif all(type(v) is torch.Tensor for v in views):
+            torch._foreach_copy_(kept, views)
+        else:  # (DTensors: no foreach copy sharding strategy)
+            for b, v in zip(kept, views):
+                b.copy_(v)
+        return list(kept)
 
 
 def _fits(buffers: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> bool:
-    """Whether ``buffers`` can hold a copy of ``params`` (one each, the same kind of tensor)."""
+    """Whether ``buffers`` can hold a copy of ``params`` (detached; one each, the same kind of tensor)."""
     return len(buffers) == len(params) and all(
-        type(b) is type(p.detach()) and b.shape == p.shape and b.dtype == p.dtype and b.device == p.device
+        type(b) is type(p) and b.shape == p.shape and b.dtype == p.dtype and b.device == p.device
         and b.stride() == p.stride() and getattr(b, "placements", None) == getattr(p, "placements", None)
         for b, p in zip(buffers, params))
 
@@ -193,8 +197,8 @@ def correct_update(
     update and stays ``w_new`` (bit for bit) where it did not. Memory: ``delta`` (one copy of
     the stepped weights, on top of the ``before`` snapshot); a per-array scale (Clippy, the
     update-norm clip) is applied in place in ``delta`` with no other temporary. ``scratch``
-    (a dict the caller keeps from step to step) holds the ``delta`` buffers for the next
-    call, which reuses them while they fit (no weight-sized allocation per step).
+    (the dict of :func:`snapshot_params`) holds the ``delta`` buffers for the next call,
+    which reuses them while they fit (no weight-sized allocation per step).
 
     Returns:
       ``(state, info)``.

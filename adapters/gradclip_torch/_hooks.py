@@ -146,8 +146,7 @@ class Handle:
         self._state: Any = None
         self._pending: list[torch.Tensor] | None = None
         self._before: list[torch.Tensor] | None = None  # update clipping: the weights before the step
-        self._snapshot: list[torch.Tensor] | None = None  # (its buffers, reused from step to step)
-        self._scratch: dict = {}  # (and those of the update delta)
+        self._scratch: dict = {}  # (its buffers and the update delta's, reused from step to step)
         self._scaler_inf: Any = None
         self._params: list[torch.Tensor] = []
         self._names: list[str] | None = None
@@ -202,7 +201,7 @@ class Handle:
             self._materialize(params, names)
         if self.rule.on_update:  # update clipping: a snapshot now, the rule after the step (_post_hook)
             self._params, self._names = params, names
-            self._before = self._snapshot = snapshot_params(params, self._snapshot)
+            self._before = snapshot_params(params, self._scratch)
             self._scaler_inf = getattr(optimizer, "found_inf", None)
             return
         loss_scale = getattr(optimizer, "grad_scale", None)  # GradScaler + fused optimizer: grads still scaled
@@ -432,7 +431,7 @@ class Handle:
         """Remove both hooks; the optimizer steps without the rule afterwards."""
         self._pre.remove()
         self._post.remove()
-        self._snapshot, self._scratch = None, {}  # (update clipping: its buffers go with the hooks)
+        self._scratch = {}  # (update clipping: its buffers go with the hooks)
         live = _LIVE.get(self.optimizer, [])
         if self in live:
             live.remove(self)
