@@ -11,7 +11,7 @@ import numpy as np
 from keras import ops
 
 import gradclip_core as gc
-from gradclip_core.backend import apply_effect, namespace
+from gradclip_core.backend import apply_effect, kept_buffers, namespace
 
 from ._backend import (backend, is_symbolic, prepare_namespaces, rule_scope, run_unless, snapshot, storage_precision, to_tensor,
                        unconverted, variable_names)
@@ -36,7 +36,7 @@ class _Slots:
         self.needs_loss = gc.needs_loss(rule)
         self.regrows = False  # the state has regrown masks (RigL / SET): the inner slots of grown elements restart
         self.loss: Any = None  # the step's loss (scale_loss / set_loss), used by the next apply
-        self.buffers: tuple | None = None  # torch, update rules: (snapshot, delta) buffers kept from step to step
+        self.scratch: dict = {}  # torch, update rules: the snapshot and delta buffers kept from step to step
 
 
 def _unaliased(outs: list, params: list, own: bool = False) -> list:
@@ -421,39 +421,28 @@ class Optimizer(keras.optimizers.Optimizer):
                     value = to_tensor(v)
                     v.assign(ops.where(r, ops.zeros_like(value), value))
 
-    def _torch_buffers(self, built: list) -> tuple | None:
-        """torch, eager: the ``(snapshot, delta)`` buffers of the weights, made once and reused (else ``None``).
+    def _snapshot_weights(self, built: list) -> list:
+        """The weights before the inner step (torch, eager: copied into buffers kept from step to step).
 
         A fresh weight-sized tensor per step is page-faulted in again on the CPU (it cost
-        more than the copy into it); as ``gradclip_torch.attach``, the buffers stay.
+        more than the copy into it); as in ``gradclip_torch.attach``, the buffers stay
+        (:func:`gradclip_core.backend.kept_buffers`).
         """
-        if backend() != "torch":
-            return None
-        import torch
-
-        if torch.compiler.is_compiling():
-            return None
-        slots = self._gradclip
-        values = [to_tensor(v) for v in built]
-        bufs = slots.buffers
-        if bufs is None or len(bufs[0]) != len(values) or any(
-                b.shape != v.shape or b.dtype != v.dtype or b.device != v.device for b, v in zip(bufs[0], values)):
-            bufs = slots.buffers = tuple([torch.empty_like(v, requires_grad=False) for v in values] for _ in range(2))
-        return bufs
-
-    def _snapshot_weights(self, built: list) -> list:
-        """The weights before the inner step (torch: copied into the kept buffers)."""
-        bufs = self._torch_buffers(built)
-        if bufs is None:
+        values = [to_tensor(v).detach() for v in built] if backend() == "torch" else []  # (plain tensors, not Parameters)
+        kept = kept_buffers(namespace(*values), self._gradclip.scratch, "snapshot", values) if values else None
+        if kept is None:
             return [snapshot(v) for v in built]
-        for buf, var in zip(bufs[0], built):
-            buf.copy_(to_tensor(var).detach())
-        return list(bufs[0])
+        for buf, value in zip(kept, values):
+            buf.copy_(value)
+        return kept
 
-    def _kept(self, before: list) -> tuple | None:
-        """The kept torch buffers if ``before`` is their snapshot (this step used them), else ``None``."""
-        bufs = self._gradclip.buffers
-        return bufs if bufs is not None and before and before[0] is bufs[0][0] else None
+    def _kept(self, before: list) -> list | None:
+        """torch: the kept delta buffers if ``before`` is the kept snapshot (this step used it), else ``None``."""
+        scratch = self._gradclip.scratch
+        snap = scratch.get("snapshot")
+        if not (snap and before and before[0] is snap[0]):
+            return None
+        return kept_buffers(namespace(*before), scratch, "delta", before)
 
     def _probe_step(self, built: list, before: list, grads: list, variables: list, state_values: list) -> list:
         """JAX under ``jit``: :meth:`_correct_update` with the inner step run twice; returns the new state.
@@ -500,11 +489,11 @@ class Optimizer(keras.optimizers.Optimizer):
     def _rule_on_update(self, built: list, before: list, after: list, state_values: list) -> tuple:
         """The update rule on ``after - before``: ``(deltas, scales, out, new_state, info)`` (``scales``: see :func:`_scalar_factors`)."""
         slots = self._gradclip
-        bufs = self._kept(before)
-        if bufs is not None:  # torch: into the kept delta buffers
+        kept = self._kept(before)
+        if kept is not None:  # torch: into the kept delta buffers
             import torch
 
-            deltas = [torch.sub(a.detach(), b, out=d) for a, b, d in zip(after, before, bufs[1])]
+            deltas = [torch.sub(a.detach(), b, out=d) for a, b, d in zip(after, before, kept)]
         else:
             deltas = [a - b for a, b in zip(after, before)]
         try:

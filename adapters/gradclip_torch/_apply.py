@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from gradclip_core import Keep, Rule, Scale, clip_by_global_norm, feed_loss, needs_loss
-from gradclip_core.backend import apply_effect, array_names, check_effect, flatten_state, name_info, namespace
+from gradclip_core.backend import apply_effect, array_names, check_effect, flatten_state, kept_buffers, name_info, namespace
 
 from ._distributed import as_parallel, localize
 from ._fused import split_fold
@@ -156,34 +156,24 @@ def snapshot_params(params: Sequence[torch.Tensor], scratch: dict | None = None)
     """A copy of the weights before the step, for update clipping (one copy of ``params``).
 
     ``scratch`` (a dict the caller keeps from step to step, shared with
-    :func:`correct_update`): ``scratch["snapshot"]`` holds the buffers, reused while they
-    fit (the same shapes, dtypes, devices and layouts), so a training loop allocates the
-    snapshot once instead of every step: on the CPU a fresh weight-sized allocation is
-    page-faulted in again at every step (more than the copy itself), and on a GPU the
-    caching allocator keeps that memory anyway. Inside a ``torch.compile`` trace a fresh
-    copy is made.
+    :func:`correct_update`): the copy lands in buffers kept there
+    (:func:`gradclip_core.backend.kept_buffers`: reused while they fit), so a training loop
+    allocates the snapshot once instead of every step: on the CPU a fresh weight-sized
+    allocation is page-faulted in again at every step (more than the copy itself), and on
+    a GPU the caching allocator keeps that memory anyway. Inside a ``torch.compile`` trace
+    a fresh copy is made.
     """
     with torch.no_grad():
         views = [p.detach() for p in params]
-        if scratch is None or torch.compiler.is_compiling():
+        kept = kept_buffers(namespace(*views), scratch, "snapshot", views) if views else None
+        if kept is None:
             return [v.clone() for v in views]
-        kept = scratch.get("snapshot")
-        if kept is None or not _fits(kept, views):
-            kept = scratch["snapshot"] = [v.clone() for v in views]
-        elif all(type(v) is torch.Tensor for v in views):
+        if all(type(v) is torch.Tensor for v in views):
             torch._foreach_copy_(kept, views)
         else:  # (DTensors: no foreach copy sharding strategy)
             for b, v in zip(kept, views):
                 b.copy_(v)
-        return list(kept)
-
-
-def _fits(buffers: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> bool:
-    """Whether ``buffers`` can hold a copy of ``params`` (detached; one each, the same kind of tensor)."""
-    return len(buffers) == len(params) and all(
-        type(b) is type(p) and b.shape == p.shape and b.dtype == p.dtype and b.device == p.device
-        and b.stride() == p.stride() and getattr(b, "placements", None) == getattr(p, "placements", None)
-        for b, p in zip(buffers, params))
+        return kept
 
 
 def correct_update(
@@ -232,16 +222,13 @@ def correct_update(
 
 
 def _delta(views: list[torch.Tensor], before: list[torch.Tensor], scratch: dict | None) -> list[torch.Tensor]:
-    """``w_new - w_old``, in the buffers of ``scratch["delta"]`` when they fit (and kept there)."""
-    if scratch is None or torch.compiler.is_compiling():
+    """``w_new - w_old``, in the buffers of ``scratch["delta"]`` (:func:`gradclip_core.backend.kept_buffers`)."""
+    kept = kept_buffers(namespace(*views), scratch, "delta", views)
+    if kept is None:
         return torch._foreach_sub(views, before)
-    kept = scratch.get("delta")
-    if kept is None or not _fits(kept, views):
-        kept = scratch["delta"] = torch._foreach_sub(views, before)
-        return list(kept)
     for v, b, d in zip(views, before, kept):  # (elementwise into a buffer that aliases neither input)
         torch.sub(v, b, out=d)
-    return list(kept)
+    return kept
 
 
 def _on_host(views: Sequence[torch.Tensor], factors: Sequence[torch.Tensor]) -> bool:

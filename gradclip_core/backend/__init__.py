@@ -8,8 +8,9 @@ framework use only the names here:
   :func:`register_namespace` for other array types, :func:`namespace_name`;
 - **primitives**: multi-array operations with portable defaults and per-framework
   kernels (:func:`array_norms`, :func:`multiply`, :func:`clip`, ...; register faster ones
-  with :func:`register_primitives`), and :func:`apply_effect`, which applies a rule's
-  declared effect out of place or in place;
+  with :func:`register_primitives`), :func:`apply_effect`, which applies a rule's
+  declared effect out of place or in place, and :func:`kept_buffers` (weight-sized
+  buffers an adapter keeps from step to step, where arrays are written in place);
 - **selection kernels** of exact global pruning: :class:`Selection`, :func:`register_selection`;
 - **layouts**: which axes form a unit (:func:`reduce_axes`, :func:`layout_override`,
   :func:`register_layout`);
@@ -51,6 +52,7 @@ from ._primitives import (
     clip,
     cond,
     count_outside,
+    kept_buffers,
     min_bound_ratio,
     multiply,
     override,
@@ -88,6 +90,7 @@ __all__ = [
     "apply_masks",
     "cond",
     "apply_effect",
+    "kept_buffers",
     "check_effect",
     "size",
     "upcast",

@@ -50,12 +50,13 @@ __all__ = [
     "sort_keys",
     "unpermute",
     "group_keep",
+    "kept_buffers",
 ]
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
               "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio", "compiling",
-              "argsort_keys", "sort_keys", "unpermute", "group_keep")
+              "argsort_keys", "sort_keys", "unpermute", "group_keep", "kept_buffers")
 
 
 def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
@@ -69,7 +70,9 @@ def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
         ``apply_masks(xp, xs, masks)``, ``cond(xp, pred, true_fn, false_fn)``,
         ``order_keys(xp, scores)``, ``apply_effect_(xp, xs, effect)`` (in place),
         ``argsort_keys(xp, keys)``, ``sort_keys(xp, keys)`` and ``unpermute(xp, values, order)``
-        (see :func:`argsort_keys`), with the signatures and results of the defaults; and
+        (see :func:`argsort_keys`), ``group_keep(xp, cols, n_prune)``,
+        ``kept_buffers(xp, scratch, key, like)``, with the signatures and results of the
+        defaults; and
         ``compiling(xp) -> bool``: whether a compiler that cannot trace a ``ContextVar`` is
         tracing (``torch.compile``).
 
@@ -180,6 +183,37 @@ def group_keep(xp: Any, cols: Any, n_prune: int) -> Any:
             ranks[j] = ranks[j] + first
             ranks[i] = ranks[i] + (1 - first)
     return xp.stack([r >= n_prune for r in ranks], axis=0)
+
+
+def kept_buffers(xp: Any, scratch: dict | None, key: str, like: Sequence[Any]) -> list | None:
+    """Buffers shaped like ``like``, kept in ``scratch[key]`` from call to call, or ``None``.
+
+    For frameworks whose arrays are written in place (torch, eager): update clipping copies
+    the weights before the step and forms ``w_new - w_old`` after it, two weight-sized
+    arrays per step. Allocated afresh, they are page-faulted in again at every step on a
+    CPU (it cost more than the copies), so the adapters keep them here: made once, reused
+    while they fit (the same kind of array, shape, dtype, device, strides and sharding),
+    remade when they do not. Their contents are unspecified (the caller writes them).
+    The default returns ``None`` (immutable arrays; or no ``scratch``): the caller makes
+    fresh arrays. Overridable (``"kept_buffers"``: torch, ``None`` inside ``torch.compile``).
+
+    Args:
+      scratch: a dict the caller keeps from step to step (``None``: keep nothing).
+      key: the buffers' name in ``scratch``.
+      like: the arrays to mirror.
+
+    Returns:
+      A list of buffers, one per array of ``like``, or ``None``.
+
+    Example:
+      >>> import numpy as np
+      >>> kept_buffers(np, {}, "snapshot", [np.zeros(3)]) is None  # NumPy: fresh arrays
+      True
+    """
+    if scratch is None or not like:
+        return None
+    fast = override(xp, "kept_buffers")
+    return None if fast is None else fast(xp, scratch, key, like)
 
 
 def size(x: Any) -> int:

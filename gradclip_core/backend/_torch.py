@@ -34,7 +34,7 @@ from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNon
 from ._primitives import register_primitives, symmetric_bounds
 from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
 
-__all__ = ["NAMESPACE", "register", "min_bound_ratio", "group_keep", "array_norms", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
+__all__ = ["NAMESPACE", "register", "min_bound_ratio", "group_keep", "kept_buffers", "array_norms", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
            "apply_effect_",
            "order_keys", "apply_masks", "cond", "CHUNK", "CPU_SELECTION", "DEVICE_SELECTION", "EAGER_CPU"]
 
@@ -760,6 +760,26 @@ def group_keep(xp: Any, cols: torch.Tensor, n_prune: int) -> torch.Tensor:
     return ranks >= n_prune
 
 
+def kept_buffers(xp: Any, scratch: dict, key: str, like: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+    """``scratch[key]`` while it fits ``like`` (else new empty buffers, kept there); ``None`` under ``torch.compile``
+    (a traced graph makes its own copies)."""
+    del xp
+    if _compiling():
+        return None
+    kept = scratch.get(key)
+    if kept is None or not _fits(kept, like):
+        kept = scratch[key] = [torch.empty_like(v, requires_grad=False) for v in like]
+    return list(kept)
+
+
+def _fits(buffers: Sequence[torch.Tensor], like: Sequence[torch.Tensor]) -> bool:
+    """Whether ``buffers`` mirror ``like``: one each, the same kind of tensor, shape, dtype, device, strides, placements."""
+    return len(buffers) == len(like) and all(
+        type(b) is type(p) and b.shape == p.shape and b.dtype == p.dtype and b.device == p.device
+        and b.stride() == p.stride() and getattr(b, "placements", None) == getattr(p, "placements", None)
+        for b, p in zip(buffers, like))
+
+
 def register() -> None:
     """Register the torch kernels with the core (done on first use of a torch tensor).
 
@@ -770,6 +790,6 @@ def register() -> None:
                         multiply=multiply, clip=clip, count_outside=count_outside, min_bound_ratio=min_bound_ratio,
                         apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
                         apply_effect_=apply_effect_, sort_keys=sort_keys, unpermute=unpermute, group_keep=group_keep,
-                        compiling=lambda xp: _compiling())
+                        kept_buffers=kept_buffers, compiling=lambda xp: _compiling())
     register_selection(NAMESPACE, _choose)
 

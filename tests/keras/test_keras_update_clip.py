@@ -90,3 +90,20 @@ def test_jit_stateless_apply_keeps_no_weight_sized_temporary():
         np.testing.assert_allclose(np.asarray(values[0]), to_np(twin.value), rtol=1e-6, atol=1e-6)  # (XLA may fuse w - lr * g into an FMA)
         if "clipped" in eager.info:  # clip_update_norm: the last update was clipped (the write-back took it)
             assert int(to_np(eager.info["clipped"])) == 1
+
+
+def test_torch_keeps_the_snapshot_and_delta_buffers_from_step_to_step():
+    """torch, eager: the snapshot and ``w_new - w_old`` land in buffers made once (``backend.kept_buffers``), as in
+    ``gradclip_torch.attach``; other backends make fresh arrays (none kept)."""
+    ours = _variables()
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clippy(1e-3, 1e-4))
+    ptrs = []
+    for step in range(3):
+        opt.apply(_grads(step, 1.0), ours)
+        scratch = opt._gradclip.scratch
+        if keras.backend.backend() != "torch":
+            assert scratch == {}
+            return
+        ptrs.append([b.data_ptr() for b in scratch["snapshot"] + scratch["delta"]])
+        assert float(to_np(opt.info["min_scale"])) < 1  # the clip acted: the write-back went through the delta buffers
+    assert ptrs[0] == ptrs[1] == ptrs[2] and len(set(ptrs[0])) == 4
