@@ -108,28 +108,39 @@ def time_one(fn: Fn, sync: Callable[[Any], None], repeats: int, warmup: int = 1,
     return statistics.median(_timed(fn, sync, reset) for _ in range(repeats))
 
 
+ROW_BUDGET_S = 40.0  # seconds of timed pairs a slow row may take (the optax and Keras suites, see time_pair)
+
+
 def time_pair(ours: Fn, native: Fn, sync: Callable[[Any], None], repeats: int, warmup: int = 1,
-              reset: Optional[Fn] = None) -> tuple[float, float, float]:
+              reset: Optional[Fn] = None, budget_s: Optional[float] = None) -> tuple[float, float, float, int]:
     """Median times (s) of ``ours`` and ``native`` run alternately, and the median per-pair ratio.
 
     Alternating calls see the same machine state (other processes, caches, clocks), so the
     per-pair ratio is steadier than the ratio of two separate medians.
 
+    ``budget_s``: run fewer than ``repeats`` pairs (never fewer than ``min(repeats, 5)``)
+    where the last warm-up pair says ``repeats`` of them would take longer than this: a
+    pruning row whose call takes a second is not at the noise edge that the many repeats
+    of a 30-ms clip row are for, and 60 of its calls made the optax suite run past half an
+    hour.
+
     Returns:
-      ``(ours, native, ours / native)``.
+      ``(ours, native, ours / native, pairs)``: ``pairs`` timed.
 
     Example:
-      >>> o, n, r = time_pair(lambda: 1, lambda: 2, lambda r: None, repeats=3)
-      >>> r > 0
-      True
+      >>> o, n, r, pairs = time_pair(lambda: 1, lambda: 2, lambda r: None, repeats=3)
+      >>> r > 0, pairs
+      (True, 3)
     """
+    pair_s = 0.0
     for _ in range(warmup):
-        _timed(native, sync, reset)
-        _timed(ours, sync, reset)
+        pair_s = _timed(native, sync, reset) + _timed(ours, sync, reset)
+    if budget_s is not None and pair_s * repeats > budget_s:
+        repeats = max(min(repeats, 5), int(budget_s / pair_s))
     t_ours, t_native = [], []
     for i in range(repeats):
         pair = ((native, t_native), (ours, t_ours))
         for fn, acc in (pair if i % 2 == 0 else pair[::-1]):
             acc.append(_timed(fn, sync, reset))
     ratio = statistics.median(a / b for a, b in zip(t_ours, t_native))
-    return statistics.median(t_ours), statistics.median(t_native), ratio
+    return statistics.median(t_ours), statistics.median(t_native), ratio, repeats

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gradclip_core as gc  # noqa: E402
 import gradclip_keras  # noqa: E402
-from _measure import peak_extra, repeats_for, time_pair  # noqa: E402
+from _measure import ROW_BUDGET_S, peak_extra, repeats_for, time_pair  # noqa: E402
 from _prune_cases import REF, prune_cases  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
@@ -153,7 +153,7 @@ def suite(repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", only_rules: 
         print(f"  keras/{backend}: {label}...", file=sys.stderr, flush=True)
         native = step_fn(keras.optimizers.SGD(LR, **kwargs), make_variables(shapes), grads)
         ours = step_fn(gradclip_keras.Optimizer(keras.optimizers.SGD(LR), rule()), make_variables(shapes), grads)
-        t_o, t_n, r = time_pair(ours, native, _sync, repeats_for(repeats, target), warmup)
+        t_o, t_n, r, _ = time_pair(ours, native, _sync, repeats_for(repeats, target), warmup)
         rows.append(Row(label, f"keras/{backend}", "Optimizer, " + PATHS[backend], native_name, t_o * 1e3, t_n * 1e3,
                         peak_extra(ours, _sync, "rss"), peak_extra(native, _sync, "rss"), target, paired_ratio=r,
                         has_native=not native_name.startswith("(ref)")))
@@ -173,9 +173,11 @@ def suite(repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", only_rules: 
                           make_variables(shapes, 1), grads)
         ours = step_fn(gradclip_keras.Optimizer(keras.optimizers.SGD(LR), case.rule), make_variables(shapes, 1), grads)
         n, w = (min(3, repeats), 1) if few else (repeats_for(repeats, case.target), warmup)
-        t_o, t_n, r = time_pair(ours, ref, _sync, n, w)
+        t_o, t_n, r, pairs = time_pair(ours, ref, _sync, n, w, budget_s=ROW_BUDGET_S)
         ref_peak = peak_extra(ref, _sync, "rss") if ref_peak is None else ref_peak
         note = case.note or "masks recomputed every step"
+        if pairs < n:
+            note += f"; {pairs} pairs (a {ROW_BUDGET_S:.0f}-s budget per row)"
         if few:
             note += f"; TF: {n} pairs, {w} warm-up (limited: seconds per step)"
         rows.append(Row(label, f"keras/{backend}", "Optimizer, " + PATHS[backend], f"(ref) Optimizer(SGD, {REF})",

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _measure import peak_extra, repeats_for, time_pair  # noqa: E402
+from _measure import ROW_BUDGET_S, peak_extra, repeats_for, time_pair  # noqa: E402
 from _prune_cases import REF, SORT_REF, prune_cases  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
@@ -211,7 +211,9 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
         if shapes == "gpt2" and nname.startswith("(ref) jaxpruner-style") and "2:4" not in nname:  # (XLA's CPU sort)
             n, w = min(3, n), 1
             note += f"; {n} pairs, {w} warm-up"
-        t_o, t_n, r = time_pair(ours, native, sync, n, w)
+        t_o, t_n, r, pairs = time_pair(ours, native, sync, n, w, budget_s=ROW_BUDGET_S)
+        if pairs < n:
+            note += f"; {pairs} pairs (a {ROW_BUDGET_S:.0f}-s budget per row)"
         rows.append(Row(label, "optax", path, nname, t_o * 1e3, t_n * 1e3, peak_extra(ours, sync, mem_kind),
                         peak_extra(native, sync, mem_kind), target, note, has_native, paired_ratio=r))
     return rows

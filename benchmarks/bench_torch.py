@@ -249,7 +249,7 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         if only_rules and only_rules not in c.label:
             continue
         print(f"  torch: {c.label} ({c.path})...", file=sys.stderr, flush=True)
-        t_o, t_n, r = time_pair(c.ours, c.native, sync, repeats_for(repeats, c.target), warmup, c.reset)
+        t_o, t_n, r, _ = time_pair(c.ours, c.native, sync, repeats_for(repeats, c.target), warmup, c.reset)
         if c.reset:
             c.reset()
         m_n = peak_extra(c.native, sync, mem_kind)
