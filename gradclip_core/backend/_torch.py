@@ -229,6 +229,9 @@ class _Cast:
 
 def _scale(xs: list[torch.Tensor], factors: list[Any], inplace: bool, divide: bool = False) -> list[torch.Tensor]:
     """``x * f`` (``x / f``) per tensor, factors cast to each tensor's dtype; in place or not."""
+    shared = _shared_scalar(xs, factors)
+    if shared is not None:  # one global factor (a global-norm clip): one foreach op per dtype, no per-tensor checks
+        return _scale_shared(xs, shared, inplace, divide)
     out: list[Any] = list(xs) if inplace else [None] * len(xs)
     cast = _Cast()
     scalar: list[int] = []
@@ -252,6 +255,38 @@ def _scale(xs: list[torch.Tensor], factors: list[Any], inplace: bool, divide: bo
         else:
             op = torch._foreach_div if divide else torch._foreach_mul
             for i, r in zip(pos, op(group, shared if shared is not None else fs)):
+                out[i] = r
+    return out
+
+
+def _shared_scalar(xs: list[torch.Tensor], factors: list[Any]) -> torch.Tensor | None:
+    """The factor, if every tensor has the same 0-d tensor factor on its own (foreach) device; else ``None``."""
+    f = factors[0] if factors else None
+    if not (isinstance(f, torch.Tensor) and f.ndim == 0 and all(g is f for g in factors)):
+        return None
+    device = f.device
+    return f if _has_foreach(device) and all(x.device == device for x in xs) else None
+
+
+def _scale_shared(xs: list[torch.Tensor], f: torch.Tensor, inplace: bool, divide: bool) -> list[torch.Tensor]:
+    """``x * f`` (``x / f``) for one shared 0-d factor: cast once per dtype, one foreach op per dtype (as
+    ``clip_grad_norm_``)."""
+    groups = _groups(xs)
+    if len(groups) == 1:  # (the common case: no index bookkeeping)
+        ((_, dtype),) = groups
+        g = f if f.dtype == dtype else f.to(dtype)
+        if inplace:
+            (torch._foreach_div_ if divide else torch._foreach_mul_)(xs, g)
+            return list(xs)
+        return list((torch._foreach_div if divide else torch._foreach_mul)(xs, g))
+    out: list[Any] = list(xs) if inplace else [None] * len(xs)
+    for (_, dtype), idx in groups.items():
+        group = [xs[i] for i in idx]
+        g = f if f.dtype == dtype else f.to(dtype)
+        if inplace:
+            (torch._foreach_div_ if divide else torch._foreach_mul_)(group, g)
+        else:
+            for i, r in zip(idx, (torch._foreach_div if divide else torch._foreach_mul)(group, g)):
                 out[i] = r
     return out
 
