@@ -133,10 +133,13 @@ def test_clip_equals_default(dtype, lo, hi):
         _same(g, e)
 
 
+@pytest.mark.parametrize("eager", [True, False], ids=["numpy-chunks", "torch-chunks"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lo, hi", [(-0.1, 0.3), (-0.25, 0.25), (None, 0.25), (-0.7, None), (-0.0, 0.0)])
-def test_count_outside_equals_default(dtype, lo, hi, monkeypatch):
+def test_count_outside_equals_default(dtype, lo, hi, eager, monkeypatch):
+    monkeypatch.setattr(kernels, "EAGER_CPU", eager)  # the eager CPU's NumPy chunks, or the device path's
     monkeypatch.setattr(kernels, "_COUNT_CHUNK", 7)  # several chunks, ragged last one
+    monkeypatch.setattr(kernels, "_HOST_CHUNK", 7)
     torch.manual_seed(0)
     xs = [torch.randn(5, 3).to(dtype), torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.25], dtype=dtype),
           torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype)]
@@ -174,22 +177,28 @@ def test_unit_norms_over_leading_axes_match_vector_norm(shape, axes, dtype, monk
     assert torch.isinf(kernels.unit_norms(None, [huge], [(0,)], [torch.float32])[0]).all()
 
 
+@pytest.mark.parametrize("eager", [True, False], ids=["numpy-chunks", "torch-chunks"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_min_bound_ratio_equals_default(dtype, monkeypatch):
+def test_min_bound_ratio_equals_default(dtype, eager, monkeypatch):
     """Clippy's per-array ratio, chunk by chunk (several chunks, a ragged last one), equals the portable definition."""
+    monkeypatch.setattr(kernels, "EAGER_CPU", eager)  # the eager CPU's NumPy chunks, or the device path's
     monkeypatch.setattr(kernels, "_RATIO_CHUNK", 7)
+    monkeypatch.setattr(kernels, "_HOST_CHUNK", 7)
     torch.manual_seed(0)
     ds = [torch.randn(5, 3).to(dtype), torch.tensor([float("nan"), 2.0, 0.0, -0.0, 0.25], dtype=dtype),
-          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype) * 0.01, torch.tensor(3.0, dtype=dtype)]
+          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype) * 0.01, torch.tensor(3.0, dtype=dtype),
+          torch.full((9,), float("nan"), dtype=dtype), torch.tensor([float("inf"), 0.5, float("inf")], dtype=dtype)]
     ws = [torch.randn(5, 3).to(dtype), torch.tensor([1.0, float("nan"), 0.0, 1.0, 0.0], dtype=dtype),
-          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype), torch.tensor(-1.0, dtype=dtype)]
+          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype), torch.tensor(-1.0, dtype=dtype),
+          torch.ones(9, dtype=dtype), torch.tensor([1.0, 1.0, float("inf")], dtype=dtype)]
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     with portable():
         expected = gcb.min_bound_ratio(XP, ds, ws, 0.1, 1e-3, acc)
     got = kernels.min_bound_ratio(None, ds, ws, 0.1, 1e-3, acc)
     for g, e in zip(got, expected):
         _same(g, e)
-    assert float(got[2]) == 1.0  # empty
+    assert float(got[2]) == 1.0 and float(got[5]) == 1.0  # empty; all NaN
+    assert float(got[6]) == 0.0  # an infinite update element: s = 0
 
 
 @pytest.mark.parametrize("group,n_prune", [(2, 1), (4, 2), (8, 5), (40, 20)])
