@@ -153,6 +153,24 @@ def test_count_outside_equals_default(dtype, lo, hi, eager, monkeypatch):
     assert kernels.count_outside(None, xs, torch.tensor(-0.1), 0.3) is NotImplemented
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lo, hi", [(-0.5, 0.5), (-0.0, 0.0), (0.0, 0.0), (-1.0, -0.0), (None, 0.0), (-0.0, None)])
+def test_one_pass_cpu_clamp_equals_foreach_clamps_bit_for_bit(dtype, lo, hi):
+    """The CPU's one clamp pass per tensor gives the bits of clip_grad_value_'s clamp_min then clamp_max passes."""
+    vals = [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 1e-30, -1e-30, float("nan"), float("inf"), -float("inf"), 3.0, -3.0]
+    x = torch.tensor(vals * 41, dtype=dtype)  # (several vector widths and a remainder)
+    want = [x.clone()]
+    if lo is not None:
+        torch._foreach_clamp_min_(want, lo)
+    if hi is not None:
+        torch._foreach_clamp_max_(want, hi)
+    got = [x.clone()]
+    kernels.apply_effect_(None, got, gc.Clamp(lo, hi))
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    assert torch.equal(got[0].view(bits), want[0].view(bits))
+    assert torch.equal(kernels.clip(None, [x], lo, hi)[0].view(bits), want[0].view(bits))
+
+
 def test_clip_with_tensor_bounds():
     assert kernels.clip(None, [torch.ones(2)], torch.tensor(0.5), None)[0].tolist() == [1.0, 1.0]
     rule = gc.clip_by_value(lo=-1.0)
