@@ -232,7 +232,10 @@ def _scale(xs: list[torch.Tensor], factors: list[Any], inplace: bool, divide: bo
     out: list[Any] = list(xs) if inplace else [None] * len(xs)
     cast = _Cast()
     scalar: list[int] = []
+    skip = _unit_factors(xs, factors, cast) if inplace else set()
     for i, (x, f) in enumerate(zip(xs, factors)):
+        if i in skip:
+            continue
         if isinstance(f, torch.Tensor) and f.ndim == 0 and f.device == x.device and _has_foreach(x.device):
             scalar.append(i)
         else:  # per-unit factors, Python numbers or another device: one op per tensor
@@ -253,6 +256,29 @@ def _scale(xs: list[torch.Tensor], factors: list[Any], inplace: bool, divide: bo
             op = torch._foreach_div if divide else torch._foreach_mul
             for i, r in zip(pos, op(group, shared if shared is not None else fs)):
                 out[i] = r
+    return out
+
+
+def _unit_factors(xs: Sequence[torch.Tensor], factors: Sequence[Any], cast: _Cast) -> set[int]:
+    """Indices of the eager CPU tensors whose 0-d CPU factor, cast to their dtype, is exactly 1.
+
+    ``x * 1`` and ``x / 1`` are ``x`` bit for bit, so an in-place scale skips those tensors: a rule
+    whose arrays are not clipped this step (block RMS, per-array norms, a global scale of 1) then
+    costs its read only, no write pass. The factors are read on the host, which on the CPU costs no
+    device sync (as update clipping's write-back); elsewhere, and under ``torch.compile``, none are skipped.
+    """
+    if not EAGER_CPU or _compiling():
+        return set()
+    seen: dict[int, bool] = {}
+    out = set()
+    for i, (x, f) in enumerate(zip(xs, factors)):
+        if (isinstance(f, torch.Tensor) and f.ndim == 0 and f.device.type == "cpu" and type(x) is torch.Tensor
+                and x.device.type == "cpu"):
+            c = cast(f, x.dtype)
+            if id(c) not in seen:
+                seen[id(c)] = bool(c == 1)  # (NaN is not 1: multiplied)
+            if seen[id(c)]:
+                out.add(i)
     return out
 
 
