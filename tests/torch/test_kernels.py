@@ -118,6 +118,26 @@ def test_in_place_global_scale_is_one_foreach_call_per_dtype(monkeypatch):
     assert sorted(calls, key=str) == sorted([(3, torch.float32), (3, torch.bfloat16)], key=str)
 
 
+@pytest.mark.parametrize("eager", [True, False])
+@pytest.mark.parametrize("divide", [False, True])
+def test_in_place_scale_skips_unit_factors_on_the_cpu(eager, divide, monkeypatch):
+    """x * 1 is x: on the eager CPU an array whose factor (in its dtype) is 1 is not written; values as the default."""
+    monkeypatch.setattr(kernels, "EAGER_CPU", eager)
+    xs = _tensors([torch.float32, torch.bfloat16])  # 6 arrays, dtypes alternating
+    xs[0][..., 0] = float("nan")
+    # 1 (skipped); 0.5; 1.0001 is 1 in bfloat16 (skipped there) but not in float32; NaN (written); 1 shared
+    one = torch.tensor(1.0)
+    factors = (one, torch.tensor(0.5), torch.tensor(1.0001), torch.tensor(1.0001), torch.tensor(float("nan")), one)
+    with portable():
+        want = gcb.apply_effect(XP, xs, gc.Scale(factors, divide=divide))
+    versions = [x._version for x in xs]
+    gcb.apply_effect(XP, xs, gc.Scale(factors, divide=divide), inplace=True)
+    for x, w in zip(xs, want):
+        _same(x, w)
+    written = [x._version != v for x, v in zip(xs, versions)]
+    assert written == ([False, True, True, False, True, False] if eager else [True] * 6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("lo, hi", [(-0.1, 0.3), (None, 0.25), (-0.7, None)])
 def test_clip_equals_default(dtype, lo, hi):
