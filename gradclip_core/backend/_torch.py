@@ -24,6 +24,7 @@ they ran ~10x slower than a branch-free ``bits(x) & -mask`` on GPT-2 small (0.47
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Sequence
 
 import array_api_compat.torch  # noqa: F401  (imported here, so namespace() never imports it inside a compiled step)
@@ -409,6 +410,7 @@ def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list
 _HOST_CHUNK = 1 << 17
 _NP_DTYPES = (torch.float32, torch.float64, torch.float16)  # (bfloat16 chunks go through a float32 buffer)
 _POOL: list = []  # [(threads, ThreadPoolExecutor)]: the host kernels' workers, made on first use
+os.register_at_fork(after_in_child=_POOL.clear)  # (a forked child has none of its parent's threads: a new pool)
 
 
 def _host_shares(sizes: Sequence[int], work: Callable[[list[tuple[int, int, int]]], dict]) -> list[dict]:
