@@ -24,7 +24,8 @@ they ran ~10x slower than a branch-free ``bits(x) & -mask`` on GPT-2 small (0.47
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+import os
+from typing import Any, Callable, Sequence
 
 import array_api_compat.torch  # noqa: F401  (imported here, so namespace() never imports it inside a compiled step)
 import numpy as np
@@ -235,7 +236,10 @@ def _scale(xs: list[torch.Tensor], factors: list[Any], inplace: bool, divide: bo
     out: list[Any] = list(xs) if inplace else [None] * len(xs)
     cast = _Cast()
     scalar: list[int] = []
+    skip = _unit_factors(xs, factors, cast) if inplace else set()
     for i, (x, f) in enumerate(zip(xs, factors)):
+        if i in skip:
+            continue
         if isinstance(f, torch.Tensor) and f.ndim == 0 and f.device == x.device and _has_foreach(x.device):
             scalar.append(i)
         else:  # per-unit factors, Python numbers or another device: one op per tensor
@@ -270,24 +274,43 @@ def _shared_scalar(xs: list[torch.Tensor], factors: list[Any]) -> torch.Tensor |
 
 def _scale_shared(xs: list[torch.Tensor], f: torch.Tensor, inplace: bool, divide: bool) -> list[torch.Tensor]:
     """``x * f`` (``x / f``) for one shared 0-d factor: cast once per dtype, one foreach op per dtype (as
-    ``clip_grad_norm_``)."""
-    groups = _groups(xs)
-    if len(groups) == 1:  # (the common case: no index bookkeeping)
-        ((_, dtype),) = groups
-        g = f if f.dtype == dtype else f.to(dtype)
-        if inplace:
-            (torch._foreach_div_ if divide else torch._foreach_mul_)(xs, g)
-            return list(xs)
-        return list((torch._foreach_div if divide else torch._foreach_mul)(xs, g))
+    ``clip_grad_norm_``); in place, a dtype whose cast factor is exactly 1 is skipped where
+    :func:`_unit_factors` would skip it (eager CPU, plain tensors)."""
     out: list[Any] = list(xs) if inplace else [None] * len(xs)
+    groups = _groups(xs)
     for (_, dtype), idx in groups.items():
-        group = [xs[i] for i in idx]
+        group = xs if len(groups) == 1 else [xs[i] for i in idx]
         g = f if f.dtype == dtype else f.to(dtype)
         if inplace:
+            if _unit_factors(group[:1], [g], _Cast()) and all(type(x) is torch.Tensor for x in group):
+                continue
             (torch._foreach_div_ if divide else torch._foreach_mul_)(group, g)
         else:
             for i, r in zip(idx, (torch._foreach_div if divide else torch._foreach_mul)(group, g)):
                 out[i] = r
+    return out
+
+
+def _unit_factors(xs: Sequence[torch.Tensor], factors: Sequence[Any], cast: _Cast) -> set[int]:
+    """Indices of the eager CPU tensors whose 0-d CPU factor, cast to their dtype, is exactly 1.
+
+    ``x * 1`` and ``x / 1`` are ``x`` bit for bit, so an in-place scale skips those tensors: a rule
+    whose arrays are not clipped this step (block RMS, per-array norms, a global scale of 1) then
+    costs its read only, no write pass. The factors are read on the host, which on the CPU costs no
+    device sync (as update clipping's write-back); elsewhere, and under ``torch.compile``, none are skipped.
+    """
+    if not EAGER_CPU or _compiling():
+        return set()
+    seen: dict[int, bool] = {}
+    out = set()
+    for i, (x, f) in enumerate(zip(xs, factors)):
+        if (isinstance(f, torch.Tensor) and f.ndim == 0 and f.device.type == "cpu" and type(x) is torch.Tensor
+                and x.device.type == "cpu"):
+            c = cast(f, x.dtype)
+            if id(c) not in seen:
+                seen[id(c)] = bool(c == 1)  # (NaN is not 1: multiplied)
+            if seen[id(c)]:
+                out.add(i)
     return out
 
 
@@ -321,7 +344,10 @@ def _clamp(xs: list[torch.Tensor], lo: Any, hi: Any, inplace: bool) -> list[torc
         group = [xs[i] for i in idx]
         bounds = [(None if b is None else b.to(device=device, dtype=dtype) if isinstance(b, torch.Tensor)
                    else _bound_in(dtype, b)) for b in (lo, hi)]
-        if not _has_foreach(device) or any(isinstance(b, torch.Tensor) for b in bounds):
+        # one clamp pass per tensor on the CPU (its foreach kernels loop over the tensors anyway, and two
+        # clamp_min/clamp_max passes read and write every element twice; the same bits, signed zeros
+        # and NaN included); on an accelerator one multi-tensor launch per bound
+        if device.type == "cpu" or not _has_foreach(device) or any(isinstance(b, torch.Tensor) for b in bounds):
             res = [x.clamp_(min=bounds[0], max=bounds[1]) if inplace else torch.clamp(x, min=bounds[0], max=bounds[1])
                    for x in group]
         else:
@@ -364,8 +390,11 @@ def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list
     """Per tensor, the float32 count of elements outside ``[lo, hi]``, chunk by chunk.
 
     The core's default allocates a full-size ``|x|`` and a full-size flag per tensor
-    (5 bytes per element); here they are two reused ``_COUNT_CHUNK`` buffers, and the
-    counts stay on the device. Tensor bounds, and ``torch.compile``, take the default.
+    (5 bytes per element); here they are two reused chunk buffers, and the counts stay
+    on the device. On the eager CPU NumPy counts the chunks (:func:`_host_counts`, on
+    torch's threads): its compare and ``count_nonzero`` loops, in cache, cost a fraction
+    of the read, where torch's ``gt`` + ``count_nonzero`` took 4x the read. Tensor bounds,
+    and ``torch.compile``, take the default.
 
     Example:
       >>> [float(c) for c in count_outside(None, [torch.tensor([-2.0, 0.5, float("nan"), 3.0])], -1.0, 1.0)]
@@ -377,13 +406,19 @@ def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list
     symmetric = symmetric_bounds(lo, hi)
     width = min(_COUNT_CHUNK, max((x.numel() for x in xs), default=0))
     bufs: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
-    out = []
-    for x in xs:
+    out: list[Any] = [None] * len(xs)
+    host = [i for i, x in enumerate(xs) if EAGER_CPU and x.is_floating_point() and _host(x)]
+    bounds = [tuple(None if b is None else _bound_in(xs[i].dtype, b) for b in (lo, hi)) for i in host]
+    for i, n in zip(host, _host_counts([xs[i] for i in host], bounds) if host else []):
+        out[i] = torch.tensor(n, dtype=torch.float32)
+    for k, x in enumerate(xs):
+        if out[k] is not None:
+            continue
+        lo_, hi_ = (None if b is None else _bound_in(x.dtype, b) for b in (lo, hi))
         if (x.device, x.dtype) not in bufs:
             bufs[x.device, x.dtype] = (torch.empty(width, dtype=x.dtype, device=x.device),
                                        torch.empty(width, dtype=torch.bool, device=x.device))
         vbuf, fbuf = bufs[x.device, x.dtype]
-        lo_, hi_ = (None if b is None else _bound_in(x.dtype, b) for b in (lo, hi))
         flat = x.reshape(-1)
         total = torch.zeros((), dtype=torch.int64, device=x.device)
         for s in range(0, flat.numel(), _COUNT_CHUNK):
@@ -396,8 +431,113 @@ def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list
                 total += torch.lt(c, lo_, out=f).count_nonzero()
             if hi_ is not None:
                 total += torch.gt(c, hi_, out=f).count_nonzero()
-        out.append(total.to(torch.float32))
+        out[k] = total.to(torch.float32)
     return out
+
+
+# NumPy's chunks on the eager CPU: three in-cache buffers of 512 KiB (float32) stay in a core's L2; on GPT-2
+# small (124M elements, one thread) min_bound_ratio took 163 / 128 / 122 / 114 / 112 / 129 ms with chunks
+# of 1 << 14 / 15 / 16 / 17 / 18 / 20 elements (a read of the two inputs: 85 ms); torch's six ops a chunk, 281 ms.
+_HOST_CHUNK = 1 << 17
+_NP_DTYPES = (torch.float32, torch.float64, torch.float16)  # (bfloat16 chunks go through a float32 buffer)
+_POOL: list = []  # [(threads, ThreadPoolExecutor)]: the host kernels' workers, made on first use
+os.register_at_fork(after_in_child=_POOL.clear)  # (a forked child has none of its parent's threads: a new pool)
+
+
+def _host_shares(sizes: Sequence[int], work: Callable[[list[tuple[int, int, int]]], dict]) -> list[dict]:
+    """``work`` on shares of the ``(array, start, end)`` chunks of arrays of ``sizes``, one share per torch thread.
+
+    NumPy's loops release the GIL, so the shares (contiguous runs of chunks with about the same number
+    of elements) run in parallel on a thread pool of ``torch.get_num_threads()`` workers, as torch's own
+    CPU kernels do; one thread (or a small input) runs them inline. Each ``work`` keeps its own buffers.
+
+    Returns:
+      the dicts ``work`` returned, one per share.
+    """
+    items = [(i, s, min(s + _HOST_CHUNK, n)) for i, n in enumerate(sizes) for s in range(0, n, _HOST_CHUNK)]
+    threads = max(1, min(torch.get_num_threads(), len(items)))
+    if threads == 1 or sum(sizes) < 4 * _HOST_CHUNK:
+        return [work(items)]
+    total, shares, acc = sum(e - s for _, s, e in items), [[] for _ in range(threads)], 0
+    for it in items:
+        shares[min(threads - 1, acc * threads // total)].append(it)
+        acc += it[2] - it[1]
+    if not _POOL or _POOL[0][0] != threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _POOL:
+            _POOL.pop()[1].shutdown(wait=False)
+        _POOL.append((threads, ThreadPoolExecutor(threads, thread_name_prefix="gradclip-host")))
+    return list(_POOL[0][1].map(work, [sh for sh in shares if sh]))
+
+
+def _np_flat(x: torch.Tensor, dtype: torch.dtype) -> Any:
+    """A flat NumPy view of the :func:`_host` tensor ``x`` when it has ``dtype``, else ``None`` (chunks get copied)."""
+    return _np(x.reshape(-1)) if x.dtype == dtype and dtype in _NP_DTYPES else None
+
+
+def _np_part(view: Any, x: torch.Tensor, s: int, e: int, buf: torch.Tensor) -> Any:
+    """Elements ``s:e`` of the flat ``x`` as NumPy: of its ``view``, or copied (upcast) into ``buf``."""
+    return view[s:e] if view is not None else _np(buf[: e - s].copy_(x.reshape(-1)[s:e]))
+
+
+def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]]) -> list[int]:
+    """Per float CPU tensor, the elements below ``lo`` or above ``hi`` (``bounds[i]``, in its dtype), by NumPy."""
+    views = [_np_flat(x, x.dtype) for x in xs]
+
+    def work(share: list[tuple[int, int, int]]) -> dict:
+        vbuf, fbuf = torch.empty(_HOST_CHUNK, dtype=torch.float32), torch.empty(_HOST_CHUNK, dtype=torch.bool)
+        f, out = _np(fbuf), {}
+        with np.errstate(invalid="ignore"):  # (x < lo, x > hi: as fast as |x| > hi here; NaN is neither)
+            for i, s, e in share:
+                c, (lo, hi) = _np_part(views[i], xs[i], s, e, vbuf), bounds[i]
+                n = out.get(i, 0)
+                if lo is not None:
+                    n += np.count_nonzero(np.less(c, c.dtype.type(lo), out=f[: e - s]))
+                if hi is not None:
+                    n += np.count_nonzero(np.greater(c, c.dtype.type(hi), out=f[: e - s]))
+                out[i] = n
+        return out
+
+    totals = [0] * len(xs)
+    for part in _host_shares([x.numel() for x in xs], work):
+        for i, n in part.items():
+            totals[i] += n
+    return totals
+
+
+def _host_min_ratios(ds: Sequence[torch.Tensor], ws: Sequence[torch.Tensor], relative: float, absolute: float,
+                     dtype: torch.dtype) -> list[float]:
+    """Per pair of CPU arrays, ``min(1, min bound / |d|)`` by NumPy, ``_HOST_CHUNK`` elements at a time (in cache).
+
+    The same float operations as :func:`_min_ratios` (``|w|``, ``* relative``, ``+ absolute``, ``/ |d|``
+    in ``dtype``; bfloat16 / float16 inputs upcast exactly first); NaN ratios (0/0, NaN inputs) are
+    skipped by ``fmin`` (an all-NaN array gives 1), with no second pass. ``|d| <= bound`` gives a ratio
+    >= 1 (or inf), which cannot lower the result below 1.
+    """
+    nd = np.dtype(str(dtype).removeprefix("torch."))
+    rel, abs_ = nd.type(relative), nd.type(absolute)
+    dv, wv = [_np_flat(d, dtype) for d in ds], [_np_flat(w, dtype) for w in ws]
+
+    def work(share: list[tuple[int, int, int]]) -> dict:
+        bound_buf, ratio_buf = torch.empty(_HOST_CHUNK, dtype=dtype), torch.empty(_HOST_CHUNK, dtype=dtype)
+        nb, nr, out = _np(bound_buf), _np(ratio_buf), {}
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for i, s, e in share:
+                bound, ratio = nb[: e - s], nr[: e - s]
+                np.abs(_np_part(wv[i], ws[i], s, e, bound_buf), out=bound)
+                np.multiply(bound, rel, out=bound)
+                np.add(bound, abs_, out=bound)
+                np.abs(_np_part(dv[i], ds[i], s, e, ratio_buf), out=ratio)
+                np.divide(bound, ratio, out=ratio)
+                out[i] = np.fmin(out.get(i, np.nan), np.fmin.reduce(ratio))
+        return out
+
+    best = [nd.type(np.nan)] * len(ds)
+    for part in _host_shares([d.numel() for d in ds], work):
+        for i, m in part.items():
+            best[i] = np.fmin(best[i], m)
+    return [1.0 if np.isnan(m) else float(min(m, nd.type(1))) for m in best]
 
 
 def min_bound_ratio(xp: Any, ds: Sequence[torch.Tensor], ws: Sequence[torch.Tensor], relative: float,
@@ -406,7 +546,8 @@ def min_bound_ratio(xp: Any, ds: Sequence[torch.Tensor], ws: Sequence[torch.Tens
 
     The core's default makes five full-size temporaries per array (``|w|``, the bound,
     ``|d|``, the flag, the ratios), whose fresh pages cost more than the arithmetic on
-    a CPU; here they are two ``_RATIO_CHUNK``-element buffers, reused (in cache). Same values (each
+    a CPU; here they are two ``_RATIO_CHUNK``-element buffers, reused (in cache), and on the eager CPU
+    NumPy's loops on smaller chunks, on torch's threads (:func:`_host_min_ratios`). Same values (each
     element's ratio is the same float32 operation; a minimum does not depend on order).
     ``torch.compile`` takes the default.
 
@@ -419,11 +560,18 @@ def min_bound_ratio(xp: Any, ds: Sequence[torch.Tensor], ws: Sequence[torch.Tens
         return NotImplemented
     width = min(_RATIO_CHUNK, max((d.numel() for d in ds), default=0))
     bufs: dict = {}
-    out = []
-    for d, w in zip(ds, ws):
+    out: list[Any] = [None] * len(ds)
+    host = [i for i, (d, w) in enumerate(zip(ds, ws)) if EAGER_CPU and dtype in _NP_DTYPES and d.numel() and _host(d)
+            and _host(w) and d.is_floating_point() and w.is_floating_point()]
+    for i, m in zip(host, _host_min_ratios([ds[i] for i in host], [ws[i] for i in host], relative, absolute, dtype)
+                    if host else []):
+        out[i] = torch.tensor(m, dtype=dtype)
+    for k, (d, w) in enumerate(zip(ds, ws)):
+        if out[k] is not None:
+            continue
         one = torch.ones((), dtype=dtype, device=d.device)
         if d.numel() == 0:
-            out.append(one)
+            out[k] = one
             continue
         if d.device not in bufs:
             bufs[d.device] = (torch.empty(width, dtype=dtype, device=d.device), torch.empty(width, dtype=dtype, device=d.device))
@@ -433,7 +581,7 @@ def min_bound_ratio(xp: Any, ds: Sequence[torch.Tensor], ws: Sequence[torch.Tens
         mins = _min_ratios(d, w, relative, absolute, dtype, *bufs[d.device], nan_pass=not host)
         if host and bool(mins.isnan().any()):
             mins = _min_ratios(d, w, relative, absolute, dtype, *bufs[d.device], nan_pass=True)
-        out.append(torch.minimum(mins.min(), one))
+        out[k] = torch.minimum(mins.min(), one)
     return out
 
 

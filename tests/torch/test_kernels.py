@@ -118,6 +118,26 @@ def test_in_place_global_scale_is_one_foreach_call_per_dtype(monkeypatch):
     assert sorted(calls, key=str) == sorted([(3, torch.float32), (3, torch.bfloat16)], key=str)
 
 
+@pytest.mark.parametrize("eager", [True, False])
+@pytest.mark.parametrize("divide", [False, True])
+def test_in_place_scale_skips_unit_factors_on_the_cpu(eager, divide, monkeypatch):
+    """x * 1 is x: on the eager CPU an array whose factor (in its dtype) is 1 is not written; values as the default."""
+    monkeypatch.setattr(kernels, "EAGER_CPU", eager)
+    xs = _tensors([torch.float32, torch.bfloat16])  # 6 arrays, dtypes alternating
+    xs[0][..., 0] = float("nan")
+    # 1 (skipped); 0.5; 1.0001 is 1 in bfloat16 (skipped there) but not in float32; NaN (written); 1 shared
+    one = torch.tensor(1.0)
+    factors = (one, torch.tensor(0.5), torch.tensor(1.0001), torch.tensor(1.0001), torch.tensor(float("nan")), one)
+    with portable():
+        want = gcb.apply_effect(XP, xs, gc.Scale(factors, divide=divide))
+    versions = [x._version for x in xs]
+    gcb.apply_effect(XP, xs, gc.Scale(factors, divide=divide), inplace=True)
+    for x, w in zip(xs, want):
+        _same(x, w)
+    written = [x._version != v for x, v in zip(xs, versions)]
+    assert written == ([False, True, True, False, True, False] if eager else [True] * 6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("lo, hi", [(-0.1, 0.3), (None, 0.25), (-0.7, None)])
 def test_clip_equals_default(dtype, lo, hi):
@@ -133,10 +153,13 @@ def test_clip_equals_default(dtype, lo, hi):
         _same(g, e)
 
 
+@pytest.mark.parametrize("eager", [True, False], ids=["numpy-chunks", "torch-chunks"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lo, hi", [(-0.1, 0.3), (-0.25, 0.25), (None, 0.25), (-0.7, None), (-0.0, 0.0)])
-def test_count_outside_equals_default(dtype, lo, hi, monkeypatch):
+def test_count_outside_equals_default(dtype, lo, hi, eager, monkeypatch):
+    monkeypatch.setattr(kernels, "EAGER_CPU", eager)  # the eager CPU's NumPy chunks, or the device path's
     monkeypatch.setattr(kernels, "_COUNT_CHUNK", 7)  # several chunks, ragged last one
+    monkeypatch.setattr(kernels, "_HOST_CHUNK", 7)
     torch.manual_seed(0)
     xs = [torch.randn(5, 3).to(dtype), torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.25], dtype=dtype),
           torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype)]
@@ -148,6 +171,24 @@ def test_count_outside_equals_default(dtype, lo, hi, monkeypatch):
     special = xs[1].tolist()  # NaN never counts, +-inf do
     assert float(got[1]) == sum((lo is not None and v < lo) or (hi is not None and v > hi) for v in special)
     assert kernels.count_outside(None, xs, torch.tensor(-0.1), 0.3) is NotImplemented
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lo, hi", [(-0.5, 0.5), (-0.0, 0.0), (0.0, 0.0), (-1.0, -0.0), (None, 0.0), (-0.0, None)])
+def test_one_pass_cpu_clamp_equals_foreach_clamps_bit_for_bit(dtype, lo, hi):
+    """The CPU's one clamp pass per tensor gives the bits of clip_grad_value_'s clamp_min then clamp_max passes."""
+    vals = [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 1e-30, -1e-30, float("nan"), float("inf"), -float("inf"), 3.0, -3.0]
+    x = torch.tensor(vals * 41, dtype=dtype)  # (several vector widths and a remainder)
+    want = [x.clone()]
+    if lo is not None:
+        torch._foreach_clamp_min_(want, lo)
+    if hi is not None:
+        torch._foreach_clamp_max_(want, hi)
+    got = [x.clone()]
+    kernels.apply_effect_(None, got, gc.Clamp(lo, hi))
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    assert torch.equal(got[0].view(bits), want[0].view(bits))
+    assert torch.equal(kernels.clip(None, [x], lo, hi)[0].view(bits), want[0].view(bits))
 
 
 def test_clip_with_tensor_bounds():
@@ -174,22 +215,28 @@ def test_unit_norms_over_leading_axes_match_vector_norm(shape, axes, dtype, monk
     assert torch.isinf(kernels.unit_norms(None, [huge], [(0,)], [torch.float32])[0]).all()
 
 
+@pytest.mark.parametrize("eager", [True, False], ids=["numpy-chunks", "torch-chunks"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_min_bound_ratio_equals_default(dtype, monkeypatch):
+def test_min_bound_ratio_equals_default(dtype, eager, monkeypatch):
     """Clippy's per-array ratio, chunk by chunk (several chunks, a ragged last one), equals the portable definition."""
+    monkeypatch.setattr(kernels, "EAGER_CPU", eager)  # the eager CPU's NumPy chunks, or the device path's
     monkeypatch.setattr(kernels, "_RATIO_CHUNK", 7)
+    monkeypatch.setattr(kernels, "_HOST_CHUNK", 7)
     torch.manual_seed(0)
     ds = [torch.randn(5, 3).to(dtype), torch.tensor([float("nan"), 2.0, 0.0, -0.0, 0.25], dtype=dtype),
-          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype) * 0.01, torch.tensor(3.0, dtype=dtype)]
+          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype) * 0.01, torch.tensor(3.0, dtype=dtype),
+          torch.full((9,), float("nan"), dtype=dtype), torch.tensor([float("inf"), 0.5, float("inf")], dtype=dtype)]
     ws = [torch.randn(5, 3).to(dtype), torch.tensor([1.0, float("nan"), 0.0, 1.0, 0.0], dtype=dtype),
-          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype), torch.tensor(-1.0, dtype=dtype)]
+          torch.zeros(0, dtype=dtype), torch.randn(40).to(dtype), torch.tensor(-1.0, dtype=dtype),
+          torch.ones(9, dtype=dtype), torch.tensor([1.0, 1.0, float("inf")], dtype=dtype)]
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     with portable():
         expected = gcb.min_bound_ratio(XP, ds, ws, 0.1, 1e-3, acc)
     got = kernels.min_bound_ratio(None, ds, ws, 0.1, 1e-3, acc)
     for g, e in zip(got, expected):
         _same(g, e)
-    assert float(got[2]) == 1.0  # empty
+    assert float(got[2]) == 1.0 and float(got[5]) == 1.0  # empty; all NaN
+    assert float(got[6]) == 0.0  # an infinite update element: s = 0
 
 
 @pytest.mark.parametrize("group,n_prune", [(2, 1), (4, 2), (8, 5), (40, 20)])
