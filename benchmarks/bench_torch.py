@@ -129,6 +129,15 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         m.weight = p
         mods.append(m)
     original = [p.detach().clone() for p in params]
+    # the gradient rows start every timed call from the same random gradients (an untimed copy), so each call
+    # clips (global norm ~1e4 against max_norm 1.0; 62% of the elements outside the value clip's 0.5):
+    # on the CPU an in-place scale skips arrays whose factor is exactly 1, and clipped-once gradients would
+    # time that shortcut instead of the clip
+    grads0 = [p.grad.detach().clone() for p in params]
+
+    def fresh_grads() -> None:
+        with torch.no_grad():
+            torch._foreach_copy_([p.grad for p in params], grads0)
 
     def restore() -> None:
         with torch.no_grad():
@@ -150,13 +159,13 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
     for label, rule in (("clip_by_global_norm(1.0)", gc.clip_by_global_norm(1.0)),
                         ('clip_by_global_norm(1.0, semantics="torch")', gc.clip_by_global_norm(1.0, semantics="torch"))):
         cases.append(Case(label, "apply_", lambda rule=rule: gradclip_torch.apply_(params, rule), *norm_native,
-                          target="<= 1.0x", mem=True))
-        cases.append(Case(label, "attach", hook_path(rule), *norm_native, target="<= 1.0x", mem=True))
+                          fresh_grads, target="<= 1.0x", mem=True))
+        cases.append(Case(label, "attach", hook_path(rule), *norm_native, fresh_grads, target="<= 1.0x", mem=True))
     value, counted = gc.clip_by_value(0.5), gc.clip_by_value(0.5, info="full")
     cases.append(Case("clip_by_value(0.5)", "apply_", lambda: gradclip_torch.apply_(params, value), *clamp_native,
-                      target="<= 1.1x", mem=True))
+                      fresh_grads, target="<= 1.1x", mem=True))
     cases.append(Case('clip_by_value(0.5, info="full")', "apply_", lambda: gradclip_torch.apply_(params, counted),
-                      *clamp_native, target="<= 1.5x", note="opt-in + clipped_fraction: one more read"))
+                      *clamp_native, fresh_grads, target="<= 1.5x", note="opt-in + clipped_fraction: one more read"))
     # the clip folded into a fused optimizer step, against clip_grad_norm_ + the same step
     for label, rule in (("clip_by_global_norm(1.0)", gc.clip_by_global_norm(1.0)), ("zclip()", gc.zclip())):
         ours_opt = torch.optim.AdamW(params, lr=1e-9, fused=True)
@@ -168,7 +177,7 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
             native_opt.step()
 
         cases.append(Case(label, "attach + AdamW(fused=True)", ours_opt.step, "clip_grad_norm_ + AdamW(fused=True)",
-                          native_step, target="<= 0.88x",
+                          native_step, fresh_grads, target="<= 0.88x",
                           note="scale folded into grad_scale; the fused kernel stores the unscaled gradients back: "
                                "9 of the reference's 10 passes (limit ~0.9x)"))
     mag, ln, rnd = gc.magnitude_prune(0.5), gc.ln_structured_prune(0.5, ord=2, axis="out_first"), gc.random_prune(0.5, seed=0)
@@ -205,9 +214,11 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
             fn = hook_path(rule)
         else:
             fn = lambda rule=rule: gradclip_torch.project_(params, rule)  # noqa: E731
-        reset = restore if path == "project_" else None
+        reset = restore if path == "project_" else fresh_grads
+        note = ("the same gradients every call: the rule's threshold is their norm, no clip (on the CPU nothing "
+                "is written)" if label.startswith(("autoclip", "zclip", "skip_on_spike")) else "")
         cases.append(Case(label, path, fn, "(ref) " + norm_native[0], norm_native[1], reset, target=target,
-                          has_native=False, mem=True))
+                          has_native=False, mem=True, note=note))
     # N:M groups: a local selection (ranks within each group of 4), next to the exact per-array magnitude
     # selection of the same weights: <= 2.0x (the keys, one transposing copy, 6 comparisons per group)
     nm = gc.nm_prune(2, 4, axis=-1)

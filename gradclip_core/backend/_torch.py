@@ -333,9 +333,18 @@ def multiply(xp: Any, xs: Sequence[torch.Tensor], factors: Sequence[Any]) -> lis
     return _scale(xs, factors, inplace=False)
 
 
+_BOUNDS: dict[tuple, float] = {}  # (dtype, bound) -> the rounded bound (a rule's few constants)
+
+
 def _bound_in(dtype: torch.dtype, bound: float) -> float:
     """``bound`` rounded to ``dtype``, as a Python float (exact, so no kernel re-rounds it)."""
-    return torch.tensor(bound, dtype=dtype).item()
+    key = (dtype, type(bound), repr(bound))  # (repr: -0.0 and 0.0 are equal keys otherwise)
+    out = _BOUNDS.get(key)
+    if out is None:
+        out = torch.tensor(bound, dtype=dtype).item()
+        if len(_BOUNDS) < 4096:  # (bounds are a rule's constants; never an unbounded cache)
+            _BOUNDS[key] = out
+    return out
 
 
 def _clamp(xs: list[torch.Tensor], lo: Any, hi: Any, inplace: bool) -> list[torch.Tensor]:
@@ -471,6 +480,12 @@ def _host_shares(sizes: Sequence[int], work: Callable[[list[tuple[int, int, int]
     return list(_POOL[0][1].map(work, [sh for sh in shares if sh]))
 
 
+def _chunk_for(xs: Sequence[torch.Tensor]) -> int:
+    """The chunk buffers' length for ``xs``: ``_HOST_CHUNK``, or the largest array if smaller (small models
+    do not page-fault in 512 KiB buffers on every call)."""
+    return max(1, min(_HOST_CHUNK, max((x.numel() for x in xs), default=1)))
+
+
 def _np_flat(x: torch.Tensor, dtype: torch.dtype) -> Any:
     """A flat NumPy view of the :func:`_host` tensor ``x`` when it has ``dtype``, else ``None`` (chunks get copied)."""
     return _np(x.reshape(-1)) if x.dtype == dtype and dtype in _NP_DTYPES else None
@@ -484,9 +499,11 @@ def _np_part(view: Any, x: torch.Tensor, s: int, e: int, buf: torch.Tensor) -> A
 def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]]) -> list[int]:
     """Per float CPU tensor, the elements below ``lo`` or above ``hi`` (``bounds[i]``, in its dtype), by NumPy."""
     views = [_np_flat(x, x.dtype) for x in xs]
+    chunk = _chunk_for(xs)
 
     def work(share: list[tuple[int, int, int]]) -> dict:
-        vbuf, fbuf = torch.empty(_HOST_CHUNK, dtype=torch.float32), torch.empty(_HOST_CHUNK, dtype=torch.bool)
+        vbuf = None if all(v is not None for v in views) else torch.empty(chunk, dtype=torch.float32)
+        fbuf = torch.empty(chunk, dtype=torch.bool)
         f, out = _np(fbuf), {}
         with np.errstate(invalid="ignore"):  # (x < lo, x > hi: as fast as |x| > hi here; NaN is neither)
             for i, s, e in share:
@@ -518,9 +535,10 @@ def _host_min_ratios(ds: Sequence[torch.Tensor], ws: Sequence[torch.Tensor], rel
     nd = np.dtype(str(dtype).removeprefix("torch."))
     rel, abs_ = nd.type(relative), nd.type(absolute)
     dv, wv = [_np_flat(d, dtype) for d in ds], [_np_flat(w, dtype) for w in ws]
+    chunk = _chunk_for(ds)
 
     def work(share: list[tuple[int, int, int]]) -> dict:
-        bound_buf, ratio_buf = torch.empty(_HOST_CHUNK, dtype=dtype), torch.empty(_HOST_CHUNK, dtype=dtype)
+        bound_buf, ratio_buf = torch.empty(chunk, dtype=dtype), torch.empty(chunk, dtype=dtype)
         nb, nr, out = _np(bound_buf), _np(ratio_buf), {}
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for i, s, e in share:
