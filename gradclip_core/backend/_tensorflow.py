@@ -514,15 +514,29 @@ def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> Any:
     return [tf.math.reduce_euclidean_norm(_t(x, dtype)) for x in xs]
 
 
+def _ratios_selected(ds: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float, dtype: Any) -> list:
+    """The default's definition: ``min(1, min where(|d| > bound, bound / |d|, 1))`` per array."""
+    one = tf.ones((), dtype)
+    out = []
+    for d, w in zip(ds, ws):
+        bound = absolute + relative * tf.abs(_t(w, dtype))  # (the default's order)
+        mag = tf.abs(_t(d, dtype))
+        out.append(tf.minimum(tf.reduce_min(tf.where(mag > bound, bound / mag, one)), one))
+    return out
+
+
 def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float,
                     dtype: Any) -> Any:
-    """Clippy's per-array scale with fewer full-size temporaries than the default (no ``ones_like``).
+    """Clippy's per-array scale with two full-size temporaries instead of the default's five.
 
     Without XLA every element-wise op of a ``tf.function`` writes a full-size tensor, freshly
-    allocated unless it can take over an input's buffer: here ``|w|`` (then scaled and shifted
-    in its buffer), ``|d|``, the comparison's bools and the ratios (in ``bound``'s or ``|d|``'s
-    buffer), and ``where`` selects against a scalar 1 (the default also fills a full-size
-    ``ones_like``). The same operations on the same values as the default: equal bit for bit.
+    allocated (and on the CPU page-faulted in) unless it takes over an input's buffer. Here each
+    element gives ``bound / max(|d|, bound)`` (``|w|`` then scaled and shifted in its buffer,
+    ``|d|``, the max and the ratio in theirs): ``bound / |d|`` where ``|d| > bound``, exactly 1
+    where ``0 < bound`` is finite and not exceeded, NaN where the default counts nothing either
+    (``0 / 0``, ``inf / inf``, a NaN input). Without NaN the minimum is the default's, bit for
+    bit; a NaN anywhere (the sum of ratios in ``[0, 1]`` tells) runs the default's definition
+    instead, in a ``tf.cond``, so the result never depends on how ``reduce_min`` treats NaN.
 
     Example:
       >>> d, w = [tf.constant([0.5, 0.1])], [tf.constant([1.0, 1.0])]
@@ -531,15 +545,21 @@ def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: flo
     """
     del xp
     one = tf.ones((), dtype)
-    out = []
-    for d, w in zip(ds, ws):
-        if math.prod(d.shape) == 0:
-            out.append(one)
-            continue
-        bound = absolute + relative * tf.abs(_t(w, dtype))  # (the default's order)
-        mag = tf.abs(_t(d, dtype))
-        ratios = tf.where(mag > bound, bound / mag, one)
-        out.append(tf.minimum(tf.reduce_min(ratios), one))
+    idx = [i for i, d in enumerate(ds) if math.prod(d.shape) != 0]
+    out = [one] * len(ds)
+    if not idx:
+        return out
+    fast, sums = [], []
+    for i in idx:
+        bound = absolute + relative * tf.abs(_t(ws[i], dtype))  # (the default's order)
+        ratios = bound / tf.maximum(tf.abs(_t(ds[i], dtype)), bound)
+        fast.append(tf.minimum(tf.reduce_min(ratios), one))
+        sums.append(tf.reduce_sum(ratios))
+    nan = tf.reduce_any(tf.math.is_nan(tf.stack(sums)))
+    sel = tf.cond(nan, lambda: _ratios_selected([ds[i] for i in idx], [ws[i] for i in idx], relative, absolute, dtype),
+                  lambda: fast)
+    for i, v in zip(idx, sel):
+        out[i] = v
     return out
 
 
