@@ -526,13 +526,17 @@ class Optimizer(keras.optimizers.Optimizer):
                     var.assign(torch.where(torch.eq(f, 1), a.detach(), d, out=d))
             scales = None
         if scales is not None:  # Keep (nothing to write) or one factor per array: w_new stands where it is 1
+            in_place = backend() == "tensorflow"
             for var, a, b, d, f in zip(built, after, before, deltas, scales):
                 if f is not None:
                     f = ops.cast(f, d.dtype)
                     # b - (b - a) * f is b + d * f bit for bit (negation is exact), but not the rule's `d`:
                     # XLA fuses each a - b into its one reader instead of keeping d alive (one full-size
-                    # temporary less under jit, where d and w_new were both held until the write-back)
-                    var.assign(ops.where(ops.equal(f, 1), a, ops.cast(b - (b - a) * f, a.dtype)))
+                    # temporary less under jit, where d and w_new were both held until the write-back).
+                    # TensorFlow runs op by op: d * f and b + ... write into d's buffer (its last reader),
+                    # where b - a wrote a new, page-faulted one.
+                    new = b + d * f if in_place else b - (b - a) * f
+                    var.assign(ops.where(ops.equal(f, 1), a, ops.cast(new, a.dtype)))
         for var, a, b, d, d0 in zip(built, after, before, out or (), deltas):
             d = ops.cast(d, d0.dtype)
             var.assign(ops.where(ops.equal(d, d0), a, ops.cast(b + d, a.dtype)))

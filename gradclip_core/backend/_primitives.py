@@ -309,7 +309,9 @@ def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> list[Any]
 def _array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> list[Any]:
     fast = override(xp, "array_norms")
     if fast is not None:
-        return fast(xp, xs, ord, dtype)
+        res = fast(xp, xs, ord, dtype)
+        if res is not NotImplemented:
+            return res
     out = []
     for x in xs:
         if size(x) == 0:

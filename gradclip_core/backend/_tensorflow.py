@@ -460,24 +460,106 @@ def cond(xp: Any, pred: Any, true_fn: Any, false_fn: Any) -> Any:
     return tf.cond(_t(pred, tf.bool), true_fn, false_fn)
 
 
+def _in_xla() -> bool:
+    """Whether ops are being built for XLA (a ``tf.function(jit_compile=True)``, Keras' ``jit_compile``),
+    which has no kernel for ``EuclideanNorm`` (and fuses ``x * x`` into the sum anyway)."""
+    if tf.executing_eagerly():
+        return False
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # (a TensorFlow without the module: assume XLA, the default is right everywhere)
+        return True
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
 def unit_norms(xp: Any, xs: Sequence[Any], axes: Sequence[Any], dtypes: Sequence[Any]) -> Any:
     """Per array, each unit's L2 norm by ``tf.math.reduce_euclidean_norm``: one kernel, no ``x * x`` array.
 
     The default (``sqrt(sum(x * x))``) runs as two TensorFlow kernels with a full-size ``x * x``
     in between (no XLA to fuse them in a ``tf.function``); here the squares are summed inside
     the reduction. Same values (the same float32 accumulation; equal bit for bit on the
-    GPT-2-sized benchmark set). Complex arrays take the default.
+    GPT-2-sized benchmark set). Complex arrays, and XLA (``jit_compile``: no ``EuclideanNorm`` kernel
+    there), take the default.
 
     Example:
       >>> [t.numpy().tolist() for t in unit_norms(xp, [tf.constant([[3.0, 0.0], [4.0, 1.0]])], [(0,)], [tf.float32])]
       [[[5.0, 1.0]]]
     """
     del xp
-    if any(x.dtype.is_complex for x in xs):
+    if any(x.dtype.is_complex for x in xs) or _in_xla():
         return NotImplemented
     out = []
     for x, ax, dt in zip(xs, axes, dtypes):
         out.append(tf.math.reduce_euclidean_norm(_t(x, dt), axis=_axes(ax), keepdims=True))
+    return out
+
+
+def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> Any:
+    """Per-array 2-norms by ``tf.math.reduce_euclidean_norm``: one kernel, no full-size ``x * x``.
+
+    The default (``sqrt(sum(x * x))``) runs as two TensorFlow kernels with a full-size
+    ``x * x`` in between, freshly allocated (and on the CPU page-faulted in) on every call:
+    in a Keras/TF step that temporary cost more than the reduction. The Euclidean-norm
+    reducer sums the same squares in the same order (equal bit for bit in float32, checked in
+    ``tests/keras/test_keras_namespace.py``). Other orders, complex arrays and XLA (no ``EuclideanNorm``
+    kernel there) take the default.
+
+    Example:
+      >>> [float(n) for n in array_norms(xp, [tf.constant([3.0, 4.0]), tf.zeros((0,))], 2.0, tf.float32)]
+      [5.0, 0.0]
+    """
+    del xp
+    if float(ord) != 2.0 or any(x.dtype.is_complex for x in xs) or _in_xla():
+        return NotImplemented
+    return [tf.math.reduce_euclidean_norm(_t(x, dtype)) for x in xs]
+
+
+def _ratios_selected(ds: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float, dtype: Any) -> list:
+    """The default's definition: ``min(1, min where(|d| > bound, bound / |d|, 1))`` per array."""
+    one = tf.ones((), dtype)
+    out = []
+    for d, w in zip(ds, ws):
+        bound = absolute + relative * tf.abs(_t(w, dtype))  # (the default's order)
+        mag = tf.abs(_t(d, dtype))
+        out.append(tf.minimum(tf.reduce_min(tf.where(mag > bound, bound / mag, one)), one))
+    return out
+
+
+def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float,
+                    dtype: Any) -> Any:
+    """Clippy's per-array scale with two full-size temporaries instead of the default's five.
+
+    Without XLA every element-wise op of a ``tf.function`` writes a full-size tensor, freshly
+    allocated (and on the CPU page-faulted in) unless it takes over an input's buffer. Here each
+    element gives ``bound / max(|d|, bound)`` (``|w|`` then scaled and shifted in its buffer,
+    ``|d|``, the max and the ratio in theirs): ``bound / |d|`` where ``|d| > bound``, exactly 1
+    where ``0 < bound`` is finite and not exceeded, NaN where the default counts nothing either
+    (``0 / 0``, ``inf / inf``, a NaN input). Without NaN the minimum is the default's, bit for
+    bit; a NaN anywhere (the sum of ratios in ``[0, 1]`` tells) runs the default's definition
+    instead, in a ``tf.cond``, so the result never depends on how ``reduce_min`` treats NaN.
+
+    Example:
+      >>> d, w = [tf.constant([0.5, 0.1])], [tf.constant([1.0, 1.0])]
+      >>> float(min_bound_ratio(xp, d, w, 0.25, 0.0, tf.float32)[0])
+      0.5
+    """
+    del xp
+    one = tf.ones((), dtype)
+    idx = [i for i, d in enumerate(ds) if math.prod(d.shape) != 0]
+    out = [one] * len(ds)
+    if not idx:
+        return out
+    fast, sums = [], []
+    for i in idx:
+        bound = absolute + relative * tf.abs(_t(ws[i], dtype))  # (the default's order)
+        ratios = bound / tf.maximum(tf.abs(_t(ds[i], dtype)), bound)
+        fast.append(tf.minimum(tf.reduce_min(ratios), one))
+        sums.append(tf.reduce_sum(ratios))
+    nan = tf.reduce_any(tf.math.is_nan(tf.stack(sums)))
+    sel = tf.cond(nan, lambda: _ratios_selected([ds[i] for i in idx], [ws[i] for i in idx], relative, absolute, dtype),
+                  lambda: fast)
+    for i, v in zip(idx, sel):
+        out[i] = v
     return out
 
 
@@ -594,5 +676,6 @@ def register() -> None:
     from ._primitives import register_primitives
 
     register_namespace(NAME, is_tf_array, xp)
-    register_primitives(NAME, cond=cond, unit_norms=unit_norms, order_keys=order_keys, float_from_bits=float_from_bits)
+    register_primitives(NAME, cond=cond, unit_norms=unit_norms, array_norms=array_norms, min_bound_ratio=min_bound_ratio,
+                        order_keys=order_keys, float_from_bits=float_from_bits)
     register_selection(NAME, SELECTION)

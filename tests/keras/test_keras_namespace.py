@@ -276,3 +276,52 @@ def test_selection_graph_is_small():
     ops = fn.get_concrete_function(specs).graph.get_operations()
     assert len(ops) < 300, len(ops)
     assert any(op.type in ("While", "StatelessWhile") for op in ops)
+
+
+class _portable:
+    """Within this block the TensorFlow namespace has no kernels: the core's portable defaults run."""
+
+    def __init__(self, *names):
+        self.names = names
+
+    def __enter__(self):
+        from gradclip_core.backend import _primitives
+
+        self.table = _primitives._OVERRIDES[NAME]
+        self.saved = {n: self.table.pop(n) for n in self.names}
+
+    def __exit__(self, *exc):
+        self.table.update(self.saved)
+
+
+def _kernel_cases(rng):
+    nan, inf = NAN, INF
+    ds = [rng.normal(0, 0.3, (37, 29)), np.array([nan, 2.0, 0.0, -0.0, 0.25, inf, 1.0]), np.zeros(0),
+          rng.normal(0, 0.01, 300) * 1e-20, np.array(3.0), np.array([nan, nan]), np.array([0.0, 0.0, 1e-3]),
+          np.array([inf, 0.5]), rng.normal(0, 1e18, (3, 5, 7))]
+    ws = [rng.normal(size=(37, 29)), np.array([1.0, nan, 0.0, 1.0, 0.0, 1.0, inf]), np.zeros(0), rng.normal(size=300),
+          np.array(-1.0), np.array([1.0, 1.0]), np.array([0.0, 0.0, 0.0]), np.array([inf, inf]), rng.normal(size=(3, 5, 7))]
+    return ds, ws
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tf_norm_and_clippy_kernels_equal_the_defaults(dtype):
+    """array_norms (reduce_euclidean_norm) and min_bound_ratio (no ones_like) give the portable defaults'
+    values bit for bit, eagerly and in a tf.function; NaN, inf, zero, tiny, huge, 0-d and empty arrays."""
+    ds, ws = _kernel_cases(np.random.default_rng(0))
+    ds, ws = [tf.constant(d, dtype=dtype) for d in ds], [tf.constant(w, dtype=dtype) for w in ws]
+    acc = tf.float64 if dtype == "float64" else tf.float32
+
+    def run(ds, ws):
+        return (gcb.array_norms(xp, ds, 2.0, acc), gcb.array_norms(xp, ws, 1.0, acc),
+                gcb.min_bound_ratio(xp, ds, ws, 0.1, 1e-3, acc), gcb.min_bound_ratio(xp, ds, ws, 0.25, 0.0, acc))
+
+    graph = tf.function(run)
+    got, got_graph = run(ds, ws), graph(ds, ws)
+    with _portable("array_norms", "min_bound_ratio"):
+        want, want_graph = run(ds, ws), tf.function(run)(ds, ws)
+    for g, w in zip([*got, *got_graph], [*want, *want_graph]):
+        for a, b in zip(g, w):
+            same(a, b.numpy())
+    assert float(got[2][2]) == 1.0 and float(got[2][5]) == 1.0  # an empty array, only NaN updates: scale 1
+    assert float(got[2][1]) == 0.0  # an infinite update stops its array
