@@ -279,27 +279,29 @@ def _at(xp: Any, v: Any, i: Any) -> Any:
     return xp.take(v, xp.reshape(i, (1,)))[0]
 
 
-def _first(xp: Any, keys: Any, sorted_keys: Any, q: Any, cdt: Any) -> Any:
-    """Which elements of 1-d ``keys`` take the first ``q`` places (``0 <= q <= n``) of their stable ascending
-    order (``sorted_keys``: ``keys`` sorted), without the order: the keys below the ``q``-th sorted key ``K``,
-    and of the keys equal to ``K`` the first ``g`` in index order (a cumulative count, only where ``0 < g <
-    count(K)``: a Python branch eagerly, ``lax.cond`` under ``jax.jit``)."""
+def _place(xp: Any, sorted_keys: Any, q: Any, cdt: Any) -> tuple:
+    """``(K, g, c)`` for the first ``q`` places (``0 <= q <= n``) of the stable ascending order of keys sorted
+    as ``sorted_keys``: they are the keys below ``K`` (the ``q``-th sorted key, the last where ``q = n``) and
+    the first ``g`` in index order of the ``c`` keys equal to ``K`` (``0 <= g <= c``)."""
     n = sorted_keys.shape[0]
-    qi = xp.minimum(q, xp.asarray(n - 1, dtype=q.dtype, **device_kw([keys])))
-    K = _at(xp, sorted_keys, qi)
-    Kv = xp.reshape(K, (1,))
-    lo = xp.astype(xp.searchsorted(sorted_keys, Kv, side="left")[0], cdt)
-    hi = xp.astype(xp.searchsorted(sorted_keys, Kv, side="right")[0], cdt)
-    g = xp.astype(q, cdt) - lo  # 0 <= g <= count(K) (g = count(K) only when q = n)
+    K = _at(xp, sorted_keys, xp.minimum(q, xp.asarray(n - 1, dtype=q.dtype, **device_kw([sorted_keys]))))
+    lo = xp.astype(xp.count_nonzero(sorted_keys < K), cdt)  # (a pass, not a searchsorted: XLA compiles a
+    hi = xp.astype(xp.count_nonzero(sorted_keys <= K), cdt)  # while loop for that, and slowly)
+    return K, xp.astype(q, cdt) - lo, hi - lo
 
-    def some() -> Any:
-        eq = keys == K
-        return (keys < K) | (eq & (xp.cumulative_sum(xp.astype(eq, cdt)) <= g))
 
-    def none_or_all() -> Any:
-        return xp.where(g > 0, keys <= K, keys < K)
+def _first(xp: Any, keys: Any, place: tuple, cdt: Any) -> Any:
+    """Which elements of 1-d ``keys`` take the places of ``place`` (:func:`_place`): a cumulative count of
+    the keys equal to ``K`` in index order (the general case)."""
+    K, g, _ = place
+    eq = keys == K
+    return (keys < K) | (eq & (xp.cumulative_sum(xp.astype(eq, cdt)) <= g))
 
-    return cond(xp, (g > 0) & (g < hi - lo), some, none_or_all)
+
+def _first_whole(xp: Any, keys: Any, place: tuple) -> Any:
+    """:func:`_first` where none or all of the keys equal to ``K`` are taken (``g`` is 0 or ``c``): no count."""
+    K, g, _ = place
+    return xp.where(g > 0, keys <= K, keys < K)
 
 
 def _leading(xp: Any, flags: Any, cdt: Any) -> Any:
@@ -377,16 +379,21 @@ def lamp_keep(xp: Any, scores: Sequence[Any], alive: Sequence[Any], k: Any) -> l
     def fast() -> list:
         out = []
         for kk, sk, o, a, b, m, alive_ties in plan:
+            partial = (m > 0) & (m < alive_ties)  # some of the ties at V here are pruned: the first by index
+            q = _place(xp, sk, xp.where(m > 0, b, a), cdt)  # else the first a places (none pruned) or b (all)
 
-            def whole(kk=kk, sk=sk, a=a, b=b, m=m) -> Any:  # the ties at V here: none or all pruned
-                return _first(xp, kk, sk, xp.where(m > 0, b, a), cdt)
+            def simple(kk=kk, q=q) -> Any:
+                return _first_whole(xp, kk, q)
 
-            def part(kk=kk, sk=sk, o=o, a=a, b=b, m=m) -> Any:  # some: the first m by flat index
-                below, upto = _first(xp, kk, sk, a, cdt), _first(xp, kk, sk, b, cdt)
+            def general(kk=kk, sk=sk, o=o, a=a, b=b, m=m, partial=partial, q=q) -> Any:
+                below = _first(xp, kk, _place(xp, sk, a, cdt), cdt)
+                upto = _first(xp, kk, _place(xp, sk, b, cdt), cdt)
                 ties = o & upto & ~below
-                return below | (ties & (xp.cumulative_sum(xp.astype(ties, cdt)) <= m))
+                took = xp.cumulative_sum(xp.astype(ties, cdt)) <= m
+                return xp.where(partial, below | (ties & took), _first(xp, kk, q, cdt))
 
-            out.append(o & ~cond(xp, (m > 0) & (m < alive_ties), part, whole))
+            whole = (q[1] == 0) | (q[1] == q[2])
+            out.append(o & ~cond(xp, ~partial & whole, simple, general))
         return out
 
     def slow() -> list:
