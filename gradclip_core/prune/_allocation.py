@@ -43,13 +43,13 @@ from typing import Any, Mapping, NamedTuple, Sequence
 from ..backend._collective import active, all_reduce, static_total
 from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
 from ..backend._namespace import device_kw, namespace_name
-from ..backend._primitives import cond, size, sort_keys, unpermute
+from ..backend._primitives import cond, override, size, sort_keys, sort_values, unpermute
 from ..backend._selection import float_from_bits, order_keys
 from ._schedule import prune_count
 from ._select import prune_smallest
 
 __all__ = ["Allocation", "ALLOCATIONS", "erk_sparsity", "owl_sparsity", "per_output", "per_output_keep", "check_allocation", "erk_sparsities",
-           "owl_sparsities", "lamp_scores", "lamp_keep"]
+           "owl_sparsities", "lamp_scores", "lamp_keep", "lamp_values_sort"]
 
 ALLOCATIONS = ("uniform", "global", "erk", "lamp", "owl", "per_output")
 _GRID = 65536.0
@@ -311,6 +311,12 @@ def _leading(xp: Any, flags: Any, cdt: Any) -> Any:
     return xp.where(xp.all(flags), xp.asarray(n, dtype=cdt, **device_kw([flags])), first_false)
 
 
+def lamp_values_sort(xp: Any) -> bool:
+    """Whether LAMP's masks come from :func:`lamp_keep` here: the backend has a fast values-only sort
+    (``sort_values``: JAX); elsewhere (torch's sort returns the order anyway) the permutation path."""
+    return override(xp, "sort_values") is not None
+
+
 def lamp_keep(xp: Any, scores: Sequence[Any], alive: Sequence[Any], k: Any) -> list:
     """Keep-masks of LAMP's global selection: the ``k`` smallest LAMP scores of ``scores`` together.
 
@@ -352,7 +358,7 @@ def lamp_keep(xp: Any, scores: Sequence[Any], alive: Sequence[Any], k: Any) -> l
     cdt = xp.count_nonzero(olds[0]).dtype
     zero = xp.zeros((), dtype=cdt, **device_kw(flats))
     keys = [_lamp_keys(xp, f) for f in flats]
-    sks = [xp.sort(kk) for kk in keys]
+    sks = [sort_values(xp, kk) for kk in keys]
     lamps = [_lamp_sorted(xp, sk) for sk in sks]
     lks = [order_keys(xp, v) for v in lamps]  # NaN (inf / inf) ranks last, as in the selection
     dead = [size(f) - xp.astype(xp.count_nonzero(o), cdt) for f, o in zip(flats, olds)]
