@@ -58,6 +58,13 @@ def sort_keys(xp: Any, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jax.lax.sort((keys.astype(jnp.int32), idx), num_keys=2, is_stable=False)
 
 
+def sort_values(xp: Any, keys: jax.Array) -> jax.Array:
+    """Sorted 1-d int32 ``keys`` alone: ``jnp.sort``, one operand (several times faster on XLA's CPU sort
+    than the two-key sort of :func:`sort_keys`)."""
+    del xp
+    return jnp.sort(keys.astype(jnp.int32))
+
+
 def unpermute(xp: Any, values: jax.Array, order: jax.Array) -> jax.Array:
     """``out[order] = values`` (a scatter; the default is a second sort)."""
     del xp
@@ -137,5 +144,6 @@ def register() -> None:
       >>> register()
     """
     register_primitives(NAMESPACE, order_keys=order_keys, float_from_bits=float_from_bits, cond=cond,
-                        argsort_keys=argsort_keys, sort_keys=sort_keys, unpermute=unpermute)
+                        argsort_keys=argsort_keys, sort_keys=sort_keys, sort_values=sort_values,
+                        unpermute=unpermute)
     register_selection(NAMESPACE, SELECTION)

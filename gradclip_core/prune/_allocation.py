@@ -43,12 +43,13 @@ from typing import Any, Mapping, NamedTuple, Sequence
 from ..backend._collective import active, all_reduce, static_total
 from ..backend._layout import _DEFAULT_LAYOUT, _OVERRIDE
 from ..backend._namespace import device_kw, namespace_name
-from ..backend._primitives import size, sort_keys, unpermute
+from ..backend._primitives import cond, override, size, sort_keys, sort_values, unpermute
 from ..backend._selection import float_from_bits, order_keys
 from ._schedule import prune_count
+from ._select import prune_smallest
 
 __all__ = ["Allocation", "ALLOCATIONS", "erk_sparsity", "owl_sparsity", "per_output", "per_output_keep", "check_allocation", "erk_sparsities",
-           "owl_sparsities", "lamp_scores"]
+           "owl_sparsities", "lamp_scores", "lamp_keep", "lamp_values_sort"]
 
 ALLOCATIONS = ("uniform", "global", "erk", "lamp", "owl", "per_output")
 _GRID = 65536.0
@@ -254,16 +255,159 @@ def lamp_scores(xp: Any, s: Any) -> Any:
     flat = xp.reshape(s, (-1,))
     if size(flat) == 0:
         return s
-    # int32 order keys sort like the floats (+0 and -0 apart, both with LAMP score 0); a NaN's key becomes
-    # +inf's (NaN sorts as +inf everywhere); the sorted keys come with the order, read back as the values
-    keys = xp.minimum(order_keys(xp, flat), xp.asarray(_INF_BITS, dtype=xp.int32, **device_kw([flat])))
-    sorted_keys, order = sort_keys(xp, keys)
+    sorted_keys, order = sort_keys(xp, _lamp_keys(xp, flat))
+    return xp.reshape(unpermute(xp, _lamp_sorted(xp, sorted_keys), order), tuple(s.shape))
+
+
+def _lamp_keys(xp: Any, flat: Any) -> Any:
+    """int32 order keys of 1-d scores for LAMP: they sort like the floats (+0 and -0 apart, both with LAMP
+    score 0); a NaN's key becomes +inf's (NaN sorts as +inf everywhere)."""
+    return xp.minimum(order_keys(xp, flat), xp.asarray(_INF_BITS, dtype=xp.int32, **device_kw([flat])))
+
+
+def _lamp_sorted(xp: Any, sorted_keys: Any) -> Any:
+    """LAMP scores in the sorted order, from the sorted keys alone (read back as the values)."""
     sq = float_from_bits(xp, sorted_keys) ** 2
     suffix = xp.flip(xp.cumulative_sum(xp.flip(sq, axis=0), axis=0), axis=0)
     pos = suffix > 0
     one = xp.asarray(1.0, dtype=sq.dtype, **device_kw([sq]))
-    lamp = xp.where(pos, sq / xp.where(pos, suffix, one), xp.zeros_like(one))
-    return xp.reshape(unpermute(xp, lamp, order), tuple(s.shape))
+    return xp.where(pos, sq / xp.where(pos, suffix, one), xp.zeros_like(one))
+
+
+def _at(xp: Any, v: Any, i: Any) -> Any:
+    """``v[i]`` for a 1-d ``v`` and a 0-d integer ``i`` in range (a ``take``: a traced index under jit too)."""
+    return xp.take(v, xp.reshape(i, (1,)))[0]
+
+
+def _place(xp: Any, sorted_keys: Any, q: Any, cdt: Any) -> tuple:
+    """``(K, g, c)`` for the first ``q`` places (``0 <= q <= n``) of the stable ascending order of keys sorted
+    as ``sorted_keys``: they are the keys below ``K`` (the ``q``-th sorted key, the last where ``q = n``) and
+    the first ``g`` in index order of the ``c`` keys equal to ``K`` (``0 <= g <= c``)."""
+    n = sorted_keys.shape[0]
+    K = _at(xp, sorted_keys, xp.minimum(q, xp.asarray(n - 1, dtype=q.dtype, **device_kw([sorted_keys]))))
+    lo = xp.astype(xp.count_nonzero(sorted_keys < K), cdt)  # (a pass, not a searchsorted: XLA compiles a
+    hi = xp.astype(xp.count_nonzero(sorted_keys <= K), cdt)  # while loop for that, and slowly)
+    return K, xp.astype(q, cdt) - lo, hi - lo
+
+
+def _first(xp: Any, keys: Any, place: tuple, cdt: Any) -> Any:
+    """Which elements of 1-d ``keys`` take the places of ``place`` (:func:`_place`): a cumulative count of
+    the keys equal to ``K`` in index order (the general case)."""
+    K, g, _ = place
+    eq = keys == K
+    return (keys < K) | (eq & (xp.cumulative_sum(xp.astype(eq, cdt)) <= g))
+
+
+def _first_whole(xp: Any, keys: Any, place: tuple) -> Any:
+    """:func:`_first` where none or all of the keys equal to ``K`` are taken (``g`` is 0 or ``c``): no count."""
+    K, g, _ = place
+    return xp.where(g > 0, keys <= K, keys < K)
+
+
+def _leading(xp: Any, flags: Any, cdt: Any) -> Any:
+    """How many leading elements of the 1-d bool ``flags`` are True."""
+    n = flags.shape[0]
+    first_false = xp.astype(xp.argmax(xp.astype(~flags, xp.int8)), cdt)
+    return xp.where(xp.all(flags), xp.asarray(n, dtype=cdt, **device_kw([flags])), first_false)
+
+
+def lamp_values_sort(xp: Any) -> bool:
+    """Whether LAMP's masks come from :func:`lamp_keep` here: the backend has a fast values-only sort
+    (``sort_values``: JAX); elsewhere (torch's sort returns the order anyway) the permutation path."""
+    return override(xp, "sort_values") is not None
+
+
+def lamp_keep(xp: Any, scores: Sequence[Any], alive: Sequence[Any], k: Any) -> list:
+    """Keep-masks of LAMP's global selection: the ``k`` smallest LAMP scores of ``scores`` together.
+
+    The masks of ``prune_smallest(xp, [lamp_scores(xp, s) for s in scores], k, alive)``, bit for bit, from
+    one values-only sort per array (one operand: the int32 keys, which XLA sorts several times faster than
+    keys with their order) instead of a sort that carries the permutation and a scatter back:
+
+    - LAMP scores are computed in the sorted order (:func:`_lamp_sorted`) and the selection runs on
+      them: which scores, and so each array's threshold ``V`` and pruned count, depend on the values
+      and the tie counts only, not on where the values sit;
+    - along the order the LAMP scores do not decrease (squares grow, suffix sums shrink) except by an
+      ulp where the framework's cumulative sum rounds out of order (XLA's blocked scan); where none of
+      that happens at ``V``, the places below ``V`` are the first ``a`` of the order and those at ``V``
+      the next ones up to ``b``: the elements on the first ``a`` (or ``b``) places are found in index
+      order from the keys (:func:`_first`), and where only some of the ties at ``V`` are pruned, the
+      first of them by flat index (a cumulative count), as the selection does.
+
+    Elements pruned before (``alive`` False) rank first, as in the selection; they are placed among
+    the LAMP scores 0 at the front of the order. Where an assumption fails (an out-of-order LAMP score
+    at an array's threshold, or an element pruned before whose LAMP score is not 0) the masks come from
+    the permutation path (:func:`lamp_scores`), a branch taken only then.
+
+    Args:
+      scores: non-empty arrays of non-negative float32 scores.
+      alive: their current keep-masks (bool).
+      k: how many to prune in all (a count of the namespace's default integer dtype).
+
+    Returns:
+      Bool keep-masks shaped like ``scores`` (``alive`` ANDed in).
+
+    Example:
+      >>> import numpy as np
+      >>> s = [np.array([[2.0, 1.0], [0.0, 3.0]], np.float32), np.array([1.0, 1.0], np.float32)]
+      >>> [m.tolist() for m in lamp_keep(np, s, [np.ones(x.shape, bool) for x in s], 3)]
+      [[[False, False], [False, True]], [True, True]]
+    """
+    flats = [xp.reshape(s, (-1,)) for s in scores]
+    olds = [xp.reshape(a, (-1,)) for a in alive]
+    cdt = xp.count_nonzero(olds[0]).dtype
+    zero = xp.zeros((), dtype=cdt, **device_kw(flats))
+    keys = [_lamp_keys(xp, f) for f in flats]
+    sks = [sort_values(xp, kk) for kk in keys]
+    lamps = [_lamp_sorted(xp, sk) for sk in sks]
+    lks = [order_keys(xp, v) for v in lamps]  # NaN (inf / inf) ranks last, as in the selection
+    dead = [size(f) - xp.astype(xp.count_nonzero(o), cdt) for f, o in zip(flats, olds)]
+    places = [xp.arange(size(v), dtype=cdt, **device_kw([v])) >= d for v, d in zip(lamps, dead)]
+    kept, thr = prune_smallest(xp, lamps, k, places)
+    vk = order_keys(xp, xp.reshape(thr, (1,)))[0]
+    ok, plan = None, []
+    for kk, sk, lk, o, d, ks in zip(keys, sks, lks, olds, dead, kept):
+        n = size(lk)
+        z = _leading(xp, lk == 0, cdt)  # the first z places have LAMP score +0
+        kz = _at(xp, sk, xp.minimum(z, xp.asarray(n - 1, dtype=cdt, **device_kw([sk]))))
+        placed = (z == n) | xp.all(o | (kk < kz))  # the dead are among them: keys below the z-th sorted key
+        new = size(ks) - xp.astype(xp.count_nonzero(ks), cdt) - d  # pruned here now (beyond the dead)
+        a = _leading(xp, lk < vk, cdt)
+        b = n - _leading(xp, xp.flip(lk > vk, axis=0), cdt)
+        ties = xp.astype(xp.count_nonzero(lk == vk), cdt)
+        in_order = (new == 0) | (b - a == ties)  # [a, b): exactly the places at V
+        ok = placed & in_order if ok is None else ok & placed & in_order
+        at_zero = vk == 0  # V = 0: the dead are among the ties, else below them
+        m = new - a + xp.where(at_zero, zero, d)  # ties at V pruned here
+        alive_ties = ties - xp.where(at_zero, d, zero)
+        plan.append((kk, sk, o, a, b, xp.where(new > 0, m, zero), alive_ties))
+
+    def fast() -> list:
+        out = []
+        for kk, sk, o, a, b, m, alive_ties in plan:
+            partial = (m > 0) & (m < alive_ties)  # some of the ties at V here are pruned: the first by index
+            q = _place(xp, sk, xp.where(m > 0, b, a), cdt)  # else the first a places (none pruned) or b (all)
+
+            def simple(kk=kk, q=q) -> Any:
+                return _first_whole(xp, kk, q)
+
+            def general(kk=kk, sk=sk, o=o, a=a, b=b, m=m, partial=partial, q=q) -> Any:
+                below = _first(xp, kk, _place(xp, sk, a, cdt), cdt)
+                upto = _first(xp, kk, _place(xp, sk, b, cdt), cdt)
+                ties = o & upto & ~below
+                took = xp.cumulative_sum(xp.astype(ties, cdt)) <= m
+                return xp.where(partial, below | (ties & took), _first(xp, kk, q, cdt))
+
+            whole = (q[1] == 0) | (q[1] == q[2])
+            out.append(o & ~cond(xp, ~partial & whole, simple, general))
+        return out
+
+    def slow() -> list:
+        return [xp.reshape(m, (-1,)) for m in
+                prune_smallest(xp, [lamp_scores(xp, f) for f in flats], k, olds)[0]]
+
+    res = cond(xp, ok, fast, slow)
+    return [xp.reshape(m, tuple(s.shape)) for m, s in zip(res, scores)]
 
 
 def _output_axis(xp: Any, axis: Any, ndim: int) -> int:

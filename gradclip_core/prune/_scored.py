@@ -32,7 +32,9 @@ from ..backend._collective import active, all_reduce, static_total
 from ..backend._namespace import device_kw
 from ..backend._primitives import size
 from ..backend._names import array_label
-from ._allocation import _output_axis, check_allocation, erk_sparsities, lamp_scores, owl_sparsities, per_output_keep
+from ._allocation import (_output_axis, check_allocation, erk_sparsities, lamp_keep, lamp_scores, lamp_values_sort,
+                          owl_sparsities,
+                          per_output_keep)
 from ._groups import _unit_axes, check_group, expand, nm_keep, pool
 from ._schedule import _fraction, alive_counts, check_amount, check_relative, check_rounding, check_schedule, prune_count
 from ._shards import flat_offsets, full_shape, refuse_split
@@ -216,7 +218,7 @@ def score_prune(
                 a = pool(xp, grp._replace(pooling="max"), xp.astype(m, xp.float32), full) > 0
             if score.signed and not fused:
                 g = ordered(xp, g)
-            if alloc.kind == "lamp":
+            if alloc.kind == "lamp" and (lo > 0 or hi < 1 or not lamp_values_sort(xp)):  # (else lamp_keep)
                 g = lamp_scores(xp, g)
             live.append(i)
             gs.append(g)
@@ -238,7 +240,10 @@ def score_prune(
             sel_scores, sel_masks = gs, galive
             if lo > 0 or hi < 1:
                 sel_scores, sel_masks, k = _global_limits(xp, gs, galive, k, lo, hi, rounding, ns)
-            keeps = prune_smallest(xp, sel_scores, k, sel_masks, signed=fused)[0]
+            if alloc.kind == "lamp" and lo == 0 and hi == 1 and lamp_values_sort(xp):
+                keeps = lamp_keep(xp, gs, galive, k)
+            else:
+                keeps = prune_smallest(xp, sel_scores, k, sel_masks, signed=fused)[0]
         else:
             if alloc.kind == "erk":
                 finals = erk_sparsities([shapes[i] for i in live], amount, alloc.power_scale)

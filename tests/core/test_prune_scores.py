@@ -410,3 +410,53 @@ def test_lamp_scores_from_the_sorted_keys_equal_the_gathered_values(framework):
     xp, arr, back = _on(framework, s)
     got = back(gc.lamp_scores(xp, arr))
     np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
+def _lamp_cases():
+    """LAMP inputs for the values-only path: ties of weights (hence of LAMP scores), zeros, NaN / inf, elements
+    pruned before with a zero score (the fast path) or a nonzero one (the permutation branch)."""
+    rng = np.random.default_rng(7)
+    shapes = [(30, 20), (7,), (13, 11, 3), (1, 1), (40, 25)]
+    base = [np.abs(rng.standard_normal(s)).astype(np.float32) for s in shapes]
+    dead = [rng.random(s) < 0.7 for s in shapes]
+    special = [b.copy() for b in base]
+    special[0].flat[:5] = [np.nan, np.inf, 3e38, 1e-30, 1e-44]
+    return {
+        "normal": (base, None),
+        "rounded": ([np.round(b, 1) for b in base], None),
+        "equal": ([np.ones_like(b) for b in base], None),
+        "dead-zero": ([np.where(a, np.round(b, 1), 0).astype(np.float32) for a, b in zip(dead, base)], dead),
+        "dead-nonzero": (base, dead),
+        "special": (special, None),
+    }
+
+
+@pytest.mark.parametrize("framework", ["numpy", pytest.param("jax", marks=pytest.mark.slow),
+                                       pytest.param("torch", marks=pytest.mark.slow)])
+def test_lamp_keep_equals_the_permutation_path(framework):
+    """``lamp_keep`` (one values-only sort per array, the masks recovered from counts) gives the masks of the
+    LAMP scores through the permutation (``lamp_scores``) and the selection, bit for bit: ties of LAMP scores
+    split at the threshold, everything or nothing pruned, elements pruned before, NaN and inf."""
+    from gradclip_core.prune import prune_smallest
+    from gradclip_core.prune._allocation import lamp_keep
+
+    def permuted(xp, ss, aa, k):
+        return prune_smallest(xp, [gc.lamp_scores(xp, s) for s in ss], k, aa)[0]
+
+    xp, _, back = _on(framework, np.zeros(1, np.float32))
+    conv = (lambda a: xp.asarray(a)) if framework != "torch" else (lambda a: _on("torch", np.asarray(a))[1])
+    run, ref = lamp_keep, permuted
+    if framework == "jax":
+        import jax
+
+        run, ref = jax.jit(lamp_keep, static_argnums=0), jax.jit(permuted, static_argnums=0)
+    for name, (scores, dead) in _lamp_cases().items():
+        alive = dead if dead is not None else [np.ones(s.shape, bool) for s in scores]
+        n = sum(s.size for s in scores)
+        for amount in (0.0, 0.1, 0.5, 0.77, 1.0):
+            k = round(amount * n)
+            ss, aa = [conv(s) for s in scores], [conv(a) for a in alive]
+            kk = xp.asarray(k, dtype=xp.count_nonzero(aa[0]).dtype)
+            want, got = ref(xp, ss, aa, kk), run(xp, ss, aa, kk)
+            for w, g in zip(want, got):
+                assert np.array_equal(back(g), back(w)), (name, amount)
