@@ -196,6 +196,10 @@ class Selection(NamedTuple):
       signed_keys: ``signed_keys(xp, s, old, ws) -> int32 keys`` of a flat chunk of *signed*
         float32 scores, ranked as ``gradclip_core.prune``'s ``ordered`` ranks them (the keys of
         ``ordered(s)``), or ``None``: the driver makes ``ordered(s)`` of each array first.
+      hash_keys: ``hash_keys(xp, spec, start, n, old, ws) -> int32 keys`` of the random scores
+        of flat elements ``start .. start + n - 1`` of the array a
+        :class:`gradclip_core._hash.HashScores` ``spec`` names, or ``None``: the driver makes
+        :func:`gradclip_core._hash.hash_scores` of each array first.
     """
 
     digit: int = 1
@@ -210,6 +214,7 @@ class Selection(NamedTuple):
     compact_limit: int = 1 << 22
     value: Callable[..., Any] = key_value
     signed_keys: Callable[..., Any] | None = None
+    hash_keys: Callable[..., Any] | None = None
 
 
 PORTABLE = Selection()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
+from .._hash import GOLDEN, array_bases
 from ._primitives import register_primitives, symmetric_bounds
 from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
 
@@ -560,6 +561,12 @@ class _Workspace:
         self.ints = torch.empty(width, dtype=torch.int32, device=device)
         self.live = torch.empty(width, dtype=torch.int32, device=device)
         self.flags = torch.empty(width, dtype=torch.bool, device=device)
+        self.index: np.ndarray | None = None  # 0 .. width - 1 as uint32 (hash keys), made on first use
+
+    def arange(self, n: int) -> np.ndarray:
+        if self.index is None:
+            self.index = np.arange(self.values.numel(), dtype=np.uint32)
+        return self.index[:n]
 
 
 def _workspace(xp: Any, flats: list[torch.Tensor]) -> _Workspace:
@@ -643,6 +650,40 @@ def _signed_keys(xp: Any, x: torch.Tensor, old: torch.Tensor | None, ws: _Worksp
     return _masked_keys(k, old)
 
 
+def _fmix32_np(h: np.ndarray, tmp: np.ndarray) -> None:
+    """MurmurHash3's ``fmix32`` of a uint32 array, in place (``tmp``: scratch of its size)."""
+    for shift, c in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):
+        np.right_shift(h, shift, out=tmp)
+        np.bitwise_xor(h, tmp, out=h)
+        if c is not None:
+            np.multiply(h, np.uint32(c), out=h)
+
+
+def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None, ws: _Workspace) -> torch.Tensor:
+    """Keys of the random scores of flat elements ``start .. start + n - 1`` (:class:`HashScores`), in ``ws.values``.
+
+    :func:`gradclip_core._hash.hash_scores` of those elements, then :func:`_keys`, bit for bit, in
+    NumPy's uint32 arithmetic (logical shifts, wrapping products) in the workspace's buffers: the
+    scores of the whole array are never made (eager CPU).
+    """
+    b1, b2 = array_bases(spec.seed, spec.index)
+    h, tmp = _np(ws.ints[:n]).view(np.uint32), _np(ws.live[:n]).view(np.uint32)
+    np.add(ws.arange(n), np.uint32((start + int(spec.offset) + b1) & 0xFFFFFFFF), out=h)  # j + b1
+    _fmix32_np(h, tmp)
+    np.bitwise_xor(h, np.uint32(b2), out=h)
+    _fmix32_np(h, tmp)
+    np.right_shift(h, 8, out=h)
+    if spec.step is not None:  # remixed with the step (SET's growth)
+        np.add(h, np.uint32((int(spec.step) * GOLDEN) & 0xFFFFFFFF), out=h)
+        _fmix32_np(h, tmp)
+        np.right_shift(h, 8, out=h)
+    v = ws.values[:n]
+    np.copyto(_np(v), h, casting="unsafe")  # exact: below 2**24
+    k = v.view(torch.int32)
+    np.add(_np(k), 1, out=_np(k))
+    return _masked_keys(k, old)
+
+
 def _histogram(xp: Any, key: torch.Tensor, shift: Any, prefix: Any, digit: int, dtype: Any,
                ws: _Workspace, acc: torch.Tensor | None) -> torch.Tensor:
     """``acc +=`` the ``bincount`` of the next digit of the keys in ``prefix`` (``2**digit`` bins, int64)."""
@@ -719,7 +760,7 @@ def _value(xp: Any, T: torch.Tensor) -> torch.Tensor:
 
 CPU_SELECTION = Selection(digit=16, chunk=CHUNK, keys=_keys, histogram=_histogram, keep=_keep_cpu,
                           workspace=_workspace, gather=_gather, scatter=_scatter, value=_value,
-                          signed_keys=_signed_keys)
+                          signed_keys=_signed_keys, hash_keys=_hash_keys)
 DEVICE_SELECTION = Selection(digit=16, chunk=CHUNK, keys=_keys, histogram=_histogram, keep=_keep_sync_free,
                              workspace=_workspace, value=_value)
 
