@@ -41,6 +41,9 @@ __all__ = ["NAMESPACE", "register", "min_bound_ratio", "group_keep", "array_norm
 
 NAMESPACE = "array_api_compat.torch"
 CHUNK = 1 << 20
+# Hashed keys (SET's growth): 3 fmix32 rounds (~30 NumPy passes) per key: computed once for an array of at
+# most 4M elements (GPT-2 small's 2.4M-element MLP weights), not once per selection pass; 52 MB of workspace.
+HASH_CHUNK = 1 << 22
 EAGER_CPU = True  # host-reading CPU paths (tests turn them off to check the CUDA/compile path on CPU)
 
 _FOREACH_DEVICES = ("cpu", "cuda", "xpu", "mtia")
@@ -319,11 +322,17 @@ def clip(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Te
 
 
 _COUNT_CHUNK = 1 << 20
+# Hashed keys (SET's growth): 3 fmix32 rounds (~30 NumPy passes) per key: computed once for an array of at
+# most 4M elements (GPT-2 small's 2.4M-element MLP weights), not once per selection pass; 52 MB of workspace.
+HASH_CHUNK = 1 << 22
 # min_bound_ratio's chunk: its two float32 buffers (8 MB) stay in the last-level cache, and there are
 # few enough chunks that the Python loop's cost per op (7 ops a chunk) is small next to the arithmetic.
 # Measured on GPT-2 small (124M elements), 2 threads: 660 ms with 1 << 14 (7.6k chunks: the loop
 # dominated), 358 / 197 / 103 ms with 1 << 16 / 18 / 20, 152 / 169 ms with 1 << 21 / 22 (out of cache).
 _RATIO_CHUNK = 1 << 20
+# Hashed keys (SET's growth): 3 fmix32 rounds (~30 NumPy passes) per key: computed once for an array of at
+# most 4M elements (GPT-2 small's 2.4M-element MLP weights), not once per selection pass; 52 MB of workspace.
+HASH_CHUNK = 1 << 22
 
 
 def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Tensor]:
@@ -554,9 +563,9 @@ class _Workspace:
     made glibc's heap grow by ~1 GB on GPT-2 small.
     """
 
-    def __init__(self, flats: list[torch.Tensor]) -> None:
+    def __init__(self, flats: list[torch.Tensor], chunk: int = CHUNK) -> None:
         device = flats[0].device if flats else torch.device("cpu")
-        width = max(1, min(CHUNK, max((f.numel() for f in flats), default=1)))
+        width = max(1, min(chunk, max((f.numel() for f in flats), default=1)))
         self.values = torch.empty(width, dtype=torch.float32, device=device)
         self.ints = torch.empty(width, dtype=torch.int32, device=device)
         self.live = torch.empty(width, dtype=torch.int32, device=device)
@@ -569,8 +578,8 @@ class _Workspace:
         return self.index[:n]
 
 
-def _workspace(xp: Any, flats: list[torch.Tensor]) -> _Workspace:
-    return _Workspace(flats)
+def _workspace(xp: Any, flats: list[torch.Tensor], chunk: int = CHUNK) -> _Workspace:
+    return _Workspace(flats, chunk)
 
 
 def _host(x: torch.Tensor) -> bool:
@@ -663,25 +672,34 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
     """Keys of the random scores of flat elements ``start .. start + n - 1`` (:class:`HashScores`), in ``ws.values``.
 
     :func:`gradclip_core._hash.hash_scores` of those elements, then :func:`_keys`, bit for bit, in
-    NumPy's uint32 arithmetic (logical shifts, wrapping products) in the workspace's buffers: the
-    scores of the whole array are never made (eager CPU).
+    NumPy's uint32 arithmetic (logical shifts, wrapping products) on ``_HASH_BLOCK``-element
+    blocks (in the core's own cache) of the workspace: the scores of the whole array are never made
+    (eager CPU).
     """
     b1, b2 = array_bases(spec.seed, spec.index)
-    h, tmp = _np(ws.ints[:n]).view(np.uint32), _np(ws.live[:n]).view(np.uint32)
-    np.add(ws.arange(n), np.uint32((start + int(spec.offset) + b1) & 0xFFFFFFFF), out=h)  # j + b1
-    _fmix32_np(h, tmp)
-    np.bitwise_xor(h, np.uint32(b2), out=h)
-    _fmix32_np(h, tmp)
-    np.right_shift(h, 8, out=h)
-    if spec.step is not None:  # remixed with the step (SET's growth)
-        np.add(h, np.uint32((int(spec.step) * GOLDEN) & 0xFFFFFFFF), out=h)
+    base = start + int(spec.offset) + b1
+    mix = None if spec.step is None else np.uint32((int(spec.step) * GOLDEN) & 0xFFFFFFFF)
+    v = ws.values[:n]
+    vn = _np(v)
+    for s in range(0, n, _HASH_BLOCK):
+        e = min(n, s + _HASH_BLOCK)
+        h, tmp = _np(ws.ints[s:e]).view(np.uint32), _np(ws.live[s:e]).view(np.uint32)
+        np.add(ws.arange(e - s), np.uint32((base + s) & 0xFFFFFFFF), out=h)  # j + b1
+        _fmix32_np(h, tmp)
+        np.bitwise_xor(h, np.uint32(b2), out=h)
         _fmix32_np(h, tmp)
         np.right_shift(h, 8, out=h)
-    v = ws.values[:n]
-    np.copyto(_np(v), h, casting="unsafe")  # exact: below 2**24
+        if mix is not None:  # remixed with the step (SET's growth)
+            np.add(h, mix, out=h)
+            _fmix32_np(h, tmp)
+            np.right_shift(h, 8, out=h)
+        np.copyto(vn[s:e], h, casting="unsafe")  # exact: below 2**24
     k = v.view(torch.int32)
     np.add(_np(k), 1, out=_np(k))
     return _masked_keys(k, old)
+
+
+_HASH_BLOCK = 1 << 16  # two 256 KiB uint32 blocks: ~30 passes of the hash stay in a core's L2 cache
 
 
 def _histogram(xp: Any, key: torch.Tensor, shift: Any, prefix: Any, digit: int, dtype: Any,
@@ -760,7 +778,7 @@ def _value(xp: Any, T: torch.Tensor) -> torch.Tensor:
 
 CPU_SELECTION = Selection(digit=16, chunk=CHUNK, keys=_keys, histogram=_histogram, keep=_keep_cpu,
                           workspace=_workspace, gather=_gather, scatter=_scatter, value=_value,
-                          signed_keys=_signed_keys, hash_keys=_hash_keys)
+                          signed_keys=_signed_keys, hash_keys=_hash_keys, hash_chunk=HASH_CHUNK)
 DEVICE_SELECTION = Selection(digit=16, chunk=CHUNK, keys=_keys, histogram=_histogram, keep=_keep_sync_free,
                              workspace=_workspace, value=_value)
 

@@ -113,6 +113,8 @@ def prune_smallest(
             raise ValueError("prune_smallest: hashed scores take one HashScores per array, no divisors, not signed")
         if sel.hash_keys is None:
             xs, hashed = [xp.asarray(hash_scores(xp, tuple(x.shape), h), **device_kw([x])) for x, h in zip(xs, hashed)], None
+        elif sel.hash_chunk is not None:  # (hashed keys cost more to compute again than to keep: bigger chunks)
+            sel = sel._replace(chunk=sel.hash_chunk)
     sharded = active()
     # (chunked kernels write every element of every mask: no fill pass first)
     fresh = xp.ones if sel.chunk is None else xp.empty
@@ -134,7 +136,7 @@ def prune_smallest(
     if not sharded:  # on shards the caller's k is already at most the global count (no collective for it)
         kk = xp.minimum(kk, xp.full_like(kk, n))
 
-    ws = None if sel.workspace is None else sel.workspace(xp, [flats[i] for i in live])
+    ws = None if sel.workspace is None else sel.workspace(xp, [flats[i] for i in live], sel.chunk)
 
     def keys(i: int, s: int, e: int) -> Any:  # the keys of elements s .. e - 1 of array i
         whole_ = s == 0 and e == size(flats[i])

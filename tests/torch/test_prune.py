@@ -123,12 +123,14 @@ def test_torch_hashed_selection_equals_hash_scores(chunk, limit, eager, monkeypa
     in the workspace, and gives the masks and threshold of the selection of the scores made whole
     (hash_scores, NumPy's kernels); the default (CUDA / compile path) makes them whole itself. Offsets given as
     ints and as 0-d tensors, steps or none, old masks, a bin of many equal keys (chunk 64: the bin's keys
-    ranked in several chunks)."""
+    ranked in several chunks); hashed keys take the kernels' hash_chunk (here the chunk) in blocks of 50."""
     from gradclip_core._hash import HashScores, hash_scores
 
-    monkeypatch.setattr(kernels, "CPU_SELECTION", kernels.CPU_SELECTION._replace(chunk=chunk, compact_limit=limit))
+    monkeypatch.setattr(kernels, "CPU_SELECTION", kernels.CPU_SELECTION._replace(chunk=chunk, compact_limit=limit,
+                                                                                 hash_chunk=chunk))
     monkeypatch.setattr(kernels, "DEVICE_SELECTION", kernels.DEVICE_SELECTION._replace(chunk=chunk))
     monkeypatch.setattr(kernels, "EAGER_CPU", eager)
+    monkeypatch.setattr(kernels, "_HASH_BLOCK", 50)  # several hash blocks per chunk
     rng = np.random.default_rng(2)
     shapes = [(30, 7), (0, 3), (), (41,), (150, 3)]
     olds = [rng.random(s) > 0.3 for s in shapes]
