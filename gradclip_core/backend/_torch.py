@@ -674,8 +674,7 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
     :func:`gradclip_core._hash.hash_scores` of those elements, then :func:`_keys`, bit for bit, in
     NumPy's uint32 arithmetic (logical shifts, wrapping products) on ``_HASH_BLOCK``-element
     blocks (in the core's own cache) of the workspace: the scores of the whole array are never made
-    (eager CPU). The blocks are shared among torch's intra-op threads (NumPy releases the GIL in
-    its loops; each block has its own part of the buffers).
+    (eager CPU).
     """
     b1, b2 = array_bases(spec.seed, spec.index)
     base = start + int(spec.offset) + b1
@@ -684,7 +683,7 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
     vn, index = _np(v), ws.arange(n)
     ints, live = _np(ws.ints[:n]).view(np.uint32), _np(ws.live[:n]).view(np.uint32)
 
-    def run(blocks: list) -> None:  # NumPy only: a torch op in another thread starts another OpenMP team
+    def run(blocks: list) -> None:
         for s, e in blocks:
             h, tmp = ints[s:e], live[s:e]
             np.add(index[:e - s], np.uint32((base + s) & 0xFFFFFFFF), out=h)  # j + b1
@@ -698,28 +697,10 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
                 np.right_shift(h, 8, out=h)
             np.copyto(vn[s:e], h, casting="unsafe")  # exact: below 2**24
 
-    blocks = [(s, min(n, s + _HASH_BLOCK)) for s in range(0, n, _HASH_BLOCK)]
-    threads = min(torch.get_num_threads(), len(blocks))
-    if threads > 1:
-        per = -(-len(blocks) // threads)
-        list(_hash_pool(threads).map(run, [blocks[t * per:(t + 1) * per] for t in range(threads)]))
-    else:
-        run(blocks)
+    run([(s, min(n, s + _HASH_BLOCK)) for s in range(0, n, _HASH_BLOCK)])
     k = v.view(torch.int32)
     np.add(_np(k), 1, out=_np(k))
     return _masked_keys(k, old)
-
-
-_POOLS: dict = {}
-
-
-def _hash_pool(threads: int) -> Any:
-    """A thread pool of ``threads`` workers (made once per size)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if threads not in _POOLS:
-        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="gradclip-hash")
-    return _POOLS[threads]
 
 
 _HASH_BLOCK = 1 << 16  # two 256 KiB uint32 blocks: ~30 passes of the hash stay in a core's L2 cache
