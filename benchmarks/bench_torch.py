@@ -146,6 +146,13 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
                     P.remove(m, "weight")
                 m.weight.copy_(w)
 
+    def restore_grads() -> None:
+        # RigL / SET rows: an update masks the gradients in place (as the pruning rows' apply_ does), and a
+        # training step's next gradients are dense again (autodiff): the original ones are restored between
+        # calls (ranking masked ones made RigL's growth a selection among ~n/2 equal zero scores)
+        restore()
+        fresh_grads()
+
     def hook_path(rule: gc.Rule) -> Callable[[], None]:
         opt = NoStep(params)
         gradclip_torch.attach(opt, rule)
@@ -244,8 +251,8 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
         ref_name, ref = f"(ref) {REF} project_", lambda: gradclip_torch.project_(params, mag)
         if case.ref == "sort":  # torch.sort of the int32 bits: the radix sort (a float sort is ~4x slower)
             ref_name, ref = f"(ref) {SORT_REF} (torch.sort, int32 bits)", sort_weights
-        cases.append(Case(label, path, fn, ref_name, ref, restore, target=case.target, has_native=False,
-                          note=case.note))
+        cases.append(Case(label, path, fn, ref_name, ref, restore_grads if case.dst else restore, target=case.target,
+                          has_native=False, note=case.note))
     # update clipping (rule.on_update): a copy of the weights before the step, the correction after it
     # (gradclip_torch.attach); NoStep leaves the weights as they are (an unclipped step: nothing is written
     # back), the hooks do their whole work. Passes over memory: the snapshot (2), w_new - w_old (3), the

@@ -11,15 +11,21 @@ uint32 arithmetic is emulated in int32 (two's-complement wrap-around of ``*`` an
 torch lack usable uint32/uint64 ops) with logical right shifts written as
 ``(h >> s) & (2**(32-s) - 1)``. The random score is the top 24 bits, ``h >>> 8``, an
 exact float32 integer; ties among those scores are broken by flat index like any tie.
+A step ``t`` (SET's growth) remixes that score: ``fmix32(score + t * 0x9E3779B9) >>> 8``.
+
+:class:`HashScores` names the scores of one array; the selection driver ranks them
+without the array of scores where its backend has a ``hash_keys`` kernel (torch: chunk by
+chunk, in reused buffers), else from :func:`hash_scores`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["fmix32_int", "hash_keys", "array_bases"]
+__all__ = ["fmix32_int", "hash_keys", "array_bases", "HashScores", "hash_scores", "GOLDEN"]
 
 _M = 0xFFFFFFFF
+GOLDEN = 0x9E3779B9  # the step's multiplier (uint32)
 
 
 def _s32(c: int) -> int:
@@ -74,3 +80,34 @@ def hash_keys(xp: Any, shape: tuple, seed: int, i: int, offset: Any = 0) -> Any:
     h = _fmix32(xp, j + _s32(b1))
     h = _fmix32(xp, h ^ _s32(b2))
     return xp.reshape(_shr(xp, h, 8), shape)
+
+
+class HashScores(NamedTuple):
+    """The random float32 scores of one array, named instead of made (see :func:`hash_scores`).
+
+    Attributes:
+      seed: the seed (int >= 0).
+      index: the array's index ``i``.
+      offset: the flat index of the first element (an int or a 0-d integer array: a shard's position).
+      step: ``None`` or a 0-d integer array ``t``: the scores remixed with the step (SET's growth).
+    """
+
+    seed: int
+    index: int
+    offset: Any = 0
+    step: Any = None
+
+
+def hash_scores(xp: Any, shape: tuple, spec: HashScores) -> Any:
+    """float32 array of ``shape``: ``h(seed, i, j) >>> 8``, or with a step ``fmix32(that + t * GOLDEN) >>> 8``.
+
+    Example:
+      >>> import numpy as np
+      >>> hash_scores(np, (3,), HashScores(0, 0)).tolist() == hash_keys(np, (3,), 0, 0).astype(np.float32).tolist()
+      True
+    """
+    keys = hash_keys(xp, shape, spec.seed, spec.index, spec.offset)
+    if spec.step is not None:
+        t = xp.zeros_like(keys) + xp.astype(spec.step, keys.dtype)
+        keys = _shr(xp, _fmix32(xp, keys + t * _s32(GOLDEN)), 8)
+    return xp.astype(keys, xp.float32)

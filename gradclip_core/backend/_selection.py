@@ -187,7 +187,7 @@ class Selection(NamedTuple):
       keep: ``keep(xp, key, T, r, before, out, ws) -> (keep, ties)``; writes into ``out``
         (a chunk of the masks) when chunked.
       loop: ``loop(n, body, carry)`` running the passes (``lax.fori_loop`` for JAX).
-      workspace: ``workspace(xp, flats) -> ws``, scratch buffers reused across chunks.
+      workspace: ``workspace(xp, flats, chunk) -> ws``, scratch buffers reused across chunks.
       gather: eager compaction: ``gather(xp, key, shift, b, out, ws) -> (keys, positions)``
         of the keys whose top bits are ``b``, writing ``(key >> shift) > b`` into ``out``.
       scatter: ``scatter(xp, flat_mask, positions, values)``, in place.
@@ -196,6 +196,12 @@ class Selection(NamedTuple):
       signed_keys: ``signed_keys(xp, s, old, ws) -> int32 keys`` of a flat chunk of *signed*
         float32 scores, ranked as ``gradclip_core.prune``'s ``ordered`` ranks them (the keys of
         ``ordered(s)``), or ``None``: the driver makes ``ordered(s)`` of each array first.
+      hash_keys: ``hash_keys(xp, spec, start, n, old, ws) -> int32 keys`` of the random scores
+        of flat elements ``start .. start + n - 1`` of the array a
+        :class:`gradclip_core._hash.HashScores` ``spec`` names, or ``None``: the driver makes
+        :func:`gradclip_core._hash.hash_scores` of each array first.
+      hash_chunk: the chunk size of a selection of hashed keys (``None``: ``chunk``); an array of at
+        most that many elements has its keys computed once, not once per pass.
     """
 
     digit: int = 1
@@ -210,6 +216,8 @@ class Selection(NamedTuple):
     compact_limit: int = 1 << 22
     value: Callable[..., Any] = key_value
     signed_keys: Callable[..., Any] | None = None
+    hash_keys: Callable[..., Any] | None = None
+    hash_chunk: int | None = None
 
 
 PORTABLE = Selection()

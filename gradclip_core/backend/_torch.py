@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
+from .._hash import GOLDEN, array_bases
 from ._primitives import register_primitives, symmetric_bounds
 from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
 
@@ -41,6 +42,9 @@ __all__ = ["NAMESPACE", "register", "min_bound_ratio", "group_keep", "kept_buffe
 
 NAMESPACE = "array_api_compat.torch"
 CHUNK = 1 << 20
+# Hashed keys (SET's growth): 3 fmix32 rounds (~30 NumPy passes) per key: computed once for an array of at
+# most 4M elements (GPT-2 small's 2.4M-element MLP weights), not once per selection pass; 52 MB of workspace.
+HASH_CHUNK = 1 << 22
 EAGER_CPU = True  # host-reading CPU paths (tests turn them off to check the CUDA/compile path on CPU)
 
 _FOREACH_DEVICES = ("cpu", "cuda", "xpu", "mtia")
@@ -388,11 +392,17 @@ def clip(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Te
 
 
 _COUNT_CHUNK = 1 << 20
+# Hashed keys (SET's growth): 3 fmix32 rounds (~30 NumPy passes) per key: computed once for an array of at
+# most 4M elements (GPT-2 small's 2.4M-element MLP weights), not once per selection pass; 52 MB of workspace.
+HASH_CHUNK = 1 << 22
 # min_bound_ratio's chunk: its two float32 buffers (8 MB) stay in the last-level cache, and there are
 # few enough chunks that the Python loop's cost per op (7 ops a chunk) is small next to the arithmetic.
 # Measured on GPT-2 small (124M elements), 2 threads: 660 ms with 1 << 14 (7.6k chunks: the loop
 # dominated), 358 / 197 / 103 ms with 1 << 16 / 18 / 20, 152 / 169 ms with 1 << 21 / 22 (out of cache).
 _RATIO_CHUNK = 1 << 20
+# Hashed keys (SET's growth): 3 fmix32 rounds (~30 NumPy passes) per key: computed once for an array of at
+# most 4M elements (GPT-2 small's 2.4M-element MLP weights), not once per selection pass; 52 MB of workspace.
+HASH_CHUNK = 1 << 22
 
 
 def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Tensor]:
@@ -754,17 +764,23 @@ class _Workspace:
     made glibc's heap grow by ~1 GB on GPT-2 small.
     """
 
-    def __init__(self, flats: list[torch.Tensor]) -> None:
+    def __init__(self, flats: list[torch.Tensor], chunk: int = CHUNK) -> None:
         device = flats[0].device if flats else torch.device("cpu")
-        width = max(1, min(CHUNK, max((f.numel() for f in flats), default=1)))
+        width = max(1, min(chunk, max((f.numel() for f in flats), default=1)))
         self.values = torch.empty(width, dtype=torch.float32, device=device)
         self.ints = torch.empty(width, dtype=torch.int32, device=device)
         self.live = torch.empty(width, dtype=torch.int32, device=device)
         self.flags = torch.empty(width, dtype=torch.bool, device=device)
+        self.index: np.ndarray | None = None  # 0 .. width - 1 as uint32 (hash keys), made on first use
+
+    def arange(self, n: int) -> np.ndarray:
+        if self.index is None:
+            self.index = np.arange(self.values.numel(), dtype=np.uint32)
+        return self.index[:n]
 
 
-def _workspace(xp: Any, flats: list[torch.Tensor]) -> _Workspace:
-    return _Workspace(flats)
+def _workspace(xp: Any, flats: list[torch.Tensor], chunk: int = CHUNK) -> _Workspace:
+    return _Workspace(flats, chunk)
 
 
 def _host(x: torch.Tensor) -> bool:
@@ -844,6 +860,53 @@ def _signed_keys(xp: Any, x: torch.Tensor, old: torch.Tensor | None, ws: _Worksp
     return _masked_keys(k, old)
 
 
+def _fmix32_np(h: np.ndarray, tmp: np.ndarray) -> None:
+    """MurmurHash3's ``fmix32`` of a uint32 array, in place (``tmp``: scratch of its size)."""
+    for shift, c in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):
+        np.right_shift(h, shift, out=tmp)
+        np.bitwise_xor(h, tmp, out=h)
+        if c is not None:
+            np.multiply(h, np.uint32(c), out=h)
+
+
+def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None, ws: _Workspace) -> torch.Tensor:
+    """Keys of the random scores of flat elements ``start .. start + n - 1`` (:class:`HashScores`), in ``ws.values``.
+
+    :func:`gradclip_core._hash.hash_scores` of those elements, then :func:`_keys`, bit for bit, in
+    NumPy's uint32 arithmetic (logical shifts, wrapping products) on ``_HASH_BLOCK``-element
+    blocks (in the core's own cache) of the workspace: the scores of the whole array are never made
+    (eager CPU).
+    """
+    b1, b2 = array_bases(spec.seed, spec.index)
+    base = start + int(spec.offset) + b1
+    mix = None if spec.step is None else np.uint32((int(spec.step) * GOLDEN) & 0xFFFFFFFF)
+    v = ws.values[:n]
+    vn, index = _np(v), ws.arange(n)
+    ints, live = _np(ws.ints[:n]).view(np.uint32), _np(ws.live[:n]).view(np.uint32)
+
+    def run(blocks: list) -> None:
+        for s, e in blocks:
+            h, tmp = ints[s:e], live[s:e]
+            np.add(index[:e - s], np.uint32((base + s) & 0xFFFFFFFF), out=h)  # j + b1
+            _fmix32_np(h, tmp)
+            np.bitwise_xor(h, np.uint32(b2), out=h)
+            _fmix32_np(h, tmp)
+            np.right_shift(h, 8, out=h)
+            if mix is not None:  # remixed with the step (SET's growth)
+                np.add(h, mix, out=h)
+                _fmix32_np(h, tmp)
+                np.right_shift(h, 8, out=h)
+            np.copyto(vn[s:e], h, casting="unsafe")  # exact: below 2**24
+
+    run([(s, min(n, s + _HASH_BLOCK)) for s in range(0, n, _HASH_BLOCK)])
+    k = v.view(torch.int32)
+    np.add(_np(k), 1, out=_np(k))
+    return _masked_keys(k, old)
+
+
+_HASH_BLOCK = 1 << 16  # two 256 KiB uint32 blocks: ~30 passes of the hash stay in a core's L2 cache
+
+
 def _histogram(xp: Any, key: torch.Tensor, shift: Any, prefix: Any, digit: int, dtype: Any,
                ws: _Workspace, acc: torch.Tensor | None) -> torch.Tensor:
     """``acc +=`` the ``bincount`` of the next digit of the keys in ``prefix`` (``2**digit`` bins, int64)."""
@@ -920,7 +983,7 @@ def _value(xp: Any, T: torch.Tensor) -> torch.Tensor:
 
 CPU_SELECTION = Selection(digit=16, chunk=CHUNK, keys=_keys, histogram=_histogram, keep=_keep_cpu,
                           workspace=_workspace, gather=_gather, scatter=_scatter, value=_value,
-                          signed_keys=_signed_keys)
+                          signed_keys=_signed_keys, hash_keys=_hash_keys, hash_chunk=HASH_CHUNK)
 DEVICE_SELECTION = Selection(digit=16, chunk=CHUNK, keys=_keys, histogram=_histogram, keep=_keep_sync_free,
                              workspace=_workspace, value=_value)
 

@@ -9,7 +9,7 @@ from .._rule import Rule, factory
 from ..backend._primitives import size
 from ..backend._selection import float32_scores
 from ..backend._names import array_label
-from ._groups import POOLINGS, blocks, expand, pool
+from ._groups import POOLINGS, any_blocks, blocks, expand, pool
 from ._schedule import check_amount, check_rounding, check_schedule, prune_count
 from ._select import prune_smallest
 from ._state import mask_rule
@@ -97,7 +97,7 @@ def block_magnitude_prune(
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
     rounding = check_rounding(rounding)
-    group, any_alive = blocks(*block, pooling), blocks(*block, "max")
+    group = blocks(*block, pooling)
 
     def compute(xp: Any, params: list, old: list, target: Any) -> tuple[list, Any]:
         masks = []
@@ -106,7 +106,7 @@ def block_magnitude_prune(
                 masks.append(m)
                 continue
             scores = block_scores(xp, p, block, pooling)
-            alive = pool(xp, any_alive, xp.astype(m, xp.float32)) > 0
+            alive = any_blocks(xp, m, block)  # blocks with a weight not pruned before
             k = prune_count(xp, target, size(scores), rounding, where=f"the blocks of {array_label(i)}")
             keep, _ = prune_smallest(xp, [scores], k, [alive])
             masks.append(expand(xp, group, keep[0], tuple(p.shape)) & m)

@@ -43,7 +43,7 @@ import math
 from typing import Any, NamedTuple, Sequence
 
 from .._effect import Keep, Mask
-from .._hash import _fmix32, _s32, _shr, hash_keys
+from .._hash import HashScores, hash_keys
 from .._params import on
 from .._rule import Rule, factory
 from .._validate import check_choice, check_real
@@ -146,13 +146,6 @@ def _dst(name: str, sparsity: float, allocation: str, drop_fraction: float, upda
             if tuple(a.shape) != tuple(m.shape):
                 raise ValueError(f"{name}: array {i} has shape {tuple(a.shape)} but its mask {tuple(m.shape)}")
 
-    def grow_scores(xp: Any, g: Any, i: int, t: Any, offset: Any) -> Any:
-        if grow == "gradient":
-            return g
-        keys = hash_keys(xp, tuple(g.shape), seed, i, offset)
-        h = _fmix32(xp, keys + (xp.zeros_like(keys) + xp.astype(t, keys.dtype)) * _s32(0x9E3779B9))
-        return xp.asarray(xp.astype(_shr(xp, h, 8), xp.float32), **device_kw([g]))
-
     def update(grads: Sequence[Any], state: DSTState, params: Sequence[Any] | None = None):
         grads = list(grads)
         _check_state(grads, state)
@@ -183,8 +176,9 @@ def _dst(name: str, sparsity: float, allocation: str, drop_fraction: float, upda
                 table = xp.asarray([round(f * on_) for f in fracs], dtype=xp.int32, **device_kw([p]))
                 d = _pick(xp, table, j)
                 kept = prune_smallest(xp, [p], (n - on_) + d, [m])[0][0]        # drop the d smallest |w|
-                s = grow_scores(xp, g, i, t, offsets[i])
-                grown_i = prune_smallest(xp, [s], n - d, [~kept])[0][0]            # grow the d largest scores
+                # grow the d largest scores: |g| (RigL), or the hash of (seed, i, index, t) (SET: never made whole)
+                hashed = None if grow == "gradient" else [HashScores(seed, i, offsets[i], t)]
+                grown_i = prune_smallest(xp, [g], n - d, [~kept], hashed=hashed)[0][0]
                 new_i = kept | grown_i
                 new.append(new_i)
                 grown.append(new_i & ~m)

@@ -36,7 +36,7 @@ from ..backend._namespace import device_kw
 from ..backend._primitives import group_keep, size
 from ..backend._selection import order_keys
 
-__all__ = ["Group", "blocks", "units", "nm", "check_group", "pool", "expand", "nm_keep", "POOLINGS"]
+__all__ = ["Group", "blocks", "units", "nm", "check_group", "pool", "expand", "any_blocks", "nm_keep", "POOLINGS"]
 
 POOLINGS = ("avg", "max")
 
@@ -165,8 +165,10 @@ def _pool_blocks(xp: Any, s: Any, block: tuple, pooling: str) -> Any:
     lead, (h, w), (r, c) = shape[:-2], shape[-2:], block
     nh, nw = -(-h // r), -(-w // c)
     fill = -math.inf if pooling == "max" else 0.0
-    nan = xp.isnan(s)
-    x = _pad2(xp, xp.where(nan, xp.full_like(s, fill), s), nh * r - h, nw * c - w, fill)
+    # "avg": a sum holding a NaN is NaN, so NaN blocks are found on the pooled scores (no pass over the
+    # elements for them); "max": a maximum need not propagate NaN in every framework
+    nan = xp.isnan(s) if pooling == "max" else None
+    x = _pad2(xp, s if nan is None else xp.where(nan, xp.full_like(s, fill), s), nh * r - h, nw * c - w, fill)
     x = xp.reshape(x, lead + (nh, r, nw, c))
     acc = x[..., 0, :, :]
     for i in range(1, r):
@@ -180,8 +182,22 @@ def _pool_blocks(xp: Any, s: Any, block: tuple, pooling: str) -> Any:
     if pooling != "max":
         cols = xp.asarray([float(min(c, w - j * c)) for j in range(nw)], dtype=xp.float32, **device_kw([s]))
         out = out / xp.reshape(cols, (1, nw))
-    has_nan = xp.any(xp.reshape(_pad2(xp, nan, nh * r - h, nw * c - w, False), lead + (nh, r, nw, c)), axis=(-3, -1))
+    has_nan = xp.isnan(out) if nan is None else any_blocks(xp, nan, block)
     return xp.where(has_nan, xp.full_like(out, math.nan), out)
+
+
+def any_blocks(xp: Any, m: Any, block: tuple) -> Any:
+    """Whether each ``block = (r, c)`` of the last two axes of the bool ``m`` holds a True (partial blocks too).
+
+    Example:
+      >>> import numpy as np
+      >>> any_blocks(np, np.array([[False, False, True], [False, False, False]]), (2, 2)).tolist()
+      [[False, True]]
+    """
+    shape = tuple(m.shape)
+    lead, (h, w), (r, c) = shape[:-2], shape[-2:], block
+    nh, nw = -(-h // r), -(-w // c)
+    return xp.any(xp.reshape(_pad2(xp, m, nh * r - h, nw * c - w, False), lead + (nh, r, nw, c)), axis=(-3, -1))
 
 
 def pool(xp: Any, group: Group, s: Any, full: tuple | None = None) -> Any:

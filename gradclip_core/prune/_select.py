@@ -48,6 +48,7 @@ from ..backend._collective import active, all_gather, all_reduce, participant_in
 from ..backend._namespace import device_kw, namespace
 from ..backend._primitives import size
 from ..backend._selection import KEY_BITS, Selection, _count, selection_for
+from .._hash import hash_scores
 from ._scores import ordered
 
 __all__ = ["prune_smallest"]
@@ -66,6 +67,7 @@ def prune_smallest(
     masks: Sequence[Any] | None = None,
     divisors: Sequence[Any] | None = None,
     signed: bool = False,
+    hashed: Sequence[Any] | None = None,
 ) -> tuple[list, Any]:
     """Keep-masks pruning exactly the ``k`` smallest scores of ``xs`` together.
 
@@ -81,6 +83,10 @@ def prune_smallest(
         :func:`gradclip_core.prune._scores.ordered` ranks them (movement scores), not
         ``|x|``; the backend's ``signed_keys`` kernel computes their keys chunk by chunk
         (without one, the ordered scores are made first: a temporary per array).
+      hashed: one :class:`gradclip_core._hash.HashScores` per array: the scores are those
+        random scores, not ``|x|`` (``xs`` give only the shapes and devices); the
+        backend's ``hash_keys`` kernel computes their keys chunk by chunk (without one,
+        :func:`gradclip_core._hash.hash_scores` makes them first: a temporary per array).
 
     Returns:
       ``(keep_masks, threshold)``: bool arrays shaped like ``xs``, and the score of
@@ -101,6 +107,14 @@ def prune_smallest(
         raise ValueError("prune_smallest: signed scores take no divisors")
     if signed and sel.signed_keys is None:
         xs, signed = [ordered(xp, x) for x in xs], False
+    if hashed is not None:
+        hashed = list(hashed)
+        if signed or divisors is not None or len(hashed) != len(xs):
+            raise ValueError("prune_smallest: hashed scores take one HashScores per array, no divisors, not signed")
+        if sel.hash_keys is None:
+            xs, hashed = [xp.asarray(hash_scores(xp, tuple(x.shape), h), **device_kw([x])) for x, h in zip(xs, hashed)], None
+        elif sel.hash_chunk is not None:  # (hashed keys cost more to compute again than to keep: bigger chunks)
+            sel = sel._replace(chunk=sel.hash_chunk)
     sharded = active()
     # (chunked kernels write every element of every mask: no fill pass first)
     fresh = xp.ones if sel.chunk is None else xp.empty
@@ -122,15 +136,20 @@ def prune_smallest(
     if not sharded:  # on shards the caller's k is already at most the global count (no collective for it)
         kk = xp.minimum(kk, xp.full_like(kk, n))
 
-    ws = None if sel.workspace is None else sel.workspace(xp, [flats[i] for i in live])
+    ws = None if sel.workspace is None else sel.workspace(xp, [flats[i] for i in live], sel.chunk)
 
-    def keys(x: Any, old: Any, divisor: Any) -> Any:
-        return sel.signed_keys(xp, x, old, ws) if signed else sel.keys(xp, x, old, divisor, ws)
+    def keys(i: int, s: int, e: int) -> Any:  # the keys of elements s .. e - 1 of array i
+        whole_ = s == 0 and e == size(flats[i])
+        old = olds[i] if whole_ or olds[i] is None else olds[i][s:e]
+        if hashed is not None:
+            return sel.hash_keys(xp, hashed[i], s, e - s, old, ws)
+        x = flats[i] if whole_ else flats[i][s:e]
+        return sel.signed_keys(xp, x, old, ws) if signed else sel.keys(xp, x, old, divs[i], ws)
 
     # One chunk in all (one array of at most ``chunk`` elements: a per-array selection): its keys are
     # computed once, in the workspace, for every pass (no kernel writes the buffer keys are made in).
     if sel.chunk is None or (len(live) == 1 and size(flats[live[0]]) <= sel.chunk):
-        whole = {i: keys(flats[i], olds[i], divs[i]) for i in live}
+        whole = {i: keys(i, 0, size(flats[i])) for i in live}
 
         def chunks() -> Any:
             for i in live:
@@ -142,14 +161,13 @@ def prune_smallest(
                 m = size(flats[i])
                 for s in range(0, m, sel.chunk):
                     e = min(m, s + sel.chunk)
-                    old = None if olds[i] is None else olds[i][s:e]
-                    yield i, s, e, keys(flats[i][s:e], old, divs[i])
+                    yield i, s, e, keys(i, s, e)
 
     digit = sel.digit
     passes = -(-KEY_BITS // digit)
     bins = 1 << digit
 
-    def body(p: Any, carry: tuple) -> tuple:
+    def body(p: Any, carry: tuple, chunks: Callable = chunks) -> tuple:
         prefix, below = carry
         shift = digit * (passes - 1) - digit * p
         hist = None
@@ -167,8 +185,13 @@ def prune_smallest(
     if sel.gather is not None and not sharded:
         prefix, below, in_bin = body(0, start)
         if int(in_bin) <= sel.compact_limit:
-            return _finish_compact(xp, sel, keep, flat_keep, chunks, digit * (passes - 1), prefix, kk - below, masks,
-                                   zero, ws)
+            width = min(sel.chunk, max(size(flats[i]) for i in live))  # (the workspace's width)
+
+            def rank(bin_chunks: Callable) -> tuple:  # the remaining passes, over the gathered keys alone
+                return sel.loop(passes - 1, lambda p, c: body(p + 1, c, bin_chunks)[:2], (prefix, below))
+
+            return _finish_compact(xp, sel, keep, flat_keep, chunks, digit * (passes - 1), prefix, kk, below, rank,
+                                   width, masks, zero, ws, cdt)
         T, below = sel.loop(passes - 1, lambda p, c: body(p + 1, c)[:2], (prefix, below))
     else:
         T, below = sel.loop(passes, lambda p, c: body(p, c)[:2], start)
@@ -206,10 +229,15 @@ def _and_old(keep: list, masks: Sequence[Any]) -> None:
 
 
 def _finish_compact(xp: Any, sel: Selection, keep: list, flat_keep: dict, chunks: Callable, shift: int, b1: Any,
-                    r: Any, masks: Any, zero: Any, ws: Any) -> tuple[list, Any]:
-    """Eager compaction: write the decided masks, gather the k-th key's bin, resolve it by a stable sort.
+                    kk: Any, below: Any, rank: Callable, width: int, masks: Any, zero: Any, ws: Any,
+                    cdt: Any) -> tuple[list, Any]:
+    """Eager compaction: write the decided masks, gather the k-th key's bin, rank the bin's keys alone.
 
-    Eager backends only (it reads ``r`` and the bin size on the host).
+    The gathered keys (in the global flat order) take the remaining radix passes
+    (``rank``: the driver's histogram passes over them, in ``width``-element chunks) and
+    the tie-counting ``keep``: no sort, so a bin of many equal keys (zero gradients of
+    inactive weights, say) costs one histogram. Eager backends only (it reads the bin
+    size on the host).
     """
     cand_keys, where = [], []
     for i, s, e, key in chunks():
@@ -220,17 +248,27 @@ def _finish_compact(xp: Any, sel: Selection, keep: list, flat_keep: dict, chunks
     thr = zero
     if cand_keys:
         ck = xp.concat(cand_keys) if len(cand_keys) > 1 else cand_keys[0]
-        order = xp.argsort(ck, stable=True)  # ties keep the global flat order
-        r_ = int(r)
-        kept = xp.ones(ck.shape, dtype=xp.bool, **device_kw([ck]))
-        sel.scatter(xp, kept, order[:r_], xp.zeros((r_,), dtype=xp.bool, **device_kw([ck])))
+        m_all = size(ck)
+
+        def bin_chunks() -> Any:
+            for s in range(0, m_all, width):
+                yield None, s, min(m_all, s + width), ck[s:s + width]
+
+        r0 = int(kk - below)  # ties to prune in the bin (> 0 unless k is 0)
+        T, below = rank(bin_chunks)
+        r = kk - below  # those at the bin's k-th key T, first in the global flat order
+        kept = xp.empty(ck.shape, dtype=xp.bool, **device_kw([ck]))
+        before = xp.zeros((), dtype=cdt, **device_kw([ck]))
+        for _, s, e, key in bin_chunks():
+            _, ties = sel.keep(xp, key, T, r, before, kept[s:e], ws)
+            before = before + ties
         start = 0
         for i, s, positions in where:
             m = size(positions)
             sel.scatter(xp, flat_keep[i], positions + s, kept[start:start + m])
             start += m
-        if r_ > 0:
-            thr = sel.value(xp, xp.astype(ck[order[r_ - 1]], xp.int32))
+        if r0 > 0:
+            thr = sel.value(xp, T)
     if masks is not None:
         _and_old(keep, masks)
     return keep, thr

@@ -117,6 +117,51 @@ def test_torch_signed_selection_equals_ordered_portable(chunk, limit, monkeypatc
                 assert np.array_equal(np.float32(np.asarray(t1)), t2.numpy(), equal_nan=True)
 
 
+@pytest.mark.parametrize("chunk, limit, eager", [(256, 1 << 22, True), (256, 0, True), (256, 1 << 22, False)])
+def test_torch_hashed_selection_equals_hash_scores(chunk, limit, eager, monkeypatch):
+    """Random scores named by HashScores (SET's growth, random masks): the torch CPU kernel hashes chunk by chunk,
+    in the workspace, and gives the masks and threshold of the selection of the scores made whole
+    (hash_scores, NumPy's kernels); the default (CUDA / compile path) makes them whole itself. Offsets given as
+    ints and as 0-d tensors, steps or none, old masks, a bin of many equal keys (the bin's keys
+    ranked in several chunks of 256); hashed keys take the kernels' hash_chunk (here the chunk) in blocks of 50."""
+    from gradclip_core._hash import HashScores, hash_scores
+
+    monkeypatch.setattr(kernels, "CPU_SELECTION", kernels.CPU_SELECTION._replace(chunk=chunk, compact_limit=limit,
+                                                                                 hash_chunk=chunk))
+    monkeypatch.setattr(kernels, "DEVICE_SELECTION", kernels.DEVICE_SELECTION._replace(chunk=chunk))
+    monkeypatch.setattr(kernels, "EAGER_CPU", eager)
+    monkeypatch.setattr(kernels, "_HASH_BLOCK", 50)  # several hash blocks per chunk
+    rng = np.random.default_rng(2)
+    shapes = [(30, 7), (0, 3), (), (41,), (150, 3)]
+    olds = [rng.random(s) > 0.3 for s in shapes]
+    olds[4][:, :] = False  # every key 0: one bin of ~400 equal keys
+    olds[4][::11] = True
+    for step in (None, 123456):
+        specs = [HashScores(5, i, o, None if step is None else torch.tensor(step, dtype=torch.int32))
+                 for i, o in zip(range(len(shapes)), [0, 0, 3, 12345, torch.tensor(99, dtype=torch.int32)])]
+        ref_specs = [s._replace(offset=int(s.offset), step=None if step is None else np.int32(step)) for s in specs]
+        scores = [hash_scores(np, s, h) for s, h in zip(shapes, ref_specs)]
+        for arrays in (list(range(len(shapes))), [4]):
+            n = sum(scores[i].size for i in arrays)
+            for k in [1, n // 3]:
+                for old in (None, [olds[i] for i in arrays]):
+                    m1, t1 = prune_smallest(None, [scores[i] for i in arrays], k, old)
+                    m2, t2 = prune_smallest(None, [torch.empty(shapes[i]) for i in arrays], k,
+                                            None if old is None else [torch.tensor(o) for o in old],
+                                            hashed=[specs[i] for i in arrays])
+                    assert all(np.array_equal(np.asarray(a), b.numpy()) for a, b in zip(m1, m2))
+                    assert np.array_equal(np.float32(np.asarray(t1)), t2.numpy())
+
+
+def test_hashed_selection_refuses_mixed_arguments():
+    from gradclip_core._hash import HashScores
+
+    with pytest.raises(ValueError, match="hashed"):
+        prune_smallest(None, [torch.ones(3)], 1, hashed=[HashScores(0, 0), HashScores(0, 1)])
+    with pytest.raises(ValueError, match="hashed"):
+        prune_smallest(None, [torch.ones(3)], 1, divisors=[torch.tensor(2.0)], hashed=[HashScores(0, 0)])
+
+
 def test_masks_are_buffers_that_survive_state_dict_and_deepcopy():
     m = model(3)
     gradclip_torch.prune(m, gc.global_magnitude_prune(0.5))
