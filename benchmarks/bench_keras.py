@@ -177,7 +177,7 @@ def suite(repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", only_rules: 
         ref_peak = peak_extra(ref, _sync, "rss") if ref_peak is None else ref_peak
         note = case.note or "masks recomputed every step"
         if pairs < n:
-            note += f"; {pairs} pairs (a {ROW_BUDGET_S:.0f}-s budget per row)"
+            note += ("; " if note else "") + f"{pairs} pairs (a {ROW_BUDGET_S:.0f}-s budget per row)"
         if few:
             note += f"; TF: {n} pairs, {w} warm-up (limited: seconds per step)"
         rows.append(Row(label, f"keras/{backend}", "Optimizer, " + PATHS[backend], f"(ref) Optimizer(SGD, {REF})",

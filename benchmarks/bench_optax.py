@@ -213,7 +213,7 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
             note += f"; {n} pairs, {w} warm-up"
         t_o, t_n, r, pairs = time_pair(ours, native, sync, n, w, budget_s=ROW_BUDGET_S)
         if pairs < n:
-            note += f"; {pairs} pairs (a {ROW_BUDGET_S:.0f}-s budget per row)"
+            note += ("; " if note else "") + f"{pairs} pairs (a {ROW_BUDGET_S:.0f}-s budget per row)"
         rows.append(Row(label, "optax", path, nname, t_o * 1e3, t_n * 1e3, peak_extra(ours, sync, mem_kind),
                         peak_extra(native, sync, mem_kind), target, note, has_native, paired_ratio=r))
     return rows
