@@ -392,17 +392,11 @@ def clip(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Te
 
 
 _COUNT_CHUNK = 1 << 20
-# Hashed keys (SET's growth): 3 fmix32 rounds (~30 NumPy passes) per key: computed once for an array of at
-# most 4M elements (GPT-2 small's 2.4M-element MLP weights), not once per selection pass; 52 MB of workspace.
-HASH_CHUNK = 1 << 22
 # min_bound_ratio's chunk: its two float32 buffers (8 MB) stay in the last-level cache, and there are
 # few enough chunks that the Python loop's cost per op (7 ops a chunk) is small next to the arithmetic.
 # Measured on GPT-2 small (124M elements), 2 threads: 660 ms with 1 << 14 (7.6k chunks: the loop
 # dominated), 358 / 197 / 103 ms with 1 << 16 / 18 / 20, 152 / 169 ms with 1 << 21 / 22 (out of cache).
 _RATIO_CHUNK = 1 << 20
-# Hashed keys (SET's growth): 3 fmix32 rounds (~30 NumPy passes) per key: computed once for an array of at
-# most 4M elements (GPT-2 small's 2.4M-element MLP weights), not once per selection pass; 52 MB of workspace.
-HASH_CHUNK = 1 << 22
 
 
 def count_outside(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> list[torch.Tensor]:
@@ -884,21 +878,19 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
     vn, index = _np(v), ws.arange(n)
     ints, live = _np(ws.ints[:n]).view(np.uint32), _np(ws.live[:n]).view(np.uint32)
 
-    def run(blocks: list) -> None:
-        for s, e in blocks:
-            h, tmp = ints[s:e], live[s:e]
-            np.add(index[:e - s], np.uint32((base + s) & 0xFFFFFFFF), out=h)  # j + b1
-            _fmix32_np(h, tmp)
-            np.bitwise_xor(h, np.uint32(b2), out=h)
+    for s in range(0, n, _HASH_BLOCK):
+        e = min(n, s + _HASH_BLOCK)
+        h, tmp = ints[s:e], live[s:e]
+        np.add(index[:e - s], np.uint32((base + s) & 0xFFFFFFFF), out=h)  # j + b1
+        _fmix32_np(h, tmp)
+        np.bitwise_xor(h, np.uint32(b2), out=h)
+        _fmix32_np(h, tmp)
+        np.right_shift(h, 8, out=h)
+        if mix is not None:  # remixed with the step (SET's growth)
+            np.add(h, mix, out=h)
             _fmix32_np(h, tmp)
             np.right_shift(h, 8, out=h)
-            if mix is not None:  # remixed with the step (SET's growth)
-                np.add(h, mix, out=h)
-                _fmix32_np(h, tmp)
-                np.right_shift(h, 8, out=h)
-            np.copyto(vn[s:e], h, casting="unsafe")  # exact: below 2**24
-
-    run([(s, min(n, s + _HASH_BLOCK)) for s in range(0, n, _HASH_BLOCK)])
+        np.copyto(vn[s:e], h, casting="unsafe")  # exact: below 2**24
     k = v.view(torch.int32)
     np.add(_np(k), 1, out=_np(k))
     return _masked_keys(k, old)
