@@ -363,6 +363,12 @@ def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: flo
         out = fast(xp, ds, ws, relative, absolute, dtype)
         if out is not NotImplemented:
             return out
+    return min_bound_ratio_default(xp, ds, ws, relative, absolute, dtype)
+
+
+def min_bound_ratio_default(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float,
+                            dtype: Any) -> list[Any]:
+    """:func:`min_bound_ratio`'s portable definition (kernels fall back on it: TensorFlow where a ratio is NaN)."""
     one = xp.ones((), dtype=dtype)
     out = []
     for d, w in zip(ds, ws):

@@ -514,17 +514,6 @@ def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> Any:
     return [tf.math.reduce_euclidean_norm(_t(x, dtype)) for x in xs]
 
 
-def _ratios_selected(ds: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float, dtype: Any) -> list:
-    """The default's definition: ``min(1, min where(|d| > bound, bound / |d|, 1))`` per array."""
-    one = tf.ones((), dtype)
-    out = []
-    for d, w in zip(ds, ws):
-        bound = absolute + relative * tf.abs(_t(w, dtype))  # (the default's order)
-        mag = tf.abs(_t(d, dtype))
-        out.append(tf.minimum(tf.reduce_min(tf.where(mag > bound, bound / mag, one)), one))
-    return out
-
-
 def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float,
                     dtype: Any) -> Any:
     """Clippy's per-array scale with two full-size temporaries instead of the default's five.
@@ -543,7 +532,8 @@ def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: flo
       >>> float(min_bound_ratio(xp, d, w, 0.25, 0.0, tf.float32)[0])
       0.5
     """
-    del xp
+    from ._primitives import min_bound_ratio_default
+
     one = tf.ones((), dtype)
     idx = [i for i, d in enumerate(ds) if math.prod(d.shape) != 0]
     out = [one] * len(ds)
@@ -556,7 +546,8 @@ def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: flo
         fast.append(tf.minimum(tf.reduce_min(ratios), one))
         sums.append(tf.reduce_sum(ratios))
     nan = tf.reduce_any(tf.math.is_nan(tf.stack(sums)))
-    sel = tf.cond(nan, lambda: _ratios_selected([ds[i] for i in idx], [ws[i] for i in idx], relative, absolute, dtype),
+    sel = tf.cond(nan, lambda: min_bound_ratio_default(xp, [ds[i] for i in idx], [ws[i] for i in idx], relative,
+                                                       absolute, dtype),
                   lambda: fast)
     for i, v in zip(idx, sel):
         out[i] = v
