@@ -296,6 +296,7 @@ def sparse_evolutionary(
       >>> int(state.masks[0].sum()), float(info["regrown"]) <= 3
       (8, True)
     """
+    _check("sparse_evolutionary", sparsity, drop_fraction, update_every, end_step, seed)  # (errors name this factory)
     return rigl(sparsity, allocation=allocation, drop_fraction=drop_fraction, update_every=update_every,
                 end_step=end_step, grow="random", seed=seed, init_masks=init_masks, params=params)
 

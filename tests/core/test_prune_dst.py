@@ -114,3 +114,5 @@ def test_config_state_and_errors():
         gc.rigl(0.5, update_every=0)
     with pytest.raises(ValueError, match="grow"):
         gc.rigl(0.5, grow="magnitude")
+    with pytest.raises(ValueError, match="^sparse_evolutionary: sparsity"):  # the factory the user called
+        gc.sparse_evolutionary(1.5)
