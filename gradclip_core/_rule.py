@@ -186,7 +186,9 @@ class Rule:
         computed from the weights after and before the optimizer step (adapters that hold both
         write ``before + delta'``). Default: ``update_effect(after - before, state, before)``;
         :func:`~gradclip_core.clippy`, :func:`~gradclip_core.clip_update_norm` and
-        :func:`~gradclip_core.update_ratio` give one that never forms the update.
+        :func:`~gradclip_core.update_ratio` give one that never forms the update. (``replace``
+        with a new ``update_effect`` rebuilds the default; a rule's own one is kept unless
+        ``update_effect_from_weights=None`` is given too.)
 
     Example:
       >>> import numpy as np
