@@ -214,7 +214,7 @@ def correct_update(
             if isinstance(effect, Keep):
                 return new_state, loc.info(info)
             if factors is not None:
-                _write_back_from_weights(views, before, factors)
+                _write_back_scaled(views, before, None, factors)
                 loc.sync(0)  # replicas this rank did not see: the weights of the rank that did
                 return new_state, loc.info(info)
             deltas = _delta(views, before, scratch)  # another effect (a chain's): the update, formed now
@@ -256,46 +256,31 @@ def _eager_cpu(views: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) ->
         type(t) is torch.Tensor and t.device.type == "cpu" for t in (*views, *before))
 
 
-def _write_back_from_weights(views: Sequence[torch.Tensor], before: Sequence[torch.Tensor],
-                             factors: Sequence[torch.Tensor]) -> None:
-    """``w := w_old + (w - w_old) * f`` in place for the arrays whose factor (cast to their dtype) is not 1.
-
-    The same per-element operations, so the same values, as the ``delta`` path (``(w_new - w_old)``
-    rounded to the array's dtype, times ``f``, plus ``w_old``); ``w_new`` stays bit for bit where the
-    factor is 1. No delta buffer: an unclipped step writes nothing, a clipped array one pass.
-    """
-    seen: dict = {}  # (factor, dtype) -> whether it changes its arrays (a global factor is read once)
-    for p, b, f in zip(views, before, factors):
-        key = (id(f), p.dtype)
-        if key not in seen:
-            f_d = f.to(p.dtype)
-            seen[key] = (f_d, bool(f_d != 1))  # (NaN != 1: written, as the delta path does)
-        f_d, changes = seen[key]
-        if changes:
-            p.sub_(b).mul_(f_d).add_(b)
-
-
 def _on_host(views: Sequence[torch.Tensor], factors: Sequence[torch.Tensor]) -> bool:
     """Whether the factors can be read without a device sync: every tensor on the CPU, eager."""
     return not torch.compiler.is_compiling() and all(t.device.type == "cpu" for t in (*views, *factors))
 
 
-def _write_back_scaled(views: Sequence[torch.Tensor], before: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor],
+def _write_back_scaled(views: Sequence[torch.Tensor], before: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor] | None,
                        factors: Sequence[torch.Tensor]) -> None:
     """``w := w_old + delta * f`` for the arrays whose factor (cast to their dtype) is not 1, read on the host.
 
     The same values as the device path of :func:`correct_update` (``where(f == 1, w_new, w_old +
     delta * f)``), without its three passes over every weight: an update that is not clipped
     (the common step) costs no write at all, and a clipped array one multiply, one add, one copy.
+    ``deltas=None`` (the post-step seam: no delta buffer): ``w := (w - w_old) * f + w_old`` in place, the
+    same per-element operations (the update rounded to the array's dtype, times ``f``, plus ``w_old``).
     """
     seen: dict = {}  # (factor, dtype) -> whether it changes its arrays (a global factor is read once)
-    for p, b, d, f in zip(views, before, deltas, factors):
-        key = (id(f), d.dtype)
+    for p, b, d, f in zip(views, before, deltas or [None] * len(views), factors):
+        key = (id(f), p.dtype)
         if key not in seen:
-            f_d = f.to(d.dtype)
+            f_d = f.to(p.dtype)
             seen[key] = (f_d, bool(f_d != 1))  # (NaN != 1: written, as the device path does)
         f_d, changes = seen[key]
-        if changes:
+        if changes and d is None:
+            p.sub_(b).mul_(f_d).add_(b)
+        elif changes:
             p.copy_(d.mul_(f_d).add_(b))
 
 

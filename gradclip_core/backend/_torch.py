@@ -619,6 +619,12 @@ def _host_difference_sumsq(after: Sequence[torch.Tensor], before: Sequence[torch
                         lambda a, b: a + b, 0.0)
 
 
+def _host_pairs(after: Sequence[torch.Tensor], before: Sequence[torch.Tensor], dtype: torch.dtype) -> list[int]:
+    """Indices of the non-empty pairs of eager CPU float tensors (of one dtype) the host kernels read."""
+    return [i for i, (a, b) in enumerate(zip(after, before)) if EAGER_CPU and dtype in _NP_DTYPES and a.numel()
+            and _host(a) and _host(b) and a.is_floating_point() and b.dtype == a.dtype]
+
+
 def difference_norms(xp: Any, after: Sequence[torch.Tensor], before: Sequence[torch.Tensor],
                      dtype: torch.dtype) -> list[torch.Tensor]:
     """Per pair, the 2-norm of ``a - b`` in ``dtype``; on the eager CPU chunk by chunk (no weight-sized update).
@@ -637,8 +643,7 @@ def difference_norms(xp: Any, after: Sequence[torch.Tensor], before: Sequence[to
         return NotImplemented
     after, before = list(after), list(before)
     out: list[Any] = [None] * len(after)
-    host = [i for i, (a, b) in enumerate(zip(after, before)) if EAGER_CPU and dtype in _NP_DTYPES and a.numel()
-            and _host(a) and _host(b) and a.is_floating_point() and b.dtype == a.dtype]
+    host = _host_pairs(after, before, dtype)
     sums = _host_difference_sumsq([after[i] for i in host], [before[i] for i in host], dtype) if host else []
     for i, t in zip(host, sums):
         out[i] = torch.tensor(math.sqrt(t), dtype=dtype)
@@ -666,8 +671,7 @@ def difference_min_bound_ratio(xp: Any, after: Sequence[torch.Tensor], before: S
         return NotImplemented
     after, before = list(after), list(before)
     out: list[Any] = [None] * len(after)
-    host = [i for i, (a, b) in enumerate(zip(after, before)) if EAGER_CPU and dtype in _NP_DTYPES and a.numel()
-            and _host(a) and _host(b) and a.is_floating_point() and b.dtype == a.dtype]
+    host = _host_pairs(after, before, dtype)
     if host:
         chunks = _Chunks([after[i] for i in host], dtype, minus=[before[i] for i in host])
         for i, m in zip(host, _host_min_ratios(chunks, [before[i] for i in host], relative, absolute, dtype)):
