@@ -151,8 +151,10 @@ class Optimizer(keras.optimizers.Optimizer):
     twice (once read by the rule, once written back in place) so that XLA keeps no
     weight-sized temporary; on TensorFlow one copy of the trainable weights is held
     during the step, plus the update ``delta`` while the rule runs; on torch (eager) the
-    copy and ``delta`` live in two weight-sized buffers kept from step to step (as
-    ``gradclip_torch.attach``). ``nonfinite="skip"`` on a non-finite
+    copy lives in a weight-sized buffer kept from step to step (as ``gradclip_torch.attach``)
+    and, on the CPU, Clippy, the update-norm clip and ``update_ratio`` read ``(w_new, w_old)``
+    themselves (``rule.update_effect_from_weights``): ``delta`` is not written (other rules, a
+    non-finite policy and other devices keep a second buffer for it). ``nonfinite="skip"`` on a non-finite
     update restores the weights, but the inner optimizer's own variables (moments,
     iterations) have already taken the step.
 
