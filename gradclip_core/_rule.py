@@ -33,6 +33,16 @@ inner optimizer's updates (no copy), ``gradclip_keras.Optimizer`` and
 weights taken before the step: one copy of the stepped weights, see their docs), and
 write ``w_old + delta'`` where the rule changed the update (``w_new``, bit for bit,
 where it did not). Gradient rules and update rules do not mix in one :func:`chain`.
+
+The post-step seam: an adapter that holds the weights after and before the step asks for the
+effect on the update from those two directly::
+
+    effect, state, info  = rule.update_effect_from_weights(w_new, w_old, state)
+
+which by default forms ``delta = w_new - w_old`` and calls ``update_effect(delta, state, w_old)``;
+the update rules give their own (their reductions read ``(w_new, w_old)`` through the backend's
+``difference_*`` primitives: torch's eager CPU never writes the update anywhere), and
+``rule.has_weights_effect`` tells an adapter that no ``delta`` buffer is needed.
 """
 
 from __future__ import annotations
@@ -104,6 +114,21 @@ def _from_effect(effect_fn: Callable[..., tuple], *, project: bool) -> Callable[
     return update_fn
 
 
+def _from_deltas(update_effect: Callable[..., tuple]) -> Callable[..., tuple]:
+    """The default ``update_effect_from_weights``: ``update_effect`` on ``after - before`` (formed out of place)."""
+
+    def update_effect_from_weights(after: Sequence[Any], before: Sequence[Any], state: Any):
+        after, before = list(after), list(before)
+        if not after or update_effect is _keep_update:  # (no update part: nothing to form)
+            return update_effect(after, state, before)
+        from .backend import differences, namespace
+
+        return update_effect(differences(namespace(*after), after, before), state, before)
+
+    update_effect_from_weights.forms_deltas_of = update_effect  # (marks the default: Rule.has_weights_effect)
+    return update_effect_from_weights
+
+
 def _to_effect(fn: Callable[..., tuple], *, project: bool) -> Callable[..., tuple]:
     """The effect of a plain ``update``/``project`` function: ``Replace`` of what it returns."""
 
@@ -156,6 +181,14 @@ class Rule:
       parts: the rules this one is made of (a chain's rules; the rule a :func:`~gradclip_core.on`
         restriction wraps).
       params: the selection of a restricted rule (:class:`~gradclip_core.Params`), else ``None``.
+      update_effect_from_weights: ``update_effect_from_weights(after, before, state) -> (effect,
+        state, info)``, for update rules (``on_update``): the effect on the update ``after - before``
+        computed from the weights after and before the optimizer step (adapters that hold both
+        write ``before + delta'``). Default: ``update_effect(after - before, state, before)``;
+        :func:`~gradclip_core.clippy`, :func:`~gradclip_core.clip_update_norm` and
+        :func:`~gradclip_core.update_ratio` give one that never forms the update. (``replace``
+        with a new ``update_effect`` rebuilds the default; a rule's own one is kept unless
+        ``update_effect_from_weights=None`` is given too.)
 
     Example:
       >>> import numpy as np
@@ -184,6 +217,7 @@ class Rule:
     project_effect: Callable[..., tuple] | None = None
     parts: tuple = ()
     params: Any = None
+    update_effect_from_weights: Callable[..., tuple] | None = None
 
     def __post_init__(self) -> None:
         for field in ("init", "update", "project"):
@@ -198,6 +232,11 @@ class Rule:
             set_("update_effect", _keep_update if self.update is _identity_update else _to_effect(self.update, project=False))
         elif self.update is _identity_update:
             set_("update", _from_effect(self.update_effect, project=False))
+        weights_fn = self.update_effect_from_weights
+        if weights_fn is None or getattr(weights_fn, "forms_deltas_of", self.update_effect) is not self.update_effect:
+            set_("update_effect_from_weights", _from_deltas(self.update_effect))  # (or rebuilt: update_effect replaced)
+        elif not callable(weights_fn):
+            raise ValueError(f"Rule update_effect_from_weights must be callable, got {type(weights_fn).__name__}")
         if self.project_effect is None:
             set_("project_effect", _keep_project if self.project is _identity_project else _to_effect(self.project, project=True))
         elif self.project is _identity_project and self.project_effect is not _keep_project:
@@ -211,6 +250,16 @@ class Rule:
         tell where a rule cannot see the gradients it is meant for.
         """
         return self.update_effect is not _keep_update
+
+    @property
+    def has_weights_effect(self) -> bool:
+        """Whether :attr:`update_effect_from_weights` is the rule's own (it never forms the update).
+
+        Adapters that hold the weights after and before a step (torch ``attach``, Keras on torch)
+        then keep no ``delta`` buffer; otherwise the default forms ``after - before``, and they
+        may rather hand ``update_effect`` their own (reused) delta buffers.
+        """
+        return getattr(self.update_effect_from_weights, "forms_deltas_of", None) is None
 
     @property
     def has_project(self) -> bool:
@@ -306,6 +355,9 @@ def from_config(config: Mapping[str, Any]) -> Rule:
     return _FACTORIES[name](**kwargs)
 
 
+_UNFORMED = object()  # chain(): the update not formed yet (rules read the weights after and before the step)
+
+
 def _prefixed(names: Sequence[str]) -> list[str]:
     """Info prefixes for chained rules: the rule name, with ``#i`` where names repeat."""
     out = []
@@ -366,7 +418,9 @@ def chain(*rules: Rule) -> Rule:
         if not isinstance(state, tuple) or len(state) != len(rules):
             raise ValueError(f"chain state must be a tuple of {len(rules)} rule states, got {type(state).__name__}")
 
-    def run(arrays: list, state: tuple, step: Callable[[Rule, list, Any], tuple]) -> tuple:
+    def run(arrays: Any, state: tuple, step: Callable[[Rule, Any, Any], tuple],
+            form: Callable[[], list] | None = None) -> tuple:
+        """The rules in turn; ``arrays`` is ``_UNFORMED`` (with ``form`` making them) until a rule changes them."""
         _check(state)
         info: dict = {}
         new_state = []
@@ -374,7 +428,7 @@ def chain(*rules: Rule) -> Rule:
         current, pending, effect = arrays, Keep(), Keep()
         for r, p, s in zip(rules, prefixes, state):
             if not isinstance(pending, Keep):  # the next rule sees what the ones before produced
-                current, pending = _apply(current, pending), Keep()
+                current, pending = _apply(form() if current is _UNFORMED else current, pending), Keep()
             e, s, i = step(r, current, s)
             if isinstance(e, Skip):  # the skip is carried to the chain's end: no zeroed copy in between
                 skips.append(e.skip)
@@ -401,6 +455,23 @@ def chain(*rules: Rule) -> Rule:
     def project_effect(params: Sequence[Any], state: tuple):
         return run(list(params), state, lambda r, p, s: r.project_effect(p, s))
 
+    def update_effect_from_weights(after: Sequence[Any], before: Sequence[Any], state: tuple):
+        # each rule reads (after, before) while the update is as the optimizer made it; a rule that
+        # changes it makes the later ones see the changed update, formed then (out of place)
+        after, before = list(after), list(before)
+
+        def form() -> list:
+            from .backend import differences, namespace
+
+            return differences(namespace(*after), after, before) if after else []
+
+        def step(r: Rule, current: Any, s: Any) -> tuple:
+            if current is _UNFORMED:
+                return r.update_effect_from_weights(after, before, s)
+            return r.update_effect(current, s, before)
+
+        return run(_UNFORMED, state, step, form)
+
     has_project = any(r.has_project for r in rules)
     has_update = any(r.has_update for r in rules)
     return Rule(
@@ -410,6 +481,9 @@ def chain(*rules: Rule) -> Rule:
         on_update=bool(on_updates),
         config={"rule": "chain", "rules": [dict(r.config) for r in rules]},
         update_effect=update_effect if has_update else None,
+        # its own only where every rule has one (else the default: the update formed once, for all)
+        update_effect_from_weights=(update_effect_from_weights if on_updates and all(
+            r.has_weights_effect for r in rules if r.has_update) else None),
         parts=rules,
         # Keep "no project part" recognisable (Rule.has_project): adapters such as
         # gradclip_optax.transform() must know whether a rule needs the weights after the step.

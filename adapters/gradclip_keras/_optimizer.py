@@ -151,8 +151,10 @@ class Optimizer(keras.optimizers.Optimizer):
     twice (once read by the rule, once written back in place) so that XLA keeps no
     weight-sized temporary; on TensorFlow one copy of the trainable weights is held
     during the step, plus the update ``delta`` while the rule runs; on torch (eager) the
-    copy and ``delta`` live in two weight-sized buffers kept from step to step (as
-    ``gradclip_torch.attach``). ``nonfinite="skip"`` on a non-finite
+    copy lives in a weight-sized buffer kept from step to step (as ``gradclip_torch.attach``)
+    and, on the CPU, Clippy, the update-norm clip and ``update_ratio`` read ``(w_new, w_old)``
+    themselves (``rule.update_effect_from_weights``): ``delta`` is not written (other rules, a
+    non-finite policy and other devices keep a second buffer for it). ``nonfinite="skip"`` on a non-finite
     update restores the weights, but the inner optimizer's own variables (moments,
     iterations) have already taken the step.
 
@@ -438,11 +440,20 @@ class Optimizer(keras.optimizers.Optimizer):
 
     def _kept(self, before: list) -> list | None:
         """torch: the kept delta buffers if ``before`` is the kept snapshot (this step used it), else ``None``."""
-        scratch = self._gradclip.scratch
-        snap = scratch.get("snapshot")
-        if not (snap and before and before[0] is snap[0]):
+        if not self._eager_torch(before):
             return None
-        return kept_buffers(namespace(*before), scratch, "delta", before)
+        return kept_buffers(namespace(*before), self._gradclip.scratch, "delta", before)
+
+    def _eager_torch(self, before: list) -> bool:
+        """torch: whether ``before`` is the kept snapshot (this step used it: eager, buffers written in place)."""
+        snap = self._gradclip.scratch.get("snapshot")
+        return bool(snap and before and before[0] is snap[0])
+
+    def _from_weights(self, before: list) -> bool:
+        """torch, eager, on the CPU, a rule that reads ``(w_new, w_old)`` itself: no update is formed
+        (the core's post-step seam, :meth:`gradclip_core.Rule.update_effect_from_weights`)."""
+        return (self._gradclip.rule.has_weights_effect and self._eager_torch(before)
+                and all(b.device.type == "cpu" for b in before))
 
     def _probe_step(self, built: list, before: list, grads: list, variables: list, state_values: list) -> list:
         """JAX under ``jit``: :meth:`_correct_update` with the inner step run twice; returns the new state.
@@ -489,8 +500,11 @@ class Optimizer(keras.optimizers.Optimizer):
     def _rule_on_update(self, built: list, before: list, after: list, state_values: list) -> tuple:
         """The update rule on ``after - before``: ``(deltas, scales, out, new_state, info)`` (``scales``: see :func:`_scalar_factors`)."""
         slots = self._gradclip
-        kept = self._kept(before)
-        if kept is not None:  # torch: into the kept delta buffers
+        seam = self._from_weights(before)
+        kept = None if seam else self._kept(before)
+        if seam:  # torch on the CPU: the rule reads (w_new, w_old); `deltas` stays None unless an effect needs it
+            deltas = None
+        elif kept is not None:  # torch: into the kept delta buffers
             import torch
 
             deltas = [torch.sub(a.detach(), b, out=d) for a, b, d in zip(after, before, kept)]
@@ -498,8 +512,14 @@ class Optimizer(keras.optimizers.Optimizer):
             deltas = [a - b for a, b in zip(after, before)]
         try:
             with rule_scope(slots.paths):
-                effect, new_state, info = unconverted(slots.rule.update_effect)(deltas, unflatten(slots.treedef, state_values), before)
-                scales = _scalar_factors(effect, len(deltas))
+                state = unflatten(slots.treedef, state_values)
+                if seam:
+                    effect, new_state, info = slots.rule.update_effect_from_weights([a.detach() for a in after], before, state)
+                else:
+                    effect, new_state, info = unconverted(slots.rule.update_effect)(deltas, state, before)
+                scales = _scalar_factors(effect, len(before))
+                if scales is None and deltas is None:  # another effect (a chain's): the update, formed now
+                    deltas = [a.detach() - b for a, b in zip(after, before)]
                 out = None if scales is not None else unconverted(apply_effect)(namespace(*deltas), deltas, effect)
         except Exception:  # (e.g. nonfinite="raise", eager): the weights go back to where the step started
             for var, b in zip(built, before):
@@ -512,16 +532,18 @@ class Optimizer(keras.optimizers.Optimizer):
         """Write the rule's update back over the inner optimizer's ``w_new`` (the weights now), and the state and info."""
         slots = self._gradclip
         after = [storage_precision(to_tensor(v)) for v in built]  # (no copy: read before the writes below)
-        if scales is not None and self._kept(before) is not None:  # torch: in place, in the delta buffers
+        if scales is not None and self._eager_torch(before):  # torch: in place, in the delta buffers
             import torch
 
-            factors = [None if f is None else ops.cast(f, d.dtype) for f, d in zip(scales, deltas)]
+            factors = [None if f is None else ops.cast(f, b.dtype) for f, b in zip(scales, before)]
             live = [f for f in factors if f is not None]
             kept = iter(())
             if live and all(f.device.type == "cpu" for f in live):  # one host read, free on the CPU:
                 kept = iter(torch.stack([f.float() for f in live]).eq(1).tolist())  # a factor 1 writes nothing
-            for var, a, b, d, f in zip(built, after, before, deltas, factors):
+            for var, a, b, d, f in zip(built, after, before, deltas or [None] * len(before), factors):
                 if f is not None and not next(kept, False):
+                    if d is None:  # (the seam kept no delta buffer: this clipped array's update, formed now)
+                        d = torch.sub(a.detach(), b)
                     d.mul_(f).add_(b)  # b + d * f: b - (b - a) * f bit for bit (negation is exact), as below
                     var.assign(torch.where(torch.eq(f, 1), a.detach(), d, out=d))
             scales = None
@@ -537,7 +559,7 @@ class Optimizer(keras.optimizers.Optimizer):
                     # where b - a wrote a new, page-faulted one.
                     new = b + d * f if in_place else b - (b - a) * f
                     var.assign(ops.where(ops.equal(f, 1), a, ops.cast(new, a.dtype)))
-        for var, a, b, d, d0 in zip(built, after, before, out or (), deltas):
+        for var, a, b, d, d0 in zip(built, after, before, out or (), deltas or ()):
             d = ops.cast(d, d0.dtype)
             var.assign(ops.where(ops.equal(d, d0), a, ops.cast(b + d, a.dtype)))
         for var, value in zip(slots.state, new_state):

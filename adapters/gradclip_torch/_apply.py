@@ -184,11 +184,17 @@ def correct_update(
 
     The rule's effect is computed (and checked) on the update ``delta = w_new - w_old`` before
     anything is written; then a weight becomes ``w_old + delta'`` where the rule changed its
-    update and stays ``w_new`` (bit for bit) where it did not. Memory: ``delta`` (one copy of
-    the stepped weights, on top of the ``before`` snapshot); a per-array scale (Clippy, the
-    update-norm clip) is applied in place in ``delta`` with no other temporary. ``scratch``
-    (the dict of :func:`snapshot_params`) holds the ``delta`` buffers for the next call,
-    which reuses them while they fit (no weight-sized allocation per step).
+    update and stays ``w_new`` (bit for bit) where it did not.
+
+    Eager CPU, a rule with its own ``update_effect_from_weights`` (``rule.has_weights_effect``:
+    Clippy, the update-norm clip, ``update_ratio`` with ``nonfinite="propagate"``, and chains of
+    them): the rule reads ``(w_new, w_old)`` and ``delta`` is never written (the kernels form it
+    chunk by chunk, in cache); a per-array scale is then written back only to the arrays whose
+    factor is not 1, in place (``w := w_old + (w - w_old) * f``, the same values). Otherwise
+    (a device, ``torch.compile``, a non-finite policy, other rules) ``delta`` is formed in
+    buffers that ``scratch`` (the dict of :func:`snapshot_params`) keeps for the next call,
+    reused while they fit (no weight-sized allocation per step), and a per-array scale is
+    applied in place in them.
 
     Returns:
       ``(state, info)``.
@@ -200,9 +206,22 @@ def correct_update(
             return state, {}
         if state is None:
             state = rule.init(list(before))
-        deltas = _delta(views, list(before), scratch)
-        effect, new_state, info = rule.update_effect(list(deltas), state, list(before))
-        check_effect(effect, deltas, "gradclip_torch")
+        before = list(before)
+        if rule.has_weights_effect and _eager_cpu(views, before):
+            effect, new_state, info = rule.update_effect_from_weights(views, before, state)
+            check_effect(effect, views, "gradclip_torch")
+            factors = _array_factors(effect, len(views))
+            if isinstance(effect, Keep):
+                return new_state, loc.info(info)
+            if factors is not None:
+                _write_back_scaled(views, before, None, factors)
+                loc.sync(0)  # replicas this rank did not see: the weights of the rank that did
+                return new_state, loc.info(info)
+            deltas = _delta(views, before, scratch)  # another effect (a chain's): the update, formed now
+        else:
+            deltas = _delta(views, before, scratch)
+            effect, new_state, info = rule.update_effect(list(deltas), state, before)
+            check_effect(effect, deltas, "gradclip_torch")
         if isinstance(effect, Keep):
             return new_state, loc.info(info)
         factors = _array_factors(effect, len(deltas))
@@ -231,27 +250,37 @@ def _delta(views: list[torch.Tensor], before: list[torch.Tensor], scratch: dict 
     return kept
 
 
+def _eager_cpu(views: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) -> bool:
+    """Whether the post-step seam applies: plain eager CPU tensors (the kernels that never form the update)."""
+    return not torch.compiler.is_compiling() and all(
+        type(t) is torch.Tensor and t.device.type == "cpu" for t in (*views, *before))
+
+
 def _on_host(views: Sequence[torch.Tensor], factors: Sequence[torch.Tensor]) -> bool:
     """Whether the factors can be read without a device sync: every tensor on the CPU, eager."""
     return not torch.compiler.is_compiling() and all(t.device.type == "cpu" for t in (*views, *factors))
 
 
-def _write_back_scaled(views: Sequence[torch.Tensor], before: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor],
+def _write_back_scaled(views: Sequence[torch.Tensor], before: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor] | None,
                        factors: Sequence[torch.Tensor]) -> None:
     """``w := w_old + delta * f`` for the arrays whose factor (cast to their dtype) is not 1, read on the host.
 
     The same values as the device path of :func:`correct_update` (``where(f == 1, w_new, w_old +
     delta * f)``), without its three passes over every weight: an update that is not clipped
     (the common step) costs no write at all, and a clipped array one multiply, one add, one copy.
+    ``deltas=None`` (the post-step seam: no delta buffer): ``w := (w - w_old) * f + w_old`` in place, the
+    same per-element operations (the update rounded to the array's dtype, times ``f``, plus ``w_old``).
     """
     seen: dict = {}  # (factor, dtype) -> whether it changes its arrays (a global factor is read once)
-    for p, b, d, f in zip(views, before, deltas, factors):
-        key = (id(f), d.dtype)
+    for p, b, d, f in zip(views, before, deltas or [None] * len(views), factors):
+        key = (id(f), p.dtype)
         if key not in seen:
-            f_d = f.to(d.dtype)
+            f_d = f.to(p.dtype)
             seen[key] = (f_d, bool(f_d != 1))  # (NaN != 1: written, as the device path does)
         f_d, changes = seen[key]
-        if changes:
+        if changes and d is None:
+            p.sub_(b).mul_(f_d).add_(b)
+        elif changes:
             p.copy_(d.mul_(f_d).add_(b))
 
 

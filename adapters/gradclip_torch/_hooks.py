@@ -27,16 +27,20 @@ and ``info["skipped"]`` is 1.
 **Update clipping** (``rule.on_update``: :func:`gradclip_core.clippy`,
 :func:`gradclip_core.clip_update_norm`): torch optimizers write their update into the
 weights in place, so the pre-hook keeps a copy of the weights that have a gradient
-(``w_old``: one copy of those weights), and the post-hook computes ``delta = w_new - w_old``
-(one more weight-sized buffer), runs the rule on it with ``params = w_old``, and writes
-``w_old + delta'`` where the rule changed the update (``w_new`` bit for bit where it did not).
-Memory: two copies of the stepped weights. The handle keeps both buffers and reuses them at
-the next step (a weight-sized allocation at every step costs more than the copy on a CPU,
-where it is page-faulted in again; a GPU's caching allocator keeps that memory anyway), so
-the peak is the same and nothing is allocated per step; ``remove()`` frees them. Memory
-traffic: the copy (read + write), ``delta`` (two reads, one write), the rule's reads,
-and the write-back (three reads, one write; on the CPU, where the factors are read on the
-host without a sync, only for the arrays the rule scaled: none on an unclipped step). Fused optimizers work unchanged (nothing is
+(``w_old``: one copy of those weights), and the post-hook runs the rule on the update
+``delta = w_new - w_old`` with ``params = w_old``, and writes ``w_old + delta'`` where the rule
+changed the update (``w_new`` bit for bit where it did not). On the eager CPU the rules that
+read the weights after and before the step themselves (``rule.has_weights_effect``: Clippy,
+the update-norm clip, ``update_ratio``, with ``nonfinite="propagate"``; the core's post-step
+seam ``rule.update_effect_from_weights``) never have ``delta`` written: memory, one copy of the
+stepped weights; traffic, the copy (read + write), the rule's reads of ``w_new`` and ``w_old``,
+and the write-back in place only for the arrays the rule scaled (none on an unclipped step).
+Otherwise (a device, ``torch.compile``, a non-finite policy, other update rules) ``delta`` is
+formed in a second weight-sized buffer (two reads, one write) and the write-back reads it
+(three reads, one write; on the CPU only for the arrays the rule scaled). The handle keeps
+its buffers and reuses them at the next step (a weight-sized allocation at every step costs
+more than the copy on a CPU, where it is page-faulted in again; a GPU's caching allocator
+keeps that memory anyway), so nothing is allocated per step; ``remove()`` frees them. Fused optimizers work unchanged (nothing is
 folded); a step ``GradScaler`` skips keeps the rule's state. ``nonfinite="skip"`` on a
 non-finite update restores the weights (so does a rule that raises, e.g. ``nonfinite="raise"``,
 before the error propagates from ``step()``), but the optimizer's own state (momentum, Adam's

@@ -11,8 +11,10 @@ dtypes); the parity suite checks it. An override may return ``NotImplemented`` t
 fall back to the default for one call.
 
 Primitives: ``array_norms``, ``array_sumsq``, ``multiply``, ``clip``, ``count_outside``,
-``apply_masks``, ``cond``, ``order_keys`` (:mod:`gradclip_core.prune._select`), and
-``apply_effect_`` (in-place application of an effect, for frameworks with mutable arrays).
+``apply_masks``, ``cond``, ``order_keys`` (:mod:`gradclip_core.prune._select`),
+``apply_effect_`` (in-place application of an effect, for frameworks with mutable arrays), and the
+post-step ones that take the weights after and before an optimizer step instead of its update
+(``difference_norms``, ``difference_min_bound_ratio``: update clipping without forming the update).
 The selection kernels of global pruning are registered with
 :func:`gradclip_core.backend.register_selection`.
 """
@@ -46,6 +48,9 @@ __all__ = [
     "symmetric_bounds",
     "reuse_norms",
     "min_bound_ratio",
+    "differences",
+    "difference_norms",
+    "difference_min_bound_ratio",
     "argsort_keys",
     "sort_keys",
     "sort_values",
@@ -57,6 +62,7 @@ __all__ = [
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
               "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio", "compiling",
+              "difference_norms", "difference_min_bound_ratio",
               "argsort_keys", "sort_keys", "sort_values", "unpermute", "group_keep", "kept_buffers")
 
 
@@ -72,8 +78,9 @@ def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
         ``order_keys(xp, scores)``, ``apply_effect_(xp, xs, effect)`` (in place),
         ``argsort_keys(xp, keys)``, ``sort_keys(xp, keys)``, ``sort_values(xp, keys)`` and
         ``unpermute(xp, values, order)`` (see :func:`argsort_keys`), ``group_keep(xp, cols, n_prune)``,
-        ``kept_buffers(xp, scratch, key, like)``, with the signatures and results of the
-        defaults; and
+        ``kept_buffers(xp, scratch, key, like)``, ``difference_norms(xp, after, before, dtype)``,
+        ``difference_min_bound_ratio(xp, after, before, relative, absolute, dtype)``, with the
+        signatures and results of the defaults; and
         ``compiling(xp) -> bool``: whether a compiler that cannot trace a ``ContextVar`` is
         tracing (``torch.compile``).
 
@@ -380,6 +387,85 @@ def min_bound_ratio_default(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relat
         ratios = xp.where(mag > bound, bound / mag, xp.ones_like(mag))
         out.append(xp.minimum(ratios if ratios.ndim == 0 else xp.min(ratios), one))
     return out
+
+
+def differences(xp: Any, after: Sequence[Any], before: Sequence[Any]) -> list[Any]:
+    """``[a - b for a, b in zip(after, before)]``: the optimizer's update, each in its array's dtype.
+
+    The portable way the post-step primitives below (and :meth:`gradclip_core.Rule.update_effect_from_weights`'s
+    default) form the update: out of place, which XLA fuses into the reduction that reads it.
+
+    Example:
+      >>> import numpy as np
+      >>> differences(np, [np.array([3.0, 1.0], np.float32)], [np.array([1.0, 1.0], np.float32)])[0].tolist()
+      [2.0, 0.0]
+    """
+    return [a - b for a, b in zip(after, before)]
+
+
+def difference_norms(xp: Any, after: Sequence[Any], before: Sequence[Any], dtype: Any) -> list[Any]:
+    """Per pair of arrays, the 2-norm of ``a - b`` (the update, rounded to the arrays' dtype), accumulated in ``dtype``.
+
+    :func:`array_norms` of :func:`differences`, without the caller forming the update: a
+    kernel may compute the difference chunk by chunk (torch's eager CPU: in cache-sized
+    buffers, no weight-sized ``delta``). Each element's difference is the same operation
+    as ``a - b``; the summation order is the kernel's (as :func:`array_norms`' is), so a
+    kernel may differ from ``array_norms(differences(...))`` within float rounding.
+    Overridable (``"difference_norms"``, which may return ``NotImplemented``).
+
+    Args:
+      after: the weights after the step.
+      before: the weights before it (the same shapes and dtypes).
+      dtype: the accumulation dtype (float32 at least).
+
+    Returns:
+      a list of 0-d arrays of ``dtype``, one per pair.
+
+    Example:
+      >>> import numpy as np
+      >>> a, b = [np.array([4.0, 5.0], np.float32)], [np.array([1.0, 1.0], np.float32)]
+      >>> float(difference_norms(np, a, b, np.float32)[0])
+      5.0
+    """
+    fast = override(xp, "difference_norms")
+    if fast is not None:
+        res = fast(xp, after, before, dtype)
+        if res is not NotImplemented:
+            return res
+    return array_norms(xp, differences(xp, after, before), 2.0, dtype)
+
+
+def difference_min_bound_ratio(xp: Any, after: Sequence[Any], before: Sequence[Any], relative: float,
+                               absolute: float, dtype: Any) -> list[Any]:
+    """:func:`min_bound_ratio` of the update ``d = a - b`` and the weights ``w = b`` (Clippy after the step).
+
+    The same values as ``min_bound_ratio(xp, differences(xp, after, before), before, ...)`` bit
+    for bit (each element's ``a - b`` in the arrays' dtype, then the same ratio; a minimum does
+    not depend on the order), without the caller forming the update. The default forms it
+    inline (XLA fuses it into the ratio); overridable (``"difference_min_bound_ratio"``: torch's
+    eager CPU computes it chunk by chunk in cache, no weight-sized ``delta``).
+
+    Args:
+      after: the weights after the step.
+      before: the weights before it (the bound's weights).
+      relative, absolute: Clippy's thresholds.
+      dtype: the computation dtype (float32 at least).
+
+    Returns:
+      a list of 0-d arrays of ``dtype``.
+
+    Example:
+      >>> import numpy as np
+      >>> a, b = [np.array([1.5, 1.1], np.float32)], [np.array([1.0, 1.0], np.float32)]
+      >>> float(difference_min_bound_ratio(np, a, b, 0.25, 0.0, np.float32)[0])
+      0.5
+    """
+    fast = override(xp, "difference_min_bound_ratio")
+    if fast is not None:
+        res = fast(xp, after, before, relative, absolute, dtype)
+        if res is not NotImplemented:
+            return res
+    return min_bound_ratio(xp, differences(xp, after, before), before, relative, absolute, dtype)
 
 
 def array_sumsq(xp: Any, xs: Sequence[Any], dtype: Any) -> list[Any]:

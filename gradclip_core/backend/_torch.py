@@ -36,7 +36,7 @@ from .._hash import GOLDEN, array_bases
 from ._primitives import register_primitives, symmetric_bounds
 from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
 
-__all__ = ["NAMESPACE", "register", "min_bound_ratio", "group_keep", "kept_buffers", "array_norms", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
+__all__ = ["NAMESPACE", "register", "min_bound_ratio", "difference_norms", "difference_min_bound_ratio", "group_keep", "kept_buffers", "array_norms", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
            "apply_effect_",
            "order_keys", "apply_masks", "cond", "CHUNK", "CPU_SELECTION", "DEVICE_SELECTION", "EAGER_CPU"]
 
@@ -500,66 +500,189 @@ def _np_part(view: Any, x: torch.Tensor, s: int, e: int, buf: torch.Tensor) -> A
     return view[s:e] if view is not None else _np(buf[: e - s].copy_(x.reshape(-1)[s:e]))
 
 
+class _Chunks:
+    """Elements ``s:e`` of flat arrays as NumPy in ``dtype``: of ``xs[i]`` itself, or with ``minus`` of the difference
+    ``xs[i] - minus[i]``, each element rounded to the arrays' dtype (the update ``w_new - w_old``, never formed whole).
+
+    Views of the arrays where their dtype is ``dtype``; otherwise (bfloat16, or an upcast) the chunk
+    is made in the caller's buffer (a difference first in ``tmp``, a scratch of the arrays' dtype:
+    the same ``torch.sub`` as on the whole arrays, then upcast exactly).
+    """
+
+    def __init__(self, xs: Sequence[torch.Tensor], dtype: torch.dtype, minus: Sequence[torch.Tensor] | None = None):
+        self.xs, self.minus = list(xs), None if minus is None else list(minus)
+        self.views = [_np_flat(x, dtype) for x in self.xs]
+        self.mviews = None if minus is None else [_np_flat(m, dtype) for m in self.minus]
+
+    def part(self, i: int, s: int, e: int, buf: torch.Tensor, tmp: dict) -> Any:
+        if self.minus is None:
+            return _np_part(self.views[i], self.xs[i], s, e, buf)
+        n = e - s
+        if self.views[i] is not None and self.mviews[i] is not None:
+            return np.subtract(self.views[i][s:e], self.mviews[i][s:e], out=_np(buf[:n]))
+        x = self.xs[i]
+        t = tmp.get(x.dtype)
+        if t is None:
+            t = tmp[x.dtype] = torch.empty(buf.numel(), dtype=x.dtype)
+        torch.sub(x.reshape(-1)[s:e], self.minus[i].reshape(-1)[s:e], out=t[:n])
+        return _np(buf[:n].copy_(t[:n]))
+
+
+def _host_reduce(sizes: Sequence[int], buffers: Callable[[], Any], step: Callable[..., Any],
+                 merge: Callable[[Any, Any], Any], initial: Any) -> list:
+    """Per array of ``sizes``, ``merge`` of ``step(bufs, i, s, e)`` over its chunks (from ``initial``), by NumPy.
+
+    The chunk/share skeleton of the host kernels: :func:`_host_shares` runs the shares in parallel,
+    each with its own ``bufs = buffers()`` (in-cache scratch), floating-point warnings off.
+    """
+
+    def work(share: list[tuple[int, int, int]]) -> dict:
+        bufs, out = buffers(), {}
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for i, s, e in share:
+                v = step(bufs, i, s, e)
+                out[i] = v if i not in out else merge(out[i], v)
+        return out
+
+    totals = [initial] * len(sizes)
+    for part in _host_shares(sizes, work):
+        for i, v in part.items():
+            totals[i] = merge(totals[i], v)
+    return totals
+
+
 def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]]) -> list[int]:
     """Per float CPU tensor, the elements below ``lo`` or above ``hi`` (``bounds[i]``, in its dtype), by NumPy."""
     views = [_np_flat(x, x.dtype) for x in xs]
     chunk = _chunk_for(xs)
 
-    def work(share: list[tuple[int, int, int]]) -> dict:
+    def buffers() -> tuple:
         vbuf = None if all(v is not None for v in views) else torch.empty(chunk, dtype=torch.float32)
-        fbuf = torch.empty(chunk, dtype=torch.bool)
-        f, out = _np(fbuf), {}
-        with np.errstate(invalid="ignore"):  # (x < lo, x > hi: as fast as |x| > hi here; NaN is neither)
-            for i, s, e in share:
-                c, (lo, hi) = _np_part(views[i], xs[i], s, e, vbuf), bounds[i]
-                n = out.get(i, 0)
-                if lo is not None:
-                    n += np.count_nonzero(np.less(c, c.dtype.type(lo), out=f[: e - s]))
-                if hi is not None:
-                    n += np.count_nonzero(np.greater(c, c.dtype.type(hi), out=f[: e - s]))
-                out[i] = n
-        return out
+        return vbuf, _np(torch.empty(chunk, dtype=torch.bool))
 
-    totals = [0] * len(xs)
-    for part in _host_shares([x.numel() for x in xs], work):
-        for i, n in part.items():
-            totals[i] += n
-    return totals
+    def step(bufs: tuple, i: int, s: int, e: int) -> int:
+        # (x < lo, x > hi: as fast as |x| > hi here; NaN is neither)
+        c, (lo, hi), f, n = _np_part(views[i], xs[i], s, e, bufs[0]), bounds[i], bufs[1][: e - s], 0
+        if lo is not None:
+            n += np.count_nonzero(np.less(c, c.dtype.type(lo), out=f))
+        if hi is not None:
+            n += np.count_nonzero(np.greater(c, c.dtype.type(hi), out=f))
+        return n
+
+    return _host_reduce([x.numel() for x in xs], buffers, step, lambda a, b: a + b, 0)
 
 
-def _host_min_ratios(ds: Sequence[torch.Tensor], ws: Sequence[torch.Tensor], relative: float, absolute: float,
+def _host_min_ratios(ds: _Chunks, ws: Sequence[torch.Tensor], relative: float, absolute: float,
                      dtype: torch.dtype) -> list[float]:
     """Per pair of CPU arrays, ``min(1, min bound / |d|)`` by NumPy, ``_HOST_CHUNK`` elements at a time (in cache).
 
     The same float operations as :func:`_min_ratios` (``|w|``, ``* relative``, ``+ absolute``, ``/ |d|``
     in ``dtype``; bfloat16 / float16 inputs upcast exactly first); NaN ratios (0/0, NaN inputs) are
     skipped by ``fmin`` (an all-NaN array gives 1), with no second pass. ``|d| <= bound`` gives a ratio
-    >= 1 (or inf), which cannot lower the result below 1.
+    >= 1 (or inf), which cannot lower the result below 1. ``ds``: the updates' chunks (of the
+    update arrays, or of ``w_new - w_old`` computed per chunk: :class:`_Chunks`).
     """
     nd = np.dtype(str(dtype).removeprefix("torch."))
     rel, abs_ = nd.type(relative), nd.type(absolute)
-    dv, wv = [_np_flat(d, dtype) for d in ds], [_np_flat(w, dtype) for w in ws]
-    chunk = _chunk_for(ds)
+    wv = [_np_flat(w, dtype) for w in ws]
+    chunk = _chunk_for(ws)
 
-    def work(share: list[tuple[int, int, int]]) -> dict:
+    def buffers() -> tuple:
         bound_buf, ratio_buf = torch.empty(chunk, dtype=dtype), torch.empty(chunk, dtype=dtype)
-        nb, nr, out = _np(bound_buf), _np(ratio_buf), {}
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for i, s, e in share:
-                bound, ratio = nb[: e - s], nr[: e - s]
-                np.abs(_np_part(wv[i], ws[i], s, e, bound_buf), out=bound)
-                np.multiply(bound, rel, out=bound)
-                np.add(bound, abs_, out=bound)
-                np.abs(_np_part(dv[i], ds[i], s, e, ratio_buf), out=ratio)
-                np.divide(bound, ratio, out=ratio)
-                out[i] = np.fmin(out.get(i, np.nan), np.fmin.reduce(ratio))
-        return out
+        return bound_buf, ratio_buf, _np(bound_buf), _np(ratio_buf), {}
 
-    best = [nd.type(np.nan)] * len(ds)
-    for part in _host_shares([d.numel() for d in ds], work):
-        for i, m in part.items():
-            best[i] = np.fmin(best[i], m)
+    def step(bufs: tuple, i: int, s: int, e: int) -> Any:
+        bound_buf, ratio_buf, nb, nr, tmp = bufs
+        bound, ratio = nb[: e - s], nr[: e - s]
+        np.abs(_np_part(wv[i], ws[i], s, e, bound_buf), out=bound)
+        np.multiply(bound, rel, out=bound)
+        np.add(bound, abs_, out=bound)
+        np.abs(ds.part(i, s, e, ratio_buf, tmp), out=ratio)
+        np.divide(bound, ratio, out=ratio)
+        return np.fmin.reduce(ratio)
+
+    best = _host_reduce([w.numel() for w in ws], buffers, step, np.fmin, nd.type(np.nan))
     return [1.0 if np.isnan(m) else float(min(m, nd.type(1))) for m in best]
+
+
+def _host_difference_sumsq(after: Sequence[torch.Tensor], before: Sequence[torch.Tensor], dtype: torch.dtype) -> list[float]:
+    """Per pair of CPU arrays, ``sum((a - b)**2)``: each chunk's difference (rounded to the arrays' dtype, as
+    ``a - b``) upcast to ``dtype`` and summed in ``dtype`` (``np.dot``), the chunks' sums added in float64."""
+    ds = _Chunks(after, dtype, minus=before)
+    chunk = _chunk_for(after)
+
+    def step(bufs: tuple, i: int, s: int, e: int) -> float:
+        c = ds.part(i, s, e, bufs[0], bufs[1])
+        return float(np.dot(c, c))
+
+    return _host_reduce([a.numel() for a in after], lambda: (torch.empty(chunk, dtype=dtype), {}), step,
+                        lambda a, b: a + b, 0.0)
+
+
+def _host_pairs(after: Sequence[torch.Tensor], before: Sequence[torch.Tensor], dtype: torch.dtype) -> list[int]:
+    """Indices of the non-empty pairs of eager CPU float tensors (of one dtype) the host kernels read."""
+    return [i for i, (a, b) in enumerate(zip(after, before)) if EAGER_CPU and dtype in _NP_DTYPES and a.numel()
+            and _host(a) and _host(b) and a.is_floating_point() and b.dtype == a.dtype]
+
+
+def difference_norms(xp: Any, after: Sequence[torch.Tensor], before: Sequence[torch.Tensor],
+                     dtype: torch.dtype) -> list[torch.Tensor]:
+    """Per pair, the 2-norm of ``a - b`` in ``dtype``; on the eager CPU chunk by chunk (no weight-sized update).
+
+    The difference of each chunk is made in an in-cache buffer (:class:`_Chunks`) and its squares summed
+    there (:func:`_host_difference_sumsq`), on torch's threads; the result is the float64 sum's square
+    root rounded to ``dtype``, which agrees with ``_foreach_norm`` of the formed update within float
+    rounding (about an ulp; neither fixes its order). Elsewhere (a device, non-float arrays) the
+    update is formed and :func:`array_norms` reads it; ``torch.compile`` takes the default.
+
+    Example:
+      >>> [float(n) for n in difference_norms(None, [torch.tensor([4.0, 5.0])], [torch.ones(2)], torch.float32)]
+      [5.0]
+    """
+    if _compiling():
+        return NotImplemented
+    after, before = list(after), list(before)
+    out: list[Any] = [None] * len(after)
+    host = _host_pairs(after, before, dtype)
+    sums = _host_difference_sumsq([after[i] for i in host], [before[i] for i in host], dtype) if host else []
+    for i, t in zip(host, sums):
+        out[i] = torch.tensor(math.sqrt(t), dtype=dtype)
+    rest = [i for i in range(len(after)) if out[i] is None]
+    for i, n in zip(rest, array_norms(xp, [after[i] - before[i] for i in rest], 2.0, dtype) if rest else []):
+        out[i] = n
+    return out
+
+
+def difference_min_bound_ratio(xp: Any, after: Sequence[torch.Tensor], before: Sequence[torch.Tensor],
+                               relative: float, absolute: float, dtype: torch.dtype) -> list[torch.Tensor]:
+    """:func:`min_bound_ratio` of ``d = a - b`` and ``w = b``, bit for bit, with no weight-sized ``d``.
+
+    On the eager CPU each chunk's difference is made in :func:`_host_min_ratios`' ratio buffer
+    (:class:`_Chunks`: the same ``a - b`` per element, in the arrays' dtype), so Clippy after a step
+    reads ``w_new`` and ``w_old`` once and writes nothing weight-sized. Elsewhere the update is formed
+    and :func:`min_bound_ratio` reads it; ``torch.compile`` takes the default.
+
+    Example:
+      >>> a, b = [torch.tensor([1.5, 1.1])], [torch.ones(2)]
+      >>> [float(m) for m in difference_min_bound_ratio(None, a, b, 0.25, 0.0, torch.float32)]
+      [0.5]
+    """
+    if _compiling():
+        return NotImplemented
+    after, before = list(after), list(before)
+    out: list[Any] = [None] * len(after)
+    host = _host_pairs(after, before, dtype)
+    if host:
+        chunks = _Chunks([after[i] for i in host], dtype, minus=[before[i] for i in host])
+        for i, m in zip(host, _host_min_ratios(chunks, [before[i] for i in host], relative, absolute, dtype)):
+            out[i] = torch.tensor(m, dtype=dtype)
+    rest = [i for i in range(len(after)) if out[i] is None]
+    if rest:
+        mins = min_bound_ratio(xp, [after[i] - before[i] for i in rest], [before[i] for i in rest], relative,
+                               absolute, dtype)
+        for i, m in zip(rest, mins):
+            out[i] = m
+    return out
 
 
 def min_bound_ratio(xp: Any, ds: Sequence[torch.Tensor], ws: Sequence[torch.Tensor], relative: float,
@@ -585,8 +708,8 @@ def min_bound_ratio(xp: Any, ds: Sequence[torch.Tensor], ws: Sequence[torch.Tens
     out: list[Any] = [None] * len(ds)
     host = [i for i, (d, w) in enumerate(zip(ds, ws)) if EAGER_CPU and dtype in _NP_DTYPES and d.numel() and _host(d)
             and _host(w) and d.is_floating_point() and w.is_floating_point()]
-    for i, m in zip(host, _host_min_ratios([ds[i] for i in host], [ws[i] for i in host], relative, absolute, dtype)
-                    if host else []):
+    for i, m in zip(host, _host_min_ratios(_Chunks([ds[i] for i in host], dtype), [ws[i] for i in host], relative,
+                                           absolute, dtype) if host else []):
         out[i] = torch.tensor(m, dtype=dtype)
     for k, (d, w) in enumerate(zip(ds, ws)):
         if out[k] is not None:
@@ -1044,6 +1167,7 @@ def register() -> None:
     """
     register_primitives(NAMESPACE, array_norms=array_norms, array_rms=array_rms, unit_norms=unit_norms,
                         multiply=multiply, clip=clip, count_outside=count_outside, min_bound_ratio=min_bound_ratio,
+                        difference_norms=difference_norms, difference_min_bound_ratio=difference_min_bound_ratio,
                         apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
                         apply_effect_=apply_effect_, sort_keys=sort_keys, unpermute=unpermute, group_keep=group_keep,
                         kept_buffers=kept_buffers, compiling=lambda xp: _compiling())

@@ -36,7 +36,7 @@ from .._validate import is_number
 from ..backend._namespace import device_kw, namespace, state_namespace
 from ..backend._primitives import apply_effect, reuse_norms, upcast
 from .._numerics import acc_dtype, stack_norm
-from ._norm import norms_over_shards
+from ._norm import difference_norms_over_shards, norms_over_shards
 from .._stateless import check_params
 
 __all__ = ["monitor", "MonitorState", "update_ratio"]
@@ -215,6 +215,13 @@ def update_ratio(*, per_array: bool = False) -> Rule:
         r = u / xp.where(some, w, xp.ones_like(w))
         return xp.where(some, r, xp.where(u > 0, xp.full_like(u, float("inf")), xp.zeros_like(u)))
 
+    def report(xp: Any, un: list, wn: list, state: Any) -> tuple:
+        u, w = stack_norm(xp, un, 2.0), stack_norm(xp, wn, 2.0)
+        info: dict = {"update_norm": u, "weight_norm": w, "ratio": ratio(xp, u, w)}
+        if per_array:
+            info.update({f"ratio/{i}": ratio(xp, a, b) for i, (a, b) in enumerate(zip(un, wn))})
+        return Keep(), state, info
+
     def update_effect(deltas: Sequence[Any], state: Any, params: Sequence[Any] | None = None):
         deltas = list(deltas)
         params = check_params("update_ratio", deltas, params)
@@ -222,12 +229,16 @@ def update_ratio(*, per_array: bool = False) -> Rule:
             return Keep(), state, {}
         xp = namespace(*deltas)
         dt = acc_dtype(xp, [*deltas, *params])
-        un = norms_over_shards(xp, deltas, 2.0, dt)
-        wn = norms_over_shards(xp, params, 2.0, dt)
-        u, w = stack_norm(xp, un, 2.0), stack_norm(xp, wn, 2.0)
-        info: dict = {"update_norm": u, "weight_norm": w, "ratio": ratio(xp, u, w)}
-        if per_array:
-            info.update({f"ratio/{i}": ratio(xp, a, b) for i, (a, b) in enumerate(zip(un, wn))})
-        return Keep(), state, info
+        return report(xp, norms_over_shards(xp, deltas, 2.0, dt), norms_over_shards(xp, params, 2.0, dt), state)
 
-    return Rule(update_effect=update_effect, name="update_ratio", needs_params=True, on_update=True)
+    def update_effect_from_weights(after: Sequence[Any], before: Sequence[Any], state: Any):
+        after = list(after)
+        before = check_params("update_ratio", after, before)
+        if not after:
+            return Keep(), state, {}
+        xp = namespace(*after)
+        dt = acc_dtype(xp, [*after, *before])
+        return report(xp, difference_norms_over_shards(xp, after, before, dt), norms_over_shards(xp, before, 2.0, dt), state)
+
+    return Rule(update_effect=update_effect, update_effect_from_weights=update_effect_from_weights,
+                name="update_ratio", needs_params=True, on_update=True)

@@ -34,7 +34,7 @@ from .._rule import Rule, factory
 from .._stateless import stateless_rule
 from .._validate import check_choice, check_ord, check_threshold, is_number
 from ..backend._collective import active, all_reduce
-from ..backend._primitives import array_norms, array_sumsq, is_complex, upcast
+from ..backend._primitives import array_norms, array_sumsq, difference_norms, is_complex, upcast
 
 __all__ = ["clip_by_global_norm", "clip_by_norm", "SEMANTICS"]
 
@@ -89,7 +89,17 @@ def norms_over_shards(xp: Any, grads: Sequence[Any], ord: float, dtype: Any) -> 
     shards' norms are combined with ONE collective of the stacked partials (squares
     summed for ord 2, sums for ord 1, maxima for inf), then the per-array norms rebuilt.
     """
-    norms = array_norms(xp, grads, ord, dtype)
+    return _over_shards(xp, array_norms(xp, grads, ord, dtype), ord)
+
+
+def difference_norms_over_shards(xp: Any, after: Sequence[Any], before: Sequence[Any], dtype: Any) -> list:
+    """:func:`norms_over_shards` (2-norms) of the updates ``after - before``, never formed
+    (:func:`gradclip_core.backend.difference_norms`)."""
+    return _over_shards(xp, difference_norms(xp, after, before, dtype), 2.0)
+
+
+def _over_shards(xp: Any, norms: list, ord: float) -> list:
+    """Per-shard norms made the norms of the full arrays (one collective; as they are when not sharded)."""
     if not active() or not norms:
         return norms
     v = xp.stack(norms)

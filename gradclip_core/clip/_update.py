@@ -22,16 +22,16 @@ from typing import Any, Sequence
 
 from .._effect import Keep, Scale
 from .._nonfinite import check_policy, guard_update
-from .._numerics import acc_dtype, fraction
+from .._numerics import acc_dtype, fraction, stack_norm
 from .._rule import EmptyState, Rule, factory
 from .._stateless import check_params
 from .._validate import check_threshold
 from ..backend._collective import active, all_reduce
 from ..backend._namespace import namespace
-from ..backend._primitives import min_bound_ratio
+from ..backend._primitives import difference_min_bound_ratio, min_bound_ratio
 from ..backend._tree import tree_where
 from ._history import NormHistory, check_size, history_init, push
-from ._norm import _global_norm
+from ._norm import _global_norm, difference_norms_over_shards
 
 __all__ = ["clippy", "clip_update_norm"]
 
@@ -104,24 +104,35 @@ def clippy(relative: float = 0.1, absolute: float = 1e-7, *, nonfinite: str = "p
     absolute = check_threshold("absolute", absolute)
     check_policy(nonfinite)
 
+    def effect(xp: Any, mins: list, state: Any) -> tuple:
+        scales = xp.stack(mins)
+        if active():  # shards of each array: the smallest ratio over every participant (one collective)
+            scales = -all_reduce(xp, -scales, "max")
+        factors = tuple(scales[i] for i in range(len(mins)))
+        info = {"min_scale": _min(xp, scales), "clipped_fraction": fraction(xp, [scales < 1.0], [len(mins)])}
+        return Scale(factors), state, info
+
     def update_effect(deltas: Sequence[Any], state: Any, params: Sequence[Any] | None = None):
         deltas = list(deltas)
         params = check_params("clippy", deltas, params)
         if not deltas:
             return Keep(), state, {}
         xp = namespace(*deltas)
-        dt = acc_dtype(xp, deltas)
-        mins = min_bound_ratio(xp, deltas, params, relative, absolute, dt)
-        scales = xp.stack(mins)
-        if active():  # shards of each array: the smallest ratio over every participant (one collective)
-            scales = -all_reduce(xp, -scales, "max")
-        factors = tuple(scales[i] for i in range(len(deltas)))
-        info = {"min_scale": _min(xp, scales), "clipped_fraction": fraction(xp, [scales < 1.0], [len(deltas)])}
-        return Scale(factors), state, info
+        return effect(xp, min_bound_ratio(xp, deltas, params, relative, absolute, acc_dtype(xp, deltas)), state)
+
+    def update_effect_from_weights(after: Sequence[Any], before: Sequence[Any], state: Any):
+        after = list(after)
+        before = check_params("clippy", after, before)
+        if not after:
+            return Keep(), state, {}
+        xp = namespace(*after)
+        return effect(xp, difference_min_bound_ratio(xp, after, before, relative, absolute, acc_dtype(xp, after)), state)
 
     return Rule(
         init=lambda params: EmptyState(),
         update_effect=guard_update(update_effect, nonfinite),
+        # (a policy must see the update's elements: its guard runs on the formed update, the default)
+        update_effect_from_weights=update_effect_from_weights if nonfinite == "propagate" else None,
         name="clippy",
         needs_params=True,
         on_update=True,
@@ -197,15 +208,30 @@ def clip_update_norm(
     check_policy(nonfinite)
     size_ = history
 
+    def check_state(state: Any) -> None:
+        if not isinstance(state, NormHistory):
+            raise ValueError(f"clip_update_norm: state must be the NormHistory made by rule.init, got {type(state).__name__}")
+
     def update_effect(deltas: Sequence[Any], state: NormHistory, params: Sequence[Any] | None = None):
         del params
         deltas = list(deltas)
-        if not isinstance(state, NormHistory):
-            raise ValueError(f"clip_update_norm: state must be the NormHistory made by rule.init, got {type(state).__name__}")
+        check_state(state)
         if not deltas:
             return Keep(), state, {}
         xp = namespace(*deltas)
-        norm = _global_norm(xp, deltas, 2.0, "canonical")
+        return effect(xp, _global_norm(xp, deltas, 2.0, "canonical"), len(deltas), state)
+
+    def update_effect_from_weights(after: Sequence[Any], before: Sequence[Any], state: NormHistory):
+        after = list(after)
+        before = check_params("clip_update_norm", after, before)
+        check_state(state)
+        if not after:
+            return Keep(), state, {}
+        xp = namespace(*after)
+        norm = stack_norm(xp, difference_norms_over_shards(xp, after, before, acc_dtype(xp, after)), 2.0)
+        return effect(xp, norm, len(after), state)
+
+    def effect(xp: Any, norm: Any, n_arrays: int, state: NormHistory) -> tuple:
         n = xp.astype(norm, xp.float32) if norm.dtype != xp.float32 else norm
         slots = xp.arange(size_, dtype=xp.int32)
         valid = slots < state.count
@@ -222,7 +248,8 @@ def clip_update_norm(
         pushed = push(xp, state, n)
         new_state = tree_where(xp, xp.isfinite(n), pushed, state)
         info = {"norm": norm, "scale": scale, "threshold": bound, "clipped": xp.astype(clipped, xp.int32)}
-        return Scale((scale,) * len(deltas)), new_state, info
+        return Scale((scale,) * n_arrays), new_state, info
 
     return Rule(init=history_init(size_), update_effect=guard_update(update_effect, nonfinite),
+                update_effect_from_weights=update_effect_from_weights if nonfinite == "propagate" else None,
                 name="clip_update_norm", on_update=True)

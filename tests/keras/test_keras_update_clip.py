@@ -92,11 +92,16 @@ def test_jit_stateless_apply_keeps_no_weight_sized_temporary():
             assert int(to_np(eager.info["clipped"])) == 1
 
 
-def test_torch_keeps_the_snapshot_and_delta_buffers_from_step_to_step():
-    """torch, eager: the snapshot and ``w_new - w_old`` land in buffers made once (``backend.kept_buffers``), as in
-    ``gradclip_torch.attach``; other backends make fresh arrays (none kept)."""
+@pytest.mark.parametrize("nonfinite", ["propagate", "skip"])
+def test_torch_keeps_the_snapshot_buffers_from_step_to_step_and_a_delta_only_where_the_rule_needs_it(nonfinite):
+    """torch, eager: the snapshot lands in buffers made once (``backend.kept_buffers``), as in
+    ``gradclip_torch.attach``; Clippy reads ``(w_new, w_old)`` itself (the post-step seam: no ``w_new - w_old``
+    buffer), while a non-finite policy, which must see the update's elements, keeps ``delta`` buffers too;
+    other backends make fresh arrays (none kept)."""
+    if keras.backend.backend() != "torch" and nonfinite != "propagate":
+        pytest.skip("other backends keep no buffers (checked once, with the default policy)")
     ours = _variables()
-    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clippy(1e-3, 1e-4))
+    opt = gradclip_keras.Optimizer(keras.optimizers.SGD(0.1), gc.clippy(1e-3, 1e-4, nonfinite=nonfinite))
     ptrs = []
     for step in range(3):
         opt.apply(_grads(step, 1.0), ours)
@@ -104,6 +109,7 @@ def test_torch_keeps_the_snapshot_and_delta_buffers_from_step_to_step():
         if keras.backend.backend() != "torch":
             assert scratch == {}
             return
-        ptrs.append([b.data_ptr() for b in scratch["snapshot"] + scratch["delta"]])
-        assert float(to_np(opt.info["min_scale"])) < 1  # the clip acted: the write-back went through the delta buffers
-    assert ptrs[0] == ptrs[1] == ptrs[2] and len(set(ptrs[0])) == 4
+        assert ("delta" in scratch) == (nonfinite != "propagate")
+        ptrs.append([b.data_ptr() for b in scratch["snapshot"] + scratch.get("delta", [])])
+        assert float(to_np(opt.info["min_scale"])) < 1  # the clip acted: the write-back went through
+    assert ptrs[0] == ptrs[1] == ptrs[2] and len(set(ptrs[0])) == (2 if nonfinite == "propagate" else 4)
