@@ -186,9 +186,9 @@ class Rule:
         computed from the weights after and before the optimizer step (adapters that hold both
         write ``before + delta'``). Default: ``update_effect(after - before, state, before)``;
         :func:`~gradclip_core.clippy`, :func:`~gradclip_core.clip_update_norm` and
-        :func:`~gradclip_core.update_ratio` give one that never forms the update. (``replace``
-        with a new ``update_effect`` rebuilds the default; a rule's own one is kept unless
-        ``update_effect_from_weights=None`` is given too.)
+        :func:`~gradclip_core.update_ratio` give one that never forms the update. (:meth:`replace`
+        with a new ``update_effect`` or ``update`` and no new ``update_effect_from_weights``
+        rebuilds the default, so a rule's own one never outlives the effect it computes.)
 
     Example:
       >>> import numpy as np
@@ -270,7 +270,13 @@ class Rule:
         return self.project is not _identity_project
 
     def replace(self, **changes: Any) -> "Rule":
-        """A copy with some fields changed (``dataclasses.replace``)."""
+        """A copy with some fields changed (``dataclasses.replace``).
+
+        A new ``update_effect`` (or ``update``) without a new ``update_effect_from_weights``
+        drops the rule's own post-step path, so both entry points keep computing the same effect.
+        """
+        if ("update_effect" in changes or "update" in changes) and "update_effect_from_weights" not in changes:
+            changes["update_effect_from_weights"] = None
         return dataclasses.replace(self, **changes)
 
     def __repr__(self) -> str:

@@ -101,5 +101,8 @@ def test_the_default_follows_a_replaced_update_effect_and_a_chain_without_update
     assert info["seen"].tolist() == [2.0, 0.0]
     with pytest.raises(ValueError, match="update_effect_from_weights must be callable"):
         gc.Rule(update_effect_from_weights=3)
+    own = gc.clippy(0.5, 0.0).replace(update_effect=lambda d, s, p=None: (gc.Keep(), s, {"seen": d[0]}))
+    assert not own.has_weights_effect  # replace() drops the rule's own post-step path with its update_effect
+    assert own.update_effect_from_weights(a, b, own.init(b))[2]["seen"].tolist() == [2.0, 0.0]
     empty = gc.clippy().update_effect_from_weights([], [], ())
     assert isinstance(empty[0], gc.Keep)
