@@ -33,11 +33,12 @@ import torch
 
 from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
 from .._hash import GOLDEN, array_bases
+from . import _primitives
 from ._primitives import register_primitives, symmetric_bounds
 from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
 
 __all__ = ["NAMESPACE", "register", "min_bound_ratio", "group_keep", "kept_buffers", "array_norms", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
-           "apply_effect_",
+           "fuses_count", "apply_effect_",
            "order_keys", "apply_masks", "cond", "CHUNK", "CPU_SELECTION", "DEVICE_SELECTION", "EAGER_CPU"]
 
 NAMESPACE = "array_api_compat.torch"
@@ -500,8 +501,14 @@ def _np_part(view: Any, x: torch.Tensor, s: int, e: int, buf: torch.Tensor) -> A
     return view[s:e] if view is not None else _np(buf[: e - s].copy_(x.reshape(-1)[s:e]))
 
 
-def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]]) -> list[int]:
-    """Per float CPU tensor, the elements below ``lo`` or above ``hi`` (``bounds[i]``, in its dtype), by NumPy."""
+def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]], clamp: bool = False) -> list[int]:
+    """Per float CPU tensor, the elements below ``lo`` or above ``hi`` (``bounds[i]``, in its dtype), by NumPy.
+
+    ``clamp`` (:func:`_fusable` tensors only): each chunk is then clamped in place while it is in
+    cache, so the tensors are read from memory once. NumPy's ``clip`` with ``-inf`` / ``+inf`` for
+    a missing bound is torch's ``clamp_`` bit for bit (NaN kept with its payload; an element equal
+    to a bound kept, signed zeros as they were).
+    """
     views = [_np_flat(x, x.dtype) for x in xs]
     chunk = _chunk_for(xs)
 
@@ -517,6 +524,8 @@ def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]]) 
                     n += np.count_nonzero(np.less(c, c.dtype.type(lo), out=f[: e - s]))
                 if hi is not None:
                     n += np.count_nonzero(np.greater(c, c.dtype.type(hi), out=f[: e - s]))
+                if clamp:
+                    np.clip(c, c.dtype.type(-np.inf if lo is None else lo), c.dtype.type(np.inf if hi is None else hi), out=c)
                 out[i] = n
         return out
 
@@ -525,6 +534,49 @@ def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]]) 
         for i, n in part.items():
             totals[i] += n
     return totals
+
+
+def _fusable(x: torch.Tensor) -> bool:
+    """Whether a counted clamp of ``x`` runs in one NumPy pass (:func:`_host_counts`): an eager CPU
+    tensor of a dtype NumPy has (bfloat16 takes the count, then torch's clamp)."""
+    return EAGER_CPU and type(x) is torch.Tensor and x.dtype in _NP_DTYPES and _host(x)
+
+
+def fuses_count(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> bool:
+    """Whether :func:`apply_effect_` of a counted ``Clamp(lo, hi, count)`` counts some of ``xs`` in the clamp's pass.
+
+    (:func:`gradclip_core.backend.clipped_fraction` then leaves the count to the clamp.)
+
+    Example:
+      >>> fuses_count(None, [torch.ones(3)], -1.0, 1.0), fuses_count(None, [torch.ones(3)], torch.tensor(-1.0), 1.0)
+      (True, False)
+    """
+    del xp
+    if _compiling() or any(isinstance(b, torch.Tensor) for b in (lo, hi)):
+        return False
+    return any(_fusable(x) for x in xs)
+
+
+def _clamp_counted(xp: Any, xs: list[torch.Tensor], lo: Any, hi: Any, count: Any) -> None:
+    """``Clamp(lo, hi, count)`` in place: the elements outside ``[lo, hi]`` counted before they are clamped.
+
+    The :func:`_fusable` tensors are counted and clamped chunk by chunk in one pass
+    (:func:`_host_counts` with ``clamp``); the others (bfloat16, another device, tensor bounds) are all
+    counted first (:func:`gradclip_core.backend.count_outside`), then clamped (:func:`_clamp`).
+    Nothing can fail once a write began; the counts are those of the arrays before the clamp.
+    """
+    xp = array_api_compat.torch if xp is None else xp
+    fused = [i for i, x in enumerate(xs) if not any(isinstance(b, torch.Tensor) for b in (lo, hi)) and _fusable(x)]
+    rest = sorted(set(range(len(xs))) - set(fused))
+    hits: list[Any] = [None] * len(xs)
+    for i, h in zip(rest, _primitives.count_outside(xp, [xs[i] for i in rest], lo, hi) if rest else []):
+        hits[i] = h
+    bounds = [tuple(None if b is None else _bound_in(xs[i].dtype, b) for b in (lo, hi)) for i in fused]
+    for i, n in zip(fused, _host_counts([xs[i] for i in fused], bounds, clamp=True) if fused else []):
+        hits[i] = torch.tensor(n, dtype=torch.float32)
+    if rest:
+        _clamp([xs[i] for i in rest], lo, hi, inplace=True)
+    count.write(xp, hits)
 
 
 def _host_min_ratios(ds: Sequence[torch.Tensor], ws: Sequence[torch.Tensor], relative: float, absolute: float,
@@ -712,7 +764,9 @@ def apply_effect_(xp: Any, xs: list[torch.Tensor], effect: Any) -> list[torch.Te
             if m is not None:
                 _mask_(x, m)
     elif isinstance(effect, Clamp):
-        if effect.lo is not None or effect.hi is not None:
+        if effect.count is not None:
+            _clamp_counted(xp, xs, effect.lo, effect.hi, effect.count)
+        elif effect.lo is not None or effect.hi is not None:
             _clamp(xs, effect.lo, effect.hi, inplace=True)
     elif isinstance(effect, ZeroNonfinite):
         for x in xs:
@@ -1043,7 +1097,8 @@ def register() -> None:
       >>> register()
     """
     register_primitives(NAMESPACE, array_norms=array_norms, array_rms=array_rms, unit_norms=unit_norms,
-                        multiply=multiply, clip=clip, count_outside=count_outside, min_bound_ratio=min_bound_ratio,
+                        multiply=multiply, clip=clip, count_outside=count_outside, fuses_count=fuses_count,
+                        min_bound_ratio=min_bound_ratio,
                         apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
                         apply_effect_=apply_effect_, sort_keys=sort_keys, unpermute=unpermute, group_keep=group_keep,
                         kept_buffers=kept_buffers, compiling=lambda xp: _compiling())
