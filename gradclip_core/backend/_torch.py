@@ -819,11 +819,11 @@ class _Workspace:
         self.ints = torch.empty(width, dtype=torch.int32, device=device)
         self.live = torch.empty(width, dtype=torch.int32, device=device)
         self.flags = torch.empty(width, dtype=torch.bool, device=device)
-        self.index: np.ndarray | None = None  # 0 .. width - 1 as uint32 (hash keys), made on first use
+        self.index: np.ndarray | None = None  # 0 .. n - 1 as uint32 (a hash block's offsets), made on first use
 
     def arange(self, n: int) -> np.ndarray:
-        if self.index is None:
-            self.index = np.arange(self.values.numel(), dtype=np.uint32)
+        if self.index is None or self.index.size < n:
+            self.index = np.arange(n, dtype=np.uint32)
         return self.index[:n]
 
 
@@ -921,20 +921,27 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
     """Keys of the random scores of flat elements ``start .. start + n - 1`` (:class:`HashScores`), in ``ws.values``.
 
     :func:`gradclip_core._hash.hash_scores` of those elements, then :func:`_keys`, bit for bit, in
-    NumPy's uint32 arithmetic (logical shifts, wrapping products) on ``_HASH_BLOCK``-element
-    blocks (in the core's own cache) of the workspace: the scores of the whole array are never made
-    (eager CPU).
+    NumPy's uint32 arithmetic (logical shifts, wrapping products), ``_HASH_BLOCK`` elements at a
+    time in two scratch blocks that stay in the core's own cache (the same two for every block:
+    fresh parts of the workspace were read from memory once per block), each block's keys finished
+    there: the scores converted from int32 (below ``2**24``: exact; the signed conversion is a SIMD
+    one, the unsigned one is not), ``+ 1``, masked by ``old``. The scores of the whole array are never
+    made (eager CPU).
     """
     b1, b2 = array_bases(spec.seed, spec.index)
     base = start + int(spec.offset) + b1
     mix = None if spec.step is None else np.uint32((int(spec.step) * GOLDEN) & 0xFFFFFFFF)
     v = ws.values[:n]
-    vn, index = _np(v), ws.arange(n)
-    ints, live = _np(ws.ints[:n]).view(np.uint32), _np(ws.live[:n]).view(np.uint32)
-
+    width = min(n, _HASH_BLOCK)
+    kn, index = _np(v).view(np.int32), ws.arange(width)
+    hs, ts = _np(ws.ints[:width]).view(np.uint32), _np(ws.live[:width]).view(np.uint32)
+    on = _np(old.reshape(-1)) if old is not None and _host(old) else None
+    later = old is not None and on is None  # (an old mask NumPy cannot view: applied after, by torch)
+    if on is not None and on.all():  # (a bool reduction: a quarter of the traffic of the masking)
+        on = None
     for s in range(0, n, _HASH_BLOCK):
         e = min(n, s + _HASH_BLOCK)
-        h, tmp = ints[s:e], live[s:e]
+        h, tmp = hs[:e - s], ts[:e - s]
         np.add(index[:e - s], np.uint32((base + s) & 0xFFFFFFFF), out=h)  # j + b1
         _fmix32_np(h, tmp)
         np.bitwise_xor(h, np.uint32(b2), out=h)
@@ -944,10 +951,13 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
             np.add(h, mix, out=h)
             _fmix32_np(h, tmp)
             np.right_shift(h, 8, out=h)
-        np.copyto(vn[s:e], h, casting="unsafe")  # exact: below 2**24
+        k = kn[s:e]
+        np.copyto(k.view(np.float32), h.view(np.int32), casting="unsafe")  # the score, exact: below 2**24
+        np.add(k, 1, out=k)
+        if on is not None:
+            np.multiply(k, on[s:e], out=k)
     k = v.view(torch.int32)
-    np.add(_np(k), 1, out=_np(k))
-    return _masked_keys(k, old)
+    return _masked_keys(k, old) if later else k
 
 
 _HASH_BLOCK = 1 << 16  # two 256 KiB uint32 blocks: ~30 passes of the hash stay in a core's L2 cache

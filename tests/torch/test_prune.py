@@ -130,7 +130,7 @@ def test_torch_hashed_selection_equals_hash_scores(chunk, limit, eager, monkeypa
                                                                                  hash_chunk=chunk))
     monkeypatch.setattr(kernels, "DEVICE_SELECTION", kernels.DEVICE_SELECTION._replace(chunk=chunk))
     monkeypatch.setattr(kernels, "EAGER_CPU", eager)
-    monkeypatch.setattr(kernels, "_HASH_BLOCK", 50)  # several hash blocks per chunk
+    monkeypatch.setattr(kernels, "_HASH_BLOCK", 50)  # several hash blocks per chunk (the same two scratch blocks)
     rng = np.random.default_rng(2)
     shapes = [(30, 7), (0, 3), (), (41,), (150, 3)]
     olds = [rng.random(s) > 0.3 for s in shapes]
