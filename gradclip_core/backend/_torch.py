@@ -922,11 +922,13 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
 
     :func:`gradclip_core._hash.hash_scores` of those elements, then :func:`_keys`, bit for bit, in
     NumPy's uint32 arithmetic (logical shifts, wrapping products), ``_HASH_BLOCK`` elements at a
-    time in two scratch blocks that stay in the core's own cache (the same two for every block:
-    fresh parts of the workspace were read from memory once per block), each block's keys finished
-    there: the scores converted from int32 (below ``2**24``: exact; the signed conversion is a SIMD
-    one, the unsigned one is not), ``+ 1``, masked by ``old``. The scores of the whole array are never
-    made (eager CPU).
+    time in two scratch blocks that stay in the core's own cache (the same two for every block of a
+    thread's share: fresh parts of the workspace were read from memory once per block), each block's
+    keys finished there: the scores converted from int32 (below ``2**24``: exact; the signed
+    conversion is a SIMD one, the unsigned one is not), ``+ 1``, masked by ``old``. The blocks are
+    shared among torch's threads (:func:`_host_shares`: NumPy releases the GIL; each share hashes in
+    scratch taken from its own part of the workspace). The scores of the whole array are never made
+    (eager CPU).
     """
     b1, b2 = array_bases(spec.seed, spec.index)
     base = start + int(spec.offset) + b1
@@ -934,28 +936,36 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
     v = ws.values[:n]
     width = min(n, _HASH_BLOCK)
     kn, index = _np(v).view(np.int32), ws.arange(width)
-    hs, ts = _np(ws.ints[:width]).view(np.uint32), _np(ws.live[:width]).view(np.uint32)
+    ints, live = _np(ws.ints[:n]).view(np.uint32), _np(ws.live[:n]).view(np.uint32)
     on = _np(old.reshape(-1)) if old is not None and _host(old) else None
     later = old is not None and on is None  # (an old mask NumPy cannot view: applied after, by torch)
     if on is not None and on.all():  # (a bool reduction: a quarter of the traffic of the masking)
         on = None
-    for s in range(0, n, _HASH_BLOCK):
-        e = min(n, s + _HASH_BLOCK)
-        h, tmp = hs[:e - s], ts[:e - s]
-        np.add(index[:e - s], np.uint32((base + s) & 0xFFFFFFFF), out=h)  # j + b1
-        _fmix32_np(h, tmp)
-        np.bitwise_xor(h, np.uint32(b2), out=h)
-        _fmix32_np(h, tmp)
-        np.right_shift(h, 8, out=h)
-        if mix is not None:  # remixed with the step (SET's growth)
-            np.add(h, mix, out=h)
+
+    def work(share: list[tuple[int, int, int]]) -> dict:
+        s0, e0 = share[0][1], share[-1][2]  # (a contiguous run of elements: its scratch lies in its own part)
+        hs, ts = ints[s0:s0 + min(width, e0 - s0)], live[s0:s0 + min(width, e0 - s0)]
+        for s in range(s0, e0, _HASH_BLOCK):
+            e = min(e0, s + _HASH_BLOCK)
+            h, tmp = hs[:e - s], ts[:e - s]
+            np.add(index[:e - s], np.uint32((base + s) & 0xFFFFFFFF), out=h)  # j + b1
+            _fmix32_np(h, tmp)
+            np.bitwise_xor(h, np.uint32(b2), out=h)
             _fmix32_np(h, tmp)
             np.right_shift(h, 8, out=h)
-        k = kn[s:e]
-        np.copyto(k.view(np.float32), h.view(np.int32), casting="unsafe")  # the score, exact: below 2**24
-        np.add(k, 1, out=k)
-        if on is not None:
-            np.multiply(k, on[s:e], out=k)
+            if mix is not None:  # remixed with the step (SET's growth)
+                np.add(h, mix, out=h)
+                _fmix32_np(h, tmp)
+                np.right_shift(h, 8, out=h)
+            k = kn[s:e]
+            np.copyto(k.view(np.float32), h.view(np.int32), casting="unsafe")  # the score, exact: below 2**24
+            np.add(k, 1, out=k)
+            if on is not None:
+                np.multiply(k, on[s:e], out=k)
+        return {}
+
+    if n:
+        _host_shares([n], work)
     k = v.view(torch.int32)
     return _masked_keys(k, old) if later else k
 
