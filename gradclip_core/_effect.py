@@ -80,9 +80,10 @@ class Clamp(NamedTuple):
       lo: lower bound (a Python number or a 0-d array), or ``None``.
       hi: upper bound, or ``None``.
       count: ``None``, or a :class:`Count` (made by
-        :func:`gradclip_core.backend.clipped_fraction`): whoever applies the clamp counts the
-        elements outside ``[lo, hi]`` (NaN is neither) of the arrays it is applied to,
-        before clamping them, and writes their fraction into the count's array.
+        :func:`gradclip_core.backend.clipped_fraction`): whoever first applies the clamp counts
+        the elements outside ``[lo, hi]`` (NaN is neither) of the arrays it is applied to,
+        before clamping them, and writes their fraction into the count's array (a later
+        application, e.g. to replicas another rank saw, leaves it as written).
     """
 
     lo: Any

@@ -639,7 +639,7 @@ def _portable(xp: Any, xs: list, effect: Any) -> list:
     elif isinstance(effect, Clamp):
         if effect.lo is None and effect.hi is None:
             return xs
-        if effect.count is not None:  # (counted before anything is clamped)
+        if effect.count is not None and not effect.count.done:  # (counted before anything is clamped)
             effect.count.write(xp, count_outside(xp, xs, effect.lo, effect.hi))
         return clip(xp, xs, effect.lo, effect.hi)
     elif isinstance(effect, ZeroNonfinite):

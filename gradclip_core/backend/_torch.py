@@ -764,7 +764,7 @@ def apply_effect_(xp: Any, xs: list[torch.Tensor], effect: Any) -> list[torch.Te
             if m is not None:
                 _mask_(x, m)
     elif isinstance(effect, Clamp):
-        if effect.count is not None:
+        if effect.count is not None and not effect.count.done:
             _clamp_counted(xp, xs, effect.lo, effect.hi, effect.count)
         elif effect.lo is not None or effect.hi is not None:
             _clamp(xs, effect.lo, effect.hi, inplace=True)

@@ -274,6 +274,9 @@ def test_counts_on_apply_refuses_a_count_never_written():
         frac, count = gcb.clipped_fraction(XP, x, -1.0, 1.0)
         out = gcb.apply_effect(XP, x, gc.Clamp(-1.0, 1.0, count))
     assert float(frac) == 0.5 and out[0].tolist() == pytest.approx([1.0, 0.1]) and x[0].tolist()[0] == 2.0
+    again = [torch.tensor([5.0, 6.0, 7.0])]  # a later application (replicas) clamps, the count stays the first one's
+    kernels.apply_effect_(XP, again, gc.Clamp(-1.0, 1.0, count))
+    assert again[0].tolist() == [1.0, 1.0, 1.0] and float(frac) == 0.5
 
 
 def test_clip_with_tensor_bounds():
