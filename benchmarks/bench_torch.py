@@ -172,7 +172,8 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
     cases.append(Case("clip_by_value(0.5)", "apply_", lambda: gradclip_torch.apply_(params, value), *clamp_native,
                       fresh_grads, target="<= 1.1x", mem=True))
     cases.append(Case('clip_by_value(0.5, info="full")', "apply_", lambda: gradclip_torch.apply_(params, counted),
-                      *clamp_native, fresh_grads, target="<= 1.5x", note="opt-in + clipped_fraction: one more read"))
+                      *clamp_native, fresh_grads, target="<= 1.5x",
+                      note="opt-in clipped_fraction: on the CPU counted in the clamp's pass (elsewhere one more read)"))
     # the clip folded into a fused optimizer step, against clip_grad_norm_ + the same step
     for label, rule in (("clip_by_global_norm(1.0)", gc.clip_by_global_norm(1.0)), ("zclip()", gc.zclip())):
         ours_opt = torch.optim.AdamW(params, lr=1e-9, fused=True)

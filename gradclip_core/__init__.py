@@ -33,7 +33,7 @@ Example:
 """
 
 from ._accumulate import accumulate
-from ._effect import Clamp, Effect, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
+from ._effect import Clamp, Count, Effect, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
 from ._params import Params, on
 from ._nonfinite import POLICIES
 from ._rule import EmptyState, Rule, chain, from_config
@@ -132,6 +132,7 @@ __all__ = [
     "Scale",
     "Mask",
     "Clamp",
+    "Count",
     "ZeroNonfinite",
     "Replace",
     "Then",

@@ -17,8 +17,9 @@ Effects (NamedTuples, so they are pytrees; ``None`` entries leave an array as it
   scale), or an array broadcastable to ``x`` (one factor per unit). Each factor is cast
   to its array's dtype first (the numerics contract).
 - :class:`Mask` ``(masks)``: ``where(mask, x, 0)`` with bool keep-masks.
-- :class:`Clamp` ``(lo, hi)``: ``x`` clipped to ``[lo, hi]`` (bounds: Python numbers or
-  0-d arrays, either may be ``None``), NaN kept.
+- :class:`Clamp` ``(lo, hi, count=None)``: ``x`` clipped to ``[lo, hi]`` (bounds: Python numbers or
+  0-d arrays, either may be ``None``), NaN kept; with a :class:`Count`, the fraction of elements
+  outside the bounds is counted as the clamp is applied (torch: in the clamp's own pass).
 - :class:`ZeroNonfinite`: NaN and +-Inf elements set to 0.
 - :class:`Replace` ``(arrays)``: new arrays of the same shapes and dtypes (any formula).
 - :class:`Then` ``(effects)``: several effects, applied in order.
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
-__all__ = ["Keep", "Scale", "Mask", "Clamp", "ZeroNonfinite", "Replace", "Then", "Skip", "On", "Effect", "then",
+__all__ = ["Keep", "Scale", "Mask", "Clamp", "Count", "ZeroNonfinite", "Replace", "Then", "Skip", "On", "Effect", "then",
            "check_effect"]
 
 
@@ -73,10 +74,48 @@ class Mask(NamedTuple):
 
 
 class Clamp(NamedTuple):
-    """Every element clipped to ``[lo, hi]`` (either bound may be ``None``); NaN stays NaN."""
+    """Every element clipped to ``[lo, hi]`` (either bound may be ``None``); NaN stays NaN.
+
+    Attributes:
+      lo: lower bound (a Python number or a 0-d array), or ``None``.
+      hi: upper bound, or ``None``.
+      count: ``None``, or a :class:`Count` (made by
+        :func:`gradclip_core.backend.clipped_fraction`): whoever first applies the clamp counts
+        the elements outside ``[lo, hi]`` (NaN is neither) of the arrays it is applied to,
+        before clamping them, and writes their fraction into the count's array (a later
+        application, e.g. to replicas another rank saw, leaves it as written).
+    """
 
     lo: Any
     hi: Any
+    count: Any = None
+
+
+class Count:
+    """A rule's ``clipped_fraction``, counted when its :class:`Clamp` is applied (the count's own pass saved).
+
+    Made only for arrays written in place (torch, inside
+    :func:`gradclip_core.backend.counts_on_apply`): ``out`` is the 0-d float32 array the rule
+    returned in its info; :meth:`write` fills it. The arrays a clamp is applied to hold what
+    the rule saw (the effect contract), so the count is the rule's.
+
+    Attributes:
+      out: the 0-d float32 array (the info value), written in place.
+      total: the element count of the arrays (the fraction's denominator).
+      done: whether :meth:`write` ran.
+    """
+
+    __slots__ = ("out", "total", "done")
+
+    def __init__(self, out: Any, total: int) -> None:
+        self.out, self.total, self.done = out, total, False
+
+    def write(self, xp: Any, hits: Sequence[Any]) -> None:
+        """``out = sum(hits) / total``: ``hits``, one float32 0-d count per array, summed as the rule sums them."""
+        from ._numerics import ratio
+
+        self.out[...] = ratio(xp, list(hits), self.total)
+        self.done = True
 
 
 class ZeroNonfinite(NamedTuple):
@@ -118,7 +157,7 @@ def then(*effects: Any) -> Any:
 
     Example:
       >>> then(Keep(), Clamp(-1.0, 1.0))
-      Clamp(lo=-1.0, hi=1.0)
+      Clamp(lo=-1.0, hi=1.0, count=None)
     """
     flat: list = []
     for e in effects:

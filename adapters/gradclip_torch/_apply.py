@@ -16,7 +16,8 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from gradclip_core import Keep, Rule, Scale, clip_by_global_norm, feed_loss, needs_loss
-from gradclip_core.backend import apply_effect, array_names, check_effect, flatten_state, kept_buffers, name_info, namespace
+from gradclip_core.backend import (apply_effect, array_names, check_effect, counts_on_apply, flatten_state, kept_buffers, name_info,
+                                   namespace)
 
 from ._distributed import as_parallel, localize
 from ._fused import split_fold
@@ -125,14 +126,15 @@ def run_update(
         views = [p.detach() for p in params] if (rule.needs_params or state is None) else None
         if state is None:
             state = rule.init(views)
-        effect, new_state, info = rule.update_effect(list(grads), state, views if rule.needs_params else None)
-        check_effect(effect, grads, "gradclip_torch")
-        if fold:
-            effect, scale, skip = split_fold(effect)
-            # a skip inside a chain is baked into the chain's arrays; its flag in info still tells
-            for flag in (v != 0 for k, v in info.items() if k == "skipped" or k.endswith("/skipped")):
-                skip = flag if skip is None else torch.logical_or(skip, flag)
-        apply_effect(namespace(*grads), grads, effect, inplace=True)
+        with counts_on_apply():  # (a counted value clip counts in its clamp's pass, applied below)
+            effect, new_state, info = rule.update_effect(list(grads), state, views if rule.needs_params else None)
+            check_effect(effect, grads, "gradclip_torch")
+            if fold:
+                effect, scale, skip = split_fold(effect)
+                # a skip inside a chain is baked into the chain's arrays; its flag in info still tells
+                for flag in (v != 0 for k, v in info.items() if k == "skipped" or k.endswith("/skipped")):
+                    skip = flag if skip is None else torch.logical_or(skip, flag)
+            apply_effect(namespace(*grads), grads, effect, inplace=True)
         loc.finish(effect, 1)
     return new_state, loc.info(info), scale, skip
 

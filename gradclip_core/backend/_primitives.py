@@ -11,7 +11,7 @@ dtypes); the parity suite checks it. An override may return ``NotImplemented`` t
 fall back to the default for one call.
 
 Primitives: ``array_norms``, ``array_sumsq``, ``multiply``, ``clip``, ``count_outside``,
-``apply_masks``, ``cond``, ``order_keys`` (:mod:`gradclip_core.prune._select`),
+``fuses_count``, ``apply_masks``, ``cond``, ``order_keys`` (:mod:`gradclip_core.prune._select`),
 ``apply_effect_`` (in-place application of an effect, for frameworks with mutable arrays), and the
 post-step ones that take the weights after and before an optimizer step instead of its update
 (``difference_norms``, ``difference_min_bound_ratio``: update clipping without forming the update).
@@ -38,6 +38,8 @@ __all__ = [
     "multiply",
     "clip",
     "count_outside",
+    "clipped_fraction",
+    "counts_on_apply",
     "apply_masks",
     "cond",
     "apply_effect",
@@ -60,7 +62,7 @@ __all__ = [
 ]
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
-PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
+PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside", "fuses_count",
               "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio", "compiling",
               "difference_norms", "difference_min_bound_ratio",
               "argsort_keys", "sort_keys", "sort_values", "unpermute", "group_keep", "kept_buffers")
@@ -74,6 +76,7 @@ def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
         (e.g. ``"array_api_compat.torch"``).
       **primitives: any of ``array_norms(xp, xs, ord, dtype)``, ``array_sumsq(xp, xs, dtype)``,
         ``multiply(xp, xs, factors)``, ``clip(xp, xs, lo, hi)``, ``count_outside(xp, xs, lo, hi)``,
+        ``fuses_count(xp, xs, lo, hi) -> bool`` (see :func:`clipped_fraction`),
         ``apply_masks(xp, xs, masks)``, ``cond(xp, pred, true_fn, false_fn)``,
         ``order_keys(xp, scores)``, ``apply_effect_(xp, xs, effect)`` (in place),
         ``argsort_keys(xp, keys)``, ``sort_keys(xp, keys)``, ``sort_values(xp, keys)`` and
@@ -596,6 +599,79 @@ def count_outside(xp: Any, xs: Sequence[Any], lo: Any, hi: Any) -> list[Any]:
     return out
 
 
+_COUNTING: list = []  # open counts_on_apply() blocks: the Counts made in each (a plain list, as _MEMO)
+
+
+@contextlib.contextmanager
+def counts_on_apply() -> Any:
+    """Inside the block, :func:`clipped_fraction` may leave its count to the clamp's application.
+
+    For adapters that apply every effect computed inside the block in place before it ends
+    (torch's ``apply_``): a counted value clip then reads its arrays once (the count
+    and the clamp in one pass) instead of twice. Outside the block every count is made
+    when the rule runs.
+
+    Raises:
+      RuntimeError: at the block's end, a count made inside it was never written (an
+        effect computed in the block was not applied).
+
+    Example:
+      >>> import numpy as np
+      >>> with counts_on_apply():
+      ...     frac, count = clipped_fraction(np, [np.array([2.0, 0.5], np.float32)], -1.0, 1.0)
+      >>> float(frac), count is None  # NumPy arrays are not written in place: counted now
+      (0.5, True)
+    """
+    _COUNTING.append([])
+    try:
+        yield
+    except BaseException:
+        _COUNTING.pop()
+        raise
+    left = [c for c in _COUNTING.pop() if not c.done]
+    if left:
+        raise RuntimeError(f"counts_on_apply: {len(left)} clipped_fraction count(s) made in the block were never "
+                           "written: every effect computed in the block must be applied in place in it")
+
+
+def clipped_fraction(xp: Any, xs: Sequence[Any], lo: Any, hi: Any) -> tuple[Any, Any]:
+    """The fraction of elements of ``xs`` below ``lo`` or above ``hi`` (NaN is neither), and how it is counted.
+
+    ``ratio`` of :func:`count_outside`'s per-array counts, a float32 0-d array. Inside
+    :func:`counts_on_apply`, where the namespace's ``fuses_count(xp, xs, lo, hi)`` kernel says
+    that its in-place :class:`~gradclip_core.Clamp` counts in the clamp's pass (torch on the
+    eager CPU), the fraction is a 0-d array still to be written and the :class:`~gradclip_core.Count`
+    to put in the ``Clamp`` is returned with it; otherwise the count is made now (``None``).
+
+    Args:
+      xs: the arrays (those the rule's ``Clamp(lo, hi)`` applies to).
+      lo: lower bound or ``None``; hi: upper bound or ``None`` (as :func:`count_outside`).
+
+    Returns:
+      ``(fraction, count)``: ``count`` is ``None`` or the :class:`~gradclip_core.Count` for ``Clamp(lo, hi, count)``.
+
+    Example:
+      >>> import numpy as np
+      >>> frac, count = clipped_fraction(np, [np.array([-3.0, 0.5, 2.0], np.float32)], -1.0, 1.0)
+      >>> round(float(frac), 4), count
+      (0.6667, None)
+    """
+    from .._effect import Count
+    from .._numerics import ratio
+    from ._collective import active
+
+    xs = list(xs)
+    total = sum(size(x) for x in xs)
+    if lo is None and hi is None:
+        return ratio(xp, [], total), None
+    fuses = override(xp, "fuses_count") if _COUNTING and not active() else None
+    if fuses is not None and fuses(xp, xs, lo, hi):
+        count = Count(xp.zeros((), dtype=xp.float32, **device_kw(xs)), total)
+        _COUNTING[-1].append(count)
+        return count.out, count
+    return ratio(xp, count_outside(xp, xs, lo, hi), total), None
+
+
 def apply_masks(xp: Any, xs: Sequence[Any], masks: Sequence[Any]) -> list[Any]:
     """``[where(m, x, 0)]``: zero the pruned elements (NaN/Inf pruned become 0 too)."""
     fast = override(xp, "apply_masks")
@@ -647,7 +723,11 @@ def _portable(xp: Any, xs: list, effect: Any) -> list:
         idx = _select(xs, effect.masks)
         new = apply_masks(xp, [xs[i] for i in idx], [effect.masks[i] for i in idx])
     elif isinstance(effect, Clamp):
-        return xs if effect.lo is None and effect.hi is None else clip(xp, xs, effect.lo, effect.hi)
+        if effect.lo is None and effect.hi is None:
+            return xs
+        if effect.count is not None and not effect.count.done:  # (counted before anything is clamped)
+            effect.count.write(xp, count_outside(xp, xs, effect.lo, effect.hi))
+        return clip(xp, xs, effect.lo, effect.hi)
     elif isinstance(effect, ZeroNonfinite):
         return [xp.where(xp.isfinite(x), x, xp.zeros_like(x)) for x in xs]
     elif isinstance(effect, Replace):

@@ -33,11 +33,12 @@ import torch
 
 from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
 from .._hash import GOLDEN, array_bases
+from . import _primitives
 from ._primitives import register_primitives, symmetric_bounds
 from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
 
 __all__ = ["NAMESPACE", "register", "min_bound_ratio", "difference_norms", "difference_min_bound_ratio", "group_keep", "kept_buffers", "array_norms", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
-           "apply_effect_",
+           "fuses_count", "apply_effect_",
            "order_keys", "apply_masks", "cond", "CHUNK", "CPU_SELECTION", "DEVICE_SELECTION", "EAGER_CPU"]
 
 NAMESPACE = "array_api_compat.torch"
@@ -551,8 +552,14 @@ def _host_reduce(sizes: Sequence[int], buffers: Callable[[], Any], step: Callabl
     return totals
 
 
-def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]]) -> list[int]:
-    """Per float CPU tensor, the elements below ``lo`` or above ``hi`` (``bounds[i]``, in its dtype), by NumPy."""
+def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]], clamp: bool = False) -> list[int]:
+    """Per float CPU tensor, the elements below ``lo`` or above ``hi`` (``bounds[i]``, in its dtype), by NumPy.
+
+    ``clamp`` (:func:`_fusable` tensors only): each chunk is then clamped in place while it is in
+    cache, so the tensors are read from memory once. NumPy's ``clip`` with ``-inf`` / ``+inf`` for
+    a missing bound is torch's ``clamp_`` bit for bit (NaN kept with its payload; an element equal
+    to a bound kept, signed zeros as they were).
+    """
     views = [_np_flat(x, x.dtype) for x in xs]
     chunk = _chunk_for(xs)
 
@@ -567,9 +574,54 @@ def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]]) 
             n += np.count_nonzero(np.less(c, c.dtype.type(lo), out=f))
         if hi is not None:
             n += np.count_nonzero(np.greater(c, c.dtype.type(hi), out=f))
+        if clamp:
+            np.clip(c, c.dtype.type(-np.inf if lo is None else lo), c.dtype.type(np.inf if hi is None else hi), out=c)
         return n
 
     return _host_reduce([x.numel() for x in xs], buffers, step, lambda a, b: a + b, 0)
+
+
+def _fusable(x: torch.Tensor) -> bool:
+    """Whether a counted clamp of ``x`` runs in one NumPy pass (:func:`_host_counts`): an eager CPU
+    tensor of a dtype NumPy has (bfloat16 takes the count, then torch's clamp)."""
+    return EAGER_CPU and type(x) is torch.Tensor and x.dtype in _NP_DTYPES and _host(x)
+
+
+def fuses_count(xp: Any, xs: Sequence[torch.Tensor], lo: Any, hi: Any) -> bool:
+    """Whether :func:`apply_effect_` of a counted ``Clamp(lo, hi, count)`` counts some of ``xs`` in the clamp's pass.
+
+    (:func:`gradclip_core.backend.clipped_fraction` then leaves the count to the clamp.)
+
+    Example:
+      >>> fuses_count(None, [torch.ones(3)], -1.0, 1.0), fuses_count(None, [torch.ones(3)], torch.tensor(-1.0), 1.0)
+      (True, False)
+    """
+    del xp
+    if _compiling() or any(isinstance(b, torch.Tensor) for b in (lo, hi)):
+        return False
+    return any(_fusable(x) for x in xs)
+
+
+def _clamp_counted(xp: Any, xs: list[torch.Tensor], lo: Any, hi: Any, count: Any) -> None:
+    """``Clamp(lo, hi, count)`` in place: the elements outside ``[lo, hi]`` counted before they are clamped.
+
+    The :func:`_fusable` tensors are counted and clamped chunk by chunk in one pass
+    (:func:`_host_counts` with ``clamp``); the others (bfloat16, another device, tensor bounds) are all
+    counted first (:func:`gradclip_core.backend.count_outside`), then clamped (:func:`_clamp`).
+    Nothing can fail once a write began; the counts are those of the arrays before the clamp.
+    """
+    xp = array_api_compat.torch if xp is None else xp
+    fused = [i for i, x in enumerate(xs) if not any(isinstance(b, torch.Tensor) for b in (lo, hi)) and _fusable(x)]
+    rest = sorted(set(range(len(xs))) - set(fused))
+    hits: list[Any] = [None] * len(xs)
+    for i, h in zip(rest, _primitives.count_outside(xp, [xs[i] for i in rest], lo, hi) if rest else []):
+        hits[i] = h
+    bounds = [tuple(None if b is None else _bound_in(xs[i].dtype, b) for b in (lo, hi)) for i in fused]
+    for i, n in zip(fused, _host_counts([xs[i] for i in fused], bounds, clamp=True) if fused else []):
+        hits[i] = torch.tensor(n, dtype=torch.float32)
+    if rest:
+        _clamp([xs[i] for i in rest], lo, hi, inplace=True)
+    count.write(xp, hits)
 
 
 def _host_min_ratios(ds: _Chunks, ws: Sequence[torch.Tensor], relative: float, absolute: float,
@@ -835,7 +887,9 @@ def apply_effect_(xp: Any, xs: list[torch.Tensor], effect: Any) -> list[torch.Te
             if m is not None:
                 _mask_(x, m)
     elif isinstance(effect, Clamp):
-        if effect.lo is not None or effect.hi is not None:
+        if effect.count is not None and not effect.count.done:
+            _clamp_counted(xp, xs, effect.lo, effect.hi, effect.count)
+        elif effect.lo is not None or effect.hi is not None:
             _clamp(xs, effect.lo, effect.hi, inplace=True)
     elif isinstance(effect, ZeroNonfinite):
         for x in xs:
@@ -888,11 +942,11 @@ class _Workspace:
         self.ints = torch.empty(width, dtype=torch.int32, device=device)
         self.live = torch.empty(width, dtype=torch.int32, device=device)
         self.flags = torch.empty(width, dtype=torch.bool, device=device)
-        self.index: np.ndarray | None = None  # 0 .. width - 1 as uint32 (hash keys), made on first use
+        self.index: np.ndarray | None = None  # 0 .. n - 1 as uint32 (a hash block's offsets), made on first use
 
     def arange(self, n: int) -> np.ndarray:
-        if self.index is None:
-            self.index = np.arange(self.values.numel(), dtype=np.uint32)
+        if self.index is None or self.index.size < n:
+            self.index = np.arange(n, dtype=np.uint32)
         return self.index[:n]
 
 
@@ -990,33 +1044,53 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
     """Keys of the random scores of flat elements ``start .. start + n - 1`` (:class:`HashScores`), in ``ws.values``.
 
     :func:`gradclip_core._hash.hash_scores` of those elements, then :func:`_keys`, bit for bit, in
-    NumPy's uint32 arithmetic (logical shifts, wrapping products) on ``_HASH_BLOCK``-element
-    blocks (in the core's own cache) of the workspace: the scores of the whole array are never made
+    NumPy's uint32 arithmetic (logical shifts, wrapping products), ``_HASH_BLOCK`` elements at a
+    time in two scratch blocks that stay in the core's own cache (the same two for every block of a
+    thread's share: fresh parts of the workspace were read from memory once per block), each block's
+    keys finished there: the scores converted from int32 (below ``2**24``: exact; the signed
+    conversion is a SIMD one, the unsigned one is not), ``+ 1``, masked by ``old``. The blocks are
+    shared among torch's threads (:func:`_host_shares`: NumPy releases the GIL; each share hashes in
+    scratch taken from its own part of the workspace). The scores of the whole array are never made
     (eager CPU).
     """
     b1, b2 = array_bases(spec.seed, spec.index)
     base = start + int(spec.offset) + b1
     mix = None if spec.step is None else np.uint32((int(spec.step) * GOLDEN) & 0xFFFFFFFF)
     v = ws.values[:n]
-    vn, index = _np(v), ws.arange(n)
+    width = min(n, _HASH_BLOCK)
+    kn, index = _np(v).view(np.int32), ws.arange(width)
     ints, live = _np(ws.ints[:n]).view(np.uint32), _np(ws.live[:n]).view(np.uint32)
+    on = _np(old.reshape(-1)) if old is not None and _host(old) else None
+    later = old is not None and on is None  # (an old mask NumPy cannot view: applied after, by torch)
+    if on is not None and on.all():  # (a bool reduction: a quarter of the traffic of the masking)
+        on = None
 
-    for s in range(0, n, _HASH_BLOCK):
-        e = min(n, s + _HASH_BLOCK)
-        h, tmp = ints[s:e], live[s:e]
-        np.add(index[:e - s], np.uint32((base + s) & 0xFFFFFFFF), out=h)  # j + b1
-        _fmix32_np(h, tmp)
-        np.bitwise_xor(h, np.uint32(b2), out=h)
-        _fmix32_np(h, tmp)
-        np.right_shift(h, 8, out=h)
-        if mix is not None:  # remixed with the step (SET's growth)
-            np.add(h, mix, out=h)
+    def work(share: list[tuple[int, int, int]]) -> dict:
+        s0, e0 = share[0][1], share[-1][2]  # (a contiguous run of elements: its scratch lies in its own part)
+        hs, ts = ints[s0:s0 + min(width, e0 - s0)], live[s0:s0 + min(width, e0 - s0)]
+        for s in range(s0, e0, _HASH_BLOCK):
+            e = min(e0, s + _HASH_BLOCK)
+            h, tmp = hs[:e - s], ts[:e - s]
+            np.add(index[:e - s], np.uint32((base + s) & 0xFFFFFFFF), out=h)  # j + b1
+            _fmix32_np(h, tmp)
+            np.bitwise_xor(h, np.uint32(b2), out=h)
             _fmix32_np(h, tmp)
             np.right_shift(h, 8, out=h)
-        np.copyto(vn[s:e], h, casting="unsafe")  # exact: below 2**24
+            if mix is not None:  # remixed with the step (SET's growth)
+                np.add(h, mix, out=h)
+                _fmix32_np(h, tmp)
+                np.right_shift(h, 8, out=h)
+            k = kn[s:e]
+            np.copyto(k.view(np.float32), h.view(np.int32), casting="unsafe")  # the score, exact: below 2**24
+            np.add(k, 1, out=k)
+            if on is not None:
+                np.multiply(k, on[s:e], out=k)
+        return {}
+
+    if n:
+        _host_shares([n], work)
     k = v.view(torch.int32)
-    np.add(_np(k), 1, out=_np(k))
-    return _masked_keys(k, old)
+    return _masked_keys(k, old) if later else k
 
 
 _HASH_BLOCK = 1 << 16  # two 256 KiB uint32 blocks: ~30 passes of the hash stay in a core's L2 cache
@@ -1166,7 +1240,7 @@ def register() -> None:
       >>> register()
     """
     register_primitives(NAMESPACE, array_norms=array_norms, array_rms=array_rms, unit_norms=unit_norms,
-                        multiply=multiply, clip=clip, count_outside=count_outside, min_bound_ratio=min_bound_ratio,
+                        multiply=multiply, clip=clip, count_outside=count_outside, fuses_count=fuses_count, min_bound_ratio=min_bound_ratio,
                         difference_norms=difference_norms, difference_min_bound_ratio=difference_min_bound_ratio,
                         apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
                         apply_effect_=apply_effect_, sort_keys=sort_keys, unpermute=unpermute, group_keep=group_keep,

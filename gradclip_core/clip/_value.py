@@ -6,11 +6,10 @@ from typing import Any
 
 from .._effect import Clamp
 from .._nonfinite import check_policy
-from .._numerics import ratio
 from .._rule import Rule, factory
 from .._stateless import stateless_rule
 from .._validate import check_bounds, check_info
-from ..backend._primitives import count_outside, size
+from ..backend._primitives import clipped_fraction
 
 __all__ = ["clip_by_value"]
 
@@ -37,7 +36,9 @@ def clip_by_value(
       nonfinite: ``"propagate" | "zero" | "skip" | "raise"`` (see :mod:`gradclip_core`).
       info: ``"basic"`` (default: no statistics, the rule is one clamp pass, as fast as
         ``clip_grad_value_``) or ``"full"``: also ``clipped_fraction``, the fraction of
-        elements outside the bounds (one more read of the gradients to count them).
+        elements outside the bounds (one more read of the gradients to count them; torch's
+        ``apply_`` / ``attach`` on the CPU count in the clamp's own pass: the count lives in
+        the effect, ``Clamp(lo, hi, count)``, see :func:`gradclip_core.backend.clipped_fraction`).
 
     Returns:
       A stateless :class:`Rule` (info ``clipped_fraction`` with ``info="full"``).
@@ -58,8 +59,7 @@ def clip_by_value(
     def clip(xp: Any, grads: list, params: Any) -> tuple[Clamp, dict]:
         if not full:
             return Clamp(lo_, hi_), {}
-        hits = count_outside(xp, grads, lo_, hi_) if (lo_ is not None or hi_ is not None) else []
-        total = sum(size(g) for g in grads)
-        return Clamp(lo_, hi_), {"clipped_fraction": ratio(xp, hits, total)}
+        frac, count = clipped_fraction(xp, grads, lo_, hi_)  # (torch: counted in the clamp's pass)
+        return Clamp(lo_, hi_, count), {"clipped_fraction": frac}
 
     return stateless_rule("clip_by_value", clip, nonfinite, real_only="clamps values to [lo, hi] (complex numbers have no order)")

@@ -191,6 +191,94 @@ def test_one_pass_cpu_clamp_equals_foreach_clamps_bit_for_bit(dtype, lo, hi):
     assert torch.equal(kernels.clip(None, [x], lo, hi)[0].view(bits), want[0].view(bits))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lo, hi", [(-0.5, 0.5), (-0.0, 0.0), (0.0, 0.0), (-1.0, -0.0), (None, 0.0), (-0.0, None),
+                                    (None, 0.25), (-0.7, None)])
+def test_counted_clamp_is_count_then_clamp_bit_for_bit(dtype, lo, hi, monkeypatch):
+    """Clamp(lo, hi, count) in place (one NumPy pass per chunk where it fuses) gives the bits of
+    clip_grad_value_'s clamps and the count of count_outside on the arrays before: NaN payloads,
+    signed zeros, +-inf, every dtype; several chunks on several threads, ragged last ones."""
+    monkeypatch.setattr(kernels, "_HOST_CHUNK", 7)
+    vals = [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 1e-30, -1e-30, float("nan"), float("inf"), -float("inf"), 3.0, -3.0, 0.25]
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[torch.empty((), dtype=dtype).element_size()]
+    odd_nan = torch.tensor([-1], dtype=bits).view(dtype)  # a NaN with another payload (all ones)
+    xs = [torch.cat([torch.tensor(vals * 5, dtype=dtype), odd_nan]), torch.zeros(0, dtype=dtype),
+          (torch.randn(9, 31, generator=torch.Generator().manual_seed(0)) * 0.6).to(dtype), torch.tensor(-4.0, dtype=dtype),
+          torch.randn(3, 5).to(dtype).t()]  # (a transposed view: not NumPy-viewable in place, counted then clamped)
+    want = [x.clone() for x in xs]
+    for b, op in ((lo, torch._foreach_clamp_min_), (hi, torch._foreach_clamp_max_)):
+        if b is not None:
+            op(want, b)
+    counts = [float(c) for c in gcb.count_outside(XP, xs, lo, hi)]
+    with portable():
+        frac = gcb.clipped_fraction(XP, xs, lo, hi)[0]
+    got = [x.clone() for x in xs]
+    count = gc.Count(torch.full((), float("nan")), sum(x.numel() for x in xs))
+    assert kernels.fuses_count(None, got, lo, hi) == (dtype != torch.bfloat16)  # (bfloat16: counted, then clamped)
+    kernels.apply_effect_(XP, got, gc.Clamp(lo, hi, count))
+    for g, w in zip(got, want):
+        assert torch.equal(g.reshape(-1).view(bits), w.reshape(-1).view(bits))
+    assert count.done and count.out.dtype == torch.float32
+    assert torch.equal(count.out.view(torch.int32), frac.view(torch.int32))  # the rule's own sum, bit for bit
+    assert count.out.item() == pytest.approx(sum(counts) / sum(x.numel() for x in xs))
+    held = torch.tensor(vals, dtype=dtype).tolist()  # (values and bounds as the dtype holds them)
+    lo_, hi_ = (None if b is None else torch.tensor(b, dtype=dtype).item() for b in (lo, hi))
+    assert counts[0] == sum(((lo_ is not None and v < lo_) or (hi_ is not None and v > hi_)) for v in held) * 5
+
+
+def test_counted_value_clip_through_apply_counts_in_the_clamp(monkeypatch):
+    """apply_ of clip_by_value(info="full") counts in the clamp's pass (no count_outside call) and gives
+    what the portable rule gives, under a chain, a nonfinite policy, on() too; outside an adapter
+    the count is made by the rule."""
+    import gradclip_torch
+
+    monkeypatch.setattr(kernels, "_HOST_CHUNK", 64)
+    calls = []
+
+    def spy(*args):
+        calls.append(1)
+        return kernels.count_outside(*args)
+
+    monkeypatch.setitem(_primitives._OVERRIDES[kernels.NAMESPACE], "count_outside", spy)
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(s, generator=g) for s in [(40, 30), (7,), (0, 2), (100,)]]
+    grads[0][0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    out_of_place = gc.chain(gc.clip_by_value(0.3, info="full", nonfinite="skip"), gc.record_norms())
+    for rule in [gc.clip_by_value(0.5, info="full"), gc.clip_by_value(lo=-0.2, info="full", nonfinite="zero"),
+                 gc.chain(gc.clip_by_global_norm(3.0), gc.clip_by_value(0.1, info="full")), out_of_place,
+                 gc.on(gc.clip_by_value(0.2, info="full"), "weights")]:
+        ps = [torch.nn.Parameter(torch.zeros_like(x)) for x in grads]
+        for p, x in zip(ps, grads):
+            p.grad = x.clone()
+        want, _, want_info = rule.update([x.clone() for x in grads], rule.init(grads))
+        calls.clear()
+        _, info = gradclip_torch.apply_(ps, rule)
+        assert bool(calls) == (rule is out_of_place)  # (a chain's earlier rules run out of place: counted there)
+        for p, w in zip(ps, want):
+            assert torch.equal(p.grad.view(torch.int32), w.view(torch.int32))
+        assert info.keys() == want_info.keys() and any(k.endswith("clipped_fraction") for k in info)
+        for k in info:
+            torch.testing.assert_close(info[k], want_info[k], rtol=0, atol=0, equal_nan=True, msg=k)
+    frac, count = gcb.clipped_fraction(XP, grads, -0.5, 0.5)  # outside counts_on_apply: counted now
+    assert count is None and 0 < float(frac) < 1
+
+
+def test_counts_on_apply_refuses_a_count_never_written():
+    x = [torch.tensor([2.0, 0.1])]
+    with pytest.raises(RuntimeError, match="never written"):
+        with gcb.counts_on_apply():
+            frac, count = gcb.clipped_fraction(XP, x, -1.0, 1.0)
+            assert count is not None
+    assert x[0].tolist() == pytest.approx([2.0, 0.1])
+    with gcb.counts_on_apply():  # written out of place (the portable path) counts too
+        frac, count = gcb.clipped_fraction(XP, x, -1.0, 1.0)
+        out = gcb.apply_effect(XP, x, gc.Clamp(-1.0, 1.0, count))
+    assert float(frac) == 0.5 and out[0].tolist() == pytest.approx([1.0, 0.1]) and x[0].tolist()[0] == 2.0
+    again = [torch.tensor([5.0, 6.0, 7.0])]  # a later application (replicas) clamps, the count stays the first one's
+    kernels.apply_effect_(XP, again, gc.Clamp(-1.0, 1.0, count))
+    assert again[0].tolist() == [1.0, 1.0, 1.0] and float(frac) == 0.5
+
+
 def test_clip_with_tensor_bounds():
     assert kernels.clip(None, [torch.ones(2)], torch.tensor(0.5), None)[0].tolist() == [1.0, 1.0]
     rule = gc.clip_by_value(lo=-1.0)

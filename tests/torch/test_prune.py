@@ -130,7 +130,7 @@ def test_torch_hashed_selection_equals_hash_scores(chunk, limit, eager, monkeypa
                                                                                  hash_chunk=chunk))
     monkeypatch.setattr(kernels, "DEVICE_SELECTION", kernels.DEVICE_SELECTION._replace(chunk=chunk))
     monkeypatch.setattr(kernels, "EAGER_CPU", eager)
-    monkeypatch.setattr(kernels, "_HASH_BLOCK", 50)  # several hash blocks per chunk
+    monkeypatch.setattr(kernels, "_HASH_BLOCK", 50)  # several hash blocks per chunk (the same two scratch blocks)
     rng = np.random.default_rng(2)
     shapes = [(30, 7), (0, 3), (), (41,), (150, 3)]
     olds = [rng.random(s) > 0.3 for s in shapes]
@@ -151,6 +151,30 @@ def test_torch_hashed_selection_equals_hash_scores(chunk, limit, eager, monkeypa
                                             hashed=[specs[i] for i in arrays])
                     assert all(np.array_equal(np.asarray(a), b.numpy()) for a, b in zip(m1, m2))
                     assert np.array_equal(np.float32(np.asarray(t1)), t2.numpy())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_torch_hash_keys_on_threads_equal_the_keys_of_hash_scores(threads, monkeypatch):
+    """The hash kernel's blocks shared among threads (each share hashing in its own part of the workspace,
+    ragged shares and blocks) give the keys of the scores made whole, old mask applied, bit for bit."""
+    from gradclip_core._hash import HashScores, hash_scores
+
+    monkeypatch.setattr(kernels, "_HASH_BLOCK", 50)
+    monkeypatch.setattr(kernels, "_HOST_CHUNK", 64)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    n = 1000
+    flat = torch.empty(n)
+    old = torch.tensor(np.random.default_rng(0).random(n) > 0.4)
+    for spec, ref in [(HashScores(3, 2, 17, torch.tensor(9, dtype=torch.int32)), HashScores(3, 2, 17, np.int32(9))),
+                      (HashScores(0, 5), HashScores(0, 5))]:
+        for mask in (None, old, torch.ones(n, dtype=torch.bool)):
+            ws = kernels._workspace(None, [flat], n)
+            got = kernels._hash_keys(None, spec, 0, n, mask, ws)
+            want = kernels._keys(None, torch.from_numpy(hash_scores(np, (n,), ref)), mask, None, kernels._workspace(None, [flat], n))
+            assert torch.equal(got, want)
+            part = kernels._hash_keys(None, spec, 300, 123, None, kernels._workspace(None, [flat], n))  # (a chunk's elements)
+            assert torch.equal(part, kernels._keys(None, torch.from_numpy(hash_scores(np, (n,), ref))[300:423], None, None,
+                                                   kernels._workspace(None, [flat], n)))
 
 
 def test_hashed_selection_refuses_mixed_arguments():
