@@ -84,8 +84,9 @@ def cond(xp: Any, pred: Any, true_fn: Any, false_fn: Any) -> Any:
 
 
 FUSED_MIN = 1 << 16
-"""Arrays of at least this many elements take :func:`min_bound_ratio`'s fused form (smaller ones the
-default, whose reduction XLA:CPU does not hand to its fused-reduction library below 4096 elements)."""
+"""Arrays of at least this many elements per CPU device take :func:`min_bound_ratio`'s fused form
+(smaller ones the default): XLA:CPU does not hand a reduction of fewer than 4096 elements to its
+fused-reduction library, and under ``jit`` an array may be split over every device."""
 
 _FUSED_OK: dict = {}  # accumulation dtype name -> whether the fused form passed its check in this process
 
@@ -144,6 +145,11 @@ def _fused_ok(dtype: Any) -> bool:
     return _FUSED_OK[key]
 
 
+def fused_size() -> int:
+    """The smallest array that takes the fused form: :data:`FUSED_MIN` times the number of CPU devices."""
+    return FUSED_MIN * len(jax.devices("cpu"))
+
+
 def _on_cpu(xs: Sequence[Any]) -> bool:
     """Whether ``xs`` run on the CPU: their devices, or (traced) the default backend's."""
     for x in xs:
@@ -169,8 +175,9 @@ def min_bound_ratio(xp: Any, ds: Sequence[jax.Array], ws: Sequence[jax.Array], r
     input), from the library's ``minimum(NaN, 1) = 1``; the reduction then sees no NaN, so the
     minimum does not depend on how it treats one. XLA's own loops propagate NaN through
     ``minimum``, so this form is used only on the CPU, for arrays of at least :data:`FUSED_MIN`
-    elements, and only after :func:`_fused_ok` found it equal to the default in this process;
-    otherwise, and for other dtypes and devices, the default.
+    elements per CPU device (each device's shard, when ``jit`` splits the array over all of them:
+    65536 elements over 32 devices gave a wrong scale), and only after :func:`_fused_ok` found it
+    equal to the default in this process; otherwise, and for other devices, the default.
 
     Example:
       >>> d, w = jnp.full((256, 256), 0.5), jnp.ones((256, 256))
@@ -179,7 +186,7 @@ def min_bound_ratio(xp: Any, ds: Sequence[jax.Array], ws: Sequence[jax.Array], r
       >>> min_bound_ratio(jnp, [d[0]], [w[0]], 0.25, 0.0, jnp.float32)  # small: the default's
       NotImplemented
     """
-    big = [i for i, d in enumerate(ds) if d.size >= FUSED_MIN]
+    big = [i for i, d in enumerate(ds) if d.size >= fused_size()]
     if not big or not _on_cpu([*ds, *ws]) or not _fused_ok(dtype):
         return NotImplemented
     out = [None] * len(ds)

@@ -28,7 +28,7 @@ from ..hlo_passes import full_size_elements
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the fused form is XLA:CPU's")
 
-SHAPE = (256, jax_kernels.FUSED_MIN // 256)  # the smallest arrays that take the fused form
+SHAPE = (256, jax_kernels.fused_size() // 256)  # the smallest arrays that take the fused form
 N = SHAPE[0] * SHAPE[1]
 
 
@@ -155,3 +155,42 @@ def test_optax_clippy_transform_four_passes():
     tx = gradclip_optax.transform(gc.clippy())
     compiled = jax.jit(tx.update).lower(grads, tx.init(grads), params).compile()
     assert full_size_elements(compiled.as_text(), N) / (2 * N) == pytest.approx(4.0, abs=0.01)
+
+
+_SHARDED = r"""
+import json, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+import gradclip_core.backend as gcb
+from gradclip_core.backend._primitives import min_bound_ratio_default
+mesh = jax.make_mesh((len(jax.devices()),), ("x",))
+rng = np.random.default_rng(0)
+out = []
+for n in (1 << 16, 1 << 22):  # 2048 elements per device (the default), 131072 (fused)
+    d, w = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    d[int(np.argmin(np.abs(w) / np.abs(d))) + 1], d[1::7] = np.nan, np.nan
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, P("x")))
+    got = jax.jit(lambda a, b: gcb.min_bound_ratio(jnp, [a], [b], 0.1, 1e-3, jnp.float32)[0])(put(d), put(w))
+    with np.errstate(all="ignore"):
+        want = min_bound_ratio_default(np, [d], [w], 0.1, 1e-3, np.float32)[0]
+    out.append([float(got), float(want)])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_sharded_over_32_devices_is_the_default():
+    """Under jit an array split over every device is reduced per shard: the fused form only where each shard is big."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=32")
+    res = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, env=env, cwd=root,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    for got, want in json.loads(res.stdout.strip().splitlines()[-1]):
+        assert got == want and 0.0 < got < 1.0
