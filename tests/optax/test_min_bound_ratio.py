@@ -73,8 +73,7 @@ def _bits(x) -> bytes:
     return np.asarray(x).tobytes()
 
 
-_QUICK = [("float32", 0.1, 1e-3), ("float32", 0.0, 0.0), ("bfloat16", 0.1, 1e-3), ("float16", 0.25, 0.0),
-          ("float64", 0.1, 1e-3)]
+_QUICK = [("float32", 0.1, 1e-3), ("float32", 0.0, 0.0), ("bfloat16", 0.1, 1e-3), ("float64", 0.25, 0.0)]
 _GRID = [(dt, rel, ab) for dt in ("float32", "bfloat16", "float16", "float64")
          for rel, ab in ((0.1, 1e-3), (0.25, 0.0), (0.0, 0.0))]
 
