@@ -193,3 +193,15 @@ def test_sharded_over_32_devices_is_the_default():
     assert res.returncode == 0, res.stderr[-4000:]
     for got, want in json.loads(res.stdout.strip().splitlines()[-1]):
         assert got == want and 0.0 < got < 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("axis", [0, 2])
+def test_vmapped_is_the_default(axis):
+    """Under vmap (the batch axis first or last) the fused form reduces each example's array alone."""
+    cases = _cases(jnp.float32)[:3]
+    d, w = jnp.stack([c[0] for c in cases], axis), jnp.stack([c[1] for c in cases], axis)
+    got = jax.jit(jax.vmap(lambda a, b: gcb.min_bound_ratio(jnp, [a], [b], 0.1, 1e-3, jnp.float32)[0], axis))(d, w)
+    with np.errstate(all="ignore"):
+        want = [min_bound_ratio_default(np, [np.asarray(a)], [np.asarray(b)], 0.1, 1e-3, np.float32)[0] for a, b in cases]
+    assert _bits(got) == _bits(np.asarray(want, np.float32))
