@@ -156,7 +156,7 @@ def _on_cpu(xs: Sequence[Any]) -> bool:
         if isinstance(x, jax.core.Tracer):
             if jax.default_backend() != "cpu":
                 return False
-        elif any(dev.platform != "cpu" for dev in x.devices()):
+        elif not isinstance(x, jax.Array) or any(dev.platform != "cpu" for dev in x.devices()):
             return False
     return True
 
@@ -186,8 +186,10 @@ def min_bound_ratio(xp: Any, ds: Sequence[jax.Array], ws: Sequence[jax.Array], r
       >>> min_bound_ratio(jnp, [d[0]], [w[0]], 0.25, 0.0, jnp.float32)  # small: the default's
       NotImplemented
     """
+    if not _on_cpu([*ds, *ws]):  # (first: without a CPU backend, fused_size() cannot count its devices)
+        return NotImplemented
     big = [i for i, d in enumerate(ds) if d.size >= fused_size()]
-    if not big or not _on_cpu([*ds, *ws]) or not _fused_ok(dtype):
+    if not big or not _fused_ok(dtype):
         return NotImplemented
     out = [None] * len(ds)
     for i in big:
