@@ -120,8 +120,10 @@ PAIRS = (
     ("max_norm(2.0)", lambda: gc.max_norm(2.0), *_REF, "<= 1.6x"),
     # update clipping (rule.on_update): the rule on w_new - w_old after the step. JAX (jit): the inner step
     # traced twice, once fused into the rule's reads of w and g (2 passes), once into the in-place write-back
-    # (3): ~1.3x of the reference's 4, plus clippy's where-selected ratios, which XLA:CPU does not fuse into
-    # its min (one weight-sized temporary, written and read). TF / torch (op by op): the snapshot 2,
+    # (3): ~1.3x of the reference's 4 (clippy: its ratios fuse into the min by the JAX kernel of min_bound_ratio,
+    # no temporary; 5.7 passes, as SGD's learning rate is broadcast to a weight-sized array once per shape, which
+    # the fused mins of that shape's arrays read, as clip_update_norm's norms do: ~2.5x against its ~1.7x, a gap
+    # that neither the division nor the min makes, measured). TF / torch (op by op): the snapshot 2,
     # w_new - w_old 3, the rule 1-2, the write-back 3-5 next to the step's 4: ~3x
     ("clip_update_norm()", lambda: gc.clip_update_norm(), *_REF, "<= 3.0x"),
     ("clippy()", lambda: gc.clippy(), *_REF, "<= 3.0x"),
