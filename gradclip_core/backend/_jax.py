@@ -177,7 +177,11 @@ def min_bound_ratio(xp: Any, ds: Sequence[jax.Array], ws: Sequence[jax.Array], r
     ``minimum``, so this form is used only on the CPU, for arrays of at least :data:`FUSED_MIN`
     elements per CPU device (each device's shard, when ``jit`` splits the array over all of them:
     65536 elements over 32 devices gave a wrong scale), and only after :func:`_fused_ok` found it
-    equal to the default in this process; otherwise, and for other devices, the default.
+    equal to the default in this process; otherwise, and for other devices, the default. Only with
+    ``absolute > 0``: then finite inputs never make a NaN quotient (with ``absolute = 0`` a zero
+    weight whose update is zero, as in a pruned array, makes ``0 / 0``), so a program in which XLA
+    reduced an array in its own loops after all could part from the default only on an update that
+    already holds NaN or infinite elements (its scale NaN rather than the others' minimum).
 
     Example:
       >>> d, w = jnp.full((256, 256), 0.5), jnp.ones((256, 256))
@@ -186,8 +190,8 @@ def min_bound_ratio(xp: Any, ds: Sequence[jax.Array], ws: Sequence[jax.Array], r
       >>> min_bound_ratio(jnp, [d[0]], [w[0]], 0.25, 0.0, jnp.float32)  # small: the default's
       NotImplemented
     """
-    if not _on_cpu([*ds, *ws]):  # (first: without a CPU backend, fused_size() cannot count its devices)
-        return NotImplemented
+    if not absolute > 0 or not _on_cpu([*ds, *ws]):  # (first: without a CPU backend, fused_size() cannot count
+        return NotImplemented                          # its devices)
     big = [i for i, d in enumerate(ds) if d.size >= fused_size()]
     if not big or not _fused_ok(dtype):
         return NotImplemented
