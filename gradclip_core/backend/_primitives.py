@@ -59,13 +59,17 @@ __all__ = [
     "unpermute",
     "group_keep",
     "kept_buffers",
+    "unit_any",
+    "and_broadcast",
+    "count_true",
 ]
 
 _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside", "fuses_count",
               "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio", "compiling",
               "difference_norms", "difference_min_bound_ratio",
-              "argsort_keys", "sort_keys", "sort_values", "unpermute", "group_keep", "kept_buffers")
+              "argsort_keys", "sort_keys", "sort_values", "unpermute", "group_keep", "kept_buffers",
+              "unit_any", "and_broadcast", "count_true")
 
 
 def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
@@ -82,8 +86,9 @@ def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
         ``argsort_keys(xp, keys)``, ``sort_keys(xp, keys)``, ``sort_values(xp, keys)`` and
         ``unpermute(xp, values, order)`` (see :func:`argsort_keys`), ``group_keep(xp, cols, n_prune)``,
         ``kept_buffers(xp, scratch, key, like)``, ``difference_norms(xp, after, before, dtype)``,
-        ``difference_min_bound_ratio(xp, after, before, relative, absolute, dtype)``, with the
-        signatures and results of the defaults; and
+        ``difference_min_bound_ratio(xp, after, before, relative, absolute, dtype)``,
+        ``unit_any(xp, m, axes)``, ``and_broadcast(xp, m, keep)``, ``count_true(xp, masks)``, with
+        the signatures and results of the defaults; and
         ``compiling(xp) -> bool``: whether a compiler that cannot trace a ``ContextVar`` is
         tracing (``torch.compile``).
 
@@ -532,6 +537,62 @@ def unit_norms(xp: Any, xs: Sequence[Any], axes: Sequence[Any], dtypes: Sequence
         xc = magnitude(xp, x, dt) if is_complex(x) else upcast(xp, x, dt)
         out.append(xp.sqrt(xp.sum(xc * xc, axis=ax, keepdims=True)))
     return out
+
+
+def unit_any(xp: Any, m: Any, axes: Any) -> Any:
+    """Whether each unit of the bool mask ``m`` (reducing ``axes``, kept as size-1 dims) holds a True.
+
+    The default is ``xp.any(m, axis=axes, keepdims=True)``; overridable (``"unit_any"``: torch's
+    CPU ``any`` over dims of a bool tensor runs far below memory speed, NumPy's reduction of a
+    view does not).
+
+    Example:
+      >>> import numpy as np
+      >>> unit_any(np, np.array([[False, True], [False, False]]), (1,)).tolist()
+      [[True], [False]]
+    """
+    fast = override(xp, "unit_any")
+    if fast is not None:
+        res = fast(xp, m, axes)
+        if res is not NotImplemented:
+            return res
+    return xp.any(m, axis=axes, keepdims=True)
+
+
+def and_broadcast(xp: Any, m: Any, keep: Any) -> Any:
+    """``m & keep`` for bool arrays, ``keep`` broadcast to ``m``'s shape (one keep flag per unit): a new array.
+
+    Overridable (``"and_broadcast"``: NumPy's loop on views of eager CPU tensors).
+
+    Example:
+      >>> import numpy as np
+      >>> and_broadcast(np, np.array([[True, False], [True, True]]), np.array([[True], [False]])).tolist()
+      [[True, False], [False, False]]
+    """
+    fast = override(xp, "and_broadcast")
+    if fast is not None:
+        res = fast(xp, m, keep)
+        if res is not NotImplemented:
+            return res
+    return xp.broadcast_to(keep, tuple(m.shape)) & m
+
+
+def count_true(xp: Any, masks: Sequence[Any]) -> list[Any]:
+    """``xp.count_nonzero(m)`` of each bool mask (0-d arrays of the namespace's default integer dtype).
+
+    Overridable (``"count_true"``: NumPy's count of a view of an eager CPU tensor).
+
+    Example:
+      >>> import numpy as np
+      >>> [int(c) for c in count_true(np, [np.array([True, False, True]), np.zeros((0,), bool)])]
+      [2, 0]
+    """
+    fast = override(xp, "count_true")
+    if fast is not None:
+        res = fast(xp, masks)
+        if res is not NotImplemented:
+            return res
+    return [xp.count_nonzero(m) for m in masks]
 
 
 def multiply(xp: Any, xs: Sequence[Any], factors: Sequence[Any]) -> list[Any]:

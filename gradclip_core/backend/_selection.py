@@ -202,6 +202,9 @@ class Selection(NamedTuple):
         :func:`gradclip_core._hash.hash_scores` of each array first.
       hash_chunk: the chunk size of a selection of hashed keys (``None``: ``chunk``); an array of at
         most that many elements has its keys computed once, not once per pass.
+      sort_limit: chunked kernels only (their radix passes cost ``2**digit`` bins each, however
+        few the keys): a selection of at most this many elements in all, on one participant, is
+        one stable sort of its keys (``sort_keys``), the same masks and threshold; ``0``: never.
     """
 
     digit: int = 1
@@ -218,6 +221,7 @@ class Selection(NamedTuple):
     signed_keys: Callable[..., Any] | None = None
     hash_keys: Callable[..., Any] | None = None
     hash_chunk: int | None = None
+    sort_limit: int = 1 << 16
 
 
 PORTABLE = Selection()

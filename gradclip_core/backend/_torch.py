@@ -1233,6 +1233,42 @@ def _fits(buffers: Sequence[torch.Tensor], like: Sequence[torch.Tensor]) -> bool
         for b, p in zip(buffers, like))
 
 
+# ------------------------------------------------------------------ bool masks (structured pruning, sparsity)
+# torch's CPU reductions and broadcast logical ops on bool tensors run far below memory speed (and wait at an
+# OpenMP barrier per op on a busy machine); NumPy's loops on views of eager CPU tensors do not.
+
+
+def _host_bool(*xs: torch.Tensor) -> bool:
+    """Whether every ``x`` is a plain eager CPU bool tensor NumPy can view (:func:`_host`)."""
+    return all(type(x) is torch.Tensor and x.dtype == torch.bool and _host(x) for x in xs)
+
+
+def unit_any(xp: Any, m: torch.Tensor, axes: Any) -> Any:
+    """``any(m, axis=axes, keepdims=True)`` (eager CPU: NumPy's ``any`` of a view; else the default)."""
+    del xp
+    if not _host_bool(m) or m.ndim == 0:
+        return NotImplemented
+    return torch.from_numpy(np.any(_np(m), axis=None if axes is None else tuple(axes), keepdims=True))
+
+
+def and_broadcast(xp: Any, m: torch.Tensor, keep: torch.Tensor) -> Any:
+    """``m & keep`` (``keep`` broadcast), new (eager CPU: NumPy's ``logical_and`` on views; else the default)."""
+    del xp
+    if not _host_bool(m, keep) or m.device != keep.device:
+        return NotImplemented
+    out = torch.empty(m.shape, dtype=torch.bool)
+    np.logical_and(_np(m), _np(keep), out=_np(out))
+    return out
+
+
+def count_true(xp: Any, masks: Sequence[torch.Tensor]) -> Any:
+    """``count_nonzero`` of each bool mask (eager CPU: NumPy's count of a view, as an int64 0-d tensor)."""
+    del xp
+    if not all(_host_bool(m) for m in masks):
+        return NotImplemented
+    return [torch.tensor(int(np.count_nonzero(_np(m))), dtype=torch.int64) for m in masks]
+
+
 def register() -> None:
     """Register the torch kernels with the core (done on first use of a torch tensor).
 
@@ -1245,5 +1281,6 @@ def register() -> None:
                         apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
                         apply_effect_=apply_effect_, sort_keys=sort_keys, unpermute=unpermute, group_keep=group_keep,
                         kept_buffers=kept_buffers, compiling=lambda xp: _compiling())
+    register_primitives(NAMESPACE, unit_any=unit_any, and_broadcast=and_broadcast, count_true=count_true)
     register_selection(NAMESPACE, _choose)
 

@@ -32,8 +32,10 @@ histograms (torch: ``bincount`` over 1M-element chunks with reused buffers; JAX:
 masks, and, for eager backends with dynamic shapes, a *compaction* finish: after the
 first pass, one more pass writes every decided mask element and gathers the few keys
 in the k-th key's bin, whose order is then resolved by a stable sort of those alone.
-Every path gives the same masks and threshold, bit for bit (tests check each against
-the portable default).
+A selection of only a few elements in all (at most ``Selection.sort_limit``: one score
+per unit of a weight, per block) is one stable sort of their keys on the chunked kernels,
+whose radix passes cost ``2**digit`` bins however few the keys. Every path gives the same
+masks and threshold, bit for bit (tests check each against the portable default).
 
 Masks are **bool** arrays (``True`` = kept). Counts use the namespace's default
 integer (int64; int32 under JAX without x64, which limits a selection to 2**31 - 1
@@ -46,7 +48,7 @@ from typing import Any, Callable, Sequence
 
 from ..backend._collective import active, all_gather, all_reduce, participant_index
 from ..backend._namespace import device_kw, namespace
-from ..backend._primitives import size
+from ..backend._primitives import size, sort_keys, unpermute
 from ..backend._selection import KEY_BITS, Selection, _count, selection_for
 from .._hash import hash_scores
 from ._scores import ordered
@@ -146,6 +148,11 @@ def prune_smallest(
         x = flats[i] if whole_ else flats[i][s:e]
         return sel.signed_keys(xp, x, old, ws) if signed else sel.keys(xp, x, old, divs[i], ws)
 
+    if sel.chunk is not None and not sharded and n <= sel.sort_limit:  # a few keys: one sort
+        parts = [(i, s, min(size(flats[i]), s + sel.chunk)) for i in live for s in range(0, size(flats[i]), sel.chunk)]
+        copy = len(parts) > 1  # (the kernels may compute every chunk's keys in the same workspace)
+        return _by_sort(xp, sel, xs, live, [xp.asarray(keys(*p), copy=copy) for p in parts], kk, masks, cdt)
+
     # One chunk in all (one array of at most ``chunk`` elements: a per-array selection): its keys are
     # computed once, in the workspace, for every pass (no kernel writes the buffer keys are made in).
     if sel.chunk is None or (len(live) == 1 and size(flats[live[0]]) <= sel.chunk):
@@ -217,6 +224,35 @@ def prune_smallest(
             keep[i] = xp.reshape(kept, tuple(xs[i].shape))
         before = before + ties
         running[i] = running[i] + ties
+    if masks is not None:
+        _and_old(keep, masks)
+    return keep, sel.value(xp, T)
+
+
+def _by_sort(xp: Any, sel: Selection, xs: list, live: list, keys: list, kk: Any, masks: Any,
+             cdt: Any) -> tuple[list, Any]:
+    """The driver's result for a few keys in all (at most ``sel.sort_limit``): one stable sort of them.
+
+    A stable ascending sort of the concatenated keys *is* the total order (key, then global
+    flat index), so the ``kk`` first are pruned: an element is kept when its rank is
+    ``>= kk``, and the threshold is the value of the ``kk``-th key (key 0, so 0, when only
+    elements pruned before are). For the chunked (eager) kernels, whose radix passes cost
+    ``2**digit`` bins each however few the keys are: a unit norm per row of a weight is a
+    few thousand scores. Same masks and threshold as the passes, bit for bit.
+    """
+    allk = xp.concat(keys) if len(keys) > 1 else keys[0]  # (the keys of every chunk of every array, in order)
+    n = size(allk)
+    sorted_keys, order = sort_keys(xp, allk)
+    rank = unpermute(xp, xp.arange(n, dtype=cdt, **device_kw([allk])), order)
+    kept = rank >= kk
+    last = xp.take(sorted_keys, xp.reshape(xp.maximum(kk - 1, xp.zeros_like(kk)), (1,)))[0]
+    T = xp.where(kk > 0, last, xp.zeros_like(last))
+    keep = [xp.ones(x.shape, dtype=xp.bool, **device_kw([x])) for x in xs]
+    start = 0
+    for i in live:
+        m = size(xs[i])
+        keep[i] = xp.reshape(kept[start:start + m], tuple(xs[i].shape))
+        start += m
     if masks is not None:
         _and_old(keep, masks)
     return keep, sel.value(xp, T)

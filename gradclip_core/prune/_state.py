@@ -36,7 +36,7 @@ from .._rule import Rule
 from .._validate import check_real
 from ..backend._collective import active, all_reduce
 from ..backend._namespace import device_kw, namespace
-from ..backend._primitives import cond, size
+from ..backend._primitives import cond, count_true, size
 from ._schedule import Schedule
 
 __all__ = ["PruneState", "mask_rule", "sparsity_info"]
@@ -63,12 +63,12 @@ def sparsity_info(xp: Any, masks: Sequence[Any]) -> dict:
     info: dict = {}
     total = 0
     pruned = xp.zeros((), dtype=xp.float32)
-    for i, m in enumerate(masks):
+    for i, (m, c) in enumerate(zip(masks, count_true(xp, masks))):
         n = size(m)
         if n == 0:
             info[f"sparsity/{i}"] = xp.zeros((), dtype=xp.float32)
             continue
-        p = float(n) - xp.astype(xp.count_nonzero(m), xp.float32)
+        p = float(n) - xp.astype(c, xp.float32)
         info[f"sparsity/{i}"] = p / float(n)
         pruned = pruned + p
         total += n
@@ -80,7 +80,7 @@ def _sparsity_info_sharded(xp: Any, masks: Sequence[Any]) -> dict:
     """:func:`sparsity_info` of the full arrays when ``masks`` are shards (one collective)."""
     if not masks:
         return {"sparsity": xp.zeros((), dtype=xp.float32)}
-    pruned = [float(size(m)) - xp.astype(xp.count_nonzero(m), xp.float32) for m in masks]
+    pruned = [float(size(m)) - xp.astype(c, xp.float32) for m, c in zip(masks, count_true(xp, masks))]
     sizes = [xp.asarray(float(size(m)), dtype=xp.float32) for m in masks]
     v = all_reduce(xp, xp.stack(pruned + sizes), "sum")
     k = len(masks)

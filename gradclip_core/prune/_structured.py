@@ -8,7 +8,7 @@ from .._params import on
 from .._rule import Rule, factory
 from .._validate import check_ord
 from ..backend._layout import AxisSpec, check_axis, reduce_axes
-from ..backend._primitives import size, upcast
+from ..backend._primitives import and_broadcast, size, unit_any, upcast
 from ..backend._selection import float32_scores
 from ..backend._names import array_label
 from ._groups import Group, nm_keep
@@ -81,11 +81,11 @@ def ln_structured_prune(
                 masks.append(m)
                 continue
             norms = xp.linalg.vector_norm(upcast(xp, p, xp.float32), axis=axes, keepdims=True, ord=ord)
-            alive = xp.any(m, axis=axes, keepdims=True)
+            alive = unit_any(xp, m, axes)
             units = xp.count_nonzero(alive) if remaining else None
             k = prune_count(xp, target, size(norms), rounding, units, where=f"the units of {array_label(i)}")
             keep, _ = prune_smallest(xp, [norms], k, [alive])
-            masks.append(xp.broadcast_to(keep[0], tuple(p.shape)) & m)
+            masks.append(and_broadcast(xp, m, keep[0]))
         return masks, None
 
     return on(mask_rule("ln_structured_prune", compute, schedule, amount), params)

@@ -68,12 +68,14 @@ def test_prune_smallest_is_the_total_order(arrays, frac, ns):
     np.testing.assert_array_equal(got, expected_keep(arrays, k))
 
 
-@pytest.fixture(params=["compact", "radix", "digit4"])
+@pytest.fixture(params=["sort", "compact", "radix", "digit4"])
 def numpy_selection(request):
-    """The NumPy selection kernels with each finish: compaction, full radix passes, another digit width."""
+    """The NumPy selection kernels with each finish: one sort of a few keys, compaction, full radix passes,
+    another digit width."""
     kinds = {
-        "compact": np_kernels.SELECTION,
-        "radix": np_kernels.SELECTION._replace(gather=None),
+        "sort": np_kernels.SELECTION,
+        "compact": np_kernels.SELECTION._replace(sort_limit=0),
+        "radix": np_kernels.SELECTION._replace(gather=None, sort_limit=0),
         "digit4": _selection.PORTABLE._replace(digit=4),
     }
     _selection.register_selection(np_kernels.NAME, kinds[request.param])

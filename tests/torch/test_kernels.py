@@ -337,3 +337,22 @@ def test_group_keep_equals_default_with_ties(group, n_prune):
     got = kernels.group_keep(None, cols, n_prune)
     _same(got, expected)
     assert torch.equal(got.sum(0), torch.full((257,), group - n_prune))  # each group keeps group - n_prune
+
+
+@pytest.mark.parametrize("shape, axes", [((37, 19), (1,)), ((37, 19), (0,)), ((5, 4, 3, 2), (1, 2, 3)),
+                                         ((5, 4, 3, 2), (0, 1, 2)), ((0, 4), (1,)), ((6, 4), None)])
+def test_bool_mask_kernels_equal_default(shape, axes):
+    """unit_any, and_broadcast and count_true (NumPy views on the CPU) equal the portable definitions, on
+    contiguous masks and on a transposed (non-contiguous: the default runs) one."""
+    g = torch.Generator().manual_seed(len(shape))
+    m = torch.rand(shape, generator=g) < 0.3
+    m[:1] = False  # a unit (of the leading axis) with no True
+    for mask in (m, m.transpose(0, -1).contiguous().transpose(0, -1)):
+        keep = torch.rand(tuple(1 if axes is None or d in axes else s for d, s in enumerate(shape)), generator=g) < 0.5
+        with portable():
+            any_, anded, counts = (_primitives.unit_any(XP, mask, axes), _primitives.and_broadcast(XP, mask, keep),
+                                   _primitives.count_true(XP, [mask, keep]))
+        _same(_primitives.unit_any(XP, mask, axes), any_)
+        _same(_primitives.and_broadcast(XP, mask, keep), anded)
+        for a, b in zip(_primitives.count_true(XP, [mask, keep]), counts):
+            _same(a, b)

@@ -60,13 +60,16 @@ def test_ln_structured_masks(n, dim):
         assert torch.equal(r.weight_mask.bool(), p != 0)
 
 
-@pytest.mark.parametrize("chunk, limit, eager", [
-    (64, 1 << 22, True), (64, 0, True), (64, 0, False), (1 << 18, 1 << 22, True), (1 << 18, 0, False)])
-def test_torch_selection_equals_portable_default(chunk, limit, eager, monkeypatch):
+@pytest.mark.parametrize("chunk, limit, eager, sort", [
+    (64, 1 << 22, True, 0), (64, 0, True, 0), (64, 0, False, 0), (1 << 18, 1 << 22, True, 0), (1 << 18, 0, False, 0),
+    (64, 1 << 22, True, 1 << 16), (64, 0, False, 1 << 16)])
+def test_torch_selection_equals_portable_default(chunk, limit, eager, sort, monkeypatch):
     """Every path of the one driver with torch kernels: compaction + sort, CPU tie counting per chunk,
-    the sync-free CUDA/compile one; against the portable kernels (array-api-strict)."""
-    monkeypatch.setattr(kernels, "CPU_SELECTION", kernels.CPU_SELECTION._replace(chunk=chunk, compact_limit=limit))
-    monkeypatch.setattr(kernels, "DEVICE_SELECTION", kernels.DEVICE_SELECTION._replace(chunk=chunk))
+    the sync-free CUDA/compile one, one sort of a few keys (``sort_limit``: keys of several chunks of
+    several arrays); against the portable kernels (array-api-strict)."""
+    monkeypatch.setattr(kernels, "CPU_SELECTION", kernels.CPU_SELECTION._replace(chunk=chunk, compact_limit=limit,
+                                                                                 sort_limit=sort))
+    monkeypatch.setattr(kernels, "DEVICE_SELECTION", kernels.DEVICE_SELECTION._replace(chunk=chunk, sort_limit=sort))
     monkeypatch.setattr(kernels, "EAGER_CPU", eager)
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=s).astype(np.float32) for s in [(30, 7), (0, 3), (), (41,)]]
@@ -88,15 +91,16 @@ def test_torch_selection_equals_portable_default(chunk, limit, eager, monkeypatc
                 assert np.array_equal(np.float32(np.asarray(t1)), t2.numpy(), equal_nan=True)
 
 
-@pytest.mark.parametrize("chunk, limit", [(64, 1 << 22), (64, 0), (1 << 18, 1 << 22)])
-def test_torch_signed_selection_equals_ordered_portable(chunk, limit, monkeypatch):
+@pytest.mark.parametrize("chunk, limit, sort", [(64, 1 << 22, 0), (64, 0, 0), (1 << 18, 1 << 22, 0), (64, 0, 1 << 16)])
+def test_torch_signed_selection_equals_ordered_portable(chunk, limit, sort, monkeypatch):
     """Signed scores (movement): the torch CPU kernel's keys, chunk by chunk (or once, for one chunk), give
     the masks and threshold of the portable driver on ``ordered`` scores; NaNs of both signs (a payload-1
     NaN whose halved bits equal +inf's), infinities, signed zeros and ties included (NumPy's selection, checked
     against the portable one in tests/core, is the reference: the portable one takes 31 passes)."""
     from gradclip_core.prune._scores import ordered
 
-    monkeypatch.setattr(kernels, "CPU_SELECTION", kernels.CPU_SELECTION._replace(chunk=chunk, compact_limit=limit))
+    monkeypatch.setattr(kernels, "CPU_SELECTION", kernels.CPU_SELECTION._replace(chunk=chunk, compact_limit=limit,
+                                                                                 sort_limit=sort))
     rng = np.random.default_rng(1)
     xs = [rng.normal(size=s).astype(np.float32) for s in [(30, 7), (0, 3), (), (41,), (150,)]]
     flat = xs[0].reshape(-1)  # (a view)
@@ -117,8 +121,9 @@ def test_torch_signed_selection_equals_ordered_portable(chunk, limit, monkeypatc
                 assert np.array_equal(np.float32(np.asarray(t1)), t2.numpy(), equal_nan=True)
 
 
-@pytest.mark.parametrize("chunk, limit, eager", [(256, 1 << 22, True), (256, 0, True), (256, 1 << 22, False)])
-def test_torch_hashed_selection_equals_hash_scores(chunk, limit, eager, monkeypatch):
+@pytest.mark.parametrize("chunk, limit, eager, sort", [(256, 1 << 22, True, 0), (256, 0, True, 0), (256, 1 << 22, False, 0),
+                                                     (256, 0, True, 1 << 16)])
+def test_torch_hashed_selection_equals_hash_scores(chunk, limit, eager, sort, monkeypatch):
     """Random scores named by HashScores (SET's growth, random masks): the torch CPU kernel hashes chunk by chunk,
     in the workspace, and gives the masks and threshold of the selection of the scores made whole
     (hash_scores, NumPy's kernels); the default (CUDA / compile path) makes them whole itself. Offsets given as
@@ -127,8 +132,8 @@ def test_torch_hashed_selection_equals_hash_scores(chunk, limit, eager, monkeypa
     from gradclip_core._hash import HashScores, hash_scores
 
     monkeypatch.setattr(kernels, "CPU_SELECTION", kernels.CPU_SELECTION._replace(chunk=chunk, compact_limit=limit,
-                                                                                 hash_chunk=chunk))
-    monkeypatch.setattr(kernels, "DEVICE_SELECTION", kernels.DEVICE_SELECTION._replace(chunk=chunk))
+                                                                                 hash_chunk=chunk, sort_limit=sort))
+    monkeypatch.setattr(kernels, "DEVICE_SELECTION", kernels.DEVICE_SELECTION._replace(chunk=chunk, sort_limit=sort))
     monkeypatch.setattr(kernels, "EAGER_CPU", eager)
     monkeypatch.setattr(kernels, "_HASH_BLOCK", 50)  # several hash blocks per chunk (the same two scratch blocks)
     rng = np.random.default_rng(2)
