@@ -113,8 +113,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
         rows += _child("bench_optax.py", [*common, "--repeats", str(rep(10)), "--device", args.device],
                        {"JAX_PLATFORMS": "cuda" if args.device == "cuda" else "cpu"})
     if "keras" in only:
-        for backend in [b.strip() for b in args.keras_backends.split(",") if b.strip()]:
-            rows += _child("bench_keras.py", [*common, "--repeats", str(rep(5))],
+        # clipping and pruning rows in separate processes per backend (TensorFlow keeps native memory per row)
+        for backend, part in [(b.strip(), part) for b in args.keras_backends.split(",") if b.strip()
+                              for part in ("clip", "prune")]:
+            rows += _child("bench_keras.py", [*common, "--repeats", str(rep(5)), "--part", part],
                            {"KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")
                             if args.device == "cuda" else "", "JAX_PLATFORMS": "" if args.device == "cuda" else "cpu"})
     if "prune" in only and (args.rules is None or args.rules in "global_magnitude_prune(0.5)"):
