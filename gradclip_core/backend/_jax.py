@@ -184,10 +184,12 @@ def min_bound_ratio(xp: Any, ds: Sequence[jax.Array], ws: Sequence[jax.Array], r
     already holds NaN or infinite elements (its scale NaN rather than the others' minimum).
 
     Example:
-      >>> d, w = jnp.full((256, 256), 1.0), jnp.ones((256, 256))
-      >>> [float(m) for m in min_bound_ratio(jnp, [d], [w], 0.25, 0.25, jnp.float32)]
+      >>> from gradclip_core.backend import min_bound_ratio as primitive  # (this kernel, else the default)
+      >>> n = fused_size()  # 65536 elements per CPU device: the smallest array that takes the fused form
+      >>> d, w = jnp.full((n,), 1.0), jnp.ones((n,))
+      >>> [float(m) for m in primitive(jnp, [d], [w], 0.25, 0.25, jnp.float32)]
       [0.5]
-      >>> min_bound_ratio(jnp, [d[0]], [w[0]], 0.25, 0.25, jnp.float32)  # small: the default's
+      >>> min_bound_ratio(jnp, [d[:7]], [w[:7]], 0.25, 0.25, jnp.float32)  # small: the default's
       NotImplemented
     """
     if not absolute > 0 or not _on_cpu([*ds, *ws]):  # (first: without a CPU backend, fused_size() cannot count
