@@ -16,6 +16,10 @@ instead of one op per tensor where torch has a ``_foreach`` kernel.
   finish (the keys of the k-th key's bin gathered and sorted) and tie counts read per
   chunk; on CUDA and under ``torch.compile`` no host synchronisation (cumulative sums).
 
+- Eager CPU host kernels (Clippy's ratio, the update's norm, the counted clamp, SET's hashed
+  keys): NumPy on in-cache chunks, on torch's threads; where a C compiler is present each chunk
+  is one fused C loop instead (:mod:`._native`, compiled on first use; the same bits).
+
 Eager CPU passes are branch-free: torch's CPU ``where``/``masked_fill_`` take a
 data-dependent branch per element, and a magnitude mask is a coin flip per element, so
 they ran ~10x slower than a branch-free ``bits(x) & -mask`` on GPT-2 small (0.47 s vs 0.045 s).
@@ -33,7 +37,7 @@ import torch
 
 from .._effect import Clamp, Keep, Mask, On, Replace, Scale, Skip, Then, ZeroNonfinite
 from .._hash import GOLDEN, array_bases
-from . import _primitives
+from . import _native, _primitives
 from ._primitives import register_primitives, symmetric_bounds
 from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
 
@@ -552,24 +556,42 @@ def _host_reduce(sizes: Sequence[int], buffers: Callable[[], Any], step: Callabl
     return totals
 
 
+def _c_loop(name: str, dtype: np.dtype) -> Any:
+    """The fused C loop ``gc_<name>_f32`` / ``_f64`` for NumPy ``dtype`` (:mod:`._native`), or ``None``: then
+    the caller runs NumPy's operations (float16, no C compiler, ``GRADCLIP_NATIVE=0``)."""
+    lib = _native.library()
+    if lib is None or dtype not in (np.float32, np.float64):
+        return None
+    return getattr(lib, f"gc_{name}_{'f32' if dtype == np.float32 else 'f64'}")
+
+
 def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]], clamp: bool = False) -> list[int]:
     """Per float CPU tensor, the elements below ``lo`` or above ``hi`` (``bounds[i]``, in its dtype), by NumPy.
 
     ``clamp`` (:func:`_fusable` tensors only): each chunk is then clamped in place while it is in
-    cache, so the tensors are read from memory once. NumPy's ``clip`` with ``-inf`` / ``+inf`` for
+    cache, so the tensors are read from memory once; float32/64 chunks in one fused C loop
+    (:mod:`._native`: each element counted, then clamped), float16 (or without a C compiler) by
+    NumPy's compares, counts and ``clip``. NumPy's ``clip`` with ``-inf`` / ``+inf`` for
     a missing bound is torch's ``clamp_`` bit for bit (NaN kept with its payload; an element equal
     to a bound kept, signed zeros as they were).
     """
     views = [_np_flat(x, x.dtype) for x in xs]
     chunk = _chunk_for(xs)
+    loops = [_c_loop("clamp_count", v.dtype) if clamp and v is not None else None for v in views]
 
     def buffers() -> tuple:
         vbuf = None if all(v is not None for v in views) else torch.empty(chunk, dtype=torch.float32)
         return vbuf, _np(torch.empty(chunk, dtype=torch.bool))
 
     def step(bufs: tuple, i: int, s: int, e: int) -> int:
+        lo, hi = bounds[i]
+        loop = loops[i]
+        if loop is not None:  # (one fused loop: each element counted, then clamped)
+            v, t = views[i], views[i].dtype.type
+            return int(loop(v.ctypes.data + s * v.itemsize, e - s, t(-np.inf if lo is None else lo),
+                            t(np.inf if hi is None else hi)))
         # (x < lo, x > hi: as fast as |x| > hi here; NaN is neither)
-        c, (lo, hi), f, n = _np_part(views[i], xs[i], s, e, bufs[0]), bounds[i], bufs[1][: e - s], 0
+        c, f, n = _np_part(views[i], xs[i], s, e, bufs[0]), bufs[1][: e - s], 0
         if lo is not None:
             n += np.count_nonzero(np.less(c, c.dtype.type(lo), out=f))
         if hi is not None:
@@ -626,7 +648,11 @@ def _clamp_counted(xp: Any, xs: list[torch.Tensor], lo: Any, hi: Any, count: Any
 
 def _host_min_ratios(ds: _Chunks, ws: Sequence[torch.Tensor], relative: float, absolute: float,
                      dtype: torch.dtype) -> list[float]:
-    """Per pair of CPU arrays, ``min(1, min bound / |d|)`` by NumPy, ``_HOST_CHUNK`` elements at a time (in cache).
+    """Per pair of CPU arrays, ``min(1, min bound / |d|)``, ``_HOST_CHUNK`` elements at a time (in cache).
+
+    float32/64 arrays that NumPy can view run one fused C loop per chunk (:mod:`._native`: the
+    difference, the bound, the ratio and the minimum per element, the same bits); the others (and
+    every array without a C compiler) NumPy's seven operations on in-cache buffers.
 
     The same float operations as :func:`_min_ratios` (``|w|``, ``* relative``, ``+ absolute``, ``/ |d|``
     in ``dtype``; bfloat16 / float16 inputs upcast exactly first); NaN ratios (0/0, NaN inputs) are
@@ -637,13 +663,28 @@ def _host_min_ratios(ds: _Chunks, ws: Sequence[torch.Tensor], relative: float, a
     nd = np.dtype(str(dtype).removeprefix("torch."))
     rel, abs_ = nd.type(relative), nd.type(absolute)
     wv = [_np_flat(w, dtype) for w in ws]
-    chunk = _chunk_for(ws)
+    chunk, loop = _chunk_for(ws), _c_loop("min_ratio", nd)
 
-    def buffers() -> tuple:
-        bound_buf, ratio_buf = torch.empty(chunk, dtype=dtype), torch.empty(chunk, dtype=dtype)
-        return bound_buf, ratio_buf, _np(bound_buf), _np(ratio_buf), {}
+    def fused(i: int) -> tuple | None:  # (the C loop's d and w arrays, where both are views)
+        if loop is None or wv[i] is None:
+            return None
+        if ds.minus is None:
+            return (ds.views[i], wv[i], 0) if ds.views[i] is not None else None
+        ok = ds.views[i] is not None and ds.mviews[i] is not None and ds.minus[i] is ws[i]  # (w = w_old)
+        return (ds.views[i], ds.mviews[i], 1) if ok else None
 
-    def step(bufs: tuple, i: int, s: int, e: int) -> Any:
+    pairs = [fused(i) for i in range(len(ws))]
+
+    def buffers() -> list:
+        return []  # (NumPy's chunk buffers, made by the first chunk that needs them)
+
+    def step(bufs: list, i: int, s: int, e: int) -> Any:
+        if pairs[i] is not None:
+            d, w, diff = pairs[i]
+            return nd.type(loop(d.ctypes.data + s * nd.itemsize, w.ctypes.data + s * nd.itemsize, e - s, rel, abs_, diff))
+        if not bufs:
+            bound_buf, ratio_buf = torch.empty(chunk, dtype=dtype), torch.empty(chunk, dtype=dtype)
+            bufs.extend([bound_buf, ratio_buf, _np(bound_buf), _np(ratio_buf), {}])
         bound_buf, ratio_buf, nb, nr, tmp = bufs
         bound, ratio = nb[: e - s], nr[: e - s]
         np.abs(_np_part(wv[i], ws[i], s, e, bound_buf), out=bound)
@@ -659,11 +700,16 @@ def _host_min_ratios(ds: _Chunks, ws: Sequence[torch.Tensor], relative: float, a
 
 def _host_difference_sumsq(after: Sequence[torch.Tensor], before: Sequence[torch.Tensor], dtype: torch.dtype) -> list[float]:
     """Per pair of CPU arrays, ``sum((a - b)**2)``: each chunk's difference (rounded to the arrays' dtype, as
-    ``a - b``) upcast to ``dtype`` and summed in ``dtype`` (``np.dot``), the chunks' sums added in float64."""
+    ``a - b``) upcast to ``dtype``, the chunks' sums added in float64. A chunk's squares are summed in
+    float64 by the fused C loop (:mod:`._native`; arrays of ``dtype``, float32/64), else in ``dtype``
+    by ``np.dot``."""
     ds = _Chunks(after, dtype, minus=before)
-    chunk = _chunk_for(after)
+    chunk, loop = _chunk_for(after), _c_loop("diff_sumsq", np.dtype(str(dtype).removeprefix("torch.")))
 
     def step(bufs: tuple, i: int, s: int, e: int) -> float:
+        a, b = ds.views[i], ds.mviews[i]
+        if loop is not None and a is not None and b is not None:  # (one loop: squares summed in float64)
+            return float(loop(a.ctypes.data + s * a.itemsize, b.ctypes.data + s * b.itemsize, e - s))
         c = ds.part(i, s, e, bufs[0], bufs[1])
         return float(np.dot(c, c))
 
@@ -681,10 +727,10 @@ def difference_norms(xp: Any, after: Sequence[torch.Tensor], before: Sequence[to
                      dtype: torch.dtype) -> list[torch.Tensor]:
     """Per pair, the 2-norm of ``a - b`` in ``dtype``; on the eager CPU chunk by chunk (no weight-sized update).
 
-    The difference of each chunk is made in an in-cache buffer (:class:`_Chunks`) and its squares summed
-    there (:func:`_host_difference_sumsq`), on torch's threads; the result is the float64 sum's square
-    root rounded to ``dtype``, which agrees with ``_foreach_norm`` of the formed update within float
-    rounding (about an ulp; neither fixes its order). Elsewhere (a device, non-float arrays) the
+    Each chunk's difference is formed and its squares summed in cache (:func:`_host_difference_sumsq`:
+    one fused C loop summing in float64, or NumPy's subtraction and dot), on torch's threads; the
+    result is the float64 sum's square root rounded to ``dtype``, which agrees with ``_foreach_norm``
+    of the formed update within float rounding (about an ulp; neither fixes its order). Elsewhere (a device, non-float arrays) the
     update is formed and :func:`array_norms` reads it; ``torch.compile`` takes the default.
 
     Example:
@@ -1051,7 +1097,8 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
     conversion is a SIMD one, the unsigned one is not), ``+ 1``, masked by ``old``. The blocks are
     shared among torch's threads (:func:`_host_shares`: NumPy releases the GIL; each share hashes in
     scratch taken from its own part of the workspace). The scores of the whole array are never made
-    (eager CPU).
+    (eager CPU). With the fused C loops (:mod:`._native`) each share is one loop that writes its
+    keys directly (the hash, the conversion, ``+ 1`` and the mask per element; the same bits).
     """
     b1, b2 = array_bases(spec.seed, spec.index)
     base = start + int(spec.offset) + b1
@@ -1065,8 +1112,14 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
     if on is not None and on.all():  # (a bool reduction: a quarter of the traffic of the masking)
         on = None
 
+    loop = None if _native.library() is None else _native.library().gc_hash_keys
+
     def work(share: list[tuple[int, int, int]]) -> dict:
         s0, e0 = share[0][1], share[-1][2]  # (a contiguous run of elements: its scratch lies in its own part)
+        if loop is not None:  # (one fused loop per element: the hash, the key, the mask)
+            loop(kn.ctypes.data + 4 * s0, e0 - s0, (base + s0) & 0xFFFFFFFF, int(b2) & 0xFFFFFFFF,
+                 0 if mix is None else int(mix), mix is not None, None if on is None else on.ctypes.data + s0)
+            return {}
         hs, ts = ints[s0:s0 + min(width, e0 - s0)], live[s0:s0 + min(width, e0 - s0)]
         for s in range(s0, e0, _HASH_BLOCK):
             e = min(e0, s + _HASH_BLOCK)

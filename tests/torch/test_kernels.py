@@ -194,7 +194,7 @@ def test_one_pass_cpu_clamp_equals_foreach_clamps_bit_for_bit(dtype, lo, hi):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lo, hi", [(-0.5, 0.5), (-0.0, 0.0), (0.0, 0.0), (-1.0, -0.0), (None, 0.0), (-0.0, None),
                                     (None, 0.25), (-0.7, None)])
-def test_counted_clamp_is_count_then_clamp_bit_for_bit(dtype, lo, hi, monkeypatch):
+def test_counted_clamp_is_count_then_clamp_bit_for_bit(dtype, lo, hi, loops, monkeypatch):
     """Clamp(lo, hi, count) in place (one NumPy pass per chunk where it fuses) gives the bits of
     clip_grad_value_'s clamps and the count of count_outside on the arrays before: NaN payloads,
     signed zeros, +-inf, every dtype; several chunks on several threads, ragged last ones."""
@@ -305,7 +305,7 @@ def test_unit_norms_over_leading_axes_match_vector_norm(shape, axes, dtype, monk
 
 @pytest.mark.parametrize("eager", [True, False], ids=["numpy-chunks", "torch-chunks"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_min_bound_ratio_equals_default(dtype, eager, monkeypatch):
+def test_min_bound_ratio_equals_default(dtype, eager, loops, monkeypatch):
     """Clippy's per-array ratio, chunk by chunk (several chunks, a ragged last one), equals the portable definition."""
     monkeypatch.setattr(kernels, "EAGER_CPU", eager)  # the eager CPU's NumPy chunks, or the device path's
     monkeypatch.setattr(kernels, "_RATIO_CHUNK", 7)

@@ -159,7 +159,7 @@ def test_torch_hashed_selection_equals_hash_scores(chunk, limit, eager, sort, mo
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_torch_hash_keys_on_threads_equal_the_keys_of_hash_scores(threads, monkeypatch):
+def test_torch_hash_keys_on_threads_equal_the_keys_of_hash_scores(threads, loops, monkeypatch):
     """The hash kernel's blocks shared among threads (each share hashing in its own part of the workspace,
     ragged shares and blocks) give the keys of the scores made whole, old mask applied, bit for bit."""
     from gradclip_core._hash import HashScores, hash_scores

@@ -1,0 +1,137 @@
+/* gradclip's fused CPU loops (loaded by _native.py through ctypes; used by the torch CPU kernels).
+ *
+ * Each function is one pass over its arrays that does what a run of NumPy operations on an
+ * in-cache chunk does, with the same IEEE float operations in the same order, so the results are
+ * the NumPy path's bit for bit:
+ * - no contraction of a multiply and an add into an FMA (compiled with -ffp-contract=off), no
+ *   fast-math; a min or a count does not depend on the order of its elements;
+ * - NaN ratios are skipped as np.fmin.reduce skips them (`r < m` is false for NaN);
+ * - the clamp is torch's clamp_ (and np.clip with infinite missing bounds): a NaN keeps its
+ *   payload, an element equal to a bound (a signed zero too) is kept.
+ * The loops keep LANES independent partial results, so GCC and Clang vectorize them; on x86-64
+ * Linux GCC also builds AVX-512 and AVX2 clones, chosen at load time by the CPU.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LANES 16
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && defined(GC_CLONES)
+#define GC_CLONE __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GC_CLONE
+#endif
+
+/* min over i of (|w_i| * rel + abs) / |d_i|, NaN ratios skipped (+inf if none): d = a - b and w = b
+ * (diff != 0: the update after a step, formed per element in the arrays' dtype), or d = a, w = b. */
+#define MIN_RATIO(NAME, T, ABS)                                                                   \
+    GC_CLONE T NAME(const T *a, const T *b, int64_t n, T rel, T add, int diff) {                  \
+        T m[LANES];                                                                                \
+        for (int j = 0; j < LANES; j++) m[j] = (T)INFINITY;                                        \
+        int64_t i = 0;                                                                             \
+        if (diff) {                                                                                \
+            for (; i + LANES <= n; i += LANES)                                                     \
+                for (int j = 0; j < LANES; j++) {                                                  \
+                    T d = a[i + j] - b[i + j];                                                     \
+                    T r = (ABS(b[i + j]) * rel + add) / ABS(d);                                    \
+                    m[j] = r < m[j] ? r : m[j];                                                    \
+                }                                                                                  \
+        } else {                                                                                   \
+            for (; i + LANES <= n; i += LANES)                                                     \
+                for (int j = 0; j < LANES; j++) {                                                  \
+                    T r = (ABS(b[i + j]) * rel + add) / ABS(a[i + j]);                             \
+                    m[j] = r < m[j] ? r : m[j];                                                    \
+                }                                                                                  \
+        }                                                                                          \
+        T out = (T)INFINITY;                                                                       \
+        for (; i < n; i++) {                                                                       \
+            T d = diff ? a[i] - b[i] : a[i];                                                       \
+            T r = (ABS(b[i]) * rel + add) / ABS(d);                                                \
+            out = r < out ? r : out;                                                               \
+        }                                                                                          \
+        for (int j = 0; j < LANES; j++) out = m[j] < out ? m[j] : out;                             \
+        return out;                                                                                \
+    }
+
+MIN_RATIO(gc_min_ratio_f32, float, fabsf)
+MIN_RATIO(gc_min_ratio_f64, double, fabs)
+
+/* sum over i of (a_i - b_i)**2: each difference rounded to the arrays' dtype, squared and summed
+ * in double (float32: exact squares; the sum's order is the lanes', not NumPy's dot's). */
+#define DIFF_SUMSQ(NAME, T)                                                                       \
+    GC_CLONE double NAME(const T *a, const T *b, int64_t n) {                                     \
+        double s[LANES];                                                                           \
+        for (int j = 0; j < LANES; j++) s[j] = 0.0;                                                \
+        int64_t i = 0;                                                                             \
+        for (; i + LANES <= n; i += LANES)                                                         \
+            for (int j = 0; j < LANES; j++) {                                                      \
+                double d = (double)(T)(a[i + j] - b[i + j]);                                       \
+                s[j] += d * d;                                                                     \
+            }                                                                                      \
+        double out = 0.0;                                                                          \
+        for (; i < n; i++) {                                                                       \
+            double d = (double)(T)(a[i] - b[i]);                                                   \
+            out += d * d;                                                                          \
+        }                                                                                          \
+        for (int j = 0; j < LANES; j++) out += s[j];                                               \
+        return out;                                                                                \
+    }
+
+DIFF_SUMSQ(gc_diff_sumsq_f32, float)
+DIFF_SUMSQ(gc_diff_sumsq_f64, double)
+
+/* x clamped to [lo, hi] in place (a missing bound is -inf / +inf), returning how many elements were
+ * below lo or above hi before the clamp (NaN is neither). */
+#define CLAMP_COUNT(NAME, T)                                                                      \
+    GC_CLONE int64_t NAME(T *x, int64_t n, T lo, T hi) {                                          \
+        int64_t c[LANES];                                                                          \
+        for (int j = 0; j < LANES; j++) c[j] = 0;                                                  \
+        int64_t i = 0;                                                                             \
+        for (; i + LANES <= n; i += LANES)                                                         \
+            for (int j = 0; j < LANES; j++) {                                                      \
+                T v = x[i + j];                                                                    \
+                int below = v < lo, above = v > hi;                                                \
+                c[j] += below + above;                                                             \
+                v = below ? lo : v;                                                                \
+                x[i + j] = v > hi ? hi : v;                                                        \
+            }                                                                                      \
+        int64_t out = 0;                                                                           \
+        for (; i < n; i++) {                                                                       \
+            T v = x[i];                                                                            \
+            out += (v < lo) + (v > hi);                                                            \
+            v = v < lo ? lo : v;                                                                   \
+            x[i] = v > hi ? hi : v;                                                                \
+        }                                                                                          \
+        for (int j = 0; j < LANES; j++) out += c[j];                                               \
+        return out;                                                                                \
+    }
+
+CLAMP_COUNT(gc_clamp_count_f32, float)
+CLAMP_COUNT(gc_clamp_count_f64, double)
+
+static inline uint32_t fmix32(uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+
+/* The selection keys of hashed random scores (gradclip_core._hash.hash_scores; the torch kernel's
+ * _hash_keys): for element j, h = fmix32(fmix32(base + j) ^ b2) >> 8, remixed with the step when
+ * has_mix (h = fmix32(h + mix) >> 8); the key is the float32 bits of h (exact: h < 2**24) plus 1,
+ * or 0 where keep is given and keep[j] is 0. */
+GC_CLONE void gc_hash_keys(int32_t *out, int64_t n, uint32_t base, uint32_t b2, uint32_t mix, int has_mix,
+                           const uint8_t *keep) {
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t h = fmix32(fmix32(base + (uint32_t)j) ^ b2) >> 8;
+        if (has_mix) h = fmix32(h + mix) >> 8;
+        float f = (float)(int32_t)h;
+        int32_t bits;
+        memcpy(&bits, &f, sizeof bits);
+        bits += 1;
+        out[j] = keep ? bits * (int32_t)(keep[j] != 0) : bits;
+    }
+}
