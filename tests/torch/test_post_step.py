@@ -29,7 +29,7 @@ def _pairs(dtype, seed=0, big=0):
 
 @pytest.mark.parametrize("eager", [True, False], ids=["numpy-chunks", "formed-update"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_difference_min_bound_ratio_equals_the_default_bit_for_bit(dtype, eager, monkeypatch):
+def test_difference_min_bound_ratio_equals_the_default_bit_for_bit(dtype, eager, loops, monkeypatch):
     """Several chunks (a ragged last one) and shares on two threads: the same bits as the default on ``a - b``."""
     monkeypatch.setattr(kernels, "EAGER_CPU", eager)
     monkeypatch.setattr(kernels, "_HOST_CHUNK", 7)
@@ -47,7 +47,7 @@ def test_difference_min_bound_ratio_equals_the_default_bit_for_bit(dtype, eager,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_difference_norms_equal_the_norm_of_the_formed_update(dtype, monkeypatch):
+def test_difference_norms_equal_the_norm_of_the_formed_update(dtype, loops, monkeypatch):
     """The chunked norms (float64 sum of the chunks) agree with float64 arithmetic on the same rounded
     differences, and with ``_foreach_norm`` of the formed update within its float32 rounding."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
@@ -105,8 +105,9 @@ def test_attach_keeps_no_delta_buffer_and_matches_the_delta_path(rule, monkeypat
         for a, b in zip(weights, ref_weights):
             if exact:  # Clippy: a minimum of the same per-element ratios, the same write-back ops: the same bits
                 assert torch.equal(a, b)
-            else:  # norms summed in another order (the update's norm: float32 rounding)
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+            else:  # norms summed in another order (the update's norm: an ulp of float32 rounding, which four
+                # SGD steps through the model amplify to ~1e-6 on some CPUs; a wrong clip differs by ~1e-2)
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         for got, want in zip(infos, ref_infos):
             assert sorted(got) == sorted(want)
             for k in want:
