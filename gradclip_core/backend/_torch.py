@@ -229,6 +229,8 @@ class _Cast:
         self._seen: list[tuple[torch.Tensor, torch.dtype, torch.Tensor]] = []
 
     def __call__(self, f: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if f.dtype == dtype:  # (nothing to cast: per-array factors would make the search quadratic)
+            return f
         for g, dt, cast in self._seen:
             if g is f and dt == dtype:
                 return cast
@@ -310,17 +312,20 @@ def _unit_factors(xs: Sequence[torch.Tensor], factors: Sequence[Any], cast: _Cas
     """
     if not EAGER_CPU or _compiling():
         return set()
-    seen: dict[int, bool] = {}
-    out = set()
+    idx, cs = [], []
     for i, (x, f) in enumerate(zip(xs, factors)):
         if (isinstance(f, torch.Tensor) and f.ndim == 0 and f.device.type == "cpu" and type(x) is torch.Tensor
                 and x.device.type == "cpu"):
-            c = cast(f, x.dtype)
-            if id(c) not in seen:
-                seen[id(c)] = bool(c == 1)  # (NaN is not 1: multiplied)
-            if seen[id(c)]:
-                out.add(i)
-    return out
+            idx.append(i)
+            cs.append(cast(f, x.dtype))
+    distinct = list({id(c): c for c in cs}.values())  # (a global factor once; per-array ones read in one go)
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for c in distinct:
+        by_dtype.setdefault(c.dtype, []).append(c)
+    one: dict[int, bool] = {}
+    for group in by_dtype.values():  # (NaN is not 1: multiplied)
+        one.update(zip(map(id, group), (torch.stack(group) == 1).tolist()))
+    return {i for i, c in zip(idx, cs) if one[id(c)]}
 
 
 def multiply(xp: Any, xs: Sequence[torch.Tensor], factors: Sequence[Any]) -> list[torch.Tensor]:
