@@ -173,7 +173,7 @@ def suite(device: str = "cpu", dtype: str = "float32", repeats: int = 5, warmup:
                       fresh_grads, target="<= 1.1x", mem=True))
     cases.append(Case('clip_by_value(0.5, info="full")', "apply_", lambda: gradclip_torch.apply_(params, counted),
                       *clamp_native, fresh_grads, target="<= 1.5x",
-                      note="opt-in clipped_fraction: on the CPU counted in the clamp's pass (elsewhere one more read)"))
+                      note="opt-in clipped_fraction: on the CPU counted in the clamp's pass (one fused C loop; elsewhere one more read)"))
     # the clip folded into a fused optimizer step, against clip_grad_norm_ + the same step
     for label, rule in (("clip_by_global_norm(1.0)", gc.clip_by_global_norm(1.0)), ("zclip()", gc.zclip())):
         ours_opt = torch.optim.AdamW(params, lr=1e-9, fused=True)
@@ -300,8 +300,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
+    from gradclip_core.backend import _native
+
+    loops = "on" if _native.library() is not None else f"off ({_native.unavailable_reason()})"
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
-          f"{describe(args.shapes)}, {args.dtype}, median of {args.repeats}")
+          f"{describe(args.shapes)}, {args.dtype}, median of {args.repeats}, fused C loops {loops}")
     rows = suite(args.device, args.dtype, args.repeats, args.warmup, args.shapes, args.rules)
     emit(rows, args.json)
     return rows
