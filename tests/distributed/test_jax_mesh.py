@@ -46,7 +46,10 @@ SCRIPT = Path(__file__).with_name("_jax_mesh_script.py")
 QUICK = ["global_norm=jit+shard_map", "agc=jit", "global_prune=jit+shard_map"]
 CLIPS = ["global_norm", "zclip", "autoclip"]
 ALL_RULES = ["global_norm", "agc", "zclip", "autoclip", "global_prune", "score_prune_erk", "rigl", "taylor_erk", "set_wanda"]
-WEIGHT_ULP = {"agc": 8}
+WEIGHT_ULP = {"agc": 8}  # (in ulps of each array's largest magnitude: the script's ulps)
+# the norms: float32 sums of the shards' partials, in another order than one device's (2-3 ulps seen on AVX-512
+# CPUs, 1 on AVX2): DESIGN.md's float32 tolerance
+INFO_ULP = 4
 
 
 def _run(args: list) -> dict:
@@ -66,7 +69,7 @@ def full() -> dict:
 def check_jit(name: str, r: dict) -> None:
     j = r["jit"]
     assert j["weights_ulp"] <= WEIGHT_ULP.get(name, 4), j
-    assert max(j["info_ulp"].values()) <= 1, j
+    assert max(j["info_ulp"].values()) <= INFO_ULP, j
     assert j["masks_equal"], j
     ops = j["collectives"]
     if name in CLIPS:  # one all-reduce of the stacked sums of squares, nothing gathered
@@ -86,7 +89,7 @@ def check_shard_map(name: str, r: dict) -> None:
         assert "error" not in s, s
         assert s["weights_ulp"] <= WEIGHT_ULP.get(name, 4), s
         # ZClip's std is sqrt of an EMA of (norm - mean)**2: cancellation magnifies the 1-ULP norm
-        assert max(v for k, v in s["info_ulp"].items() if k != "std") <= 1, s
+        assert max(v for k, v in s["info_ulp"].items() if k != "std") <= INFO_ULP, s
         assert s["masks_equal"], s
         if name in CLIPS:
             assert s["collectives"] == 1, s

@@ -3,7 +3,8 @@
 A 2-layer GPT-2 built from a config (no download), random tokens, CPU, 4 optimizer
 steps in the batches' order, ``max_grad_norm=0`` and the rule attached by the callback
 (to the torch optimizer inside the Trainer's ``AcceleratedOptimizer``). Checked: the
-weights equal a plain torch loop with the same batches and rule (bit for bit); the info
+weights equal a plain torch loop with the same batches and rule (up to the last bit of the
+global norm, summed in the optimizer's parameter-group order); the info
 is in the logs; a checkpoint carries the rule state (resuming equals the uninterrupted
 run); with gradient accumulation the rule runs once per optimizer step, and
 ``semantics="torch"`` equals the Trainer's own ``max_grad_norm`` clipping (up to the last
@@ -102,7 +103,7 @@ def test_trainer_equals_plain_loop(tmp_path: Path, rule: gc.Rule) -> None:
     assert trainer.state.global_step == STEPS
     assert isinstance(callback.handle.optimizer, torch.optim.SGD)  # (inside the AcceleratedOptimizer)
     for got, want in zip(_weights(model), _plain_loop(rule), strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same kernels in the same order
+        _close(got, want)  # the same kernels; the norm summed in the optimizer's group order (last bit; AVX-512 CPUs)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == STEPS
     for entry in logs:  # the Trainer's grad_norm is the norm before the rule: the rule's norm
