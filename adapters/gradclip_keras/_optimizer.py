@@ -163,7 +163,11 @@ class Optimizer(keras.optimizers.Optimizer):
     step (and ``project``) is skipped entirely, as ``LossScaleOptimizer`` does, so weights,
     the inner optimizer's variables and iteration count stay unchanged; ``info["skipped"]``
     is 1. On torch and eager JAX this is a Python branch (one host sync), on TensorFlow a
-    ``tf.cond``, in ``stateless_apply`` a branch-free select. ``nonfinite="raise"`` reads
+    ``tf.cond``, in ``stateless_apply`` a branch-free select. The signal is the rule's
+    :class:`gradclip_core.Skip` effect (or an ``info["skipped"]`` it reports); the inner
+    optimizer gets the gradients under the skip (those of ``skip_on_spike`` as they came),
+    never the all-zero ones ``rule.update`` makes of a skipped step, so a step that is not
+    skipped costs what the rule without the skip costs. ``nonfinite="raise"`` reads
     the gradients on the host: in ``fit`` on JAX and TensorFlow compile the model with
     ``run_eagerly=True`` (the compiled step raises a ``RuntimeError`` saying so).
 
@@ -383,14 +387,29 @@ class Optimizer(keras.optimizers.Optimizer):
             full = [g / ops.cast(self._loss_scale, g.dtype) for g in full]
         return full, pos
 
-    def _update(self, grads: list, state_values: list, params: list | None, loss: Any = None) -> tuple[list, list, dict]:
+    def _update(self, grads: list, state_values: list, params: list | None, loss: Any = None) -> tuple[list, list, dict, Any]:
+        """The rule's ``update`` on the gradients: ``(grads, new_state, info, skip)``.
+
+        ``skip`` is the 0-d bool of a :class:`gradclip_core.Skip` effect (``skip_on_spike``,
+        ``nonfinite="skip"``, a chain holding one), else ``None``. The wrapper skips the
+        whole step on it (:func:`run_unless`), so the all-zero gradients that ``rule.update``
+        would make of a skipped step are never read: only the effect under the skip is
+        applied (nothing for ``skip_on_spike``: the gradients go to the inner optimizer as
+        they are). Making them was a select over every gradient, and a zero-filled array
+        per gradient, on every step (TensorFlow and torch run op by op; XLA dropped it).
+        """
         slots = self._gradclip
         state = unflatten(slots.treedef, state_values)
         if loss is not None:
             state = gc.feed_loss(state, loss)
         with rule_scope(slots.paths):
-            out, new_state, info = unconverted(slots.rule.update)(grads, state, params if slots.rule.needs_params else None)
-        return list(out), flatten(new_state), dict(info)
+            effect, new_state, info = unconverted(slots.rule.update_effect)(
+                grads, state, params if slots.rule.needs_params else None)
+            skip = None
+            if isinstance(effect, gc.Skip):  # the step is skipped instead of run on zeros
+                skip, effect = effect.skip, effect.effect
+            out = grads if isinstance(effect, gc.Keep) else unconverted(apply_effect)(namespace(*grads), grads, effect)
+        return list(out), flatten(new_state), dict(info), skip
 
     def _project(self, params: list, state_values: list) -> tuple[list, list, dict]:
         slots = self._gradclip
@@ -631,10 +650,10 @@ class Optimizer(keras.optimizers.Optimizer):
         built = self._trainable_variables
         on_update = slots.rule.on_update
         if on_update:  # update clipping: the rule runs after the inner step, on w_new - w_old
-            out, new_state, info = full, [snapshot(v) for v in slots.state], {}
+            out, new_state, info, skip = full, [snapshot(v) for v in slots.state], {}, None
         else:
             params = [to_tensor(v) for v in built] if slots.rule.needs_params else None  # read only (no copy)
-            out, new_state, info = self._update(full, [snapshot(v) for v in slots.state], params, loss)
+            out, new_state, info, skip = self._update(full, [snapshot(v) for v in slots.state], params, loss)
             if params is not None:
                 out = _unaliased(out, params)
             for var, value in zip(slots.state, new_state):
@@ -672,7 +691,12 @@ class Optimizer(keras.optimizers.Optimizer):
                     var.assign(value)
 
         restore = list(built) + list(self.inner_optimizer.variables) + list(slots.state) + list(slots.info.values())
-        run_unless(skipped(info), step, restore)
+        flagged = skipped(info)  # (a rule's own info["skipped"], e.g. one that zeroes its output itself)
+        if skip is None or flagged is None:
+            skip = flagged if skip is None else skip
+        else:
+            skip = ops.logical_or(skip, flagged)
+        run_unless(skip, step, restore)
 
     def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any], trainable_variables: Sequence[Any]) -> tuple[list, list]:
         """The same step on values (the JAX trainer): :meth:`apply` inside Keras' ``StatelessScope``.

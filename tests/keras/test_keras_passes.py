@@ -5,7 +5,8 @@ reads the gradients for the norm, then reads them and the weights and writes the
 once (4 passes). Through ``gradclip_keras.Optimizer``, AGC adds one read of the weights
 for their unit norms (5: the factors fuse into SGD's update, as ``optax.adaptive_grad_clip``'s
 do into ``optax.sgd``'s); max-norm reads the new weights for their norms, then reads and
-writes them (6). (The global-norm clips: tests/optax/test_passes.py, the same core.)
+writes them (6); ``skip_on_spike`` reads the gradients for the norm and selects the old values
+in SGD's write on a skipped step (4). (The global-norm clips: tests/optax/test_passes.py, the same core.)
 An extra pass in the wrapper (a copy of the variables, a full-size ``where``, a scale that
 does not fuse) fails here. JAX backend only; the timings are in ``benchmarks/bench_keras.py``.
 """
@@ -45,7 +46,8 @@ def native() -> float:
 @pytest.mark.parametrize("rule, passes", [
     (lambda: gc.adaptive_clip(0.01), 5),
     (lambda: gc.max_norm(2.0), 6),
-], ids=["adaptive_clip", "max_norm"])
+    (lambda: gc.skip_on_spike(), 4),  # the norm's read is global_clipnorm's; the skip's select fuses into SGD's write
+], ids=["adaptive_clip", "max_norm", "skip_on_spike"])
 def test_wrapper_passes(rule, passes, native):
     assert native == pytest.approx(4.0, abs=0.02)
     ours = _passes(gradclip_keras.Optimizer(keras.optimizers.SGD(1e-3), rule()))
