@@ -503,9 +503,9 @@ def _column_norm(x: tf.Tensor, dtype: Any) -> tf.Tensor:
     step = max(1, COLUMN_CHUNK // m)
     parts = []
     for start in range(0, rows, step):
-        c = x2[start:start + step] if step < rows else x2
-        c = _t(c, dtype)
-        parts.append(tf.raw_ops.BiasAddGrad(out_backprop=c * c, data_format="NHWC"))
+        with tf.control_dependencies(parts[-1:]):  # chunk after chunk, not each op over every chunk
+            c = _t(x2[start:start + step] if step < rows else x2, dtype)
+            parts.append(tf.raw_ops.BiasAddGrad(out_backprop=c * c, data_format="NHWC"))
     total = parts[0]
     for p in parts[1:]:
         total = total + p
@@ -561,13 +561,34 @@ def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> Any:
     return [tf.math.reduce_euclidean_norm(_t(x, dtype)) for x in xs]
 
 
+RATIO_CHUNK = 1 << 18
+"""Elements per chunk of :func:`min_bound_ratio` (1 MiB of float32: its temporaries stay in the cache)."""
+
+
+def _flat_chunks(x: Any, chunk: int) -> list:
+    """``x`` flattened, in consecutive slices of ``chunk`` elements (one, ``x`` itself, if it is no larger).
+
+    A slice of a tensor's leading axis shares its buffer (where its start is aligned: ``chunk``
+    is a multiple of 16 elements), so the chunks cost no copy.
+    """
+    x = _t(x)
+    n = math.prod(x.shape)
+    if n <= chunk:
+        return [x]
+    flat = tf.reshape(x, (n,))
+    return [flat[start:start + chunk] for start in range(0, n, chunk)]
+
+
 def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float,
                     dtype: Any) -> Any:
-    """Clippy's per-array scale with two full-size temporaries instead of the default's five.
+    """Clippy's per-array scale with no full-size temporary (the default makes five).
 
     Without XLA every element-wise op of a ``tf.function`` writes a full-size tensor, freshly
-    allocated (and on the CPU page-faulted in) unless it takes over an input's buffer. Here each
-    element gives ``bound / max(|d|, bound)`` (``|w|`` then scaled and shifted in its buffer,
+    allocated (and on the CPU page-faulted in) unless it takes over an input's buffer, and each
+    op is a pass over memory. Here every array runs in flat chunks of :data:`RATIO_CHUNK`
+    elements (slices that share the input's buffer), so the two temporaries of a chunk stay in
+    the cache across its ops; the chunks' minima are combined by a minimum (exact, in any
+    order), their sums only tell whether a NaN is present. Each element gives ``bound / max(|d|, bound)`` (``|w|`` then scaled and shifted in its buffer,
     ``|d|``, the max and the ratio in theirs): ``bound / |d|`` where ``|d| > bound``, exactly 1
     where ``0 < bound`` is finite and not exceeded, NaN where the default counts nothing either
     (``0 / 0``, ``inf / inf``, a NaN input). Without NaN the minimum is the default's, bit for
@@ -586,12 +607,18 @@ def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: flo
     out = [one] * len(ds)
     if not idx:
         return out
-    fast, sums = [], []
+    fast, sums, last = [], [], []
     for i in idx:
-        bound = absolute + relative * tf.abs(_t(ws[i], dtype))  # (the default's order)
-        ratios = bound / tf.maximum(tf.abs(_t(ds[i], dtype)), bound)
-        fast.append(tf.minimum(tf.reduce_min(ratios), one))
-        sums.append(tf.reduce_sum(ratios))
+        mins = []
+        for d, w in zip(_flat_chunks(ds[i], RATIO_CHUNK), _flat_chunks(ws[i], RATIO_CHUNK)):
+            with tf.control_dependencies(last):  # chunk after chunk, not each op over every chunk
+                bound = absolute + relative * tf.abs(_t(w, dtype))  # (the default's order)
+                ratios = bound / tf.maximum(tf.abs(_t(d, dtype)), bound)
+            mins.append(tf.reduce_min(ratios))
+            sums.append(tf.reduce_sum(ratios))
+            last = [mins[-1], sums[-1]]
+        low = mins[0] if len(mins) == 1 else tf.reduce_min(tf.stack(mins))
+        fast.append(tf.minimum(low, one))
     nan = tf.reduce_any(tf.math.is_nan(tf.stack(sums)))
     sel = tf.cond(nan, lambda: min_bound_ratio_default(xp, [ds[i] for i in idx], [ws[i] for i in idx], relative,
                                                        absolute, dtype),

@@ -304,11 +304,20 @@ def _kernel_cases(rng):
     return ds, ws
 
 
+@pytest.mark.parametrize("chunk", [None, 16], ids=["one_chunk", "many_chunks"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_tf_norm_and_clippy_kernels_equal_the_defaults(dtype):
-    """array_norms (reduce_euclidean_norm) and min_bound_ratio (no ones_like) give the portable defaults'
-    values bit for bit, eagerly and in a tf.function; NaN, inf, zero, tiny, huge, 0-d and empty arrays."""
+def test_tf_norm_and_clippy_kernels_equal_the_defaults(dtype, chunk, monkeypatch):
+    """array_norms (reduce_euclidean_norm) and min_bound_ratio (no ones_like, in chunks of RATIO_CHUNK)
+    give the portable defaults' values bit for bit, eagerly and in a tf.function; NaN, inf, zero, tiny,
+    huge, 0-d and empty arrays."""
+    from gradclip_core.backend import _tensorflow
+
+    if chunk is not None:
+        monkeypatch.setattr(_tensorflow, "RATIO_CHUNK", chunk)
     ds, ws = _kernel_cases(np.random.default_rng(0))
+    late_nan, late_inf, late_zero = (np.random.default_rng(1).normal(size=100) for _ in range(3))
+    late_nan[70], late_inf[50], late_zero[90] = NAN, INF, 0.0  # (in a later chunk)
+    ds, ws = ds + [late_nan, late_inf, np.full(100, 1e-3)], ws + [np.ones(100), np.ones(100), late_zero]
     ds, ws = [tf.constant(d, dtype=dtype) for d in ds], [tf.constant(w, dtype=dtype) for w in ws]
     acc = tf.float64 if dtype == "float64" else tf.float32
 
