@@ -492,10 +492,12 @@ def _column_norm(x: tf.Tensor, dtype: Any) -> tf.Tensor:
     ``axis=0``) runs at a third of the speed of a whole-array reduction, while ``BiasAddGrad``
     (the bias gradient: a sum over every axis but the last) runs at that speed. It needs the
     squares as a tensor, so they are formed in row chunks of about :data:`COLUMN_CHUNK`
-    elements (a leading-axis slice shares its buffer with ``x``; each chunk's square is
-    cache-sized and freed at once): no full-size temporary. Sums within a chunk run row by row,
-    the chunks' sums are added in order (the same float32 accumulation as the default, up to
-    the summation order).
+    elements (a leading-axis slice shares its buffer with ``x``; the chunks are chained by
+    control dependencies, so each chunk's square is freed before the next is formed): no
+    full-size temporary. Within a chunk the sums run in ``BiasAddGrad``'s order, the chunks'
+    sums are added in order (the same accumulation dtype as the default, equal up to the
+    summation order). On GPT-2 small's kernels: ~93 ms of CPU time where the column reduction
+    took ~145 ms (a whole-array reduction: ~45 ms).
     """
     m = int(x.shape[-1])
     rows = math.prod(x.shape) // m
@@ -518,7 +520,7 @@ def unit_norms(xp: Any, xs: Sequence[Any], axes: Sequence[Any], dtypes: Sequence
     The default (``sqrt(sum(x * x))``) runs as two TensorFlow kernels with a full-size ``x * x``
     in between (no XLA to fuse them in a ``tf.function``). Units over the leading axes (Keras'
     ``(..., in, out)`` kernels: a column reduction) take :func:`_column_norm` (``BiasAddGrad``
-    on cache-sized chunks of squares, three times faster than TensorFlow's column reduction on
+    on chunks of squares, about 1.5 times faster than TensorFlow's column reduction on
     the CPU); other axes ``tf.math.reduce_euclidean_norm``, which sums the squares inside the
     reduction. Both accumulate in float32 (or ``dtypes[i]``), equal to the default up to the
     summation order. Complex arrays, and XLA (``jit_compile``: no ``EuclideanNorm`` kernel
