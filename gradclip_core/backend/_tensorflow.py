@@ -473,11 +473,11 @@ def _in_xla() -> bool:
 
 
 COLUMN_CHUNK = 1 << 20
-"""Elements per chunk of :func:`_column_norm` (4 MiB of float32: a square small enough to be reused, not page-faulted in)."""
+"""Elements per chunk of :func:`_column_norm` (4 MiB of float32: a square reused, not page-faulted in)."""
 
 
 def _leading_axes(x: Any, ax: Any) -> bool:
-    """Whether ``ax`` reduces every axis but the last of a rank >= 2 array of known, non-empty shape (Keras' kernels)."""
+    """Whether ``ax`` reduces every axis but the last of a rank >= 2, non-empty, known-shape array (Keras' kernels)."""
     shape = tuple(x.shape)
     if len(shape) < 2 or any(d is None for d in shape) or math.prod(shape) == 0 or ax is None:
         return False
@@ -590,8 +590,10 @@ def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: flo
     op is a pass over memory. Here every array runs in flat chunks of :data:`RATIO_CHUNK`
     elements (slices that share the input's buffer), so the two temporaries of a chunk stay in
     the cache across its ops; the chunks' minima are combined by a minimum (exact, in any
-    order), their sums only tell whether a NaN is present. Each element gives ``bound / max(|d|, bound)`` (``|w|`` then scaled and shifted in its buffer,
-    ``|d|``, the max and the ratio in theirs): ``bound / |d|`` where ``|d| > bound``, exactly 1
+    order), their sums only tell whether a NaN is present (the chunks are chained by control
+    dependencies: the executor would otherwise run each op over every chunk before the next op).
+    Each element gives ``bound / max(|d|, bound)`` (``|w|`` then scaled and shifted in its
+    buffer, ``|d|``, the max and the ratio in theirs): ``bound / |d|`` where ``|d| > bound``, exactly 1
     where ``0 < bound`` is finite and not exceeded, NaN where the default counts nothing either
     (``0 / 0``, ``inf / inf``, a NaN input). Without NaN the minimum is the default's, bit for
     bit; a NaN anywhere (the sum of ratios in ``[0, 1]`` tells) runs the default's definition
