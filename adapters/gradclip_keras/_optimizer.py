@@ -576,8 +576,11 @@ class Optimizer(keras.optimizers.Optimizer):
                     # temporary less under jit, where d and w_new were both held until the write-back).
                     # TensorFlow runs op by op: d * f and b + ... write into d's buffer (its last reader),
                     # where b - a wrote a new, page-faulted one.
-                    new = b + d * f if in_place else b - (b - a) * f
-                    var.assign(ops.where(ops.equal(f, 1), a, ops.cast(new, a.dtype)))
+                    if in_place:  # f is 0-d: one branch, not a full-size select (whose values are the same)
+                        var.assign(ops.cond(ops.equal(f, 1), lambda a=a: a,
+                                            lambda a=a, b=b, d=d, f=f: ops.cast(b + d * f, a.dtype)))
+                    else:
+                        var.assign(ops.where(ops.equal(f, 1), a, ops.cast(b - (b - a) * f, a.dtype)))
         for var, a, b, d, d0 in zip(built, after, before, out or (), deltas or ()):
             d = ops.cast(d, d0.dtype)
             var.assign(ops.where(ops.equal(d, d0), a, ops.cast(b + d, a.dtype)))

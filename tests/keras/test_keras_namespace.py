@@ -304,11 +304,20 @@ def _kernel_cases(rng):
     return ds, ws
 
 
+@pytest.mark.parametrize("chunk", [None, 16], ids=["one_chunk", "many_chunks"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_tf_norm_and_clippy_kernels_equal_the_defaults(dtype):
-    """array_norms (reduce_euclidean_norm) and min_bound_ratio (no ones_like) give the portable defaults'
-    values bit for bit, eagerly and in a tf.function; NaN, inf, zero, tiny, huge, 0-d and empty arrays."""
+def test_tf_norm_and_clippy_kernels_equal_the_defaults(dtype, chunk, monkeypatch):
+    """array_norms (reduce_euclidean_norm) and min_bound_ratio (no ones_like, in chunks of RATIO_CHUNK)
+    give the portable defaults' values bit for bit, eagerly and in a tf.function; NaN, inf, zero, tiny,
+    huge, 0-d and empty arrays."""
+    from gradclip_core.backend import _tensorflow
+
+    if chunk is not None:
+        monkeypatch.setattr(_tensorflow, "RATIO_CHUNK", chunk)
     ds, ws = _kernel_cases(np.random.default_rng(0))
+    late_nan, late_inf, late_zero = (np.random.default_rng(1).normal(size=100) for _ in range(3))
+    late_nan[70], late_inf[50], late_zero[90] = NAN, INF, 0.0  # (in a later chunk)
+    ds, ws = ds + [late_nan, late_inf, np.full(100, 1e-3)], ws + [np.ones(100), np.ones(100), late_zero]
     ds, ws = [tf.constant(d, dtype=dtype) for d in ds], [tf.constant(w, dtype=dtype) for w in ws]
     acc = tf.float64 if dtype == "float64" else tf.float32
 
@@ -325,3 +334,66 @@ def test_tf_norm_and_clippy_kernels_equal_the_defaults(dtype):
             same(a, b.numpy())
     assert float(got[2][2]) == 1.0 and float(got[2][5]) == 1.0  # an empty array, only NaN updates: scale 1
     assert float(got[2][1]) == 0.0  # an infinite update stops its array
+
+
+def _unit_cases(rng):
+    col = rng.normal(size=(300, 7))
+    col[:, 1] = 0.0  # a zero unit
+    col[5, 2], col[7, 3], col[9, 4] = NAN, INF, -INF
+    return [
+        (col, (0,)),  # a Dense kernel (in, out): a column reduction, NaN/inf/zero units
+        (rng.normal(0, 1e18, (3, 5, 4, 6)), (0, 1, 2)),  # a Conv2D kernel (h, w, in, out), huge values
+        (rng.normal(0, 1e-20, (2, 1, 9)), (0, 1)),  # tiny values (squares underflow, as the default's)
+        (rng.normal(size=(37, 29)), (1,)),  # not the leading axes: reduce_euclidean_norm
+        (rng.normal(size=(37, 29)), None),  # the whole array
+        (rng.normal(size=(11,)), (0,)),  # a bias
+        (np.zeros((0, 4)), (0,)),  # empty
+    ]
+
+
+@pytest.mark.parametrize("chunk", [None, 64], ids=["one_chunk", "many_chunks"])
+@pytest.mark.parametrize("dtype, acc", [("float32", "float32"), ("bfloat16", "float32"), ("float32", "float64")])
+def test_tf_unit_norms_kernel(dtype, acc, chunk, monkeypatch):
+    """unit_norms' kernels (BiasAddGrad on chunks of squares over leading axes, reduce_euclidean_norm
+    otherwise) against the portable default and a float64 NumPy reference, eagerly and in a tf.function:
+    shapes (1, ..., 1, m), the accumulation dtype, NaN/inf/zero units exact, values within the
+    summation-order bound ``rows * eps``; in chunks (``COLUMN_CHUNK``) too."""
+    from gradclip_core.backend import _tensorflow
+
+    if chunk is not None:
+        monkeypatch.setattr(_tensorflow, "COLUMN_CHUNK", chunk)
+    cases = _unit_cases(np.random.default_rng(0))
+    xs_ = [tf.constant(x, dtype=dtype) for x, _ in cases]
+    axes = [ax for _, ax in cases]
+    accs = [getattr(tf, acc)] * len(cases)
+
+    def run(arrays):
+        return gcb.unit_norms(xp, arrays, axes, accs)
+
+    got, got_graph = run(xs_), tf.function(run)(xs_)
+    with _portable("unit_norms"):
+        want = run(xs_)
+    eps = float(np.finfo(acc).eps)
+    for x, (_, ax), g, gg, w in zip(xs_, cases, got, got_graph, want):
+        x64 = x.numpy().astype(np.float64)
+        ref = np.sqrt(np.sum(x64 * x64, axis=ax, keepdims=True))
+        n = max(1, x64.size // max(1, ref.size))
+        for out in (g, gg):
+            assert out.dtype == accs[0] and tuple(out.shape) == tuple(w.shape) == ref.shape
+            o, wn = out.numpy().astype(np.float64), w.numpy().astype(np.float64)
+            np.testing.assert_array_equal(np.isnan(o), np.isnan(ref))
+            np.testing.assert_array_equal(np.isinf(o), np.isinf(ref))
+            np.testing.assert_array_equal(o == 0, wn == 0)  # (the accumulation dtype's underflow, as the default)
+            fin = np.isfinite(ref) & (wn != 0)
+            np.testing.assert_allclose(o[fin], ref[fin], rtol=(n + 2) * eps, atol=0)
+
+
+def test_tf_unit_norms_chunks_need_no_full_size_square():
+    """Over leading axes, the squares are formed per chunk: no op in the graph makes a full-size tensor."""
+    from gradclip_core.backend import _tensorflow
+
+    x = tf.TensorSpec((4 * _tensorflow.COLUMN_CHUNK // 64, 64), tf.float32)
+    graph = tf.function(lambda x: gcb.unit_norms(xp, [x], [(0,)], [tf.float32])).get_concrete_function(x).graph
+    full = [op for op in graph.get_operations() if op.type != "Placeholder" and op.type != "Reshape"
+            and any(o.shape.num_elements() == x.shape.num_elements() for o in op.outputs)]
+    assert not full, [op.type for op in full]

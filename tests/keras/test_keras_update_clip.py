@@ -113,3 +113,31 @@ def test_torch_keeps_the_snapshot_buffers_from_step_to_step_and_a_delta_only_whe
         ptrs.append([b.data_ptr() for b in scratch["snapshot"] + scratch.get("delta", [])])
         assert float(to_np(opt.info["min_scale"])) < 1  # the clip acted: the write-back went through
     assert ptrs[0] == ptrs[1] == ptrs[2] and len(set(ptrs[0])) == (2 if nonfinite == "propagate" else 4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's write-back (a tf.cond per array)")
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_tf_write_back_in_a_tf_function(jit_compile):
+    """TensorFlow writes an update rule's factor through one branch per array (``tf.cond``), not a
+    full-size select: in a ``tf.function`` (and with XLA) the weights equal the eager step's, bit for
+    bit, where the rule clips (factor < 1) and where it does not (factor 1: the inner step's values)."""
+    import tensorflow as tf
+
+    eager, traced = _variables(), _variables()
+    opt_e = gradclip_keras.Optimizer(keras.optimizers.SGD(0.5), gc.clippy(0.05, 1e-3))
+    opt_t = gradclip_keras.Optimizer(keras.optimizers.SGD(0.5), gc.clippy(0.05, 1e-3))
+    opt_t.build(traced)
+    step = tf.function(lambda g: opt_t.apply(g, traced), jit_compile=jit_compile)
+    fractions = []
+    for i, scale in enumerate([1e-4, 1.0, 1e-4]):  # tiny steps: factor 1; a large one: clipped
+        grads = _grads(i, scale)
+        before = [to_np(v.value).copy() for v in eager]
+        opt_e.apply(grads, eager)
+        step(grads)
+        for e, t in zip(eager, traced):
+            np.testing.assert_array_equal(to_np(t.value), to_np(e.value))
+        moved = [not np.array_equal(to_np(e.value), b) for e, b in zip(eager, before)]
+        assert all(moved)
+        fractions.append(float(to_np(opt_t.info["clipped_fraction"])))
+        assert fractions[-1] == float(to_np(opt_e.info["clipped_fraction"]))
+    assert fractions == [0.0, 1.0, 0.0]
