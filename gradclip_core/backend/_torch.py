@@ -593,7 +593,7 @@ def _host_counts(xs: Sequence[torch.Tensor], bounds: Sequence[tuple[Any, Any]], 
         loop = loops[i]
         if loop is not None:  # (one fused loop: each element counted, then clamped)
             v, t = views[i], views[i].dtype.type
-            return int(loop(v.ctypes.data + s * v.itemsize, e - s, t(-np.inf if lo is None else lo),
+            return int(loop(_native.address(v, s), e - s, t(-np.inf if lo is None else lo),
                             t(np.inf if hi is None else hi)))
         # (x < lo, x > hi: as fast as |x| > hi here; NaN is neither)
         c, f, n = _np_part(views[i], xs[i], s, e, bufs[0]), bufs[1][: e - s], 0
@@ -686,7 +686,7 @@ def _host_min_ratios(ds: _Chunks, ws: Sequence[torch.Tensor], relative: float, a
     def step(bufs: list, i: int, s: int, e: int) -> Any:
         if pairs[i] is not None:
             d, w, diff = pairs[i]
-            return nd.type(loop(d.ctypes.data + s * nd.itemsize, w.ctypes.data + s * nd.itemsize, e - s, rel, abs_, diff))
+            return nd.type(loop(_native.address(d, s), _native.address(w, s), e - s, rel, abs_, diff))
         if not bufs:
             bound_buf, ratio_buf = torch.empty(chunk, dtype=dtype), torch.empty(chunk, dtype=dtype)
             bufs.extend([bound_buf, ratio_buf, _np(bound_buf), _np(ratio_buf), {}])
@@ -714,7 +714,7 @@ def _host_difference_sumsq(after: Sequence[torch.Tensor], before: Sequence[torch
     def step(bufs: tuple, i: int, s: int, e: int) -> float:
         a, b = ds.views[i], ds.mviews[i]
         if loop is not None and a is not None and b is not None:  # (one loop: squares summed in float64)
-            return float(loop(a.ctypes.data + s * a.itemsize, b.ctypes.data + s * b.itemsize, e - s))
+            return float(loop(_native.address(a, s), _native.address(b, s), e - s))
         c = ds.part(i, s, e, bufs[0], bufs[1])
         return float(np.dot(c, c))
 
@@ -735,8 +735,9 @@ def difference_norms(xp: Any, after: Sequence[torch.Tensor], before: Sequence[to
     Each chunk's difference is formed and its squares summed in cache (:func:`_host_difference_sumsq`:
     one fused C loop summing in float64, or NumPy's subtraction and dot), on torch's threads; the
     result is the float64 sum's square root rounded to ``dtype``, which agrees with ``_foreach_norm``
-    of the formed update within float rounding (about an ulp; neither fixes its order). Elsewhere (a device, non-float arrays) the
-    update is formed and :func:`array_norms` reads it; ``torch.compile`` takes the default.
+    of the formed update within float rounding (about an ulp; neither fixes its order). Elsewhere
+    (a device, non-float arrays) the update is formed and :func:`array_norms` reads it;
+    ``torch.compile`` takes the default.
 
     Example:
       >>> [float(n) for n in difference_norms(None, [torch.tensor([4.0, 5.0])], [torch.ones(2)], torch.float32)]
@@ -1117,13 +1118,14 @@ def _hash_keys(xp: Any, spec: Any, start: int, n: int, old: torch.Tensor | None,
     if on is not None and on.all():  # (a bool reduction: a quarter of the traffic of the masking)
         on = None
 
-    loop = None if _native.library() is None else _native.library().gc_hash_keys
+    lib = _native.library()
+    loop = None if lib is None else lib.gc_hash_keys
 
     def work(share: list[tuple[int, int, int]]) -> dict:
         s0, e0 = share[0][1], share[-1][2]  # (a contiguous run of elements: its scratch lies in its own part)
         if loop is not None:  # (one fused loop per element: the hash, the key, the mask)
-            loop(kn.ctypes.data + 4 * s0, e0 - s0, (base + s0) & 0xFFFFFFFF, int(b2) & 0xFFFFFFFF,
-                 0 if mix is None else int(mix), mix is not None, None if on is None else on.ctypes.data + s0)
+            loop(_native.address(kn, s0), e0 - s0, (base + s0) & 0xFFFFFFFF, int(b2) & 0xFFFFFFFF,
+                 0 if mix is None else int(mix), mix is not None, None if on is None else _native.address(on, s0))
             return {}
         hs, ts = ints[s0:s0 + min(width, e0 - s0)], live[s0:s0 + min(width, e0 - s0)]
         for s in range(s0, e0, _HASH_BLOCK):
