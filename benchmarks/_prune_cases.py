@@ -78,9 +78,8 @@ def prune_cases(shapes: str, every_step: bool = False) -> dict:
                                                         "the same selection, a count per array from the shapes", False),
         'score_prune(0.5, allocation="lamp")': PruneCase(
             gc.score_prune(0.5, allocation="lamp", **kw), LAMP_TARGET,
-            "a sort per array + the selection of the reference (~1 sort)" if every_step else
-            "limit: the sort (ref) + a global selection (~1 sort) + LAMP's arithmetic", False,
-            "" if every_step else "sort"),
+            "limit: the sort (ref) + a global selection (~1 sort) + LAMP's arithmetic"
+            + (" + the optimizer step" if every_step else ""), False, "sort"),
         'score_prune(0.5, wanda, allocation="owl")': PruneCase(
             gc.score_prune(0.5, score=gc.wanda_score(norms, axis=1), allocation="owl", **kw), SCORE_TARGET,
             "Wanda scores and their outlier ratios", False),

@@ -9,7 +9,8 @@ and likewise ``clipnorm`` vs ``clip_by_norm(semantics="keras")`` and ``clipvalue
 ``clip_by_value``, and the rules Keras lacks (canonical global norm, block RMS, AutoClip,
 ZClip, ``record_norms``, AGC, max-norm) next to ``global_clipnorm``, and issue 19's
 pruning rules (``_prune_cases.py``: scores, allocations, block and padded N:M pruning,
-RigL, SET) next to the wrapper with ``magnitude_prune(0.5)``, masks recomputed every step,
+RigL, SET) next to the wrapper with ``magnitude_prune(0.5)``, masks recomputed every step
+(LAMP next to the backend's sort of every pruned array, its limit, as in the torch and optax suites),
 
 each on its own copy of the variables, the way Keras' trainer runs it on the active
 backend (``KERAS_BACKEND``): TensorFlow ``optimizer.apply`` inside a ``tf.function``,
@@ -36,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gradclip_core as gc  # noqa: E402
 import gradclip_keras  # noqa: E402
 from _measure import ROW_BUDGET_S, peak_extra, repeats_for, time_pair  # noqa: E402
-from _prune_cases import REF, prune_cases  # noqa: E402
+from _prune_cases import REF, SORT_REF, prune_cases  # noqa: E402
 from _shapes import SHAPE_SETS, shape_set  # noqa: E402
 from _table import Row, describe, emit  # noqa: E402
 
@@ -87,6 +88,7 @@ def step_fn(opt: keras.optimizers.Optimizer, variables: list, grads: list) -> Ca
             state["t"], state["o"] = apply(state["o"], grads, state["t"])
             return state["t"][-1]
 
+        run.values = lambda: state["t"]  # the weights now (the variables' buffers are donated to the step)
         return run
 
     def run():
@@ -94,6 +96,34 @@ def step_fn(opt: keras.optimizers.Optimizer, variables: list, grads: list) -> Ca
         return variables[-1].value
 
     return run
+
+
+def sort_fn(variables: list, step: Callable[[], Any]) -> tuple[str, Callable[[], Any]]:
+    """The sort reference of a LAMP row: the backend's exact sort of the int32 bits of every pruned (>= 2-d)
+    variable, through the step's path (a ``tf.function``, ``jax.jit``, eager torch); returns its name and it.
+
+    It sorts the weights as ``step`` (:func:`step_fn` of ``variables``) leaves them, the values LAMP sorts.
+
+    Sorting the bits sorts the non-negative floats; one int32 operand is each backend's fastest sort
+    (TensorFlow's ``tf.sort`` is a ``top_k`` of every element, JAX's a one-operand XLA sort, torch's a
+    radix sort).
+    """
+    backend = keras.backend.backend()
+    ranked = [v for v in variables if len(v.shape) >= 2]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda: [tf.sort(tf.bitcast(tf.reshape(v.value, [-1]), tf.int32)) for v in ranked])
+        return "tf.function(tf.sort)", lambda: fn()[-1]
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        fn = jax.jit(lambda vs: [jnp.sort(jax.lax.bitcast_convert_type(x.reshape(-1), jnp.int32)) for x in vs])
+        return "jit(jnp.sort)", lambda: fn([x for x in step.values() if x.ndim >= 2])[-1]
+    import torch
+
+    return "torch.sort", lambda: [torch.sort(v.value.reshape(-1).view(torch.int32)).values for v in ranked][-1]
 
 
 _REF = ("(ref) SGD(global_clipnorm=1.0)", {"global_clipnorm": 1.0})
@@ -178,19 +208,26 @@ def suite(repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", only_rules: 
         if ref is None:
             ref = step_fn(gradclip_keras.Optimizer(keras.optimizers.SGD(LR), cases[REF].rule),
                           make_variables(shapes, 1), grads)
-        ours = step_fn(gradclip_keras.Optimizer(keras.optimizers.SGD(LR), case.rule), make_variables(shapes, 1), grads)
+        variables = make_variables(shapes, 1)
+        ours = step_fn(gradclip_keras.Optimizer(keras.optimizers.SGD(LR), case.rule), variables, grads)
+        ref_name, this_ref = f"(ref) Optimizer(SGD, {REF})", ref
+        if case.ref == "sort":  # LAMP: a sort of every pruned array is its limit
+            sort_name, this_ref = sort_fn(variables, ours)
+            ref_name = f"(ref) {SORT_REF} ({sort_name}, int32 bits)"
         n, w = (min(3, repeats), 1) if few else (repeats_for(repeats, case.target), warmup)
-        t_o, t_n, r, pairs = time_pair(ours, ref, _sync, n, w, budget_s=ROW_BUDGET_S)
+        t_o, t_n, r, pairs = time_pair(ours, this_ref, _sync, n, w, budget_s=ROW_BUDGET_S)
+        this_peak = peak_extra(this_ref, _sync, "rss") if case.ref == "sort" else None
         ref_peak = peak_extra(ref, _sync, "rss") if ref_peak is None else ref_peak
         note = case.note or "masks recomputed every step"
         if pairs < n:
             note += ("; " if note else "") + f"{pairs} pairs (a {ROW_BUDGET_S:.0f}-s budget per row)"
         if few:
             note += f"; TF: {n} pairs, {w} warm-up (limited: seconds per step)"
-        rows.append(Row(label, f"keras/{backend}", "Optimizer, " + PATHS[backend], f"(ref) Optimizer(SGD, {REF})",
-                        t_o * 1e3, t_n * 1e3, peak_extra(ours, _sync, "rss"), ref_peak,
-                        case.target, note, paired_ratio=r, has_native=False))
-        del ours
+        rows.append(Row(label, f"keras/{backend}", "Optimizer, " + PATHS[backend], ref_name,
+                        t_o * 1e3, t_n * 1e3, peak_extra(ours, _sync, "rss"),
+                        ref_peak if this_peak is None else this_peak, case.target, note, paired_ratio=r,
+                        has_native=False))
+        del ours, this_ref, variables
     return rows
 
 

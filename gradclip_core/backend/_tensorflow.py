@@ -643,6 +643,37 @@ DIGIT = 11
 """Bits per radix digit (histograms of ``2**DIGIT`` bins); ``ceil(31 / DIGIT) = 3`` passes."""
 
 
+def sort_keys(xp: Any, keys: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """The sorted 1-d int32 ``keys`` and their stable ascending order, from one ``top_k`` of ``~keys``.
+
+    ``tf.sort`` / ``tf.argsort`` are a ``top_k`` of every element (of the negated keys for an
+    ascending order); ``~k = -k - 1`` reverses the order of every int32 without overflow, and
+    ``top_k`` puts equal values in index order, so its values and indices are the sorted keys and
+    the stable order at once (the default's ``argsort`` and ``take`` are that ``top_k`` and a gather).
+
+    Example:
+      >>> [a.numpy().tolist() for a in sort_keys(xp, tf.constant([3, 1, 3, 0]))]
+      [[0, 1, 3, 3], [3, 1, 0, 2]]
+    """
+    del xp
+    keys = _t(keys)
+    n = keys.shape[0] if keys.shape[0] is not None else tf.shape(keys)[0]
+    values, order = tf.math.top_k(tf.bitwise.invert(keys), k=n, sorted=True)
+    return tf.bitwise.invert(values), tf.cast(order, tf.int64)
+
+
+def unpermute(xp: Any, values: Any, order: Any) -> tf.Tensor:
+    """``out[order] = values``: one ``scatter_nd`` (the default is a second sort).
+
+    Example:
+      >>> unpermute(xp, tf.constant([10.0, 20.0, 30.0]), tf.constant([2, 0, 1])).numpy().tolist()
+      [20.0, 30.0, 10.0]
+    """
+    del xp
+    values = _t(values)
+    return tf.scatter_nd(tf.reshape(_t(order), (-1, 1)), values, tf.shape(values, out_type=_t(order).dtype))
+
+
 def order_keys(xp: Any, s: Any) -> tf.Tensor:
     """``bits(s)`` as int32 for non-negative float32 ``s`` (``tf.bitcast``); every NaN ``0x7F800001``.
 
@@ -746,5 +777,6 @@ def register() -> None:
 
     register_namespace(NAME, is_tf_array, xp)
     register_primitives(NAME, cond=cond, unit_norms=unit_norms, array_norms=array_norms, min_bound_ratio=min_bound_ratio,
-                        order_keys=order_keys, float_from_bits=float_from_bits)
+                        order_keys=order_keys, float_from_bits=float_from_bits, sort_keys=sort_keys,
+                        unpermute=unpermute)
     register_selection(NAME, SELECTION)

@@ -266,6 +266,42 @@ def test_selection_kernels_give_numpys_masks_and_threshold_eager_in_a_graph_and_
                     np.int32) or (np.isnan(thr.numpy()) and np.isnan(want_thr)), (name, k)
 
 
+def test_tf_sort_keys_and_unpermute_equal_numpys_stable_sort_eager_in_a_graph_and_under_xla():
+    """LAMP's sort on TensorFlow (one ``top_k`` of the inverted keys) gives NumPy's stable ascending order, ties
+    by index, over the whole int32 range (``-k`` would overflow at INT_MIN); the scatter undoes the gather; and
+    LAMP's scores through them equal NumPy's."""
+    from gradclip_core.backend._tensorflow import sort_keys, unpermute
+    from gradclip_core.prune import lamp_scores
+
+    info = np.iinfo(np.int32)
+    rng = np.random.default_rng(3)
+    cases = [np.array([info.min, info.max, 0, -1, info.min, 5, 5, info.max], np.int32),
+             rng.integers(-3, 4, 1000).astype(np.int32),  # many ties
+             rng.integers(info.min, info.max, 5000, dtype=np.int64).astype(np.int32), np.zeros(0, np.int32)]
+    fns = {"eager": lambda k: sort_keys(xp, k), "graph": tf.function(lambda k: sort_keys(xp, k)),
+           "xla": tf.function(lambda k: sort_keys(xp, k), jit_compile=True)}
+    for keys in cases:
+        order = np.argsort(keys, kind="stable")
+        for name, fn in fns.items():
+            got_keys, got_order = fn(tf.constant(keys))
+            np.testing.assert_array_equal(got_keys.numpy(), keys[order], err_msg=name)
+            np.testing.assert_array_equal(got_order.numpy(), order, err_msg=name)
+        values = rng.standard_normal(keys.size).astype(np.float32)
+        back = unpermute(xp, tf.constant(values[order]), tf.constant(order))
+        np.testing.assert_array_equal(back.numpy(), values)
+    s = np.abs(rng.standard_normal((37, 29))).astype(np.float32)
+    s[3] = s[4]  # ties
+    # the default path (argsort, gather, a second argsort to undo it) on the same TensorFlow cumulative sum
+    from gradclip_core.prune._allocation import _lamp_keys, _lamp_sorted
+
+    keys = _lamp_keys(xp, tf.reshape(tf.constant(s), [-1]))
+    order = xp.argsort(keys, stable=True)
+    default = xp.take(_lamp_sorted(xp, xp.take(keys, order)), xp.argsort(order, stable=True))
+    got = lamp_scores(xp, tf.constant(s)).numpy()
+    np.testing.assert_array_equal(got.reshape(-1), default.numpy())
+    np.testing.assert_allclose(got, lamp_scores(np, s), rtol=1e-5)  # (NumPy's cumulative sum rounds otherwise)
+
+
 def test_selection_graph_is_small():
     """One selection is a few hundred graph ops (the portable kernels unrolled 31 one-bit passes with
     arithmetic keys: thousands per array, minutes to trace a Keras pruning step on GPT-2 small)."""
