@@ -137,3 +137,20 @@ GC_CLONE void gc_hash_keys(int32_t *out, int64_t n, uint32_t base, uint32_t b2, 
         out[j] = keep ? bits * (int32_t)(keep[j] != 0) : bits;
     }
 }
+
+/* LAMP scores (gradclip_core.prune.lamp_scores) of one array, in place order, from its int32 keys
+ * sorted ascending and their order: for i from n - 1 down, v is the float32 of sorted[i]'s bits,
+ * sq = v * v, the suffix sum acc += sq in double (torch's cumsum of float32 accumulates in double),
+ * and out[order[i]] = sq / ((float)acc > 0 ? (float)acc : 1). The same bits as the flip, cumsum,
+ * flip, divide and scatter it replaces (five full-size temporaries, one pass here). */
+void gc_lamp_scatter(const int32_t *sorted, const int64_t *order, int64_t n, float *out) {
+    double acc = 0.0;
+    for (int64_t i = n - 1; i >= 0; i--) {
+        float v;
+        memcpy(&v, sorted + i, sizeof v);
+        float sq = v * v;
+        acc += (double)sq;
+        float suffix = (float)acc;
+        out[order[i]] = sq / (suffix > 0.0f ? suffix : 1.0f);
+    }
+}

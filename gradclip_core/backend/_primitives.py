@@ -68,7 +68,7 @@ _OVERRIDES: dict[str, dict[str, Callable[..., Any]]] = {}
 PRIMITIVES = ("array_norms", "array_sumsq", "array_rms", "unit_norms", "multiply", "clip", "count_outside", "fuses_count",
               "order_keys", "float_from_bits", "apply_masks", "cond", "apply_effect_", "min_bound_ratio", "compiling",
               "difference_norms", "difference_min_bound_ratio",
-              "argsort_keys", "sort_keys", "sort_values", "unpermute", "group_keep", "kept_buffers",
+              "argsort_keys", "sort_keys", "sort_values", "unpermute", "lamp_scores", "group_keep", "kept_buffers",
               "unit_any", "and_broadcast", "count_true")
 
 
@@ -84,7 +84,9 @@ def register_primitives(name: str, **primitives: Callable[..., Any]) -> None:
         ``apply_masks(xp, xs, masks)``, ``cond(xp, pred, true_fn, false_fn)``,
         ``order_keys(xp, scores)``, ``apply_effect_(xp, xs, effect)`` (in place),
         ``argsort_keys(xp, keys)``, ``sort_keys(xp, keys)``, ``sort_values(xp, keys)`` and
-        ``unpermute(xp, values, order)`` (see :func:`argsort_keys`), ``group_keep(xp, cols, n_prune)``,
+        ``unpermute(xp, values, order)`` (see :func:`argsort_keys`), ``lamp_scores(xp, keys)`` (1-d int32
+        LAMP keys to their float32 scores in place order, or ``NotImplemented``: see
+        :func:`gradclip_core.prune.lamp_scores`), ``group_keep(xp, cols, n_prune)``,
         ``kept_buffers(xp, scratch, key, like)``, ``difference_norms(xp, after, before, dtype)``,
         ``difference_min_bound_ratio(xp, after, before, relative, absolute, dtype)``,
         ``unit_any(xp, m, axes)``, ``and_broadcast(xp, m, keep)``, ``count_true(xp, masks)``, with

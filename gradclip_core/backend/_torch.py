@@ -42,7 +42,7 @@ from ._primitives import register_primitives, symmetric_bounds
 from ._selection import NAN_BITS, NAN_KEY, Selection, register_selection
 
 __all__ = ["NAMESPACE", "register", "min_bound_ratio", "difference_norms", "difference_min_bound_ratio", "group_keep", "kept_buffers", "array_norms", "array_rms", "unit_norms", "multiply", "clip", "count_outside",
-           "fuses_count", "apply_effect_",
+           "fuses_count", "apply_effect_", "lamp_scores",
            "order_keys", "apply_masks", "cond", "CHUNK", "CPU_SELECTION", "DEVICE_SELECTION", "EAGER_CPU"]
 
 NAMESPACE = "array_api_compat.torch"
@@ -1259,6 +1259,28 @@ def unpermute(xp: Any, values: torch.Tensor, order: torch.Tensor) -> torch.Tenso
     return torch.empty_like(values).scatter_(0, order.to(torch.int64), values)
 
 
+def lamp_scores(xp: Any, keys: torch.Tensor) -> Any:
+    """LAMP scores of 1-d int32 LAMP keys, in place order (:func:`gradclip_core.prune.lamp_scores`): on the CPU
+    with the fused C loops, the stable sort and then one loop (:mod:`._native`) for the squares, the suffix
+    sums (in double, as torch's ``cumsum`` of float32), the division and the scatter back, the same bits as
+    the default's flip, cumsum, flip, divide and scatter (five full-size temporaries: more time than the sort);
+    elsewhere ``NotImplemented`` (the default).
+
+    Example:
+      >>> lamp_scores(None, torch.tensor([1073741824, 1065353216, 0], dtype=torch.int32)).tolist()  # bits of 2, 1, 0
+      [1.0, 0.20000000298023224, 0.0]
+    """
+    del xp
+    lib = _native.library()
+    if lib is None or not _host(keys) or keys.dtype != torch.int32 or keys.ndim != 1:
+        return NotImplemented
+    sorted_keys, order = torch.sort(keys, stable=True)
+    out = torch.empty(keys.shape, dtype=torch.float32)
+    lib.gc_lamp_scatter(_native.address(_np(sorted_keys)), _native.address(_np(order)), keys.shape[0],
+                        _native.address(_np(out)))
+    return out
+
+
 def group_keep(xp: Any, cols: torch.Tensor, n_prune: int) -> torch.Tensor:
     """The default's pairwise ranks, counted in place in one int8 (int16 for big groups) buffer: no
     temporaries but the comparison's flag (2-3x faster than the default's casts and copies on a CPU)."""
@@ -1339,7 +1361,8 @@ def register() -> None:
                         multiply=multiply, clip=clip, count_outside=count_outside, fuses_count=fuses_count, min_bound_ratio=min_bound_ratio,
                         difference_norms=difference_norms, difference_min_bound_ratio=difference_min_bound_ratio,
                         apply_masks=apply_masks, cond=cond, order_keys=order_keys, float_from_bits=float_from_bits,
-                        apply_effect_=apply_effect_, sort_keys=sort_keys, unpermute=unpermute, group_keep=group_keep,
+                        apply_effect_=apply_effect_, sort_keys=sort_keys, unpermute=unpermute, lamp_scores=lamp_scores,
+                        group_keep=group_keep,
                         kept_buffers=kept_buffers, compiling=lambda xp: _compiling())
     register_primitives(NAMESPACE, unit_any=unit_any, and_broadcast=and_broadcast, count_true=count_true)
     register_selection(NAMESPACE, _choose)

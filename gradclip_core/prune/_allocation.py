@@ -255,8 +255,13 @@ def lamp_scores(xp: Any, s: Any) -> Any:
     flat = xp.reshape(s, (-1,))
     if size(flat) == 0:
         return s
-    sorted_keys, order = sort_keys(xp, _lamp_keys(xp, flat))
-    return xp.reshape(unpermute(xp, _lamp_sorted(xp, sorted_keys), order), tuple(s.shape))
+    keys = _lamp_keys(xp, flat)
+    fast = override(xp, "lamp_scores")  # (torch on the CPU: the sort, then one fused loop for the rest)
+    out = NotImplemented if fast is None else fast(xp, keys)
+    if out is NotImplemented:
+        sorted_keys, order = sort_keys(xp, keys)
+        out = unpermute(xp, _lamp_sorted(xp, sorted_keys), order)
+    return xp.reshape(out, tuple(s.shape))
 
 
 def _lamp_keys(xp: Any, flat: Any) -> Any:
@@ -269,9 +274,10 @@ def _lamp_sorted(xp: Any, sorted_keys: Any) -> Any:
     """LAMP scores in the sorted order, from the sorted keys alone (read back as the values)."""
     sq = float_from_bits(xp, sorted_keys) ** 2
     suffix = xp.flip(xp.cumulative_sum(xp.flip(sq, axis=0), axis=0), axis=0)
-    pos = suffix > 0
     one = xp.asarray(1.0, dtype=sq.dtype, **device_kw([sq]))
-    return xp.where(pos, sq / xp.where(pos, suffix, one), xp.zeros_like(one))
+    # where the suffix sum is 0 so is its own term sq (a sum of non-negative floats rounds to at least its
+    # largest term): 0 / 1 is the +0 defined there, with no second full-size select
+    return sq / xp.where(suffix > 0, suffix, one)
 
 
 def _at(xp: Any, v: Any, i: Any) -> Any:

@@ -125,6 +125,41 @@ def test_hash_keys_loop_equals_numpy(mix, masked, monkeypatch):
     assert torch.equal(got, want) and int(got.max()) > 0
 
 
+@pytest.mark.parametrize("case", ["random", "ties", "special", "pruned"])
+def test_lamp_loop_equals_torchs_flip_cumsum_divide_scatter(case):
+    """LAMP's scores through the fused loop equal the torch path it replaces (stable sort, square, flip,
+    cumsum in double, flip, divide, scatter) bit for bit: ties (equal scores get different suffix sums, by
+    index), zeros of both signs, subnormals, infinities and NaN (ranked as +inf), pruned arrays, on vector-body
+    sizes."""
+    from gradclip_core.prune import lamp_scores
+    from gradclip_core.prune._allocation import _lamp_keys, _lamp_sorted
+    from gradclip_core.backend import namespace
+
+    rng = np.random.default_rng(5)
+    n = 401 * 499
+    s = np.abs(rng.standard_normal(n)).astype(np.float32)
+    if case == "ties":
+        s = np.round(s * 4).astype(np.float32) / 4  # a few distinct values, zeros among them
+    elif case == "special":
+        idx = rng.integers(0, n, 2000)
+        s[idx] = rng.choice(np.array([0.0, -0.0, np.nan, np.inf, 1e-40, 3e38, 1.0], np.float32), 2000)
+    elif case == "pruned":  # half zeros (+0 and -0), ties among the live
+        s[rng.random(n) < 0.5] = 0.0
+        s[rng.integers(0, n, 3000)] = -0.0
+        s[rng.integers(0, n, 3000)] = np.float32(0.75)  # ties among the live
+    x = torch.from_numpy(s.reshape(401, 499))
+    xp = namespace(x)
+    got = lamp_scores(xp, x)
+    keys = _lamp_keys(xp, x.reshape(-1))
+    sorted_keys, order = torch.sort(keys, stable=True)
+    want = torch.empty(n).scatter_(0, order, _lamp_sorted(xp, sorted_keys))
+    assert np.array_equal(_bits(got.reshape(-1)), _bits(want))
+    assert np.array_equal(_bits(kernels.lamp_scores(xp, keys)), _bits(want))
+    with numpy_loops():  # without the loops: the default path, the same bits
+        assert kernels.lamp_scores(xp, keys) is NotImplemented
+        assert np.array_equal(_bits(lamp_scores(xp, x).reshape(-1)), _bits(want))
+
+
 def test_without_a_compiler_the_kernels_use_numpy(tmp_path):
     """No C compiler, or GRADCLIP_NATIVE=0: library() is None with the reason, and the kernels still run."""
     code = (
