@@ -83,6 +83,26 @@ MIN_RATIO(gc_min_ratio_f64, double, int64_t, fabs)
 DIFF_SUMSQ(gc_diff_sumsq_f32, float)
 DIFF_SUMSQ(gc_diff_sumsq_f64, double)
 
+/* sum over i of x_i**2, each square of the element upcast to double, summed in double (float32: exact
+ * squares; gc.accumulate's float64 norm without a float64 copy of the array). */
+GC_CLONE double gc_sumsq_f32(const float *x, int64_t n) {
+    double s[LANES];
+    for (int j = 0; j < LANES; j++) s[j] = 0.0;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            double d = (double)x[i + j];
+            s[j] += d * d;
+        }
+    double out = 0.0;
+    for (; i < n; i++) {
+        double d = (double)x[i];
+        out += d * d;
+    }
+    for (int j = 0; j < LANES; j++) out += s[j];
+    return out;
+}
+
 /* x clamped to [lo, hi] in place (a missing bound is -inf / +inf), returning how many elements were
  * below lo or above hi before the clamp (NaN is neither). */
 #define CLAMP_COUNT(NAME, T)                                                                      \

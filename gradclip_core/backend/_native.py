@@ -52,6 +52,7 @@ _SIGNATURES = {
     "gc_min_ratio_f64": (ctypes.c_double, [_P, _P, _I64, ctypes.c_double, ctypes.c_double, _INT]),
     "gc_diff_sumsq_f32": (ctypes.c_double, [_P, _P, _I64]),
     "gc_diff_sumsq_f64": (ctypes.c_double, [_P, _P, _I64]),
+    "gc_sumsq_f32": (ctypes.c_double, [_P, _I64]),
     "gc_clamp_count_f32": (_I64, [_P, _I64, ctypes.c_float, ctypes.c_float]),
     "gc_clamp_count_f64": (_I64, [_P, _I64, ctypes.c_double, ctypes.c_double]),
     "gc_hash_keys": (None, [_P, _I64, _U32, _U32, _U32, _INT, _P]),

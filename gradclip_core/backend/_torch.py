@@ -96,6 +96,11 @@ def array_norms(xp: Any, xs: Sequence[torch.Tensor], ord: float, dtype: torch.dt
         # (complex64 for float32 results): what clip_grad_norm_ computes on complex grads.
         want = _complex_acc(dtype) if xdtype.is_complex else dtype
         if want in _WIDE and xdtype != want:  # float64 accumulation (gc.accumulate): no float64 copy of big tensors
+            host = _host_sumsq64(group) if ord == 2 and want == torch.float64 else None
+            if host is not None:  # float32 on the eager CPU: one fused C loop per chunk, on torch's threads
+                for j, t in zip(idx, host):
+                    out[live[j]] = torch.tensor(math.sqrt(t), dtype=want, device=device)
+                continue
             big = [j for j in idx if xs[live[j]].numel() > _CHUNK64]
             for j in big:
                 out[live[j]] = _chunked_norm(xs[live[j]], ord, want)
@@ -111,6 +116,22 @@ def array_norms(xp: Any, xs: Sequence[torch.Tensor], ord: float, dtype: torch.dt
         for j, n in zip(idx, norms):
             out[live[j]] = n
     return out
+
+
+def _host_sumsq64(xs: Sequence[torch.Tensor]) -> list[float] | None:
+    """Per float32 eager CPU tensor, the sum of its squares in float64 by the fused C loop (:mod:`._native`:
+    each element upcast, squared and summed in double; 4-7x faster than ``vector_norm(dtype=float64)``, which
+    casts each chunk to a float64 temporary first), chunk by chunk on torch's threads; ``None`` where a tensor
+    is not one (the caller's torch path)."""
+    loop = _c_loop("sumsq", np.dtype(np.float32)) if EAGER_CPU else None
+    if loop is None or not all(x.dtype == torch.float32 and _host(x) for x in xs):
+        return None
+    views = [_np(x.reshape(-1)) for x in xs]
+
+    def step(bufs: tuple, i: int, s: int, e: int) -> float:
+        return float(loop(_native.address(views[i], s), e - s))
+
+    return _host_reduce([x.numel() for x in xs], lambda: (), step, lambda a, b: a + b, 0.0)
 
 
 _CHUNK64 = 1 << 20  # elements of one chunk of a float64-accumulated norm (an 8 MiB float64 temporary)

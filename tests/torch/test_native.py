@@ -160,6 +160,30 @@ def test_lamp_loop_equals_torchs_flip_cumsum_divide_scatter(case):
         assert np.array_equal(_bits(lamp_scores(xp, x).reshape(-1)), _bits(want))
 
 
+@pytest.mark.parametrize("n", [3_000_017, 1000, 5])
+def test_float64_norms_by_the_sumsq_loop_equal_torchs_float64_norm(n):
+    """gc.accumulate's float64 norm on float32 CPU tensors (the squares summed in double by the C loop, in chunks on
+    torch's threads) equals the exact norm and ``vector_norm(dtype=float64)`` to float64 rounding, and so rounds to
+    the same float32;
+    NaN and inf propagate as in torch."""
+    import math
+
+    x = torch.from_numpy(np.random.default_rng(n).standard_normal(n).astype(np.float32) * 30)
+    got = kernels.array_norms(None, [x, x[:2]], 2.0, torch.float64)
+    for g, v in zip(got, [x, x[:2]]):
+        exact = math.sqrt(math.fsum(v.double().numpy() ** 2))  # (float32 squares are exact in float64)
+        want = torch.linalg.vector_norm(v, dtype=torch.float64)
+        assert g.dtype == torch.float64 and abs(float(g) - exact) <= 1e-12 * exact  # (n * eps: ~3e-10 at worst)
+        assert abs(float(want) - exact) <= 1e-12 * exact
+        assert g.float() == want.float() == torch.tensor(exact).float()
+    with numpy_loops():  # without the loops: torch's chunked float64 norms
+        assert kernels._host_sumsq64([x]) is None
+    for special, expect in ((float("nan"), "nan"), (float("inf"), "inf")):
+        y = x.clone()
+        y[n // 2] = special
+        assert str(float(kernels.array_norms(None, [y], 2.0, torch.float64)[0])) == expect
+
+
 def test_without_a_compiler_the_kernels_use_numpy(tmp_path):
     """No C compiler, or GRADCLIP_NATIVE=0: library() is None with the reason, and the kernels still run."""
     code = (
