@@ -59,49 +59,36 @@
 MIN_RATIO(gc_min_ratio_f32, float, int32_t, fabsf)
 MIN_RATIO(gc_min_ratio_f64, double, int64_t, fabs)
 
-/* sum over i of (a_i - b_i)**2: each difference rounded to the arrays' dtype, squared and summed
- * in double (float32: exact squares; the sum's order is the lanes', not NumPy's dot's). */
-#define DIFF_SUMSQ(NAME, T)                                                                       \
-    GC_CLONE double NAME(const T *a, const T *b, int64_t n) {                                     \
+/* sum over i of ELEM(i)**2 in double, LANES partial sums (the sum's order is the lanes', not NumPy's
+ * dot's); ELEM(k) is the k-th term as a double: */
+#define SUMSQ(NAME, PARAMS, ELEM)                                                                 \
+    GC_CLONE double NAME PARAMS {                                                                  \
         double s[LANES];                                                                           \
         for (int j = 0; j < LANES; j++) s[j] = 0.0;                                                \
         int64_t i = 0;                                                                             \
         for (; i + LANES <= n; i += LANES)                                                         \
             for (int j = 0; j < LANES; j++) {                                                      \
-                double d = (double)(T)(a[i + j] - b[i + j]);                                       \
+                double d = ELEM(i + j);                                                            \
                 s[j] += d * d;                                                                     \
             }                                                                                      \
         double out = 0.0;                                                                          \
         for (; i < n; i++) {                                                                       \
-            double d = (double)(T)(a[i] - b[i]);                                                   \
+            double d = ELEM(i);                                                                    \
             out += d * d;                                                                          \
         }                                                                                          \
         for (int j = 0; j < LANES; j++) out += s[j];                                               \
         return out;                                                                                \
     }
 
-DIFF_SUMSQ(gc_diff_sumsq_f32, float)
-DIFF_SUMSQ(gc_diff_sumsq_f64, double)
+/* - (a_i - b_i): each difference rounded to the arrays' dtype, then upcast (float32: exact squares); */
+#define DIFF_F32(k) ((double)(float)(a[k] - b[k]))
+#define DIFF_F64(k) ((double)(a[k] - b[k]))
+SUMSQ(gc_diff_sumsq_f32, (const float *a, const float *b, int64_t n), DIFF_F32)
+SUMSQ(gc_diff_sumsq_f64, (const double *a, const double *b, int64_t n), DIFF_F64)
 
-/* sum over i of x_i**2, each square of the element upcast to double, summed in double (float32: exact
- * squares; gc.accumulate's float64 norm without a float64 copy of the array). */
-GC_CLONE double gc_sumsq_f32(const float *x, int64_t n) {
-    double s[LANES];
-    for (int j = 0; j < LANES; j++) s[j] = 0.0;
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) {
-            double d = (double)x[i + j];
-            s[j] += d * d;
-        }
-    double out = 0.0;
-    for (; i < n; i++) {
-        double d = (double)x[i];
-        out += d * d;
-    }
-    for (int j = 0; j < LANES; j++) out += s[j];
-    return out;
-}
+/* - x_i upcast (gc.accumulate's float64 norm of float32 without a float64 copy of the array). */
+#define UPCAST(k) ((double)x[k])
+SUMSQ(gc_sumsq_f32, (const float *x, int64_t n), UPCAST)
 
 /* x clamped to [lo, hi] in place (a missing bound is -inf / +inf), returning how many elements were
  * below lo or above hi before the clamp (NaN is neither). */

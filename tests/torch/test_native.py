@@ -164,8 +164,7 @@ def test_lamp_loop_equals_torchs_flip_cumsum_divide_scatter(case):
 def test_float64_norms_by_the_sumsq_loop_equal_torchs_float64_norm(n):
     """gc.accumulate's float64 norm on float32 CPU tensors (the squares summed in double by the C loop, in chunks on
     torch's threads) equals the exact norm and ``vector_norm(dtype=float64)`` to float64 rounding, and so rounds to
-    the same float32;
-    NaN and inf propagate as in torch."""
+    the same float32; NaN and inf propagate as in torch."""
     import math
 
     x = torch.from_numpy(np.random.default_rng(n).standard_normal(n).astype(np.float32) * 30)
