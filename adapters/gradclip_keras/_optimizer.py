@@ -469,10 +469,13 @@ class Optimizer(keras.optimizers.Optimizer):
         return bool(snap and before and before[0] is snap[0])
 
     def _from_weights(self, before: list) -> bool:
-        """torch, eager, on the CPU, a rule that reads ``(w_new, w_old)`` itself: no update is formed
+        """A rule that reads ``(w_new, w_old)`` itself, on TensorFlow or torch's eager CPU: no update is formed
         (the core's post-step seam, :meth:`gradclip_core.Rule.update_effect_from_weights`)."""
-        return (self._gradclip.rule.has_weights_effect and self._eager_torch(before)
-                and all(b.device.type == "cpu" for b in before))
+        if not self._gradclip.rule.has_weights_effect:
+            return False
+        if backend() == "tensorflow":  # (its kernels: one fused loop per array; op by op, a - b is a full pass)
+            return True
+        return self._eager_torch(before) and all(b.device.type == "cpu" for b in before)
 
     def _probe_step(self, built: list, before: list, grads: list, variables: list, state_values: list) -> list:
         """JAX under ``jit``: :meth:`_correct_update` with the inner step run twice; returns the new state.
@@ -533,12 +536,12 @@ class Optimizer(keras.optimizers.Optimizer):
             with rule_scope(slots.paths):
                 state = unflatten(slots.treedef, state_values)
                 if seam:
-                    effect, new_state, info = slots.rule.update_effect_from_weights([a.detach() for a in after], before, state)
+                    effect, new_state, info = slots.rule.update_effect_from_weights([_detached(a) for a in after], before, state)
                 else:
                     effect, new_state, info = unconverted(slots.rule.update_effect)(deltas, state, before)
                 scales = _scalar_factors(effect, len(before))
                 if scales is None and deltas is None:  # another effect (a chain's): the update, formed now
-                    deltas = [a.detach() - b for a, b in zip(after, before)]
+                    deltas = [_detached(a) - b for a, b in zip(after, before)]
                 out = None if scales is not None else unconverted(apply_effect)(namespace(*deltas), deltas, effect)
         except Exception:  # (e.g. nonfinite="raise", eager): the weights go back to where the step started
             for var, b in zip(built, before):
@@ -568,17 +571,18 @@ class Optimizer(keras.optimizers.Optimizer):
             scales = None
         if scales is not None:  # Keep (nothing to write) or one factor per array: w_new stands where it is 1
             in_place = backend() == "tensorflow"
-            for var, a, b, d, f in zip(built, after, before, deltas, scales):
+            for var, a, b, d, f in zip(built, after, before, deltas or [None] * len(before), scales):
                 if f is not None:
-                    f = ops.cast(f, d.dtype)
+                    f = ops.cast(f, a.dtype)
                     # b - (b - a) * f is b + d * f bit for bit (negation is exact), but not the rule's `d`:
                     # XLA fuses each a - b into its one reader instead of keeping d alive (one full-size
                     # temporary less under jit, where d and w_new were both held until the write-back).
                     # TensorFlow runs op by op: d * f and b + ... write into d's buffer (its last reader),
                     # where b - a wrote a new, page-faulted one.
                     if in_place:  # f is 0-d: one branch, not a full-size select (whose values are the same)
+                        # (d None: the seam formed no update; a - b here, only for an array that is clipped)
                         var.assign(ops.cond(ops.equal(f, 1), lambda a=a: a,
-                                            lambda a=a, b=b, d=d, f=f: ops.cast(b + d * f, a.dtype)))
+                                            lambda a=a, b=b, d=d, f=f: ops.cast(b + (a - b if d is None else d) * f, a.dtype)))
                     else:
                         var.assign(ops.where(ops.equal(f, 1), a, ops.cast(b - (b - a) * f, a.dtype)))
         for var, a, b, d, d0 in zip(built, after, before, out or (), deltas or ()):
@@ -734,6 +738,11 @@ class Optimizer(keras.optimizers.Optimizer):
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         rule = rule_from_config(config.pop("rule"), custom_objects)
         return cls(inner, rule, **config)
+
+
+def _detached(x: Any) -> Any:
+    """``x`` without autograd history (torch); other backends' tensors as they are."""
+    return x.detach() if hasattr(x, "detach") else x
 
 
 def _traced_jax(values: list) -> bool:

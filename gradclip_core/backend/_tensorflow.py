@@ -20,6 +20,7 @@ and Keras' default), where array-api-strict uses float64.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -563,73 +564,91 @@ def array_norms(xp: Any, xs: Sequence[Any], ord: float, dtype: Any) -> Any:
     return [tf.math.reduce_euclidean_norm(_t(x, dtype)) for x in xs]
 
 
-RATIO_CHUNK = 1 << 18
-"""Elements per chunk of :func:`min_bound_ratio` (1 MiB of float32: its temporaries stay in the cache)."""
+def _rounded(x: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
+    """``x`` as computed (each element rounded to its dtype), through a bitwise AND with ``keep`` (all ones).
 
-
-def _flat_chunks(x: Any, chunk: int) -> list:
-    """``x`` flattened, in consecutive slices of ``chunk`` elements (one, ``x`` itself, if it is no larger).
-
-    A slice of a tensor's leading axis shares its buffer (where its start is aligned: ``chunk``
-    is a multiple of 16 elements), so the chunks cost no copy.
+    XLA:CPU contracts a multiply and an add into one fused multiply-add (a different rounding
+    than the two operations); an integer AND with a value XLA cannot see at compile time
+    (an argument) sits between them, so the product is rounded as NumPy rounds it. Costs an
+    integer operation per element in registers, nothing in memory traffic.
     """
-    x = _t(x)
-    n = math.prod(x.shape)
-    if n <= chunk:
-        return [x]
-    flat = tf.reshape(x, (n,))
-    return [flat[start:start + chunk] for start in range(0, n, chunk)]
+    bits = {8: tf.int64, 4: tf.int32, 2: tf.int16}[x.dtype.size]
+    return tf.bitcast(tf.bitwise.bitwise_and(tf.bitcast(x, bits), tf.cast(keep, bits)), x.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_min_ratio(relative: float, absolute: float, dtype: tf.DType) -> Any:
+    """A ``tf.function(jit_compile=True)`` of one array's Clippy minimum, ``fn(d_or_a, b, keep, difference)``.
+
+    One XLA loop reads ``d`` (or ``a`` and ``b``, forming ``a - b`` per element in the arrays'
+    dtype) and ``w`` once and writes nothing: the default's ``where(|d| > bound, bound / |d|, 1)``,
+    minimum, then ``min(., 1)``, element by element the default's operations (``bound`` rounded as
+    the default rounds it, :func:`_rounded`), so the same values bit for bit, NaN included (the
+    ``where`` turns every NaN quotient into 1 before the minimum, as the default).
+    """
+
+    def ratio(d: tf.Tensor, w: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
+        w, d = tf.cast(w, dtype), tf.cast(d, dtype)
+        bound = tf.constant(absolute, dtype) + _rounded(tf.constant(relative, dtype) * tf.abs(w), keep)
+        mag = tf.abs(d)
+        ratios = tf.where(mag > bound, bound / mag, tf.ones((), dtype))
+        return tf.minimum(tf.reduce_min(ratios), tf.ones((), dtype))
+
+    @tf.function(jit_compile=True, autograph=False)
+    def of_update(d: tf.Tensor, w: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
+        return ratio(d, w, keep)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def of_weights(a: tf.Tensor, b: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
+        d = a - b
+        return ratio(d if d.dtype == dtype else _rounded(d, keep), b, keep)
+
+    return of_update, of_weights
+
+
+def _min_ratios(first: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float, dtype: Any,
+                difference: bool) -> Any:
+    """Per array, :func:`_fused_min_ratio`'s minimum (1 for size-0 arrays); ``NotImplemented`` inside XLA."""
+    if _in_xla():  # (one XLA program already: the default, fused there)
+        return NotImplemented
+    dtype = tf.as_dtype(dtype)
+    fn = _fused_min_ratio(float(relative), float(absolute), dtype)[1 if difference else 0]
+    keep = tf.constant(-1, tf.int64 if dtype == tf.float64 else tf.int32)
+    return [tf.ones((), dtype) if math.prod(_t(x).shape) == 0 else fn(_t(x), _t(w), keep)
+            for x, w in zip(first, ws)]
 
 
 def min_bound_ratio(xp: Any, ds: Sequence[Any], ws: Sequence[Any], relative: float, absolute: float,
                     dtype: Any) -> Any:
-    """Clippy's per-array scale with no full-size temporary (the default makes five).
+    """Clippy's per-array scale, each array in one fused XLA loop (the default makes five full-size temporaries).
 
-    Without XLA every element-wise op of a ``tf.function`` writes a full-size tensor, freshly
-    allocated (and on the CPU page-faulted in) unless it takes over an input's buffer, and each
-    op is a pass over memory. Here every array runs in flat chunks of :data:`RATIO_CHUNK`
-    elements (slices that share the input's buffer), so the two temporaries of a chunk stay in
-    the cache across its ops; the chunks' minima are combined by a minimum (exact, in any
-    order), their sums only tell whether a NaN is present (the chunks are chained by control
-    dependencies: the executor would otherwise run each op over every chunk before the next op).
-    Each element gives ``bound / max(|d|, bound)`` (``|w|`` then scaled and shifted in its
-    buffer, ``|d|``, the max and the ratio in theirs): ``bound / |d|`` where ``|d| > bound``, exactly 1
-    where ``0 < bound`` is finite and not exceeded, NaN where the default counts nothing either
-    (``0 / 0``, ``inf / inf``, a NaN input). Without NaN the minimum is the default's, bit for
-    bit; a NaN anywhere (the sum of ratios in ``[0, 1]`` tells) runs the default's definition
-    instead, in a ``tf.cond``, so the result never depends on how ``reduce_min`` treats NaN.
+    Without XLA every element-wise op of a ``tf.function`` is a pass over memory into a
+    full-size tensor, freshly allocated (and on the CPU page-faulted in). Here each array's
+    reduction is a small ``jit_compile`` function (:func:`_fused_min_ratio`, compiled once per
+    shape) that reads ``d`` and ``w`` once: the default's values, bit for bit (NaN included).
+    Inside an XLA program already (``jit_compile`` train steps) the default runs, fused by XLA.
 
     Example:
       >>> d, w = [tf.constant([0.5, 0.1])], [tf.constant([1.0, 1.0])]
       >>> float(min_bound_ratio(xp, d, w, 0.25, 0.0, tf.float32)[0])
       0.5
     """
-    from ._primitives import min_bound_ratio_default
+    del xp
+    return _min_ratios(ds, ws, relative, absolute, dtype, difference=False)
 
-    one = tf.ones((), dtype)
-    idx = [i for i, d in enumerate(ds) if math.prod(d.shape) != 0]
-    out = [one] * len(ds)
-    if not idx:
-        return out
-    fast, sums, last = [], [], []
-    for i in idx:
-        mins = []
-        for d, w in zip(_flat_chunks(ds[i], RATIO_CHUNK), _flat_chunks(ws[i], RATIO_CHUNK)):
-            with tf.control_dependencies(last):  # chunk after chunk, not each op over every chunk
-                bound = absolute + relative * tf.abs(_t(w, dtype))  # (the default's order)
-                ratios = bound / tf.maximum(tf.abs(_t(d, dtype)), bound)
-            mins.append(tf.reduce_min(ratios))
-            sums.append(tf.reduce_sum(ratios))
-            last = [mins[-1], sums[-1]]
-        low = mins[0] if len(mins) == 1 else tf.reduce_min(tf.stack(mins))
-        fast.append(tf.minimum(low, one))
-    nan = tf.reduce_any(tf.math.is_nan(tf.stack(sums)))
-    sel = tf.cond(nan, lambda: min_bound_ratio_default(xp, [ds[i] for i in idx], [ws[i] for i in idx], relative,
-                                                       absolute, dtype),
-                  lambda: fast)
-    for i, v in zip(idx, sel):
-        out[i] = v
-    return out
+
+def difference_min_bound_ratio(xp: Any, after: Sequence[Any], before: Sequence[Any], relative: float,
+                               absolute: float, dtype: Any) -> Any:
+    """:func:`min_bound_ratio` of ``d = a - b`` and ``w = b``: one XLA loop per array reads ``a`` and ``b``,
+    no weight-sized ``d`` (Clippy after a Keras step). The default's values, bit for bit.
+
+    Example:
+      >>> a, b = [tf.constant([1.5, 1.1])], [tf.constant([1.0, 1.0])]
+      >>> float(difference_min_bound_ratio(xp, a, b, 0.25, 0.0, tf.float32)[0])
+      0.5
+    """
+    del xp
+    return _min_ratios(after, before, relative, absolute, dtype, difference=True)
 
 
 # ------------------------------------------------------------------ selection kernels
@@ -777,6 +796,7 @@ def register() -> None:
 
     register_namespace(NAME, is_tf_array, xp)
     register_primitives(NAME, cond=cond, unit_norms=unit_norms, array_norms=array_norms, min_bound_ratio=min_bound_ratio,
+                        difference_min_bound_ratio=difference_min_bound_ratio,
                         order_keys=order_keys, float_from_bits=float_from_bits, sort_keys=sort_keys,
                         unpermute=unpermute)
     register_selection(NAME, SELECTION)

@@ -340,36 +340,50 @@ def _kernel_cases(rng):
     return ds, ws
 
 
-@pytest.mark.parametrize("chunk", [None, 16], ids=["one_chunk", "many_chunks"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_tf_norm_and_clippy_kernels_equal_the_defaults(dtype, chunk, monkeypatch):
-    """array_norms (reduce_euclidean_norm) and min_bound_ratio (no ones_like, in chunks of RATIO_CHUNK)
-    give the portable defaults' values bit for bit, eagerly and in a tf.function; NaN, inf, zero, tiny,
-    huge, 0-d and empty arrays."""
-    from gradclip_core.backend import _tensorflow
-
-    if chunk is not None:
-        monkeypatch.setattr(_tensorflow, "RATIO_CHUNK", chunk)
-    ds, ws = _kernel_cases(np.random.default_rng(0))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_tf_norm_and_clippy_kernels_equal_the_defaults(dtype):
+    """array_norms (reduce_euclidean_norm), min_bound_ratio and difference_min_bound_ratio (one XLA loop per
+    array, the bound rounded as the default rounds it) give the portable defaults' values bit for bit, eagerly
+    and in a tf.function; NaN, inf, zero, tiny, huge, 0-d and empty arrays, and 10^5 random ratios (where an FMA
+    contraction of ``absolute + relative * |w|`` would differ)."""
+    rng = np.random.default_rng(0)
+    ds, ws = _kernel_cases(rng)
     late_nan, late_inf, late_zero = (np.random.default_rng(1).normal(size=100) for _ in range(3))
-    late_nan[70], late_inf[50], late_zero[90] = NAN, INF, 0.0  # (in a later chunk)
-    ds, ws = ds + [late_nan, late_inf, np.full(100, 1e-3)], ws + [np.ones(100), np.ones(100), late_zero]
+    late_nan[70], late_inf[50], late_zero[90] = NAN, INF, 0.0
+    many = [rng.normal(size=20000) * 10.0 ** rng.integers(-6, 2) for _ in range(5)]
+    ds = ds + [late_nan, late_inf, np.full(100, 1e-3)] + [w * rng.normal(0, 0.3, w.shape) for w in many]
+    ws = ws + [np.ones(100), np.ones(100), late_zero] + many
     ds, ws = [tf.constant(d, dtype=dtype) for d in ds], [tf.constant(w, dtype=dtype) for w in ws]
+    afters = [w + d for w, d in zip(ws, ds)]
     acc = tf.float64 if dtype == "float64" else tf.float32
 
-    def run(ds, ws):
+    def run(ds, ws, afters):
         return (gcb.array_norms(xp, ds, 2.0, acc), gcb.array_norms(xp, ws, 1.0, acc),
-                gcb.min_bound_ratio(xp, ds, ws, 0.1, 1e-3, acc), gcb.min_bound_ratio(xp, ds, ws, 0.25, 0.0, acc))
+                gcb.min_bound_ratio(xp, ds, ws, 0.1, 1e-3, acc), gcb.min_bound_ratio(xp, ds, ws, 0.25, 0.0, acc),
+                gcb.difference_min_bound_ratio(xp, afters, ws, 0.1, 1e-7, acc),
+                gcb.difference_min_bound_ratio(xp, afters, ws, 0.3, 0.0, acc))
 
     graph = tf.function(run)
-    got, got_graph = run(ds, ws), graph(ds, ws)
-    with _portable("array_norms", "min_bound_ratio"):
-        want, want_graph = run(ds, ws), tf.function(run)(ds, ws)
+    got, got_graph = run(ds, ws, afters), graph(ds, ws, afters)
+    with _portable("array_norms", "min_bound_ratio", "difference_min_bound_ratio"):
+        want, want_graph = run(ds, ws, afters), tf.function(run)(ds, ws, afters)
     for g, w in zip([*got, *got_graph], [*want, *want_graph]):
         for a, b in zip(g, w):
             same(a, b.numpy())
     assert float(got[2][2]) == 1.0 and float(got[2][5]) == 1.0  # an empty array, only NaN updates: scale 1
     assert float(got[2][1]) == 0.0  # an infinite update stops its array
+    assert all(0.0 < float(m) < 1.0 for m in got[4][-5:])  # (the random cases clip)
+
+
+def test_tf_clippy_kernel_inside_xla_takes_the_default():
+    """Inside a jit_compile program the kernels step aside (XLA fuses the default itself)."""
+    from gradclip_core.backend import _tensorflow
+
+    d, w = tf.constant([0.5, 0.1]), tf.constant([1.0, 1.0])
+    inside = tf.function(lambda: _tensorflow.min_bound_ratio(xp, [d], [w], 0.25, 0.0, tf.float32) is NotImplemented,
+                         jit_compile=True)
+    assert bool(inside())
+    assert float(tf.function(lambda: gcb.min_bound_ratio(xp, [d], [w], 0.25, 0.0, tf.float32)[0], jit_compile=True)()) == 0.5
 
 
 def _unit_cases(rng):
