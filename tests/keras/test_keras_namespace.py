@@ -375,6 +375,28 @@ def test_tf_norm_and_clippy_kernels_equal_the_defaults(dtype):
     assert all(0.0 < float(m) < 1.0 for m in got[4][-5:])  # (the random cases clip)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tf_array_rms_kernel(dtype):
+    """array_rms as norm / sqrt(n) (one EuclideanNorm kernel, no x * x): within an ulp of the default's
+    sqrt(sum(x * x) / n), eagerly and in a tf.function; empty arrays 0, NaN / inf propagated; inside XLA
+    the default itself."""
+    from gradclip_core.backend import _tensorflow
+
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=(300, 7)), rng.normal(0, 1e-3, 5000), np.zeros((0, 3)), np.array(2.5),
+          np.array([1.0, NAN]), np.array([INF, 1.0]), rng.normal(0, 1e18, (4, 4))]
+    xs = [tf.constant(x, dtype=dtype) for x in xs]
+    with _portable("array_rms"):
+        want = [r.numpy() for r in gcb.array_rms(xp, xs, tf.float32)]
+    for got in (gcb.array_rms(xp, xs, tf.float32), tf.function(lambda xs: gcb.array_rms(xp, xs, tf.float32))(xs)):
+        got = [g.numpy() for g in got]
+        assert all(g.dtype == np.float32 for g in got)
+        np.testing.assert_array_max_ulp(np.array(got[:4] + got[6:]), np.array(want[:4] + want[6:]), maxulp=1)
+        assert got[2] == 0.0 and np.isnan(got[4]) and got[5] == INF
+    inside = tf.function(lambda: _tensorflow.array_rms(xp, xs[:1], tf.float32) is NotImplemented, jit_compile=True)
+    assert bool(inside())
+
+
 def test_tf_clippy_kernel_inside_xla_takes_the_default():
     """Inside a jit_compile program the kernels step aside (XLA fuses the default itself)."""
     from gradclip_core.backend import _tensorflow
