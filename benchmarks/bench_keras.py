@@ -154,7 +154,8 @@ PAIRS = (
     # no temporary; 5.7 passes, as SGD's learning rate is broadcast to a weight-sized array once per shape, which
     # the fused mins of that shape's arrays read, as clip_update_norm's norms do: ~2.5x against its ~1.7x, a gap
     # that neither the division nor the min makes, measured). TF / torch (op by op): the snapshot 2,
-    # w_new - w_old 3, the rule 1-2, the write-back 3-5 next to the step's 4: ~3x
+    # w_new - w_old 3, the rule 1-2, the write-back 3-5 next to the step's 4: ~3x (Clippy on TF: its minima in
+    # one small jit_compile loop per array reading w_new and w_old, no w_new - w_old formed but in the write-back)
     ("clip_update_norm()", lambda: gc.clip_update_norm(), *_REF, "<= 3.0x"),
     ("clippy()", lambda: gc.clippy(), *_REF, "<= 3.0x"),
     ("update_ratio()", lambda: gc.update_ratio(), *_REF, "<= 3.0x"),

@@ -595,10 +595,11 @@ def _rounded(x: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _fused_min_ratio(relative: float, absolute: float, dtype: tf.DType) -> Any:
-    """A ``tf.function(jit_compile=True)`` of one array's Clippy minimum, ``fn(d_or_a, b, keep, difference)``.
+    """Two ``tf.function(jit_compile=True)`` of one array's Clippy minimum: ``of_update(d, w, keep)`` and
+    ``of_weights(a, b, keep)`` (``d = a - b``, ``w = b``); ``keep`` is -1 (see :func:`_rounded`).
 
-    One XLA loop reads ``d`` (or ``a`` and ``b``, forming ``a - b`` per element in the arrays'
-    dtype) and ``w`` once and writes nothing: the default's ``where(|d| > bound, bound / |d|, 1)``,
+    One XLA loop reads ``d`` and ``w`` (or ``a`` and ``b``, forming ``a - b`` per element in the
+    arrays' dtype) once and writes nothing: the default's ``where(|d| > bound, bound / |d|, 1)``,
     minimum, then ``min(., 1)``, element by element the default's operations (``bound`` rounded as
     the default rounds it, :func:`_rounded`), so the same values bit for bit, NaN included (the
     ``where`` turns every NaN quotient into 1 before the minimum, as the default).
