@@ -219,19 +219,22 @@ def _per_array(xp: Any, grads: list, max_norm: Any, ord: float, sem: str) -> tup
             out.append(_in_acc(xp, g, clip))
             flags.append(xp.logical_not(trigger))
         return Replace(tuple(out)), norms, flags
-    # keras: BaseOptimizer._clip_by_norm
-    out, norms = [], []
-    for g, l2sum in zip(grads, sumsq_over_shards(xp, grads, dtype)):
-        pred = l2sum > 0
-        l2norm = xp.where(pred, xp.sqrt(xp.where(pred, l2sum, xp.ones_like(l2sum))), l2sum)
-        denom = xp.maximum(l2norm, const_like(xp, l2norm, max_norm))
+    # keras: BaseOptimizer._clip_by_norm, each array's scalars computed for all arrays at once (the same
+    # element-wise operations on a vector: the same values; op by op, TensorFlow ran ~7 small ops per array)
+    if not grads:
+        return Replace(()), [], []
+    l2sum = xp.stack(sumsq_over_shards(xp, grads, dtype))
+    pred = l2sum > 0
+    l2norm = xp.where(pred, xp.sqrt(xp.where(pred, l2sum, xp.ones_like(l2sum))), l2sum)
+    denoms = xp.maximum(l2norm, const_like(xp, l2norm, max_norm))
+    out = []
+    for g, denom in zip(grads, _unstack(xp, denoms, len(grads))):
 
         def clip(a: Any, dt: Any, denom: Any = denom) -> Any:
             return (a * max_norm) / upcast(xp, denom, dt)
 
         out.append(_in_acc(xp, g, clip))
-        norms.append(l2norm)
-    return Replace(tuple(out)), norms, [n > max_norm for n in norms]
+    return Replace(tuple(out)), _unstack(xp, l2norm, len(grads)), [l2norm > max_norm]
 
 
 @factory
