@@ -612,11 +612,11 @@ def _fused_min_ratio(relative: float, absolute: float, dtype: tf.DType) -> Any:
         ratios = tf.where(mag > bound, bound / mag, tf.ones((), dtype))
         return tf.minimum(tf.reduce_min(ratios), tf.ones((), dtype))
 
-    @tf.function(jit_compile=True, autograph=False)
+    @tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
     def of_update(d: tf.Tensor, w: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
         return ratio(d, w, keep)
 
-    @tf.function(jit_compile=True, autograph=False)
+    @tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
     def of_weights(a: tf.Tensor, b: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
         d = a - b
         return ratio(d if d.dtype == dtype else _rounded(d, keep), b, keep)

@@ -375,6 +375,20 @@ def test_tf_norm_and_clippy_kernels_equal_the_defaults(dtype):
     assert all(0.0 < float(m) < 1.0 for m in got[4][-5:])  # (the random cases clip)
 
 
+def test_tf_clippy_kernel_traces_once_for_many_shapes():
+    """The per-array jit_compile loops relax their shapes (reduce_retracing): a model's many weight shapes do not
+    retrace them once each (TensorFlow warned about the retracing to the user; XLA compiles per shape anyway)."""
+    from gradclip_core.backend import _tensorflow
+
+    rng = np.random.default_rng(5)
+    ds = [tf.constant(rng.normal(size=s), tf.float32) for s in [(3,), (4, 5), (7,), (2, 3, 4), (100,), (9, 9), (11,), (13,)]]
+    ws = [d + 1.0 for d in ds]
+    gcb.min_bound_ratio(xp, ds, ws, 0.125, 1e-3, tf.float32)
+    gcb.difference_min_bound_ratio(xp, ws, ds, 0.125, 1e-3, tf.float32)
+    for fn in _tensorflow._fused_min_ratio(0.125, 1e-3, tf.float32):
+        assert fn.experimental_get_tracing_count() <= 3
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_tf_array_rms_kernel(dtype):
     """array_rms as norm / sqrt(n) (one EuclideanNorm kernel, no x * x): within an ulp of the default's
