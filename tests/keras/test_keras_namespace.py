@@ -483,3 +483,24 @@ def test_tf_unit_norms_chunks_need_no_full_size_square():
     full = [op for op in graph.get_operations() if op.type != "Placeholder" and op.type != "Reshape"
             and any(o.shape.num_elements() == x.shape.num_elements() for o in op.outputs)]
     assert not full, [op.type for op in full]
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_tf_selection_splits_ties_in_flat_order(mode):
+    """A k that splits the ties at the threshold prunes the first of them in flat order (the core's total order),
+    as NumPy's selection does: the TensorFlow kernel lists the ties' positions (eager, tf.function) or counts
+    them running (XLA)."""
+    from gradclip_core.prune._select import prune_smallest
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 6, size=(50, 37)).astype(np.float32)  # ~300 ties per value
+    for k in (1, 299, 700, 1001, 1849):
+        want = prune_smallest(np, [x], k)[0][0]
+
+        def run(t, k=k):
+            return prune_smallest(xp, [t], k)[0][0]
+
+        fn = {"eager": run, "graph": tf.function(run), "xla": tf.function(run, jit_compile=True)}[mode]
+        got = fn(tf.constant(x)).numpy()
+        assert got.dtype == np.bool_ and int((~got).sum()) == k
+        np.testing.assert_array_equal(got, want)
