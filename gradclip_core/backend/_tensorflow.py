@@ -586,8 +586,9 @@ def _rounded(x: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
 
     XLA:CPU contracts a multiply and an add into one fused multiply-add (a different rounding
     than the two operations); an integer AND with a value XLA cannot see at compile time
-    (an argument) sits between them, so the product is rounded as NumPy rounds it. Costs an
-    integer operation per element in registers, nothing in memory traffic.
+    (an argument) sits between them, so the product is rounded as NumPy rounds it. Likewise a
+    bfloat16 / float16 difference is rounded to its dtype before it is widened (XLA otherwise kept
+    it in float32). Costs an integer operation per element in registers, nothing in memory traffic.
     """
     bits = {8: tf.int64, 4: tf.int32, 2: tf.int16}[x.dtype.size]
     return tf.bitcast(tf.bitwise.bitwise_and(tf.bitcast(x, bits), tf.cast(keep, bits)), x.dtype)
@@ -771,9 +772,10 @@ def _keep(xp: Any, key: Any, T: Any, r: Any, before: Any, out: Any, ws: Any = No
     One comparison unless the ties here are split: all kept is ``key >= T``, none ``key > T``.
     Split (a ``tf.cond`` runs it then only), the ties' flat positions are listed in order
     (``tf.where``: a read of ``eq``, a few positions written) and those after the first ``m``
-    are set in ``key > T`` (inside XLA, which has no dynamic shapes, the running count). Float32 scores tie often (a GPT-2 embedding's 38.6M scores split
-    a tie at most sparsities), and the running count over every element this replaces made
-    the selection 2.7x slower there (a full-size ``cumsum``: 388 ms against 46).
+    are set in ``key > T``; inside XLA, which has no dynamic shapes, a running count. Float32
+    scores tie often (a GPT-2 embedding's 38.6M scores split a tie at most sparsities), and the
+    running count over every element made the selection 2.7x slower there (a full-size
+    ``cumsum``: 388 ms against 46).
     """
     del out, ws
     eq = key == T
