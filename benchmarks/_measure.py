@@ -78,14 +78,15 @@ def peak_extra(fn: Fn, sync: Callable[[Any], None], kind: str = "rss") -> Option
     raise ValueError(f"unknown memory kind {kind!r}")
 
 
-def repeats_for(repeats: int, target: str) -> int:
-    """Timed repeats for a row: three times as many where DESIGN.md sets a target on the ratio.
+def repeats_for(repeats: int, target: str, control: bool = False) -> int:
+    """Timed repeats for a row: three times as many where DESIGN.md sets a target on the ratio, and on
+    a control row (an A/A pair measures the noise of the rows with a target: as many pairs as they).
 
     Example:
-      >>> repeats_for(5, "<= 1.0x"), repeats_for(5, "")
-      (15, 5)
+      >>> repeats_for(5, "<= 1.0x"), repeats_for(5, ""), repeats_for(5, "", control=True)
+      (15, 5, 15)
     """
-    return 3 * repeats if target else repeats
+    return 3 * repeats if target or control else repeats
 
 
 def _timed(fn: Fn, sync: Callable[[Any], None], reset: Optional[Fn]) -> float:

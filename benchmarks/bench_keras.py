@@ -162,6 +162,64 @@ PAIRS = (
 )
 
 
+def optax_step(tx: Any, variables: list, grads: list) -> Callable[[], Any]:
+    """One ``optax`` step on the JAX backend's arrays (``tx.update`` + ``optax.apply_updates`` under one
+    ``jax.jit``, the weights and the optimizer state donated, as :func:`step_fn` runs Keras' step)."""
+    import jax
+    import optax
+
+    state = {"p": [v.value for v in variables]}
+    state["s"] = tx.init(state["p"])
+
+    def f(p: Any, s: Any, g: Any) -> tuple:
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    step = jax.jit(f, donate_argnums=(0, 1))
+
+    def run() -> Any:
+        state["p"], state["s"] = step(state["p"], state["s"], grads)
+        return state["p"][-1]
+
+    return run
+
+
+def _controls(grads: list, shapes: str, repeats: int, warmup: int, only_rules: str | None) -> list[Row]:
+    """Control rows, no gradclip code: ``SGD(global_clipnorm)`` against itself (A/A: the run's noise on the
+    Keras rows), and on JAX native AGC (``optax.adaptive_grad_clip`` + ``optax.sgd``) against
+    ``optax.clip_by_global_norm`` + ``optax.sgd`` on the same arrays: what AGC's unit norms cost over a
+    global-norm clip on this backend, the floor of the ``adaptive_clip`` row."""
+    backend = keras.backend.backend()
+    jobs = []
+    aa = "(A/A) SGD(global_clipnorm=1.0)"
+    if not only_rules or only_rules in aa:
+        jobs.append((aa, "native, " + PATHS[backend], "SGD(global_clipnorm=1.0) (a second step)",
+                     lambda: step_fn(keras.optimizers.SGD(LR, global_clipnorm=1.0), make_variables(shapes), grads),
+                     lambda: step_fn(keras.optimizers.SGD(LR, global_clipnorm=1.0), make_variables(shapes), grads),
+                     "control, no gradclip code: the run's noise on the Keras rows (identical steps)"))
+    agc = "(native) optax.adaptive_grad_clip(0.01) + sgd"
+    if backend == "jax" and (not only_rules or only_rules in agc or only_rules in "adaptive_clip(0.01)"):
+        import optax
+
+        jobs.append((agc, "jit(update + apply_updates)", "(ref) optax.clip_by_global_norm(1.0) + sgd",
+                     lambda: optax_step(optax.chain(optax.adaptive_grad_clip(0.01), optax.sgd(LR)),
+                                        make_variables(shapes), grads),
+                     lambda: optax_step(optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(LR)),
+                                        make_variables(shapes), grads),
+                     "control, no gradclip code: native AGC's cost over a global-norm clip on these arrays, "
+                     "the floor of the adaptive_clip row"))
+    rows = []
+    for label, path, native_name, make_ours, make_native, note in jobs:
+        print(f"  keras/{backend}: {label}...", file=sys.stderr, flush=True)
+        ours, native = make_ours(), make_native()
+        t_o, t_n, r, _ = time_pair(ours, native, _sync, repeats_for(repeats, "", control=True), warmup)
+        rows.append(Row(label, f"keras/{backend}", path, native_name, t_o * 1e3, t_n * 1e3,
+                        peak_extra(ours, _sync, "rss"), peak_extra(native, _sync, "rss"), "", note, paired_ratio=r,
+                        has_native=not native_name.startswith("(ref)")))
+        del ours, native
+    return rows
+
+
 def suite(repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", only_rules: str | None = None,
           part: str = "all") -> list[Row]:
     """Every Keras row (this process' backend) of the unified benchmark.
@@ -196,6 +254,8 @@ def suite(repeats: int = 10, warmup: int = 2, shapes: str = "gpt2", only_rules: 
                         peak_extra(ours, _sync, "rss"), peak_extra(native, _sync, "rss"), target, paired_ratio=r,
                         has_native=not native_name.startswith("(ref)")))
         del native, ours
+    if part in ("all", "clip"):
+        rows += _controls(grads, shapes, repeats, warmup, only_rules)
     # issue 19's pruning rules next to magnitude_prune, each recomputing its masks on every step (RigL / SET:
     # a connectivity update on every step), on random weights; one reference step for all rows
     cases = prune_cases(shapes, every_step=True)

@@ -204,7 +204,7 @@ def suite(dtype: str = "float32", repeats: int = 10, warmup: int = 2, shapes: st
         if only_rules and only_rules not in label:
             continue
         print(f"  optax: {label} ({path})...", file=sys.stderr, flush=True)
-        n, w = repeats_for(repeats, target), warmup
+        n, w = repeats_for(repeats, target, control=label.startswith(("(A/A)", "(native)"))), warmup
         if shapes == "gpt2" and "lamp" in label:  # XLA's CPU sort of every array: about a minute per call here
             n, w = min(3, n), 1
             note += f"; {n} pairs, {w} warm-up (limited: XLA's CPU sort is slow)"

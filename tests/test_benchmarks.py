@@ -35,6 +35,18 @@ def test_run_quick_tiny_torch_and_optax():
     assert sum("extra peak memory" in line for line in lines) == 5  # the 1% memory target of the torch clips (+ accumulate)
 
 
+def test_torch_control_row_has_no_verdict():
+    # the A/A row (clip_grad_norm_ against itself) measures the run's noise: a row, no target to hold or miss
+    cmd = [sys.executable, str(BENCH / "run.py"), "--quick", "--shapes", "tiny", "--only", "torch", "--rules", "(A/A)"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows, verdicts = out.stdout.split("DESIGN.md targets:")
+    control = [line for line in rows.splitlines() if line.startswith("(A/A) clip_grad_norm_")]
+    assert len(control) == 1 and "control, no gradclip code" in control[0]
+    assert sum(line.startswith("clip_by") for line in rows.splitlines()) == 0  # the filter kept the control only
+    assert "(A/A)" not in verdicts
+
+
 def test_prune_scores_rows_run():
     # issue 19: every score / allocation / group recomputes masks in the benchmark's child process
     cmd = [sys.executable, str(BENCH / "bench_prune.py"), "--scores", "--shapes", "tiny", "--reps", "1"]
