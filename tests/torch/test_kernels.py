@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -301,6 +302,44 @@ def test_unit_norms_over_leading_axes_match_vector_norm(shape, axes, dtype, monk
     torch.testing.assert_close(got, want, rtol=1e-5, atol=0)  # float32 sums in another order
     huge = torch.full((4, 3), 3e38)  # overflows to inf, as vector_norm does
     assert torch.isinf(kernels.unit_norms(None, [huge], [(0,)], [torch.float32])[0]).all()
+
+
+def test_host_column_norms_batch_shapes_and_dtypes(monkeypatch):
+    # eager CPU float32/float64 tensors whose units are the trailing axes: one batch of NumPy row blocks
+    # (einsum, no x * x), blocks of 64 elements here so that several are added; the others (bfloat16, a
+    # non-contiguous view, a float64 accumulation of float32) keep their paths in the same call
+    monkeypatch.setattr(kernels, "_CHUNK", 64)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(300, 7, generator=g), torch.randn(3, 3, 5, 4, generator=g, dtype=torch.float64),
+          torch.randn(0, 5, generator=g), torch.randn(6, 0, generator=g), torch.randn(1, 9, generator=g),
+          torch.randn(50, 20, generator=g).to(torch.bfloat16), torch.randn(20, 50, generator=g).t(),
+          torch.randn(40, 6, generator=g)]
+    axes = [(0,), (0, 1, 2), (0,), (0,), (0,), (0,), (0,), (0,)]
+    dtypes = [torch.float32, torch.float64, torch.float32, torch.float32, torch.float32, torch.float32,
+              torch.float32, torch.float64]
+    calls = []
+    real = kernels._host_column_norms
+    monkeypatch.setattr(kernels, "_host_column_norms", lambda items: calls.append(len(items)) or real(items))
+    got = kernels.unit_norms(None, xs, axes, dtypes)
+    assert calls == [5]  # the float32 / float64 contiguous tensors of their own dtype, together
+    for x, ax, dt, out in zip(xs, axes, dtypes, got):
+        want = torch.linalg.vector_norm(x, 2, dim=ax, keepdim=True, dtype=dt)
+        assert out.shape == want.shape and out.dtype == dt
+        torch.testing.assert_close(out, want, rtol=1e-5 if dt == torch.float32 else 1e-12, atol=0)
+
+
+def test_host_column_norms_bits_do_not_depend_on_threads(monkeypatch):
+    x = torch.randn(5000, 30, generator=torch.Generator().manual_seed(2))
+    one = kernels.unit_norms(None, [x], [(0,)], [torch.float32])[0]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(kernels, "_HOST_CHUNK", 1 << 10)  # shares run on 3 pool threads
+    three = kernels.unit_norms(None, [x], [(0,)], [torch.float32])[0]
+    assert torch.equal(one, three)
+    # float32 sums of a GPT-2-embedding-like height (many blocks, added pairwise): close to float64's
+    tall = torch.randn(50257, 8, generator=torch.Generator().manual_seed(3))
+    got = kernels.unit_norms(None, [tall], [(0,)], [torch.float32])[0].numpy()[0].astype(np.float64)
+    exact = np.sqrt(np.sum(tall.numpy().astype(np.float64) ** 2, axis=0))
+    assert np.max(np.abs(got / exact - 1)) < 1e-6
 
 
 @pytest.mark.parametrize("eager", [True, False], ids=["numpy-chunks", "torch-chunks"])
