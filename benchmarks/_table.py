@@ -29,6 +29,8 @@ class Row:
       paired_ratio: the median of per-pair ``ours / native`` times of alternating calls
         (:func:`_measure.time_pair`); the reported ratio when given (steadier than the
         ratio of the two medians on a shared machine).
+      bandwidth: the fraction of the device's copy bandwidth that ``ours`` moved
+        (``bench_bandwidth.py``; its target reads ``">= 80% of bandwidth"``).
     """
 
     rule: str
@@ -45,6 +47,7 @@ class Row:
     mem_of_weights: Optional[float] = None
     paired_ratio: Optional[float] = None
     mem_target: Optional[float] = None
+    bandwidth: Optional[float] = None
 
     @property
     def ratio(self) -> Optional[float]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import math
 import os
 import pathlib
 import subprocess
@@ -45,6 +46,54 @@ def test_torch_control_row_has_no_verdict():
     assert len(control) == 1 and "control, no gradclip code" in control[0]
     assert sum(line.startswith("clip_by") for line in rows.splitlines()) == 0  # the filter kept the control only
     assert "(A/A)" not in verdicts
+
+
+def test_bandwidth_row_runs_on_cpu():
+    # the GPU bandwidth row (issue 15) runs anywhere: a tiny set on the CPU keeps it working (no target there)
+    cmd = [sys.executable, str(BENCH / "bench_bandwidth.py"), "--device", "cpu", "--layers", "1", "--width", "64",
+           "--repeats", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = [line for line in out.stdout.splitlines() if line.startswith("clip_by_global_norm(1.0)")]
+    assert len(row) == 1 and "apply_ (cpu, bandwidth)" in row[0] and "% of a copy's" in row[0]
+    assert "holds" not in out.stdout and "MISSED" not in out.stdout  # the 80% target is the GPU's
+
+
+def test_bandwidth_figures_are_three_passes_over_the_copy(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    bench = importlib.import_module("bench_bandwidth")
+    rows, fig = bench.measure(layers=1, width=32, device="cpu", repeats=2, peak_gbs=100.0)
+    nbytes = 4 * fig["params"]
+    assert fig["params"] == sum(math.prod(s) for _, s in bench.gpt2_small_shapes(n_layer=1, d=32))
+    assert fig["ours_gbs"] == pytest.approx(3 * nbytes / (rows[0].ours_ms / 1e3) / 1e9)
+    assert fig["ours_fraction"] == pytest.approx(fig["ours_gbs"] / fig["copy_gbs"])
+    assert fig["ours_of_peak"] == pytest.approx(fig["ours_gbs"] / 100.0)
+    assert rows[0].target == ""  # CPU: no bandwidth target
+
+
+def test_bandwidth_verdict(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    run = importlib.import_module("run")
+    from _table import Row
+
+    def verdict(fraction):
+        row = Row("clip_by_global_norm(1.0)", "torch", "apply_ (cuda, bandwidth)", "clip_grad_norm_(foreach=True)",
+                  1.0, 1.0, None, None, ">= 80% of bandwidth", bandwidth=fraction)
+        return run.verdicts([row])
+
+    assert verdict(0.85)[0].startswith("holds") and "85% of the copy bandwidth" in verdict(0.85)[0]
+    assert verdict(0.79)[0].startswith("MISSED")
+    assert verdict(None)[0].startswith("MISSED") and "n/a" in verdict(None)[0]
+
+
+def test_gpu_check_script_refuses_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the script would run the checks")
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                         env={**os.environ, "GRADCLIP_PYTHON": sys.executable})
+    assert out.returncode == 2 and "no CUDA device" in out.stderr
 
 
 def test_prune_scores_rows_run():
