@@ -162,28 +162,6 @@ PAIRS = (
 )
 
 
-def optax_step(tx: Any, variables: list, grads: list) -> Callable[[], Any]:
-    """One ``optax`` step on the JAX backend's arrays (``tx.update`` + ``optax.apply_updates`` under one
-    ``jax.jit``, the weights and the optimizer state donated, as :func:`step_fn` runs Keras' step)."""
-    import jax
-    import optax
-
-    state = {"p": [v.value for v in variables]}
-    state["s"] = tx.init(state["p"])
-
-    def f(p: Any, s: Any, g: Any) -> tuple:
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    step = jax.jit(f, donate_argnums=(0, 1))
-
-    def run() -> Any:
-        state["p"], state["s"] = step(state["p"], state["s"], grads)
-        return state["p"][-1]
-
-    return run
-
-
 def _controls(grads: list, shapes: str, repeats: int, warmup: int, only_rules: str | None) -> list[Row]:
     """Control rows, no gradclip code: ``SGD(global_clipnorm)`` against itself (A/A: the run's noise on the
     Keras rows), and on JAX native AGC (``optax.adaptive_grad_clip`` + ``optax.sgd``) against
@@ -200,6 +178,11 @@ def _controls(grads: list, shapes: str, repeats: int, warmup: int, only_rules: s
     agc = "(native) optax.adaptive_grad_clip(0.01) + sgd"
     if backend == "jax" and (not only_rules or only_rules in agc or only_rules in "adaptive_clip(0.01)"):
         import optax
+        from bench_optax import jitted_step  # (optax's step: update + apply_updates, weights donated)
+
+        def optax_step(tx: Any, variables: list, grads: list) -> Callable[[], Any]:
+            run = jitted_step(tx, grads, [v.value for v in variables])
+            return lambda: run()[-1]
 
         jobs.append((agc, "jit(update + apply_updates)", "(ref) optax.clip_by_global_norm(1.0) + sgd",
                      lambda: optax_step(optax.chain(optax.adaptive_grad_clip(0.01), optax.sgd(LR)),

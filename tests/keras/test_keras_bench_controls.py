@@ -43,14 +43,19 @@ def test_native_agc_control_row_on_jax(bench_keras):
     assert rows[1].target == "" and rows[1].native.startswith("(ref) optax.clip_by_global_norm")
 
 
-def test_optax_step_updates_like_optax(bench_keras):
-    # the control's step is optax's own: after one step the weights are optax.sgd's update of zeros
+def test_native_agc_control_steps_optax(bench_keras):
+    # the control's step is optax's own (bench_optax.jitted_step on the Keras variables' arrays): after
+    # one step of native AGC + sgd the weights are optax's update of the zero weights
     if keras.backend.backend() != "jax":
         pytest.skip("optax steps JAX arrays")
     import optax
+    from bench_optax import jitted_step
 
     variables = bench_keras.make_variables("tiny")
     grads = bench_keras.make_grads(shapes="tiny")
-    step = bench_keras.optax_step(optax.sgd(0.5), variables, grads)
-    w = step()
-    np.testing.assert_allclose(np.asarray(w), -0.5 * np.asarray(grads[-1]), rtol=1e-6)
+    tx = optax.chain(optax.adaptive_grad_clip(0.01), optax.sgd(0.5))
+    w = jitted_step(tx, grads, [v.value for v in variables])()
+    params = [np.zeros(v.shape, np.float32) for v in variables]
+    want, _ = tx.update([np.asarray(g) for g in grads], tx.init(params), params)
+    for got, u in zip(w, want):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(u), rtol=1e-6, atol=1e-12)
