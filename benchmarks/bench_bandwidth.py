@@ -15,7 +15,7 @@ the copy's ``2 * bytes / time`` (and over the nominal peak, with ``--peak-gbs``)
     .venv/bin/python benchmarks/bench_bandwidth.py --device cuda [--peak-gbs 4800]
     .venv/bin/python benchmarks/bench_bandwidth.py --device cpu --layers 2 --width 256   # smoke test
 
-``bash scripts/dev.sh gpu`` runs it with the GPU tests and the torch suite on the GPU.
+``bash scripts/gpu_check.sh`` runs it with the GPU tests and the torch clipping rows on the GPU.
 """
 
 from __future__ import annotations

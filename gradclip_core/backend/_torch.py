@@ -191,11 +191,11 @@ def unit_norms(xp: Any, xs: Sequence[torch.Tensor], axes: Sequence[Any], dtypes:
     # squares in one batch of NumPy row blocks on the host threads
     host = {i: lead for i, (x, ax, dt) in enumerate(zip(xs, axes, dtypes))
             if (lead := _leading(x, ax)) and x.dtype == dt and _host_columns(x)}
-    columns = _host_column_norms([(xs[i], host[i]) for i in host])
+    columns = dict(zip(host, _host_column_norms([(xs[i], host[i]) for i in host])))
     out = []
     for i, (x, ax, dt) in enumerate(zip(xs, axes, dtypes)):
-        if i in host:
-            out.append(columns.pop(0))
+        if i in columns:
+            out.append(columns[i])
             continue
         if x.numel() == 0 or (ax is not None and len(ax) == 0):
             xc = x.to(_complex_acc(dt)).abs() if x.is_complex() else x if x.dtype == dt else x.to(dt)
