@@ -8,7 +8,7 @@ extra peak memory of one call) and which targets hold. Rules without a native
 counterpart are timed next to the framework's global-norm clip, marked ``(ref)``.
 tfmot and jaxpruner baselines are used only if importable (they are not installed here).
 
-    .venv/bin/python benchmarks/run.py                       # everything, CPU (~5-10 min on 2 cores)
+    .venv/bin/python benchmarks/run.py                       # everything, CPU (1.5-2 hours on 2 idle cores)
     .venv/bin/python benchmarks/run.py --quick --shapes tiny --only torch,optax   # smoke test
     .venv/bin/python benchmarks/run.py --device cuda         # torch and JAX on the GPU (+ the bandwidth row)
 """

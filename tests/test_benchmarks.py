@@ -48,6 +48,34 @@ def test_torch_control_row_has_no_verdict():
     assert "(A/A)" not in verdicts
 
 
+def test_fused_grad_scale_control_row_has_no_verdict():
+    # the fused rows' floor (issue 15): a fused step given a grad_scale, against the same step without one
+    cmd = [sys.executable, str(BENCH / "run.py"), "--quick", "--shapes", "tiny", "--only", "torch", "--rules", "grad_scale"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows, verdicts = out.stdout.split("DESIGN.md targets:")
+    control = [line for line in rows.splitlines() if line.startswith("(native) AdamW(fused=True) with grad_scale")]
+    assert len(control) == 1 and "control, no gradclip code" in control[0] and "no grad_scale" in control[0]
+    assert "(native)" not in verdicts
+
+
+def test_fused_adamw_stores_unscaled_gradients_back():
+    # the premise of the fused rows' ~0.9x floor: given a grad_scale, torch's fused AdamW writes every gradient
+    # back divided by it (one more pass than the step without one), so folding a clip saves 2 of 10 passes, not 3
+    torch = pytest.importorskip("torch")
+    p = torch.nn.Parameter(torch.ones(8))
+    p.grad = torch.full((8,), 6.0)
+    opt = torch.optim.AdamW([p], lr=1e-3, fused=True)
+    opt.grad_scale = torch.tensor(2.0)
+    opt.step()
+    assert torch.equal(p.grad, torch.full((8,), 3.0))
+    q = torch.nn.Parameter(torch.ones(8))
+    q.grad = torch.full((8,), 6.0)
+    opt = torch.optim.AdamW([q], lr=1e-3, fused=True)
+    opt.step()
+    assert torch.equal(q.grad, torch.full((8,), 6.0))  # without a grad_scale the gradients are only read
+
+
 def test_bandwidth_row_runs_on_cpu():
     # the GPU bandwidth row (issue 15) runs anywhere: a tiny set on the CPU keeps it working (no target there)
     cmd = [sys.executable, str(BENCH / "bench_bandwidth.py"), "--device", "cpu", "--layers", "1", "--width", "64",
