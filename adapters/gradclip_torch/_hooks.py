@@ -148,7 +148,8 @@ class Handle:
         self._info: dict[str, torch.Tensor] = {}
         self._fresh: Any = None  # (param, its grad, the grad's version) after the last step: see info
         self._state: Any = None
-        self._pending: list[torch.Tensor] | None = None
+        self._pending: list[torch.Tensor] | None = None  # a loaded checkpoint, applied at the first step
+        self._pending_structure: Any = None  # its signature (None: not recorded)
         self._before: list[torch.Tensor] | None = None  # update clipping: the weights before the step
         self._scratch: dict = {}  # (its buffers and the update delta's, reused from step to step)
         self._scaler_inf: Any = None
@@ -169,12 +170,27 @@ class Handle:
             with localize([[p.detach() for p in params]], self.process_group) as views:  # what the rule sees
                 template = self.rule.init(views[0])
         if self._pending is not None:
-            check_leaves(template, self._pending)
+            self._check_checkpoint(template, self._pending, self._pending_structure)
             device = params[0].device if params else None
             leaves = [t.to(device) if device is not None else t for t in self._pending]
             template = unflatten(template, leaves)
-            self._pending = None
+            self._pending, self._pending_structure = None, None
         self._state = template
+
+    def _check_checkpoint(self, template: Any, leaves: list, given: Any) -> None:
+        """A loaded checkpoint must be a state of this rule: the same signature (when recorded), leaves that fit."""
+        expected = structure(template)
+        if given is not None and given != expected:
+            def root(sig: Any) -> str:
+                return sig[0] if isinstance(sig, tuple) and sig else str(sig)
+
+            raise ValueError(
+                f"load_state_dict: the checkpoint holds the state of a different rule ({root(given)}), "
+                f"this handle's rule {self.rule.name} has {root(expected)}: {given} vs {expected}")
+        try:
+            check_leaves(template, leaves)
+        except ValueError as e:
+            raise ValueError(f"load_state_dict: the checkpoint does not fit rule {self.rule.name}: {e}") from None
 
     def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         closure = _closure(args, kwargs)
@@ -445,8 +461,8 @@ class Handle:
 
         Returns:
           ``{"format": 1, "state": [tensors...], "structure": signature}``; ``state``
-          is empty (and ``structure`` ``None``) before the first step. It loads with
-          ``torch.load(weights_only=True)``.
+          is empty (and ``structure`` ``None``) before the first step, or the loaded
+          checkpoint not applied yet. It loads with ``torch.load(weights_only=True)``.
 
         Example:
           >>> import torch
@@ -458,7 +474,7 @@ class Handle:
         """
         if self._state is None:
             leaves = [t.clone() for t in (self._pending or [])]
-            return {"format": _FORMAT, "state": leaves, "structure": None}
+            return {"format": _FORMAT, "state": leaves, "structure": self._pending_structure}
         leaves = [t.detach().clone() for t in flatten(self._state)]
         return {"format": _FORMAT, "state": leaves, "structure": structure(self._state)}
 
@@ -466,11 +482,28 @@ class Handle:
         """Restore a checkpoint made by :meth:`state_dict` (of a handle with the same rule).
 
         Before the first step the tensors are kept and checked against ``rule.init``
-        at that step (moved to the parameters' device, dtypes kept); after it they
-        replace the current state at once.
+        at that step (moved to the parameters' device, dtypes kept), so a checkpoint of
+        another rule is refused by that ``step()``; after it they replace the current
+        state at once. A checkpoint saved before the first step (no state yet) resets
+        the handle: the next step builds the state with ``rule.init``, as a fresh
+        handle's first step does.
 
         Raises:
-          ValueError: not a gradclip handle checkpoint, or a state that does not fit.
+          ValueError: not a gradclip handle checkpoint, or a state that does not fit
+            (another rule's, or other shapes or dtypes).
+
+        Example:
+          >>> import torch
+          >>> import gradclip_core as gc
+          >>> import gradclip_torch
+          >>> w = torch.nn.Parameter(torch.ones(2))
+          >>> opt = torch.optim.SGD([w], lr=0.1)
+          >>> handle = gradclip_torch.attach(opt, gc.zclip())
+          >>> step0 = handle.state_dict()  # before any step: no state yet
+          >>> w.grad = torch.ones(2); opt.step()
+          >>> handle.load_state_dict(step0)  # back to step 0: the next step starts afresh
+          >>> handle.state is None
+          True
         """
         if not isinstance(state_dict, Mapping) or state_dict.get("format") != _FORMAT or "state" not in state_dict:
             raise ValueError("load_state_dict expects a dict made by gradclip_torch's Handle.state_dict()")
@@ -478,14 +511,15 @@ class Handle:
         for i, t in enumerate(leaves):
             if not isinstance(t, torch.Tensor):
                 raise ValueError(f"state tensor {i} must be a torch.Tensor, got {type(t).__name__}")
+        given = state_dict.get("structure")
+        if given is None and not leaves:  # saved before the first step: start afresh at the next one
+            self._state, self._pending, self._pending_structure = None, None, None
+            return
         if self._state is None:
             self._pending = [t.detach().clone() for t in leaves]
+            self._pending_structure = given
             return
-        expected = structure(self._state)
-        given = state_dict.get("structure")
-        if given is not None and given != expected:
-            raise ValueError(f"state_dict was made for a different rule state: {given} vs {expected}")
-        check_leaves(self._state, leaves)
+        self._check_checkpoint(self._state, leaves, given)
         current = flatten(self._state)
         self._state = unflatten(self._state, [t.detach().to(c.device).clone() for t, c in zip(leaves, current)])
 
@@ -518,8 +552,10 @@ def attach(optimizer: torch.optim.Optimizer, rule: Rule, *, process_group: Any =
         (see ``gradclip_torch._distributed``); DTensor meshes need none.
       fold: ``"auto"`` (default): with a fused optimizer, a global scale goes into its
         ``grad_scale`` and a skip into ``found_inf`` (one pass less, a true skip), except for
-        rules with ``semantics="torch"``, which stay bit-exact; ``True``: always (requires a
-        fused optimizer); ``False``: never (the scale is multiplied in place).
+        rules with ``semantics="torch"``, which stay bit-exact; ``True``: whatever the rule's
+        effect allows, ``semantics="torch"`` rules too (requires a fused optimizer; per-array
+        or per-unit factors and value clips have nothing to fold and run in place);
+        ``False``: never (the scale is multiplied in place).
       sync_skip: a true skip for an optimizer that does not fold: ``"auto"`` (default) for
         rules that skip finite steps (:func:`gradclip_core.skip_on_spike`), ``True`` also
         for ``nonfinite="skip"``, ``False`` never (the optimizer steps on zero gradients).

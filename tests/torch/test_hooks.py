@@ -130,6 +130,78 @@ def test_state_dict_before_first_step_and_errors():
         handle.load_state_dict({**sd, "structure": ("tuple",)})
 
 
+def _steps(model, opt, first, last):
+    for step in range(first, last):
+        opt.zero_grad()
+        loss_fn(model, step).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("make_rule", [lambda: gc.zclip(warmup_steps=2), lambda: gc.magnitude_prune(0.5),
+                                       lambda: gc.chain(gc.skip_on_spike(window=4, k=3), gc.clip_by_global_norm(1.0))],
+                         ids=["zclip", "magnitude_prune", "chain"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_resume_from_a_checkpoint_saved_before_the_first_step(make_rule, fused):
+    # A step-0 checkpoint (no state yet) resumed: the new handle's first step raised
+    # "state_dict holds 0 state tensors, this rule's state has 4", at every later step too.
+    def fresh():
+        model = mlp(0)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01, fused=fused)
+        return model, opt, gradclip_torch.attach(opt, make_rule())
+
+    ref, ref_opt, _ = fresh()
+    _steps(ref, ref_opt, 0, 4)
+    model, opt, handle = fresh()
+    ckpt = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "gc": handle.state_dict()})
+    assert ckpt["gc"] == {"format": 1, "state": [], "structure": None}
+    model2, opt2, handle2 = fresh()
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    handle2.load_state_dict(ckpt["gc"])
+    _steps(model2, opt2, 0, 4)
+    for a, b in zip(model2.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+    # a handle that has stepped goes back to step 0 with it: the next step builds the state afresh
+    _steps(model, opt, 0, 2)
+    assert handle.state is not None
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    handle.load_state_dict(ckpt["gc"])
+    assert handle.state is None and handle.state_dict() == ckpt["gc"]
+    _steps(model, opt, 0, 4)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_of_another_rule_names_both_rules():
+    model = mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    zclip = gradclip_torch.attach(opt, gc.zclip())
+    _steps(model, opt, 0, 1)
+    sd = zclip.state_dict()
+    zclip.remove()
+    # before the first step: kept (and returned by state_dict), refused by the step, nothing applied
+    model2 = mlp(1)
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1)
+    handle = gradclip_torch.attach(opt2, gc.autoclip())
+    handle.load_state_dict(sd)
+    assert handle.state_dict()["structure"] == sd["structure"]
+    loss_fn(model2, 0).backward()
+    before = [(p.detach().clone(), p.grad.clone()) for p in model2.parameters()]
+    with pytest.raises(ValueError, match=r"different rule \(ZClipState\).*autoclip"):
+        opt2.step()
+    for p, (w, g) in zip(model2.parameters(), before):
+        assert torch.equal(p, w) and torch.equal(p.grad, g)
+    assert handle.state is None
+    # after the first step: refused at once, the state kept
+    handle.load_state_dict({"format": 1, "state": [], "structure": None})
+    opt2.step()
+    state = handle.state
+    with pytest.raises(ValueError, match=r"different rule \(ZClipState\).*autoclip"):
+        handle.load_state_dict(sd)
+    assert handle.state is state
+
+
 def test_grad_scaler_order():
     """scaler.step unscales before the hook runs; inf steps skip the rule and the step."""
     rule = gc.clip_by_global_norm(0.5, semantics="torch")
