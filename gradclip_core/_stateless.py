@@ -8,6 +8,7 @@ from ._effect import Keep
 from ._nonfinite import guard_update
 from ._rule import EmptyState, Rule
 from ._validate import check_real
+from .backend._names import array_label
 from .backend._namespace import namespace
 
 __all__ = ["stateless_rule", "check_params", "NO_PARAMS_MSG"]
@@ -30,7 +31,8 @@ def check_params(name: str, grads: Sequence[Any], params: Sequence[Any] | None) 
         raise ValueError(f"params must have one array per gradient: got {len(params)} params for {len(grads)} grads")
     for i, (g, p) in enumerate(zip(grads, params)):
         if tuple(g.shape) != tuple(p.shape):
-            raise ValueError(f"params[{i}] has shape {tuple(p.shape)} but its gradient has shape {tuple(g.shape)}")
+            raise ValueError(f"{name}: params {array_label(i)} has shape {tuple(p.shape)} but its gradient has shape "
+                             f"{tuple(g.shape)}")
     return params
 
 

@@ -62,7 +62,8 @@ def leaf_names(tree: Any) -> list[str]:
     return ["/".join(_key(k) for k in path) or str(i) for i, (path, _) in enumerate(paths)]
 
 
-def params_like(treedef: Any, params: Any, name: str, required: bool) -> list[jax.Array] | None:
+def params_like(treedef: Any, params: Any, name: str, required: bool,
+                updates: list | None = None) -> list[jax.Array] | None:
     """Flatten ``params`` with the structure of the updates (``treedef``).
 
     Args:
@@ -70,14 +71,16 @@ def params_like(treedef: Any, params: Any, name: str, required: bool) -> list[ja
       params: the parameters passed to ``update`` (or ``None``).
       name: the rule's name, for the error message.
       required: whether the caller needs ``params`` (raise if missing).
+      updates: the update leaves; when given, each parameter must have its update's
+        shape (the error names the tree path).
 
     Returns:
       The parameter leaves in the order of the update leaves, or ``None`` when
       ``params`` is ``None`` and not required.
 
     Raises:
-      ValueError: ``params`` missing while required (optax's ``NO_PARAMS_MSG``), or
-        not of the updates' tree structure.
+      ValueError: ``params`` missing while required (optax's ``NO_PARAMS_MSG``), not of
+        the updates' tree structure, or of other shapes.
 
     Example:
       >>> import jax
@@ -94,6 +97,14 @@ def params_like(treedef: Any, params: Any, name: str, required: bool) -> list[ja
         leaves = treedef.flatten_up_to(params)
     except (ValueError, TypeError) as err:
         raise ValueError(
-            f"params must have the tree structure of the updates ({treedef}); got {jax.tree.structure(params)}"
+            f"{name}: params and updates must have the same tree structure; the updates are {treedef}, "
+            f"params {jax.tree.structure(params)} (the tree structure of the updates decides)"
         ) from err
-    return [jnp.asarray(x) for x in leaves]
+    leaves = [jnp.asarray(x) for x in leaves]
+    if updates is not None:
+        for i, (p, u) in enumerate(zip(leaves, updates)):
+            if tuple(p.shape) != tuple(jnp.shape(u)):
+                path = leaf_names(params)[i]
+                raise ValueError(f"{name}: params {path!r} has shape {tuple(p.shape)} but its update (gradient) "
+                                 f"has shape {tuple(jnp.shape(u))}")
+    return leaves

@@ -145,7 +145,7 @@ def transform(rule: gc.Rule, *, axis_name: Any = None) -> optax.GradientTransfor
                   **extra: Any) -> tuple[Any, TransformState]:
         del extra  # (other chain elements' extra arguments)
         leaves, treedef = flatten(updates)
-        p = params_like(treedef, params, rule.name, rule.needs_params)
+        p = params_like(treedef, params, rule.name, rule.needs_params, leaves if rule.needs_params else None)
         with axis_collective(axis_name), array_names(lambda: leaf_names(updates)):
             out, rule_state, info = rule.update(leaves, feed(rule, state.rule_state, loss), p)
         info = name_info(info, lambda: leaf_names(updates))

@@ -245,7 +245,7 @@ def wrap(
 
     def update_fn(updates: Any, state: WrapState, params: Any = None, **extra: Any) -> tuple[Any, WrapState]:
         leaves, treedef = flatten(updates)
-        p = params_like(treedef, params, rule.name, required=True)
+        p = params_like(treedef, params, rule.name, required=True, updates=leaves)
         with axis_collective(axis_name), array_names(lambda: leaf_names(updates)):
             u, rule_state, inner_state, info, pkeys = step(leaves, treedef, state, p, params, **extra)
         named = name_info(dict.fromkeys(info), lambda: leaf_names(updates))

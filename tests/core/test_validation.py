@@ -149,5 +149,5 @@ def test_agc_needs_matching_params():
         rule.update(g, rule.init(g))
     with pytest.raises(ValueError, match="one array per gradient"):
         rule.update(g, rule.init(g), g + g)
-    with pytest.raises(ValueError, match=r"params\[0\] has shape \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"adaptive_clip: params array 0 has shape \(4, 3\)"):
         rule.update(g, rule.init(g), [np.ones((4, 3), np.float32)])

@@ -85,8 +85,21 @@ def test_missing_params_error():
 def test_params_structure_mismatch_error():
     tx = gradclip_optax.transform(gc.adaptive_clip(0.01))
     state = tx.init(_params())
-    with pytest.raises(ValueError, match="tree structure of the updates"):
+    with pytest.raises(ValueError, match="params and updates must have the same tree structure"):
         tx.update(_grads(), state, {"other": jnp.ones(3)})
+
+
+@pytest.mark.parametrize("make", [lambda r: gradclip_optax.transform(r),
+                                  lambda r: gradclip_optax.wrap(r, optax.adam(1e-3))], ids=["transform", "wrap"])
+def test_params_shape_mismatch_names_the_tree_path(make):
+    # it named a list position (params[1]) in transform, and wrap failed in its own apply_updates
+    # with a bare broadcasting TypeError
+    params = {"b": jnp.zeros(2), "w": jnp.ones((8, 2))}
+    tx = make(gc.adaptive_clip(0.01))
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"adaptive_clip: params 'w' has shape \(8, 2\) but its update \(gradient\) "
+                                         r"has shape \(8, 3\)"):
+        tx.update({"b": jnp.zeros(2), "w": jnp.ones((8, 3))}, state, params)
 
 
 def test_rejects_non_rules_and_project_rules():
